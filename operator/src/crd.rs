@@ -1,0 +1,293 @@
+//! The `MacpAuth` custom resource (`macp.io/v1alpha1`): spec, status and the
+//! annotations that request rotations. DESIGN section 4 is the contract.
+//!
+//! Defaults, enums and minimums live in the generated OpenAPI schema (through
+//! serde defaults and schemars attributes) so that the API server refuses a bad
+//! resource at `kubectl apply` time instead of the operator discovering it later.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Annotation whose new value requests a routine rotation.
+pub const ROTATE_ANNOTATION: &str = "macp.io/rotate";
+/// Annotation whose new value requests an emergency rotation.
+pub const EMERGENCY_ROTATE_ANNOTATION: &str = "macp.io/emergency-rotate";
+
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "macp.io",
+    version = "v1alpha1",
+    kind = "MacpAuth",
+    plural = "macpauths",
+    singular = "macpauth",
+    shortname = "macpauth",
+    namespaced,
+    status = "MacpAuthStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.rotation.phase"}"#,
+    printcolumn = r#"{"name":"Active Kid","type":"string","jsonPath":".status.activeKid"}"#,
+    printcolumn = r#"{"name":"Last Rotation","type":"date","jsonPath":".status.lastRotationTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MacpAuthSpec {
+    /// Token service image; the operator's configured default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1))]
+    pub replicas: i32,
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    #[serde(default = "default_issuer")]
+    #[schemars(length(min = 1))]
+    pub issuer: String,
+    #[serde(default = "default_audience")]
+    #[schemars(length(min = 1))]
+    pub audience: String,
+    #[serde(default = "default_max_ttl")]
+    #[schemars(range(min = 1))]
+    pub max_ttl_seconds: i64,
+    #[serde(default = "default_default_ttl")]
+    #[schemars(range(min = 1))]
+    pub default_ttl_seconds: i64,
+    #[serde(default)]
+    pub signing_alg: SigningAlg,
+    #[serde(default = "default_rsa_key_bits")]
+    #[schemars(extend("enum" = [2048, 3072, 4096]))]
+    pub rsa_key_bits: u32,
+    /// The verifiers' JWKS cache TTL; also written to the verifier ConfigMap.
+    #[serde(default = "default_jwks_cache_ttl")]
+    #[schemars(range(min = 1))]
+    pub jwks_cache_ttl_seconds: i64,
+    #[serde(default)]
+    pub rotation: RotationSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum SigningAlg {
+    #[default]
+    RS256,
+    ES256,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationSpec {
+    /// How often to rotate, as a duration such as `720h`; unset rotates only on request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ns|us|ms|s|m|h|d))+$"))]
+    pub interval: Option<String>,
+    /// Publish the new key and wait out the verifiers' cache TTL before it signs.
+    #[serde(default = "default_true")]
+    pub prepublish: bool,
+    /// How long the old key stays published after it stops signing; maxTtlSeconds + 60 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub drain_seconds: Option<i64>,
+    #[serde(default = "default_rollout_timeout")]
+    #[schemars(range(min = 1))]
+    pub rollout_timeout_seconds: i64,
+    /// Stops new routine rotations (never an emergency one).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+impl Default for RotationSpec {
+    fn default() -> Self {
+        Self {
+            interval: None,
+            prepublish: true,
+            drain_seconds: None,
+            rollout_timeout_seconds: default_rollout_timeout(),
+            paused: false,
+        }
+    }
+}
+
+impl MacpAuthSpec {
+    /// The drain wait in effect: the explicit value, or every token's lifetime plus a minute.
+    pub fn effective_drain_seconds(&self) -> i64 {
+        self.rotation
+            .drain_seconds
+            .unwrap_or(self.max_ttl_seconds + 60)
+    }
+}
+
+fn default_replicas() -> i32 {
+    2
+}
+fn default_port() -> i32 {
+    3200
+}
+fn default_issuer() -> String {
+    "macp-auth-service".to_string()
+}
+fn default_audience() -> String {
+    "macp-runtime".to_string()
+}
+fn default_max_ttl() -> i64 {
+    3600
+}
+fn default_default_ttl() -> i64 {
+    300
+}
+fn default_rsa_key_bits() -> u32 {
+    2048
+}
+fn default_jwks_cache_ttl() -> i64 {
+    300
+}
+fn default_rollout_timeout() -> i64 {
+    600
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MacpAuthStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_kid: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published_kids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation_time: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_time: Option<DateTime<Utc>>,
+    /// The last 10 rotations, newest last: the incident record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RotationRecord>,
+    /// The last `macp.io/rotate` value acted on (each value acts once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_rotate_request: Option<String>,
+    /// The last `macp.io/emergency-rotate` value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_emergency_request: Option<String>,
+    /// Kids withdrawn by an emergency rotation: never published again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspect_kids: Vec<String>,
+}
+
+/// A standard Kubernetes condition.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub last_transition_time: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum RotationPhase {
+    #[default]
+    Idle,
+    KeyGenerated,
+    Publishing,
+    Propagating,
+    Activating,
+    Draining,
+    Retiring,
+    RollingBack,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RotationTrigger {
+    Initial,
+    Scheduled,
+    Manual,
+    Emergency,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationStatus {
+    pub phase: RotationPhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<RotationTrigger>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_since: Option<DateTime<Utc>>,
+    /// The instant the current wait ends; every wait is a timestamp so a restart resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_until: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_kid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_kid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Kid reserved for the key being generated; `newKid` is set only once that key is in the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_kid: Option<String>,
+    /// While `RollingBack`: the phase that failed, which decides where the rollback continues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_from: Option<RotationPhase>,
+    /// Outcome decided before the rotation's cleanup finished (`RolledBack` while the new key drains).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<RotationOutcome>,
+    /// Failed attempts of the current step, for the retry backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// A routine request already reported as deferred (during a rotation or while paused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred_request: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum RotationOutcome {
+    Succeeded,
+    RolledBack,
+    Superseded,
+    Failed,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationRecord {
+    pub trigger: RotationTrigger,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_kid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_kid: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub outcome: RotationOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

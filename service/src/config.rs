@@ -1,0 +1,342 @@
+//! Service configuration from environment variables (DESIGN section 3).
+//!
+//! Pure: [`Config::from_vars`] takes the variables as an iterator and
+//! [`Config::load_keys`] takes the file reader as a closure, so every fatal case
+//! is unit-tested without touching the process environment or the disk.
+//! Every error names the variable it is about.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::keys::{self, Alg, KeyError, SigningKey};
+
+pub const PORT: &str = "PORT";
+pub const BIND: &str = "MACP_AUTH_BIND";
+pub const ISSUER: &str = "MACP_AUTH_ISSUER";
+pub const AUDIENCE: &str = "MACP_AUTH_AUDIENCE";
+pub const MAX_TTL: &str = "MACP_AUTH_MAX_TTL_SECONDS";
+pub const DEFAULT_TTL: &str = "MACP_AUTH_DEFAULT_TTL_SECONDS";
+pub const SIGNING_ALG: &str = "MACP_AUTH_SIGNING_ALG";
+pub const SIGNING_KEY_JSON: &str = "MACP_AUTH_SIGNING_KEY_JSON";
+pub const SIGNING_KEY_FILE: &str = "MACP_AUTH_SIGNING_KEY_FILE";
+pub const VERIFICATION_KEYS_JSON: &str = "MACP_AUTH_VERIFICATION_KEYS_JSON";
+
+/// Every variable the service reads, for `main` to collect from the environment.
+pub const VARIABLES: [&str; 10] = [
+    PORT,
+    BIND,
+    ISSUER,
+    AUDIENCE,
+    MAX_TTL,
+    DEFAULT_TTL,
+    SIGNING_ALG,
+    SIGNING_KEY_JSON,
+    SIGNING_KEY_FILE,
+    VERIFICATION_KEYS_JSON,
+];
+
+pub const DEFAULT_PORT: u16 = 3200;
+pub const DEFAULT_ISSUER: &str = "macp-auth-service";
+pub const DEFAULT_AUDIENCE: &str = "macp-runtime";
+pub const DEFAULT_MAX_TTL_SECONDS: u64 = 3600;
+pub const DEFAULT_DEFAULT_TTL_SECONDS: u64 = 300;
+/// Kid of the key generated when no key is configured.
+pub const EPHEMERAL_KID: &str = "dev-key-1";
+/// RSA size of the ephemeral key.
+pub const EPHEMERAL_RSA_BITS: u32 = 2048;
+/// Upper bound on TTL settings: ten years. Keeps `iat + ttl` far from overflow
+/// and catches unit mix-ups (milliseconds pasted as seconds).
+pub const TTL_CEILING_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+/// A fatal configuration problem: the variable and what is wrong with it.
+#[derive(thiserror::Error, Debug, PartialEq, Eq)]
+#[error("{variable}: {message}")]
+pub struct ConfigError {
+    pub variable: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(variable: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            variable: variable.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn key(variable: &str, err: &KeyError) -> Self {
+        Self::new(variable, err.to_string())
+    }
+}
+
+/// Where the active signing key comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySpec {
+    /// `MACP_AUTH_SIGNING_KEY_JSON`: the private JWK text.
+    Env(String),
+    /// `MACP_AUTH_SIGNING_KEY_FILE`: a path to the private JWK.
+    File(PathBuf),
+    /// Neither set: generate a throwaway key at startup.
+    Ephemeral,
+}
+
+/// The key source as printed in the startup fingerprint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    Env,
+    File,
+    Ephemeral,
+}
+
+impl KeySource {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KeySource::Env => "env",
+            KeySource::File => "file",
+            KeySource::Ephemeral => "ephemeral",
+        }
+    }
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The validated configuration (keys not loaded yet; see [`Config::load_keys`]).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// 0 means "any free port" (handy for tests); the bound port is printed.
+    pub port: u16,
+    pub bind: IpAddr,
+    pub issuer: String,
+    pub audience: String,
+    pub max_ttl_seconds: u64,
+    pub default_ttl_seconds: u64,
+    pub alg: Alg,
+    pub signing_key: KeySpec,
+    /// Public JWKs to publish but not sign with, already stripped and validated.
+    pub verification_keys: Vec<Value>,
+}
+
+/// The keys the service runs with.
+#[derive(Debug)]
+pub struct LoadedKeys {
+    pub active: SigningKey,
+    pub source: KeySource,
+    /// Verification-only public JWKs, in configured order.
+    pub verification: Vec<Value>,
+}
+
+impl LoadedKeys {
+    /// The published keys: the active key first, then the verification keys.
+    pub fn published(&self) -> Vec<Value> {
+        let mut all = Vec::with_capacity(1 + self.verification.len());
+        all.push(self.active.public_jwk().clone());
+        all.extend(self.verification.iter().cloned());
+        all
+    }
+}
+
+/// Empty values count as unset (a common result of `FOO=` in env files),
+/// except for the signing-key variables, see [`Config::from_vars`].
+fn non_empty<'a>(vars: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    vars.get(name)
+        .map(String::as_str)
+        .filter(|v| !v.trim().is_empty())
+}
+
+fn parse_ttl(vars: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, ConfigError> {
+    let Some(raw) = non_empty(vars, name) else {
+        return Ok(default);
+    };
+    let value: u64 = raw.trim().parse().map_err(|_| {
+        ConfigError::new(
+            name,
+            format!("must be a positive whole number of seconds, got {raw:?}"),
+        )
+    })?;
+    if value == 0 {
+        return Err(ConfigError::new(name, "must be positive, got 0"));
+    }
+    if value > TTL_CEILING_SECONDS {
+        return Err(ConfigError::new(
+            name,
+            format!("{value} seconds is above the ceiling of {TTL_CEILING_SECONDS} (ten years)"),
+        ));
+    }
+    Ok(value)
+}
+
+impl Config {
+    /// Builds the configuration from `(name, value)` pairs (the process
+    /// environment in production). Unknown names are ignored.
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let vars: HashMap<String, String> = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+
+        let port = match non_empty(&vars, PORT) {
+            None => DEFAULT_PORT,
+            Some(raw) => raw.trim().parse::<u16>().map_err(|_| {
+                ConfigError::new(PORT, format!("must be a port number 0-65535, got {raw:?}"))
+            })?,
+        };
+        let bind = match non_empty(&vars, BIND) {
+            None => IpAddr::from([0, 0, 0, 0]),
+            Some(raw) => raw.trim().parse::<IpAddr>().map_err(|_| {
+                ConfigError::new(
+                    BIND,
+                    format!(
+                        "must be an IPv4 or IPv6 address such as 0.0.0.0 or 127.0.0.1, got {raw:?}"
+                    ),
+                )
+            })?,
+        };
+        let issuer = non_empty(&vars, ISSUER)
+            .unwrap_or(DEFAULT_ISSUER)
+            .to_string();
+        let audience = non_empty(&vars, AUDIENCE)
+            .unwrap_or(DEFAULT_AUDIENCE)
+            .to_string();
+
+        let max_ttl_seconds = parse_ttl(&vars, MAX_TTL, DEFAULT_MAX_TTL_SECONDS)?;
+        let default_ttl_seconds = parse_ttl(&vars, DEFAULT_TTL, DEFAULT_DEFAULT_TTL_SECONDS)?;
+        if default_ttl_seconds > max_ttl_seconds {
+            return Err(ConfigError::new(
+                DEFAULT_TTL,
+                format!(
+                    "{default_ttl_seconds} is above {MAX_TTL} ({max_ttl_seconds}); the default must not exceed the maximum"
+                ),
+            ));
+        }
+
+        let alg = match non_empty(&vars, SIGNING_ALG) {
+            None => Alg::RS256,
+            Some(raw) => raw
+                .parse::<Alg>()
+                .map_err(|e| ConfigError::key(SIGNING_ALG, &e))?,
+        };
+
+        // A set-but-empty key variable is an error rather than "unset": falling
+        // back to an ephemeral key because a secret came out empty is exactly
+        // the production incident the runbook warns about.
+        let signing_key = match (vars.get(SIGNING_KEY_JSON), vars.get(SIGNING_KEY_FILE)) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    &format!("{SIGNING_KEY_JSON}/{SIGNING_KEY_FILE}"),
+                    "both are set; set exactly one (or neither for an ephemeral development key)",
+                ));
+            }
+            (Some(json), None) if json.trim().is_empty() => {
+                return Err(ConfigError::new(
+                    SIGNING_KEY_JSON,
+                    "is set but empty (unset it for an ephemeral development key)",
+                ));
+            }
+            (None, Some(path)) if path.trim().is_empty() => {
+                return Err(ConfigError::new(SIGNING_KEY_FILE, "is set but empty"));
+            }
+            (Some(json), None) => KeySpec::Env(json.clone()),
+            (None, Some(path)) => KeySpec::File(PathBuf::from(path)),
+            (None, None) => KeySpec::Ephemeral,
+        };
+
+        let verification_keys = keys::parse_verification_keys(
+            vars.get(VERIFICATION_KEYS_JSON).map_or("", String::as_str),
+        )
+        .map_err(|e| ConfigError::key(VERIFICATION_KEYS_JSON, &e))?;
+        let mut seen = HashSet::new();
+        for key in &verification_keys {
+            let kid = key["kid"].as_str().unwrap_or_default();
+            if !seen.insert(kid) {
+                return Err(ConfigError::new(
+                    VERIFICATION_KEYS_JSON,
+                    format!("duplicate kid {kid:?}; every published key needs its own kid"),
+                ));
+            }
+        }
+
+        Ok(Config {
+            port,
+            bind,
+            issuer,
+            audience,
+            max_ttl_seconds,
+            default_ttl_seconds,
+            alg,
+            signing_key,
+            verification_keys,
+        })
+    }
+
+    /// Loads the active key (reading a key file through `read_file`, or
+    /// generating an ephemeral key) and checks that no verification key shares
+    /// its kid.
+    pub fn load_keys<F>(&self, read_file: F) -> Result<LoadedKeys, ConfigError>
+    where
+        F: FnOnce(&Path) -> io::Result<String>,
+    {
+        let (active, source, variable) = match &self.signing_key {
+            KeySpec::Env(text) => (
+                SigningKey::from_jwk_json(text, self.alg)
+                    .map_err(|e| ConfigError::key(SIGNING_KEY_JSON, &e))?,
+                KeySource::Env,
+                SIGNING_KEY_JSON,
+            ),
+            KeySpec::File(path) => {
+                let text = read_file(path).map_err(|e| {
+                    ConfigError::new(
+                        SIGNING_KEY_FILE,
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                (
+                    SigningKey::from_jwk_json(&text, self.alg)
+                        .map_err(|e| ConfigError::key(SIGNING_KEY_FILE, &e))?,
+                    KeySource::File,
+                    SIGNING_KEY_FILE,
+                )
+            }
+            KeySpec::Ephemeral => {
+                let (key, _private) =
+                    SigningKey::generate(self.alg, EPHEMERAL_KID, EPHEMERAL_RSA_BITS)
+                        .map_err(|e| ConfigError::key("ephemeral key", &e))?;
+                (key, KeySource::Ephemeral, "ephemeral key")
+            }
+        };
+        if let Some(dup) = self
+            .verification_keys
+            .iter()
+            .find(|k| k["kid"].as_str() == Some(active.kid()))
+        {
+            return Err(ConfigError::new(
+                VERIFICATION_KEYS_JSON,
+                format!(
+                    "duplicate kid {:?}: it is also the kid of the active key ({variable})",
+                    dup["kid"].as_str().unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(LoadedKeys {
+            active,
+            source,
+            verification: self.verification_keys.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,350 @@
+use std::sync::OnceLock;
+
+use serde_json::json;
+
+use super::*;
+use crate::keys::generate_private_jwk;
+
+fn rsa_jwk() -> &'static Value {
+    static JWK: OnceLock<Value> = OnceLock::new();
+    JWK.get_or_init(|| generate_private_jwk(Alg::RS256, "rsa-active", 2048).unwrap())
+}
+
+fn ec_jwk(kid: &str) -> Value {
+    generate_private_jwk(Alg::ES256, kid, 0).unwrap()
+}
+
+fn weak_rsa_jwk() -> &'static str {
+    include_str!("../../tests/fixtures/rsa-1024.jwk.json")
+}
+
+fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+}
+
+fn no_files(_: &Path) -> io::Result<String> {
+    panic!("no file should be read")
+}
+
+/// Parses and loads keys, returning the error (test expects failure).
+fn fatal(vars: &[(&str, &str)]) -> ConfigError {
+    match parse(vars) {
+        Err(e) => e,
+        Ok(cfg) => cfg
+            .load_keys(no_files)
+            .expect_err("expected a fatal config"),
+    }
+}
+
+fn assert_fatal(vars: &[(&str, &str)], variable: &str, needle: &str) {
+    let err = fatal(vars);
+    assert_eq!(err.variable, variable, "{err}");
+    assert!(err.message.contains(needle), "{err:?} lacks {needle:?}");
+    assert!(!err.to_string().contains('\n'), "one line: {err}");
+    assert!(err.to_string().starts_with(variable));
+}
+
+#[test]
+fn defaults() {
+    let cfg = parse(&[]).unwrap();
+    assert_eq!(cfg.port, 3200);
+    assert_eq!(cfg.bind, IpAddr::from([0, 0, 0, 0]));
+    assert_eq!(cfg.issuer, "macp-auth-service");
+    assert_eq!(cfg.audience, "macp-runtime");
+    assert_eq!(cfg.max_ttl_seconds, 3600);
+    assert_eq!(cfg.default_ttl_seconds, 300);
+    assert_eq!(cfg.alg, Alg::RS256);
+    assert_eq!(cfg.signing_key, KeySpec::Ephemeral);
+    assert!(cfg.verification_keys.is_empty());
+}
+
+#[test]
+fn explicit_values() {
+    let cfg = parse(&[
+        (PORT, "8080"),
+        (BIND, "127.0.0.1"),
+        (ISSUER, "iss-x"),
+        (AUDIENCE, "aud-y"),
+        (MAX_TTL, "600"),
+        (DEFAULT_TTL, "600"),
+        (SIGNING_ALG, "ES256"),
+        ("UNRELATED", "ignored"),
+    ])
+    .unwrap();
+    assert_eq!(cfg.port, 8080);
+    assert_eq!(cfg.bind, IpAddr::from([127, 0, 0, 1]));
+    assert_eq!(
+        (cfg.issuer.as_str(), cfg.audience.as_str()),
+        ("iss-x", "aud-y")
+    );
+    assert_eq!((cfg.max_ttl_seconds, cfg.default_ttl_seconds), (600, 600));
+    assert_eq!(cfg.alg, Alg::ES256);
+    let cfg = parse(&[(BIND, "::1"), (PORT, "0")]).unwrap();
+    assert!(cfg.bind.is_ipv6());
+    assert_eq!(cfg.port, 0);
+}
+
+#[test]
+fn empty_values_mean_default() {
+    let cfg = parse(&[
+        (PORT, ""),
+        (ISSUER, " "),
+        (MAX_TTL, ""),
+        (VERIFICATION_KEYS_JSON, ""),
+    ])
+    .unwrap();
+    assert_eq!(cfg.port, 3200);
+    assert_eq!(cfg.issuer, "macp-auth-service");
+    assert_eq!(cfg.max_ttl_seconds, 3600);
+}
+
+#[test]
+fn bad_ttls() {
+    for (var, value, needle) in [
+        (MAX_TTL, "abc", "positive whole number"),
+        (MAX_TTL, "0", "must be positive"),
+        (MAX_TTL, "-5", "positive whole number"),
+        (MAX_TTL, "1.5", "positive whole number"),
+        (DEFAULT_TTL, "ten", "positive whole number"),
+        (DEFAULT_TTL, "0", "must be positive"),
+        (DEFAULT_TTL, "-1", "positive whole number"),
+        (MAX_TTL, "999999999999", "ceiling"),
+    ] {
+        assert_fatal(&[(var, value)], var, needle);
+    }
+}
+
+#[test]
+fn default_above_max() {
+    assert_fatal(
+        &[(MAX_TTL, "60"), (DEFAULT_TTL, "61")],
+        DEFAULT_TTL,
+        "above",
+    );
+    // Default above the default max.
+    assert_fatal(&[(DEFAULT_TTL, "3601")], DEFAULT_TTL, "above");
+}
+
+#[test]
+fn unknown_alg() {
+    assert_fatal(&[(SIGNING_ALG, "HS256")], SIGNING_ALG, "HS256");
+    assert_fatal(&[(SIGNING_ALG, "rs256")], SIGNING_ALG, "RS256 or ES256");
+}
+
+#[test]
+fn bad_port_and_bind() {
+    assert_fatal(&[(PORT, "http")], PORT, "port number");
+    assert_fatal(&[(PORT, "70000")], PORT, "70000");
+    assert_fatal(&[(PORT, "-1")], PORT, "port number");
+    assert_fatal(&[(BIND, "localhost")], BIND, "localhost");
+    assert_fatal(&[(BIND, "300.0.0.1")], BIND, "IPv4 or IPv6");
+}
+
+#[test]
+fn jwk_not_json() {
+    assert_fatal(
+        &[(SIGNING_KEY_JSON, "{'kty': 'RSA'}")],
+        SIGNING_KEY_JSON,
+        "not valid JSON",
+    );
+    assert_fatal(&[(SIGNING_KEY_JSON, "   ")], SIGNING_KEY_JSON, "empty");
+}
+
+#[test]
+fn public_only_jwk() {
+    let public = keys::public_jwk(rsa_jwk()).unwrap().to_string();
+    assert_fatal(
+        &[(SIGNING_KEY_JSON, &public)],
+        SIGNING_KEY_JSON,
+        "public-only",
+    );
+}
+
+#[test]
+fn kty_not_matching_alg() {
+    let ec = ec_jwk("ec").to_string();
+    assert_fatal(
+        &[(SIGNING_KEY_JSON, &ec)],
+        SIGNING_KEY_JSON,
+        "does not match algorithm RS256",
+    );
+    let rsa = rsa_jwk().to_string();
+    assert_fatal(
+        &[(SIGNING_KEY_JSON, &rsa), (SIGNING_ALG, "ES256")],
+        SIGNING_KEY_JSON,
+        "does not match algorithm ES256",
+    );
+}
+
+#[test]
+fn ec_curve_not_p256() {
+    let mut ec = ec_jwk("ec");
+    ec["crv"] = json!("P-521");
+    let text = ec.to_string();
+    assert_fatal(
+        &[(SIGNING_KEY_JSON, &text), (SIGNING_ALG, "ES256")],
+        SIGNING_KEY_JSON,
+        "P-521",
+    );
+}
+
+#[test]
+fn rsa_under_2048_bits() {
+    assert_fatal(
+        &[(SIGNING_KEY_JSON, weak_rsa_jwk())],
+        SIGNING_KEY_JSON,
+        "1024 bits",
+    );
+    let verification = format!("[{}]", weak_rsa_jwk());
+    assert_fatal(
+        &[(VERIFICATION_KEYS_JSON, &verification)],
+        VERIFICATION_KEYS_JSON,
+        "1024 bits",
+    );
+}
+
+#[test]
+fn missing_kid() {
+    let mut ec = ec_jwk("x");
+    ec.as_object_mut().unwrap().remove("kid");
+    let text = ec.to_string();
+    assert_fatal(
+        &[(SIGNING_KEY_JSON, &text), (SIGNING_ALG, "ES256")],
+        SIGNING_KEY_JSON,
+        "kid",
+    );
+    let verification = json!({"keys": [keys::public_jwk(&ec_jwk("y")).unwrap(), {"kty": "EC", "crv": "P-256", "x": ec["x"], "y": ec["y"]}]}).to_string();
+    assert_fatal(
+        &[(VERIFICATION_KEYS_JSON, &verification)],
+        VERIFICATION_KEYS_JSON,
+        "key #1: JWK has no kid",
+    );
+}
+
+#[test]
+fn duplicate_kids() {
+    let active = ec_jwk("same");
+    let other_same = ec_jwk("same");
+    let text = active.to_string();
+    let verification = json!([other_same]).to_string();
+    assert_fatal(
+        &[
+            (SIGNING_KEY_JSON, &text),
+            (SIGNING_ALG, "ES256"),
+            (VERIFICATION_KEYS_JSON, &verification),
+        ],
+        VERIFICATION_KEYS_JSON,
+        "also the kid of the active key",
+    );
+    let verification = json!([ec_jwk("v1"), ec_jwk("v1")]).to_string();
+    assert_fatal(
+        &[(VERIFICATION_KEYS_JSON, &verification)],
+        VERIFICATION_KEYS_JSON,
+        "duplicate kid \"v1\"",
+    );
+    // The ephemeral key's kid counts too.
+    let verification = json!([ec_jwk(EPHEMERAL_KID)]).to_string();
+    assert_fatal(
+        &[
+            (SIGNING_ALG, "ES256"),
+            (VERIFICATION_KEYS_JSON, &verification),
+        ],
+        VERIFICATION_KEYS_JSON,
+        "dev-key-1",
+    );
+}
+
+#[test]
+fn both_key_variables() {
+    let text = ec_jwk("k").to_string();
+    let err = fatal(&[
+        (SIGNING_KEY_JSON, &text),
+        (SIGNING_KEY_FILE, "/run/secrets/jwk"),
+    ]);
+    assert!(err.variable.contains(SIGNING_KEY_JSON) && err.variable.contains(SIGNING_KEY_FILE));
+    assert!(err.message.contains("both are set"));
+}
+
+#[test]
+fn bad_verification_keys_json() {
+    assert_fatal(
+        &[(VERIFICATION_KEYS_JSON, "{\"keys\": [")],
+        VERIFICATION_KEYS_JSON,
+        "not valid JSON",
+    );
+    assert_fatal(
+        &[(VERIFICATION_KEYS_JSON, "{\"kid\": \"a\"}")],
+        VERIFICATION_KEYS_JSON,
+        "\"keys\" array",
+    );
+}
+
+#[test]
+fn env_key_loads_with_verification_keys_after_it() {
+    let active = rsa_jwk().to_string();
+    let mut old_rsa = rsa_jwk().clone();
+    old_rsa["kid"] = json!("old-rsa");
+    let verification = json!({"keys": [ec_jwk("old-ec"), old_rsa]}).to_string();
+    let cfg = parse(&[
+        (SIGNING_KEY_JSON, &active),
+        (VERIFICATION_KEYS_JSON, &verification),
+    ])
+    .unwrap();
+    let loaded = cfg.load_keys(no_files).unwrap();
+    assert_eq!(loaded.source, KeySource::Env);
+    assert_eq!(loaded.active.kid(), "rsa-active");
+    let kids: Vec<&str> = loaded
+        .verification
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids, ["old-ec", "old-rsa"]);
+    let published = loaded.published();
+    assert_eq!(published.len(), 3);
+    assert_eq!(published[0]["kid"], "rsa-active");
+    for key in &published {
+        assert!(key.get("d").is_none());
+    }
+}
+
+#[test]
+fn file_key_is_read_through_the_reader() {
+    let text = ec_jwk("from-file").to_string();
+    let cfg = parse(&[
+        (SIGNING_KEY_FILE, "/secrets/key.json"),
+        (SIGNING_ALG, "ES256"),
+    ])
+    .unwrap();
+    let loaded = cfg
+        .load_keys(|path| {
+            assert_eq!(path, Path::new("/secrets/key.json"));
+            Ok(text.clone())
+        })
+        .unwrap();
+    assert_eq!(loaded.source, KeySource::File);
+    assert_eq!(loaded.active.kid(), "from-file");
+}
+
+#[test]
+fn unreadable_or_bad_key_file_names_the_variable() {
+    let cfg = parse(&[(SIGNING_KEY_FILE, "/nope")]).unwrap();
+    let err = cfg
+        .load_keys(|_| Err(io::Error::new(io::ErrorKind::NotFound, "No such file")))
+        .unwrap_err();
+    assert_eq!(err.variable, SIGNING_KEY_FILE);
+    assert!(err.message.contains("/nope"), "{err}");
+    let err = cfg.load_keys(|_| Ok("not json".into())).unwrap_err();
+    assert_eq!(err.variable, SIGNING_KEY_FILE);
+    assert!(err.message.contains("not valid JSON"), "{err}");
+    assert_fatal(&[(SIGNING_KEY_FILE, "")], SIGNING_KEY_FILE, "empty");
+}
+
+#[test]
+fn ephemeral_key_when_unset() {
+    let cfg = parse(&[(SIGNING_ALG, "ES256")]).unwrap();
+    let loaded = cfg.load_keys(no_files).unwrap();
+    assert_eq!(loaded.source, KeySource::Ephemeral);
+    assert_eq!(loaded.active.kid(), "dev-key-1");
+    assert_eq!(loaded.active.alg(), Alg::ES256);
+    assert_eq!(KeySource::Ephemeral.to_string(), "ephemeral");
+}

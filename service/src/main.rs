@@ -1,0 +1,292 @@
+//! `macp-auth-service`: the token service, plus two helper subcommands.
+//!
+//! * no arguments: run the service, configured from the environment;
+//! * `generate-key --alg RS256 --kid <kid> [--bits 2048]`: print a new private JWK;
+//! * `healthcheck [--url <url>]`: GET `/healthz` of the local instance and exit
+//!   0 on 200, 1 otherwise (for container `HEALTHCHECK`s in images without curl).
+//!
+//! This file owns every side effect: environment, key file, socket, signals,
+//! stdout fingerprint and the exit code.
+
+use std::io::{IsTerminal, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use macp_auth_service::app::{self, AppState};
+use macp_auth_service::config::{self, Config, ConfigError, KeySource};
+use macp_auth_service::keys::{self, Alg};
+use tracing_subscriber::EnvFilter;
+
+/// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "macp-auth-service",
+    version,
+    about = "MACP auth-service: mints short-lived JWTs and publishes a multi-key JWKS.\n\
+             Without a subcommand it runs the service, configured from MACP_AUTH_* environment variables."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a new private JWK (JSON, one line) on stdout, for a secret store.
+    GenerateKey {
+        /// Signing algorithm: RS256 or ES256.
+        #[arg(long, default_value = "RS256")]
+        alg: Alg,
+        /// Key id, e.g. prod-key-2026-11-27 (verifiers select keys by kid).
+        #[arg(long)]
+        kid: String,
+        /// RSA modulus size: 2048, 3072 or 4096 (ignored for ES256).
+        #[arg(long, default_value_t = 2048)]
+        bits: u32,
+    },
+    /// GET /healthz of the service on this host (PORT, MACP_AUTH_BIND); exit 0 on 200.
+    Healthcheck {
+        /// Full URL to check instead, e.g. http://127.0.0.1:3200/healthz.
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors; every other bad flag exits 1.
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        None => run_service(),
+        Some(Command::GenerateKey { alg, kid, bits }) => generate_key(alg, &kid, bits),
+        Some(Command::Healthcheck { url }) => match healthcheck(url.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("healthcheck failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn generate_key(alg: Alg, kid: &str, bits: u32) -> ExitCode {
+    match keys::generate_private_jwk(alg, kid, bits) {
+        Ok(jwk) => {
+            println!("{jwk}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("generate-key: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn fatal(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("[auth-service] fatal: {message}");
+    ExitCode::FAILURE
+}
+
+/// Reads the service's variables from the process environment. A value that
+/// is not UTF-8 is a configuration error naming the variable.
+fn env_vars() -> Result<Vec<(String, String)>, ConfigError> {
+    let mut vars = Vec::new();
+    for name in config::VARIABLES {
+        match std::env::var(name) {
+            Ok(value) => vars.push((name.to_string(), value)),
+            Err(std::env::VarError::NotPresent) => {}
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(ConfigError {
+                    variable: name.to_string(),
+                    message: "is not valid UTF-8".to_string(),
+                });
+            }
+        }
+    }
+    Ok(vars)
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn run_service() -> ExitCode {
+    init_tracing();
+    let config = match env_vars().and_then(Config::from_vars) {
+        Ok(config) => config,
+        Err(e) => return fatal(e),
+    };
+    let keys = match config.load_keys(|path| std::fs::read_to_string(path)) {
+        Ok(keys) => keys,
+        Err(e) => return fatal(e),
+    };
+    if keys.source == KeySource::Ephemeral {
+        tracing::warn!(
+            kid = keys.active.kid(),
+            "no signing key configured: using an ephemeral key that dies with this process; \
+             never run this in production (set MACP_AUTH_SIGNING_KEY_JSON or MACP_AUTH_SIGNING_KEY_FILE)"
+        );
+    }
+    let state = Arc::new(AppState::new(&config, keys));
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fatal(format_args!("cannot start the async runtime: {e}")),
+    };
+    runtime.block_on(serve(config, state))
+}
+
+async fn serve(config: Config, state: Arc<AppState>) -> ExitCode {
+    let addr = SocketAddr::new(config.bind, config.port);
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            return fatal(format_args!(
+                "{}/{}: cannot listen on {addr}: {e}",
+                config::PORT,
+                config::BIND
+            ));
+        }
+    };
+    let port = listener.local_addr().map_or(config.port, |a| a.port());
+
+    // The operators' fingerprint: exactly these five lines on stdout.
+    println!("[auth-service] listening on port {port}");
+    println!(
+        "[auth-service] issuer={} audience={}",
+        state.issuer, state.audience
+    );
+    println!(
+        "[auth-service] key source: {} kid={} alg={} published={}",
+        state.key_source,
+        state.key.kid(),
+        state.key.alg(),
+        state.published_kids.len()
+    );
+    println!("[auth-service] JWKS: http://localhost:{port}/.well-known/jwks.json");
+    println!("[auth-service] Mint: POST http://localhost:{port}/tokens");
+    let _ = std::io::stdout().flush();
+    tracing::info!(
+        %addr,
+        kid = state.key.kid(),
+        published = ?state.published_kids,
+        "token service started"
+    );
+
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        wait_for_stop_signal().await;
+        let _ = stopping_tx.send(());
+    };
+    let server = app::serve(listener, state, shutdown);
+    let deadline = async move {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        biased;
+        result = server => match result {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fatal(format_args!("server error: {e}")),
+        },
+        () = deadline => {
+            tracing::error!(timeout_secs = DRAIN_TIMEOUT.as_secs(), "in-flight requests did not finish in time; exiting");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGTERM handler");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    };
+    tracing::info!(
+        signal = name,
+        "stopping: no new connections, draining in-flight requests"
+    );
+}
+
+/// Minimal HTTP/1.0 GET of `/healthz`; no client library needed for one request.
+fn healthcheck(url: Option<&str>) -> anyhow::Result<()> {
+    let (addr, path) = match url {
+        Some(url) => parse_http_url(url)?,
+        None => {
+            let vars = env_vars().map_err(anyhow::Error::new)?;
+            let config = Config::from_vars(vars).map_err(anyhow::Error::new)?;
+            let ip = match config.bind {
+                IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                ip => ip,
+            };
+            (SocketAddr::new(ip, config.port), "/healthz".to_string())
+        }
+    };
+    let timeout = Duration::from_secs(3);
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head).context("read response")?;
+    let status_line = String::from_utf8_lossy(&head[..n]);
+    let status = status_line.split_whitespace().nth(1).unwrap_or_default();
+    if status != "200" {
+        bail!("GET http://{addr}{path} answered {status:?}");
+    }
+    Ok(())
+}
+
+fn parse_http_url(url: &str) -> anyhow::Result<(SocketAddr, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .context("only http:// URLs are supported")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].to_string()),
+        None => (rest, "/".to_string()),
+    };
+    let authority = authority.replace("localhost", "127.0.0.1");
+    let addr: SocketAddr = authority
+        .parse()
+        .with_context(|| format!("{authority:?} is not an ip:port address"))?;
+    Ok((addr, path))
+}

@@ -1,0 +1,477 @@
+//! The compiled binary as a process: fingerprint lines, fatal configuration,
+//! signals and the helper subcommands.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ec_jwk, rsa_jwk};
+use macp_auth_service::keys::{Alg, SigningKey};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_macp-auth-service");
+
+fn command(vars: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PORT", "0")
+        .env("MACP_AUTH_BIND", "127.0.0.1")
+        .env("RUST_LOG", "info");
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+struct Service {
+    child: Child,
+    lines: Vec<String>,
+    addr: SocketAddr,
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl Service {
+    fn start(vars: &[(&str, &str)]) -> Service {
+        let mut child = command(vars)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut lines = Vec::new();
+        for _ in 0..5 {
+            let mut line = String::new();
+            assert!(
+                stdout.read_line(&mut line).unwrap() > 0,
+                "stdout closed early"
+            );
+            lines.push(line.trim_end_matches('\n').to_string());
+        }
+        let port: u16 = lines[0]
+            .strip_prefix("[auth-service] listening on port ")
+            .unwrap()
+            .parse()
+            .unwrap();
+        Service {
+            child,
+            lines,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            _stdout: stdout,
+        }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid has no memory-safety concerns.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    fn wait(mut self, limit: Duration) -> (ExitStatus, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut stderr)
+                    .unwrap();
+                return (status, stderr);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "service did not exit in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One blocking HTTP/1.1 request; returns status and body.
+fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    read_response(&mut stream)
+}
+
+fn read_response(stream: &mut TcpStream) -> (u16, Value) {
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap())
+}
+
+#[test]
+fn five_startup_lines_env_key() {
+    let jwk = ec_jwk("fingerprint-1").to_string();
+    let verification = json!([ec_jwk("published-2"), ec_jwk("published-3")]).to_string();
+    let service = Service::start(&[
+        ("MACP_AUTH_SIGNING_ALG", "ES256"),
+        ("MACP_AUTH_SIGNING_KEY_JSON", &jwk),
+        ("MACP_AUTH_VERIFICATION_KEYS_JSON", &verification),
+    ]);
+    let port = service.addr.port();
+    assert_eq!(
+        service.lines,
+        [
+            format!("[auth-service] listening on port {port}"),
+            "[auth-service] issuer=macp-auth-service audience=macp-runtime".to_string(),
+            "[auth-service] key source: env kid=fingerprint-1 alg=ES256 published=3".to_string(),
+            format!("[auth-service] JWKS: http://localhost:{port}/.well-known/jwks.json"),
+            format!("[auth-service] Mint: POST http://localhost:{port}/tokens"),
+        ]
+    );
+    let (status, body) = http(service.addr, "GET", "/healthz", None);
+    assert_eq!((status, body), (200, json!({"ok": true})));
+    let (status, jwks) = http(service.addr, "GET", "/.well-known/jwks.json", None);
+    assert_eq!(status, 200);
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids, ["fingerprint-1", "published-2", "published-3"]);
+
+    service.signal(libc::SIGTERM);
+    let (status, _) = service.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn ephemeral_key_warns_and_file_key_is_read() {
+    let service = Service::start(&[("PORT", "0")]);
+    assert_eq!(
+        service.lines[2],
+        "[auth-service] key source: ephemeral kid=dev-key-1 alg=RS256 published=1"
+    );
+    let (status, body) = http(service.addr, "POST", "/tokens", Some(r#"{"sender":"dev"}"#));
+    assert_eq!(status, 200, "{body}");
+    service.signal(libc::SIGINT);
+    let (status, stderr) = service.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "SIGINT stops cleanly too");
+    assert!(stderr.contains("ephemeral"), "{stderr}");
+    assert!(stderr.contains("production"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("active.jwk.json");
+    std::fs::write(&path, rsa_jwk().to_string()).unwrap();
+    let service = Service::start(&[("MACP_AUTH_SIGNING_KEY_FILE", path.to_str().unwrap())]);
+    assert_eq!(
+        service.lines[2],
+        "[auth-service] key source: file kid=rsa-test-1 alg=RS256 published=1"
+    );
+}
+
+/// Runs the binary with a bad configuration: it must exit 1 before printing
+/// anything on stdout, with exactly one stderr line naming the variable.
+fn assert_fatal(vars: &[(&str, &str)], variable: &str) {
+    let output = command(vars).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{vars:?}: {stderr}");
+    assert!(output.stdout.is_empty(), "{vars:?}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(variable), "{stderr} lacks {variable}");
+}
+
+#[test]
+fn every_bad_configuration_class_exits_1_naming_the_variable() {
+    let rsa = rsa_jwk().to_string();
+    let ec = ec_jwk("ec-x").to_string();
+    let public = macp_auth_service::keys::public_jwk(rsa_jwk())
+        .unwrap()
+        .to_string();
+    let weak = include_str!("fixtures/rsa-1024.jwk.json");
+    let mut p384 = ec_jwk("p384");
+    p384["crv"] = json!("P-384");
+    let p384 = p384.to_string();
+    let mut no_kid = rsa_jwk().clone();
+    no_kid.as_object_mut().unwrap().remove("kid");
+    let no_kid = no_kid.to_string();
+    let dup = json!([ec_jwk("rsa-test-1")]).to_string();
+
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (
+            vec![("MACP_AUTH_MAX_TTL_SECONDS", "abc")],
+            "MACP_AUTH_MAX_TTL_SECONDS",
+        ),
+        (
+            vec![("MACP_AUTH_DEFAULT_TTL_SECONDS", "0")],
+            "MACP_AUTH_DEFAULT_TTL_SECONDS",
+        ),
+        (
+            vec![("MACP_AUTH_DEFAULT_TTL_SECONDS", "-3")],
+            "MACP_AUTH_DEFAULT_TTL_SECONDS",
+        ),
+        (
+            vec![
+                ("MACP_AUTH_MAX_TTL_SECONDS", "60"),
+                ("MACP_AUTH_DEFAULT_TTL_SECONDS", "300"),
+            ],
+            "MACP_AUTH_DEFAULT_TTL_SECONDS",
+        ),
+        (
+            vec![("MACP_AUTH_SIGNING_ALG", "HS256")],
+            "MACP_AUTH_SIGNING_ALG",
+        ),
+        (
+            vec![("MACP_AUTH_SIGNING_KEY_JSON", "{nope")],
+            "MACP_AUTH_SIGNING_KEY_JSON",
+        ),
+        (
+            vec![("MACP_AUTH_SIGNING_KEY_JSON", &public)],
+            "MACP_AUTH_SIGNING_KEY_JSON",
+        ),
+        (
+            vec![("MACP_AUTH_SIGNING_KEY_JSON", &ec)],
+            "MACP_AUTH_SIGNING_KEY_JSON",
+        ),
+        (
+            vec![
+                ("MACP_AUTH_SIGNING_ALG", "ES256"),
+                ("MACP_AUTH_SIGNING_KEY_JSON", &p384),
+            ],
+            "MACP_AUTH_SIGNING_KEY_JSON",
+        ),
+        (
+            vec![("MACP_AUTH_SIGNING_KEY_JSON", weak)],
+            "MACP_AUTH_SIGNING_KEY_JSON",
+        ),
+        (
+            vec![("MACP_AUTH_SIGNING_KEY_JSON", &no_kid)],
+            "MACP_AUTH_SIGNING_KEY_JSON",
+        ),
+        (
+            vec![
+                ("MACP_AUTH_SIGNING_KEY_JSON", &rsa),
+                ("MACP_AUTH_VERIFICATION_KEYS_JSON", &dup),
+            ],
+            "MACP_AUTH_VERIFICATION_KEYS_JSON",
+        ),
+        (
+            vec![
+                ("MACP_AUTH_SIGNING_KEY_JSON", &rsa),
+                ("MACP_AUTH_SIGNING_KEY_FILE", "/x"),
+            ],
+            "MACP_AUTH_SIGNING_KEY_FILE",
+        ),
+        (
+            vec![("MACP_AUTH_SIGNING_KEY_FILE", "/definitely/missing.json")],
+            "MACP_AUTH_SIGNING_KEY_FILE",
+        ),
+        (
+            vec![("MACP_AUTH_VERIFICATION_KEYS_JSON", "{\"keys\":")],
+            "MACP_AUTH_VERIFICATION_KEYS_JSON",
+        ),
+        (vec![("PORT", "99999")], "PORT"),
+        (vec![("PORT", "abc")], "PORT"),
+        (vec![("MACP_AUTH_BIND", "not-an-ip")], "MACP_AUTH_BIND"),
+    ];
+    for (vars, variable) in cases {
+        assert_fatal(&vars, variable);
+    }
+}
+
+#[test]
+fn port_in_use_is_fatal() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let jwk = ec_jwk("k").to_string();
+    assert_fatal(
+        &[
+            ("PORT", &port),
+            ("MACP_AUTH_SIGNING_ALG", "ES256"),
+            ("MACP_AUTH_SIGNING_KEY_JSON", &jwk),
+        ],
+        "PORT",
+    );
+}
+
+/// Opens a mint request and sends only half of its body.
+fn half_sent_request(addr: SocketAddr) -> (TcpStream, &'static [u8]) {
+    const BODY: &[u8] = br#"{"sender":"in-flight","ttl_seconds":30}"#;
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST /tokens HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        BODY.len()
+    )
+    .unwrap();
+    let (first, rest) = BODY.split_at(BODY.len() / 2);
+    stream.write_all(first).unwrap();
+    stream.flush().unwrap();
+    (stream, rest)
+}
+
+#[test]
+fn sigterm_drains_the_in_flight_request_and_exits_0() {
+    let jwk = ec_jwk("drain").to_string();
+    let service = Service::start(&[
+        ("MACP_AUTH_SIGNING_ALG", "ES256"),
+        ("MACP_AUTH_SIGNING_KEY_JSON", &jwk),
+    ]);
+    let (mut stream, rest) = half_sent_request(service.addr);
+    // Make sure the server has the request before the signal.
+    std::thread::sleep(Duration::from_millis(300));
+    service.signal(libc::SIGTERM);
+
+    // New connections are refused once the listener is closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(service.addr).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    stream.write_all(rest).unwrap();
+    let (status, body) = read_response(&mut stream);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sender"], "in-flight");
+    assert_eq!(body["expires_in_seconds"], 30);
+    let (status, stderr) = service.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn drain_longer_than_10_seconds_exits_1() {
+    let jwk = ec_jwk("stuck").to_string();
+    let service = Service::start(&[
+        ("MACP_AUTH_SIGNING_ALG", "ES256"),
+        ("MACP_AUTH_SIGNING_KEY_JSON", &jwk),
+    ]);
+    let (_stream, _rest) = half_sent_request(service.addr);
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    service.signal(libc::SIGTERM);
+    let (status, stderr) = service.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(signalled.elapsed() >= Duration::from_secs(10));
+    assert!(stderr.contains("did not finish"), "{stderr}");
+}
+
+#[test]
+fn generate_key_prints_a_usable_private_jwk() {
+    for (args, alg, kty) in [
+        (
+            vec!["--alg", "ES256", "--kid", "prod-ec-1"],
+            Alg::ES256,
+            "EC",
+        ),
+        (
+            vec!["--alg", "RS256", "--kid", "prod-rsa-1", "--bits", "3072"],
+            Alg::RS256,
+            "RSA",
+        ),
+        (vec!["--kid", "default-alg"], Alg::RS256, "RSA"),
+    ] {
+        let output = Command::new(BIN)
+            .arg("generate-key")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        let text = String::from_utf8(output.stdout).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        let jwk: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(jwk["kty"], kty);
+        assert!(jwk.get("d").is_some());
+        let key = SigningKey::from_jwk(&jwk, alg).unwrap();
+        assert_eq!(
+            key.kid(),
+            args[args.iter().position(|a| *a == "--kid").unwrap() + 1]
+        );
+    }
+    let output = Command::new(BIN)
+        .args(["generate-key", "--kid", "big", "--bits", "3072"])
+        .output()
+        .unwrap();
+    let jwk: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        jwk["n"].as_str().unwrap().len(),
+        512,
+        "3072-bit modulus in base64url"
+    );
+}
+
+#[test]
+fn generate_key_bad_flags_exit_1() {
+    for args in [
+        vec!["generate-key", "--alg", "HS256", "--kid", "k"],
+        vec![
+            "generate-key",
+            "--alg",
+            "RS256",
+            "--kid",
+            "k",
+            "--bits",
+            "1024",
+        ],
+        vec!["generate-key", "--alg", "RS256"],
+        vec!["generate-key", "--kid", ""],
+        vec!["generate-key", "--kid", "k", "--bits", "many"],
+        vec!["no-such-command"],
+    ] {
+        let output = Command::new(BIN).args(&args).output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        assert!(output.stdout.is_empty(), "{args:?}");
+        assert!(!output.stderr.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn healthcheck_subcommand() {
+    let jwk = ec_jwk("hc").to_string();
+    let service = Service::start(&[
+        ("MACP_AUTH_SIGNING_ALG", "ES256"),
+        ("MACP_AUTH_SIGNING_KEY_JSON", &jwk),
+    ]);
+    let port = service.addr.port().to_string();
+    let ok = Command::new(BIN)
+        .arg("healthcheck")
+        .env_clear()
+        .env("PORT", &port)
+        .env("MACP_AUTH_BIND", "127.0.0.1")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    assert!(
+        Command::new(BIN)
+            .args(["healthcheck", "--url", &url])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let missing = format!("http://127.0.0.1:{port}/nope");
+    let not_ok = Command::new(BIN)
+        .args(["healthcheck", "--url", &missing])
+        .output()
+        .unwrap();
+    assert_eq!(not_ok.status.code(), Some(1));
+    drop(service);
+    let closed = Command::new(BIN)
+        .arg("healthcheck")
+        .env_clear()
+        .env("PORT", &port)
+        .env("MACP_AUTH_BIND", "127.0.0.1")
+        .output()
+        .unwrap();
+    assert_eq!(closed.status.code(), Some(1));
+}

@@ -111,12 +111,28 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16,
     read_response(&mut stream)
 }
 
+/// Reads one response (head, then a content-length body) without waiting for
+/// the connection to close, so keep-alive connections can carry more.
 fn read_response(stream: &mut TcpStream) -> (u16, Value) {
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "closed inside the head");
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8(raw).unwrap();
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, serde_json::from_str(body).unwrap())
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .unwrap();
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    (status, serde_json::from_slice(&body).unwrap())
 }
 
 #[test]
@@ -305,19 +321,27 @@ fn port_in_use_is_fatal() {
     );
 }
 
-/// Opens a mint request and sends only half of its body.
+/// Opens a keep-alive connection, completes one mint on it (so the server has
+/// certainly accepted and is serving the connection), then starts a second
+/// mint and sends only half of its body.
 fn half_sent_request(addr: SocketAddr) -> (TcpStream, &'static [u8]) {
     const BODY: &[u8] = br#"{"sender":"in-flight","ttl_seconds":30}"#;
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
+    let head = format!(
         "POST /tokens HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         BODY.len()
-    )
-    .unwrap();
+    );
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(BODY).unwrap();
+    let (status, _) = read_response(&mut stream);
+    assert_eq!(status, 200);
+
+    stream.write_all(head.as_bytes()).unwrap();
     let (first, rest) = BODY.split_at(BODY.len() / 2);
     stream.write_all(first).unwrap();
     stream.flush().unwrap();
+    // Give the server time to read the head: from then on the request is in flight.
+    std::thread::sleep(Duration::from_millis(300));
     (stream, rest)
 }
 
@@ -329,8 +353,6 @@ fn sigterm_drains_the_in_flight_request_and_exits_0() {
         ("MACP_AUTH_SIGNING_KEY_JSON", &jwk),
     ]);
     let (mut stream, rest) = half_sent_request(service.addr);
-    // Make sure the server has the request before the signal.
-    std::thread::sleep(Duration::from_millis(300));
     service.signal(libc::SIGTERM);
 
     // New connections are refused once the listener is closed.
@@ -357,7 +379,6 @@ fn drain_longer_than_10_seconds_exits_1() {
         ("MACP_AUTH_SIGNING_KEY_JSON", &jwk),
     ]);
     let (_stream, _rest) = half_sent_request(service.addr);
-    std::thread::sleep(Duration::from_millis(300));
     let signalled = Instant::now();
     service.signal(libc::SIGTERM);
     let (status, stderr) = service.wait(Duration::from_secs(30));

@@ -6,12 +6,14 @@
 //! millisecond, and handing it to a blocking pool would cost more in thread
 //! hops than it saves on a machine with as many workers as cores.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,9 +21,15 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::audit::{self, AuditLog, AuditRecord};
+use crate::callers::{AuthResult, CallerAuth, CallerSet, Reload};
 use crate::config::{Config, KeySource, LoadedKeys};
 use crate::keys::{self, SigningKey};
-use crate::metrics::{self, Metrics, Outcome};
+use crate::metrics::{self, AuthFailure, Metrics, Outcome};
+use crate::ratelimit::{self, RateLimiter};
+
+/// How often `MACP_AUTH_MINT_TOKENS_FILE` is re-read.
+pub const CALLERS_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Largest accepted `POST /tokens` body (the reference's 100 KiB).
 pub const MAX_BODY_BYTES: usize = 100 * 1024;
@@ -46,6 +54,17 @@ pub struct AppState {
     /// The serialized JWKS, built once.
     jwks_body: Bytes,
     metrics: Metrics,
+    callers: Option<CallerFile>,
+    rate_limiter: Option<RateLimiter>,
+    audit: Option<AuditLog>,
+}
+
+/// Caller authentication state: the live token set and where it comes from.
+#[derive(Debug)]
+struct CallerFile {
+    auth: CallerAuth,
+    path: PathBuf,
+    poll: Duration,
 }
 
 impl AppState {
@@ -67,6 +86,78 @@ impl AppState {
             published_kids,
             jwks_body,
             metrics,
+            callers: None,
+            rate_limiter: config
+                .rate_limit
+                .map(|r| RateLimiter::new(r.per_second, r.burst)),
+            audit: None,
+        }
+    }
+
+    /// Turns on caller authentication with `set`, re-reading `path` every
+    /// `poll` while [`serve`] runs.
+    pub fn with_callers(mut self, set: CallerSet, path: PathBuf, poll: Duration) -> Self {
+        self.metrics.set_caller_tokens(set.len());
+        self.callers = Some(CallerFile {
+            auth: CallerAuth::new(set),
+            path,
+            poll,
+        });
+        self
+    }
+
+    /// Sends one audit line per mint attempt to `log`.
+    pub fn with_audit(mut self, log: AuditLog) -> Self {
+        self.audit = Some(log);
+        self
+    }
+
+    /// Re-reads the caller tokens file if caller authentication is on; keeps
+    /// the previous set when the file is unreadable or invalid.
+    pub async fn reload_callers(&self) -> Option<Result<Reload, String>> {
+        let callers = self.callers.as_ref()?;
+        let result = match tokio::fs::read_to_string(&callers.path).await {
+            Ok(text) => callers.auth.reload(&text).map_err(|e| e.to_string()),
+            Err(e) => Err(format!("cannot read: {e}")),
+        };
+        match &result {
+            Ok(Reload::Replaced { tokens }) => {
+                self.metrics.set_caller_tokens(*tokens);
+                self.metrics.record_caller_reload(true);
+            }
+            Ok(Reload::Unchanged) => {}
+            Err(_) => self.metrics.record_caller_reload(false),
+        }
+        Some(result)
+    }
+}
+
+/// Polls the caller tokens file (by path: a Secret volume swaps a symlink,
+/// which inode watches miss). Failures are logged once per distinct error.
+async fn poll_callers(state: Arc<AppState>) {
+    let Some(callers) = state.callers.as_ref() else {
+        return;
+    };
+    let mut last_error: Option<String> = None;
+    loop {
+        tokio::time::sleep(callers.poll).await;
+        match state.reload_callers().await {
+            Some(Ok(Reload::Replaced { tokens })) => {
+                last_error = None;
+                tracing::info!(path = %callers.path.display(), tokens, "caller tokens reloaded");
+            }
+            Some(Ok(Reload::Unchanged)) => last_error = None,
+            Some(Err(e)) => {
+                if last_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(
+                        path = %callers.path.display(),
+                        error = %e,
+                        "caller tokens file not reloaded; the previous tokens stay in force"
+                    );
+                }
+                last_error = Some(e);
+            }
+            None => return,
         }
     }
 }
@@ -111,9 +202,20 @@ pub async fn serve<F>(
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let poller = state
+        .callers
+        .is_some()
+        .then(|| tokio::spawn(poll_callers(state.clone())));
+    let result = axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    if let Some(poller) = poller {
+        poller.abort();
+    }
+    result
 }
 
 fn json_bytes(status: StatusCode, body: impl Into<Body>) -> Response {
@@ -255,7 +357,13 @@ struct MintResponse<'a> {
     expires_in_seconds: u64,
 }
 
-enum Rejection {
+/// Why a `POST /tokens` was refused; [`Rejection::status`] and
+/// [`Rejection::message`] are what the caller sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    Unauthorized(AuthFailure),
+    /// Seconds until the caller's bucket has a token again.
+    RateLimited(u64),
     ContentType,
     TooLarge,
     Json,
@@ -266,8 +374,37 @@ enum Rejection {
 }
 
 impl Rejection {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Rejection::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Rejection::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Rejection::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::Json | Rejection::Sender | Rejection::Scopes | Rejection::Ttl => {
+                StatusCode::BAD_REQUEST
+            }
+            Rejection::Signing => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn message(&self) -> &'static str {
+        match self {
+            Rejection::Unauthorized(_) => "unauthorized",
+            Rejection::RateLimited(_) => "rate limit exceeded",
+            Rejection::ContentType => "content-type must be application/json",
+            Rejection::TooLarge => "request body too large",
+            Rejection::Json => "invalid JSON body",
+            Rejection::Sender => "sender is required",
+            Rejection::Scopes => "scopes must be an object",
+            Rejection::Ttl => "ttl_seconds must be a positive number",
+            Rejection::Signing => "token signing failed",
+        }
+    }
+
     fn outcome(&self) -> Outcome {
         match self {
+            Rejection::Unauthorized(_) => Outcome::unauthorized,
+            Rejection::RateLimited(_) => Outcome::rate_limited,
             Rejection::ContentType => Outcome::unsupported_content_type,
             Rejection::TooLarge => Outcome::body_too_large,
             Rejection::Json => Outcome::invalid_json,
@@ -279,44 +416,43 @@ impl Rejection {
     }
 
     fn response(&self) -> Response {
+        let mut response = error(self.status(), self.message());
         match self {
-            Rejection::ContentType => error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "content-type must be application/json",
-            ),
-            Rejection::TooLarge => error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
-            Rejection::Json => error(StatusCode::BAD_REQUEST, "invalid JSON body"),
-            Rejection::Sender => error(StatusCode::BAD_REQUEST, "sender is required"),
-            Rejection::Scopes => error(StatusCode::BAD_REQUEST, "scopes must be an object"),
-            Rejection::Ttl => error(
-                StatusCode::BAD_REQUEST,
-                "ttl_seconds must be a positive number",
-            ),
-            Rejection::Signing => error(StatusCode::INTERNAL_SERVER_ERROR, "token signing failed"),
+            Rejection::Unauthorized(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Rejection::RateLimited(secs) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            _ => {}
         }
+        response
     }
 }
 
-async fn mint(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let started = Instant::now();
-    let (outcome, response) = match mint_inner(&state, request).await {
-        Ok(response) => (Outcome::issued, response),
-        Err(rejection) => (rejection.outcome(), rejection.response()),
-    };
-    state.metrics.record_mint(outcome, started.elapsed());
-    response
+/// A valid mint request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MintRequest {
+    pub sender: String,
+    pub scopes: Value,
+    /// Effective lifetime (defaulted and clamped).
+    pub ttl_seconds: u64,
 }
 
-/// Checks in the contract's order: content type, size, JSON, sender, scopes, ttl.
-async fn mint_inner(state: &AppState, request: Request) -> Result<Response, Rejection> {
-    let (parts, body) = request.into_parts();
-    if !is_json_content_type(&parts.headers) {
-        return Err(Rejection::ContentType);
-    }
-    let bytes = read_body(body, declared_length(&parts.headers)).await?;
+/// Parses a `POST /tokens` body. Pure: the checks after content type and size,
+/// in the contract's order (JSON, sender, scopes, ttl).
+pub fn parse_mint_request(
+    bytes: &[u8],
+    default_ttl: u64,
+    max_ttl: u64,
+) -> Result<MintRequest, Rejection> {
     // serde_json stops at 128 nesting levels, so deep bodies fail here
     // instead of exhausting the stack.
-    let body: Value = serde_json::from_slice(&bytes).map_err(|_| Rejection::Json)?;
+    let body: Value = serde_json::from_slice(bytes).map_err(|_| Rejection::Json)?;
     let Value::Object(mut body) = body else {
         return Err(Rejection::Sender);
     };
@@ -329,13 +465,17 @@ async fn mint_inner(state: &AppState, request: Request) -> Result<Response, Reje
         Some(obj @ Value::Object(_)) => obj,
         Some(_) => return Err(Rejection::Scopes),
     };
-    let ttl = effective_ttl(
-        body.get("ttl_seconds"),
-        state.default_ttl_seconds,
-        state.max_ttl_seconds,
-    )
-    .ok_or(Rejection::Ttl)?;
+    let ttl_seconds =
+        effective_ttl(body.get("ttl_seconds"), default_ttl, max_ttl).ok_or(Rejection::Ttl)?;
+    Ok(MintRequest {
+        sender,
+        scopes,
+        ttl_seconds,
+    })
+}
 
+/// Signs a token for `request` and returns the JSON response body.
+pub fn issue(state: &AppState, request: &MintRequest) -> Result<Vec<u8>, Rejection> {
     let iat = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -343,22 +483,134 @@ async fn mint_inner(state: &AppState, request: Request) -> Result<Response, Reje
     let claims = Claims {
         iss: &state.issuer,
         aud: &state.audience,
-        sub: &sender,
+        sub: &request.sender,
         iat,
-        exp: iat.saturating_add(ttl),
-        macp_scopes: &scopes,
+        exp: iat.saturating_add(request.ttl_seconds),
+        macp_scopes: &request.scopes,
     };
     let token = state.key.sign_claims(&claims).map_err(|e| {
         tracing::error!(error = %e, kid = state.key.kid(), "token signing failed");
         Rejection::Signing
     })?;
-    let body = serde_json::to_vec(&MintResponse {
+    serde_json::to_vec(&MintResponse {
         token: &token,
-        sender: &sender,
+        sender: &request.sender,
         expires_in_seconds: claims.exp - claims.iat,
     })
-    .map_err(|_| Rejection::Signing)?;
-    Ok(json_bytes(StatusCode::OK, body))
+    .map_err(|_| Rejection::Signing)
+}
+
+/// The whole mint outcome for a body that passed the content-type and size
+/// checks: `(status, JSON body)`. For fuzzing and property tests.
+pub fn mint_from_body(state: &AppState, bytes: &[u8]) -> (StatusCode, Vec<u8>) {
+    match parse_mint_request(bytes, state.default_ttl_seconds, state.max_ttl_seconds)
+        .and_then(|request| issue(state, &request))
+    {
+        Ok(body) => (StatusCode::OK, body),
+        Err(rejection) => {
+            let body = serde_json::to_vec(&serde_json::json!({"error": rejection.message()}))
+                .unwrap_or_default();
+            (rejection.status(), body)
+        }
+    }
+}
+
+/// What is known about one mint attempt, for the audit log.
+#[derive(Default)]
+struct Attempt {
+    caller: Option<String>,
+    request: Option<MintRequest>,
+}
+
+async fn mint(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let started = Instant::now();
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let mut attempt = Attempt::default();
+    let result = mint_inner(&state, request, client, &mut attempt).await;
+    let outcome = match &result {
+        Ok(_) => Outcome::issued,
+        Err(rejection) => rejection.outcome(),
+    };
+    state.metrics.record_mint(outcome, started.elapsed());
+    if let Some(audit) = &state.audit {
+        let (status, text) = match &result {
+            Ok(_) => (StatusCode::OK, "issued"),
+            Err(rejection) => (rejection.status(), rejection.message()),
+        };
+        let request = attempt.request.as_ref();
+        audit
+            .record(&AuditRecord {
+                ts: audit::now_rfc3339(),
+                event: "mint",
+                caller: attempt.caller.as_deref(),
+                client: client.map(|c| c.to_string()),
+                sender: request.map(|r| r.sender.as_str()),
+                scopes: request.map(|r| &r.scopes),
+                ttl_seconds: request.map(|r| r.ttl_seconds),
+                kid: state.key.kid(),
+                alg: state.key.alg().as_str(),
+                status: status.as_u16(),
+                outcome: text,
+            })
+            .await;
+    }
+    match result {
+        Ok(body) => json_bytes(StatusCode::OK, body),
+        Err(rejection) => rejection.response(),
+    }
+}
+
+/// Checks in order: caller authentication, rate limit, then the contract's
+/// content type, size, JSON, sender, scopes, ttl.
+async fn mint_inner(
+    state: &AppState,
+    request: Request,
+    client: Option<SocketAddr>,
+    attempt: &mut Attempt,
+) -> Result<Vec<u8>, Rejection> {
+    let (parts, body) = request.into_parts();
+    if let Some(callers) = &state.callers {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        let failure = match callers.auth.check(header) {
+            AuthResult::Ok(identity) => {
+                attempt.caller = Some(identity);
+                None
+            }
+            AuthResult::Missing => Some(AuthFailure::missing),
+            AuthResult::Invalid => Some(AuthFailure::invalid),
+        };
+        if let Some(reason) = failure {
+            state.metrics.record_auth_failure(reason);
+            return Err(Rejection::Unauthorized(reason));
+        }
+    }
+    if let Some(limiter) = &state.rate_limiter {
+        // Keyed by caller identity with authentication on (callers behind one
+        // NAT do not starve each other), else by client address (no port).
+        let key = match (&attempt.caller, client) {
+            (Some(identity), _) => identity.clone(),
+            (None, Some(addr)) => addr.ip().to_string(),
+            (None, None) => "unknown".to_string(),
+        };
+        if let Err(wait) = limiter.check(&key, Instant::now()) {
+            state.metrics.record_rate_limited();
+            return Err(Rejection::RateLimited(ratelimit::retry_after_seconds(wait)));
+        }
+    }
+    if !is_json_content_type(&parts.headers) {
+        return Err(Rejection::ContentType);
+    }
+    let bytes = read_body(body, declared_length(&parts.headers)).await?;
+    let request = parse_mint_request(&bytes, state.default_ttl_seconds, state.max_ttl_seconds)?;
+    let response = issue(state, &request);
+    attempt.request = Some(request);
+    response
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::callers::CallerSet;
 use crate::keys::{self, Alg, KeyError, SigningKey};
 
 pub const PORT: &str = "PORT";
@@ -25,9 +26,13 @@ pub const SIGNING_ALG: &str = "MACP_AUTH_SIGNING_ALG";
 pub const SIGNING_KEY_JSON: &str = "MACP_AUTH_SIGNING_KEY_JSON";
 pub const SIGNING_KEY_FILE: &str = "MACP_AUTH_SIGNING_KEY_FILE";
 pub const VERIFICATION_KEYS_JSON: &str = "MACP_AUTH_VERIFICATION_KEYS_JSON";
+pub const MINT_TOKENS_FILE: &str = "MACP_AUTH_MINT_TOKENS_FILE";
+pub const RATE_LIMIT_PER_SECOND: &str = "MACP_AUTH_RATE_LIMIT_PER_SECOND";
+pub const RATE_LIMIT_BURST: &str = "MACP_AUTH_RATE_LIMIT_BURST";
+pub const AUDIT_LOG: &str = "MACP_AUTH_AUDIT_LOG";
 
 /// Every variable the service reads, for `main` to collect from the environment.
-pub const VARIABLES: [&str; 10] = [
+pub const VARIABLES: [&str; 14] = [
     PORT,
     BIND,
     ISSUER,
@@ -38,6 +43,10 @@ pub const VARIABLES: [&str; 10] = [
     SIGNING_KEY_JSON,
     SIGNING_KEY_FILE,
     VERIFICATION_KEYS_JSON,
+    MINT_TOKENS_FILE,
+    RATE_LIMIT_PER_SECOND,
+    RATE_LIMIT_BURST,
+    AUDIT_LOG,
 ];
 
 pub const DEFAULT_PORT: u16 = 3200;
@@ -52,6 +61,16 @@ pub const EPHEMERAL_RSA_BITS: u32 = 2048;
 /// Upper bound on TTL settings: ten years. Keeps `iat + ttl` far from overflow
 /// and catches unit mix-ups (milliseconds pasted as seconds).
 pub const TTL_CEILING_SECONDS: u64 = 10 * 365 * 24 * 3600;
+/// Upper bound on `MACP_AUTH_RATE_LIMIT_PER_SECOND` and `_BURST`: far above
+/// what one replica can sign, so larger values are typos.
+pub const RATE_LIMIT_CEILING: u32 = 1_000_000;
+
+/// `MACP_AUTH_RATE_LIMIT_*`: a token bucket per caller.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+}
 
 /// A fatal configuration problem: the variable and what is wrong with it.
 #[derive(thiserror::Error, Debug, PartialEq, Eq)]
@@ -123,6 +142,11 @@ pub struct Config {
     pub signing_key: KeySpec,
     /// Public JWKs to publish but not sign with, already stripped and validated.
     pub verification_keys: Vec<Value>,
+    /// `MACP_AUTH_MINT_TOKENS_FILE`: caller authentication for `POST /tokens`.
+    pub mint_tokens_file: Option<PathBuf>,
+    pub rate_limit: Option<RateLimit>,
+    /// `MACP_AUTH_AUDIT_LOG=stdout`.
+    pub audit_log: bool,
 }
 
 /// The keys the service runs with.
@@ -172,6 +196,47 @@ fn parse_ttl(vars: &HashMap<String, String>, name: &str, default: u64) -> Result
         ));
     }
     Ok(value)
+}
+
+fn parse_rate_limit(vars: &HashMap<String, String>) -> Result<Option<RateLimit>, ConfigError> {
+    let rate = non_empty(vars, RATE_LIMIT_PER_SECOND).map(str::trim);
+    let burst = non_empty(vars, RATE_LIMIT_BURST).map(str::trim);
+    let Some(raw) = rate else {
+        if burst.is_some() {
+            return Err(ConfigError::new(
+                RATE_LIMIT_BURST,
+                format!("needs {RATE_LIMIT_PER_SECOND} to be set as well"),
+            ));
+        }
+        return Ok(None);
+    };
+    let per_second = raw
+        .parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r > 0.0 && *r <= f64::from(RATE_LIMIT_CEILING))
+        .ok_or_else(|| {
+            ConfigError::new(
+                RATE_LIMIT_PER_SECOND,
+                format!(
+                    "must be a positive number of requests per second up to {RATE_LIMIT_CEILING}, got {raw:?}"
+                ),
+            )
+        })?;
+    let burst = match burst {
+        // Default: one second's worth, at least one request.
+        None => per_second.ceil().max(1.0) as u32,
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|b| (1..=RATE_LIMIT_CEILING).contains(b))
+            .ok_or_else(|| {
+                ConfigError::new(
+                    RATE_LIMIT_BURST,
+                    format!("must be a whole number from 1 to {RATE_LIMIT_CEILING}, got {raw:?}"),
+                )
+            })?,
+    };
+    Ok(Some(RateLimit { per_second, burst }))
 }
 
 impl Config {
@@ -269,6 +334,31 @@ impl Config {
             }
         }
 
+        // Like the key variables, set-but-empty is an error: an empty value
+        // from a missing Secret key must not silently switch authentication off.
+        let mint_tokens_file = match vars.get(MINT_TOKENS_FILE) {
+            None => None,
+            Some(path) if path.trim().is_empty() => {
+                return Err(ConfigError::new(
+                    MINT_TOKENS_FILE,
+                    "is set but empty (unset it to leave POST /tokens unauthenticated)",
+                ));
+            }
+            Some(path) => Some(PathBuf::from(path)),
+        };
+        let rate_limit = parse_rate_limit(&vars)?;
+        let audit_log = match non_empty(&vars, AUDIT_LOG).map(str::trim) {
+            None => false,
+            Some(v) if v.eq_ignore_ascii_case("off") => false,
+            Some(v) if v.eq_ignore_ascii_case("stdout") => true,
+            Some(v) => {
+                return Err(ConfigError::new(
+                    AUDIT_LOG,
+                    format!("must be stdout or off, got {v:?}"),
+                ));
+            }
+        };
+
         Ok(Config {
             port,
             bind,
@@ -279,7 +369,30 @@ impl Config {
             alg,
             signing_key,
             verification_keys,
+            mint_tokens_file,
+            rate_limit,
+            audit_log,
         })
+    }
+
+    /// Reads and parses `MACP_AUTH_MINT_TOKENS_FILE` through `read_file`
+    /// (`None` when caller authentication is off).
+    pub fn load_callers<F>(&self, read_file: F) -> Result<Option<CallerSet>, ConfigError>
+    where
+        F: FnOnce(&Path) -> io::Result<String>,
+    {
+        let Some(path) = &self.mint_tokens_file else {
+            return Ok(None);
+        };
+        let text = read_file(path).map_err(|e| {
+            ConfigError::new(
+                MINT_TOKENS_FILE,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        CallerSet::parse(&text)
+            .map(Some)
+            .map_err(|e| ConfigError::new(MINT_TOKENS_FILE, format!("{}: {e}", path.display())))
     }
 
     /// Loads the active key (reading a key file through `read_file`, or

@@ -7,6 +7,9 @@
 //! effects (environment, files, sockets, signals, stdout).
 
 pub mod app;
+pub mod audit;
+pub mod callers;
 pub mod config;
 pub mod keys;
 pub mod metrics;
+pub mod ratelimit;

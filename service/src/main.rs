@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use macp_auth_service::app::{self, AppState};
+use macp_auth_service::audit::AuditLog;
 use macp_auth_service::config::{self, Config, ConfigError, KeySource};
 use macp_auth_service::keys::{self, Alg};
 use tracing_subscriber::EnvFilter;
@@ -144,7 +145,34 @@ fn run_service() -> ExitCode {
              never run this in production (set MACP_AUTH_SIGNING_KEY_JSON or MACP_AUTH_SIGNING_KEY_FILE)"
         );
     }
-    let state = Arc::new(AppState::new(&config, keys));
+    let callers = match config.load_callers(|path| std::fs::read_to_string(path)) {
+        Ok(callers) => callers,
+        Err(e) => return fatal(e),
+    };
+    let mut state = AppState::new(&config, keys);
+    if let (Some(set), Some(path)) = (callers, &config.mint_tokens_file) {
+        tracing::info!(path = %path.display(), tokens = set.len(), "caller authentication on for POST /tokens");
+        state = state.with_callers(set, path.clone(), app::CALLERS_POLL_INTERVAL);
+    }
+    if config.audit_log {
+        match AuditLog::spawn(std::io::stdout()) {
+            Ok(log) => state = state.with_audit(log),
+            Err(e) => {
+                return fatal(format_args!(
+                    "{}: cannot start the audit writer: {e}",
+                    config::AUDIT_LOG
+                ));
+            }
+        }
+    }
+    if let Some(limit) = config.rate_limit {
+        tracing::info!(
+            per_second = limit.per_second,
+            burst = limit.burst,
+            "per-caller rate limit on for POST /tokens"
+        );
+    }
+    let state = Arc::new(state);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -30,9 +30,11 @@ pub enum Outcome {
     invalid_scopes,
     invalid_ttl,
     signing_failed,
+    unauthorized,
+    rate_limited,
 }
 
-const OUTCOMES: usize = 8;
+const OUTCOMES: usize = 10;
 
 impl Outcome {
     const ALL: [Outcome; OUTCOMES] = [
@@ -44,6 +46,8 @@ impl Outcome {
         Outcome::invalid_scopes,
         Outcome::invalid_ttl,
         Outcome::signing_failed,
+        Outcome::unauthorized,
+        Outcome::rate_limited,
     ];
 }
 
@@ -56,6 +60,24 @@ struct MintLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AlgLabel {
     alg: &'static str,
+}
+
+/// Why caller authentication refused a request.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum AuthFailure {
+    missing,
+    invalid,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthFailureLabel {
+    reason: AuthFailure,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabel {
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -71,6 +93,14 @@ pub struct Metrics {
     /// Indexed by `Outcome as usize` (declaration order equals `Outcome::ALL`).
     mints: [Counter; OUTCOMES],
     latency: Histogram,
+    /// `[missing, invalid]`.
+    auth_failures: [Counter; 2],
+    rate_limited: Counter,
+    caller_tokens: Gauge,
+    /// `[ok, failed]`.
+    caller_reloads: [Counter; 2],
+    key_age: Gauge,
+    key_loaded: std::time::Instant,
 }
 
 impl Metrics {
@@ -131,11 +161,76 @@ impl Metrics {
             published,
         );
 
+        let key_age = Gauge::<i64>::default();
+        registry.register_with_unit(
+            "signing_key_age",
+            "Time since this process loaded the active signing key",
+            prometheus_client::registry::Unit::Seconds,
+            key_age.clone(),
+        );
+
+        let auth_family = Family::<AuthFailureLabel, Counter>::default();
+        let auth_failures = [AuthFailure::missing, AuthFailure::invalid].map(|reason| {
+            auth_family
+                .get_or_create(&AuthFailureLabel { reason })
+                .clone()
+        });
+        registry.register(
+            "auth_failures",
+            "POST /tokens refused by caller authentication (missing or invalid bearer token)",
+            auth_family,
+        );
+
+        let rate_limited = Counter::default();
+        registry.register(
+            "rate_limited",
+            "POST /tokens refused by the per-caller rate limit",
+            rate_limited.clone(),
+        );
+
+        let caller_tokens = Gauge::<i64>::default();
+        registry.register(
+            "caller_tokens",
+            "Accepted caller bearer tokens loaded (0: caller authentication off)",
+            caller_tokens.clone(),
+        );
+        let reload_family = Family::<ReloadLabel, Counter>::default();
+        let caller_reloads = ["ok", "failed"]
+            .map(|result| reload_family.get_or_create(&ReloadLabel { result }).clone());
+        registry.register(
+            "caller_token_reloads",
+            "Changes of MACP_AUTH_MINT_TOKENS_FILE applied (ok) or refused (failed, previous set kept)",
+            reload_family,
+        );
+
         Metrics {
             registry,
             mints,
             latency,
+            auth_failures,
+            rate_limited,
+            caller_tokens,
+            caller_reloads,
+            key_age,
+            key_loaded: std::time::Instant::now(),
         }
+    }
+
+    pub fn record_auth_failure(&self, reason: AuthFailure) {
+        self.auth_failures[reason as usize].inc();
+    }
+
+    pub fn record_rate_limited(&self) {
+        self.rate_limited.inc();
+    }
+
+    pub fn set_caller_tokens(&self, count: usize) {
+        self.caller_tokens
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub fn record_caller_reload(&self, ok: bool) {
+        self.caller_reloads[usize::from(!ok)].inc();
     }
 
     /// Records one `POST /tokens` outcome and how long it took.
@@ -148,6 +243,8 @@ impl Metrics {
 
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let age = self.key_loaded.elapsed().as_secs();
+        self.key_age.set(i64::try_from(age).unwrap_or(i64::MAX));
         let mut out = String::with_capacity(4096);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
@@ -181,6 +278,34 @@ mod tests {
         assert!(text.contains(r#"macp_auth_mint_duration_seconds_count{alg="ES256"} 3"#));
         assert!(text.contains(r#"macp_auth_signing_key_info{kid="kid-1",alg="ES256"} 1"#));
         assert!(text.contains("macp_auth_published_keys 3"));
+        assert!(
+            text.contains("macp_auth_signing_key_age_seconds 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn exposes_hardening_counters() {
+        let metrics = Metrics::new(Alg::ES256, "kid-1", 1);
+        metrics.record_auth_failure(AuthFailure::missing);
+        metrics.record_auth_failure(AuthFailure::invalid);
+        metrics.record_auth_failure(AuthFailure::invalid);
+        metrics.record_rate_limited();
+        metrics.set_caller_tokens(4);
+        metrics.record_caller_reload(true);
+        metrics.record_caller_reload(false);
+        let text = metrics.encode().unwrap();
+        for line in [
+            r#"macp_auth_auth_failures_total{reason="missing"} 1"#,
+            r#"macp_auth_auth_failures_total{reason="invalid"} 2"#,
+            "macp_auth_rate_limited_total 1",
+            "macp_auth_caller_tokens 4",
+            r#"macp_auth_caller_token_reloads_total{result="ok"} 1"#,
+            r#"macp_auth_caller_token_reloads_total{result="failed"} 1"#,
+            r#"macp_auth_mints_total{outcome="unauthorized",alg="ES256"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} missing in {text}");
+        }
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -348,3 +348,108 @@ fn ephemeral_key_when_unset() {
     assert_eq!(loaded.active.alg(), Alg::ES256);
     assert_eq!(KeySource::Ephemeral.to_string(), "ephemeral");
 }
+
+#[test]
+fn hardening_controls_default_off() {
+    let cfg = parse(&[]).unwrap();
+    assert_eq!(cfg.mint_tokens_file, None);
+    assert_eq!(cfg.rate_limit, None);
+    assert!(!cfg.audit_log);
+    assert!(cfg.load_callers(no_files).unwrap().is_none());
+    let cfg = parse(&[(AUDIT_LOG, "off"), (RATE_LIMIT_PER_SECOND, "")]).unwrap();
+    assert!(!cfg.audit_log);
+    assert_eq!(cfg.rate_limit, None);
+}
+
+#[test]
+fn hardening_controls_parse() {
+    let cfg = parse(&[
+        (AUDIT_LOG, "stdout"),
+        (RATE_LIMIT_PER_SECOND, "2.5"),
+        (MINT_TOKENS_FILE, "/run/callers"),
+    ])
+    .unwrap();
+    assert!(cfg.audit_log);
+    assert_eq!(
+        cfg.rate_limit,
+        Some(RateLimit {
+            per_second: 2.5,
+            burst: 3
+        })
+    );
+    assert_eq!(
+        cfg.mint_tokens_file.as_deref(),
+        Some(Path::new("/run/callers"))
+    );
+    let set = cfg
+        .load_callers(|_| Ok("# c\nabcdefghijklmnopqrstuvwx\n".to_string()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(set.len(), 1);
+    let cfg = parse(&[(RATE_LIMIT_PER_SECOND, "0.5"), (RATE_LIMIT_BURST, "10")]).unwrap();
+    assert_eq!(
+        cfg.rate_limit,
+        Some(RateLimit {
+            per_second: 0.5,
+            burst: 10
+        })
+    );
+}
+
+#[test]
+fn hardening_controls_fatal() {
+    for (vars, variable, needle) in [
+        (vec![(AUDIT_LOG, "file")], AUDIT_LOG, "stdout or off"),
+        (
+            vec![(RATE_LIMIT_PER_SECOND, "0")],
+            RATE_LIMIT_PER_SECOND,
+            "positive",
+        ),
+        (
+            vec![(RATE_LIMIT_PER_SECOND, "-1")],
+            RATE_LIMIT_PER_SECOND,
+            "positive",
+        ),
+        (
+            vec![(RATE_LIMIT_PER_SECOND, "inf")],
+            RATE_LIMIT_PER_SECOND,
+            "positive",
+        ),
+        (
+            vec![(RATE_LIMIT_PER_SECOND, "ten")],
+            RATE_LIMIT_PER_SECOND,
+            "positive",
+        ),
+        (vec![(RATE_LIMIT_BURST, "5")], RATE_LIMIT_BURST, "needs"),
+        (
+            vec![(RATE_LIMIT_PER_SECOND, "5"), (RATE_LIMIT_BURST, "0")],
+            RATE_LIMIT_BURST,
+            "whole number",
+        ),
+        (
+            vec![(RATE_LIMIT_PER_SECOND, "5"), (RATE_LIMIT_BURST, "1.5")],
+            RATE_LIMIT_BURST,
+            "whole number",
+        ),
+        (vec![(MINT_TOKENS_FILE, " ")], MINT_TOKENS_FILE, "empty"),
+    ] {
+        assert_fatal(&vars, variable, needle);
+    }
+}
+
+#[test]
+fn tokens_file_unreadable_or_empty_is_fatal() {
+    let cfg = parse(&[(MINT_TOKENS_FILE, "/run/callers")]).unwrap();
+    let err = cfg
+        .load_callers(|_| Err(io::Error::from(io::ErrorKind::NotFound)))
+        .unwrap_err();
+    assert_eq!(err.variable, MINT_TOKENS_FILE);
+    assert!(err.message.contains("cannot read /run/callers"), "{err}");
+    let err = cfg
+        .load_callers(|_| Ok("# none\n".to_string()))
+        .unwrap_err();
+    assert_eq!(err.variable, MINT_TOKENS_FILE);
+    assert!(err.message.contains("no tokens"), "{err}");
+    let err = cfg.load_callers(|_| Ok("short\n".to_string())).unwrap_err();
+    assert!(err.message.contains("line 1"), "{err}");
+}

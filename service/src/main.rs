@@ -134,6 +134,10 @@ fn run_service() -> ExitCode {
         Ok(config) => config,
         Err(e) => return fatal(e),
     };
+    let callers = match config.load_callers(|path| std::fs::read_to_string(path)) {
+        Ok(callers) => callers,
+        Err(e) => return fatal(e),
+    };
     let keys = match config.load_keys(|path| std::fs::read_to_string(path)) {
         Ok(keys) => keys,
         Err(e) => return fatal(e),
@@ -145,10 +149,6 @@ fn run_service() -> ExitCode {
              never run this in production (set MACP_AUTH_SIGNING_KEY_JSON or MACP_AUTH_SIGNING_KEY_FILE)"
         );
     }
-    let callers = match config.load_callers(|path| std::fs::read_to_string(path)) {
-        Ok(callers) => callers,
-        Err(e) => return fatal(e),
-    };
     let mut state = AppState::new(&config, keys);
     if let (Some(set), Some(path)) = (callers, &config.mint_tokens_file) {
         tracing::info!(path = %path.display(), tokens = set.len(), "caller authentication on for POST /tokens");

@@ -210,6 +210,10 @@ fn assert_fatal(vars: &[(&str, &str)], variable: &str) {
 
 #[test]
 fn every_bad_configuration_class_exits_1_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty_tokens = dir.path().join("callers");
+    std::fs::write(&empty_tokens, "# no tokens yet\n").unwrap();
+    let empty_tokens = empty_tokens.to_str().unwrap().to_string();
     let rsa = rsa_jwk().to_string();
     let ec = ec_jwk("ec-x").to_string();
     let public = macp_auth_service::keys::public_jwk(rsa_jwk())
@@ -300,6 +304,33 @@ fn every_bad_configuration_class_exits_1_naming_the_variable() {
         (vec![("PORT", "99999")], "PORT"),
         (vec![("PORT", "abc")], "PORT"),
         (vec![("MACP_AUTH_BIND", "not-an-ip")], "MACP_AUTH_BIND"),
+        (
+            vec![("MACP_AUTH_MINT_TOKENS_FILE", "/definitely/missing")],
+            "MACP_AUTH_MINT_TOKENS_FILE",
+        ),
+        (
+            vec![("MACP_AUTH_MINT_TOKENS_FILE", empty_tokens.as_str())],
+            "MACP_AUTH_MINT_TOKENS_FILE",
+        ),
+        (
+            vec![("MACP_AUTH_MINT_TOKENS_FILE", "")],
+            "MACP_AUTH_MINT_TOKENS_FILE",
+        ),
+        (
+            vec![("MACP_AUTH_RATE_LIMIT_PER_SECOND", "0")],
+            "MACP_AUTH_RATE_LIMIT_PER_SECOND",
+        ),
+        (
+            vec![
+                ("MACP_AUTH_RATE_LIMIT_PER_SECOND", "5"),
+                ("MACP_AUTH_RATE_LIMIT_BURST", "x"),
+            ],
+            "MACP_AUTH_RATE_LIMIT_BURST",
+        ),
+        (
+            vec![("MACP_AUTH_AUDIT_LOG", "syslog")],
+            "MACP_AUTH_AUDIT_LOG",
+        ),
     ];
     for (vars, variable) in cases {
         assert_fatal(&vars, variable);

@@ -1,0 +1,25 @@
+//! The MACP auth operator: the `MacpAuth` CRD, the objects it owns, key rotation and reconciliation.
+//!
+//! For tests and embedding: [`run`] runs the real controllers against any
+//! `kube::Client` (a cluster or an in-process fake API server) with a
+//! [`PodProber`] of the caller's choice, until a shutdown future resolves.
+
+pub mod config;
+pub mod controller;
+pub mod crd;
+pub mod diff;
+pub mod keyset;
+pub mod metrics;
+pub mod observe;
+pub mod probe;
+pub mod rbac;
+pub mod reconcile;
+pub mod resources;
+pub mod rotation;
+pub mod status;
+pub mod telemetry;
+pub mod validate;
+
+pub use config::Settings;
+pub use controller::{State, run, run_with_state};
+pub use probe::{HttpProber, PodProber, ProbeError};

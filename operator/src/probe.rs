@@ -1,0 +1,190 @@
+//! Per-pod verification at the I/O edge: what a pod serves in its JWKS and
+//! which kid it signs with. Behind a trait so tests substitute a fake.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use serde_json::Value;
+
+/// Sender name of probe tokens, recognisable in the service's logs and metrics.
+pub const PROBE_SENDER: &str = "macp-operator-probe";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    #[error("request to {url} failed: {message}")]
+    Request { url: String, message: String },
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url} answered with an unexpected body: {message}")]
+    Body { url: String, message: String },
+}
+
+/// Talks to one token-service pod.
+#[async_trait]
+pub trait PodProber: Send + Sync {
+    /// Kids of the pod's `/.well-known/jwks.json`, in order.
+    async fn served_kids(&self, ip: &str, port: u16) -> Result<Vec<String>, ProbeError>;
+    /// Mints a probe token (`POST /tokens`) and returns the `kid` of its header.
+    async fn signing_kid(&self, ip: &str, port: u16) -> Result<String, ProbeError>;
+}
+
+/// Kids of a JWKS document, in order.
+pub fn jwks_kids(jwks: &Value) -> Result<Vec<String>, String> {
+    let keys = jwks
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or("no \"keys\" array")?;
+    keys.iter()
+        .map(|k| {
+            k.get("kid")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| "a key without kid".to_string())
+        })
+        .collect()
+}
+
+/// The `kid` in a compact JWT's header (no signature check: the pod is only
+/// asked which key it signs with).
+pub fn jwt_kid(token: &str) -> Result<String, String> {
+    let header = token.split('.').next().ok_or("not a JWT")?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .map_err(|e| format!("header is not base64url: {e}"))?;
+    let header: Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("header is not JSON: {e}"))?;
+    header
+        .get("kid")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| "header has no kid".into())
+}
+
+/// The prober used in a cluster: plain HTTP to `podIP:port` with short timeouts.
+#[derive(Clone, Debug)]
+pub struct HttpProber {
+    client: reqwest::Client,
+}
+
+impl HttpProber {
+    pub fn new(timeout: Duration) -> Result<Self, ProbeError> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            // Pod IPs are direct: a cluster-wide HTTP proxy must not intercept them.
+            .no_proxy()
+            .build()
+            .map_err(|e| ProbeError::Request {
+                url: String::new(),
+                message: e.to_string(),
+            })?;
+        Ok(Self { client })
+    }
+
+    async fn json(&self, req: reqwest::RequestBuilder, url: &str) -> Result<Value, ProbeError> {
+        let request_err = |e: reqwest::Error| ProbeError::Request {
+            url: url.to_string(),
+            message: e.to_string(),
+        };
+        let resp = req.send().await.map_err(request_err)?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(ProbeError::Status {
+                url: url.to_string(),
+                status: status.as_u16(),
+            });
+        }
+        resp.json::<Value>().await.map_err(|e| ProbeError::Body {
+            url: url.to_string(),
+            message: e.to_string(),
+        })
+    }
+}
+
+fn base(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("http://[{ip}]:{port}")
+    } else {
+        format!("http://{ip}:{port}")
+    }
+}
+
+#[async_trait]
+impl PodProber for HttpProber {
+    async fn served_kids(&self, ip: &str, port: u16) -> Result<Vec<String>, ProbeError> {
+        let url = format!("{}/.well-known/jwks.json", base(ip, port));
+        let body = self.json(self.client.get(&url), &url).await?;
+        jwks_kids(&body).map_err(|message| ProbeError::Body { url, message })
+    }
+
+    async fn signing_kid(&self, ip: &str, port: u16) -> Result<String, ProbeError> {
+        let url = format!("{}/tokens", base(ip, port));
+        let req = self
+            .client
+            .post(&url)
+            .json(&serde_json::json!({ "sender": PROBE_SENDER, "ttl_seconds": 1 }));
+        let body = self.json(req, &url).await?;
+        let token = body
+            .get("token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ProbeError::Body {
+                url: url.clone(),
+                message: "no \"token\" string".into(),
+            })?;
+        jwt_kid(token).map_err(|message| ProbeError::Body { url, message })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn kids_of_a_jwks() {
+        assert_eq!(
+            jwks_kids(&json!({"keys": [{"kid": "a"}, {"kid": "b"}]})),
+            Ok(vec!["a".to_string(), "b".to_string()])
+        );
+        assert!(jwks_kids(&json!({"keys": [{"kty": "EC"}]})).is_err());
+        assert!(jwks_kids(&json!([])).is_err());
+    }
+
+    #[test]
+    fn kid_of_a_jwt_header() {
+        let h = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"alg":"ES256","kid":"k-1","typ":"JWT"}"#);
+        assert_eq!(jwt_kid(&format!("{h}.e30.sig")), Ok("k-1".to_string()));
+        assert!(jwt_kid("!!!.e30.sig").is_err());
+        let no_kid = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
+        assert!(jwt_kid(&format!("{no_kid}.e30.")).is_err());
+    }
+
+    #[tokio::test]
+    async fn http_prober_reads_a_real_endpoint() {
+        use axum::{Json, Router, routing::get, routing::post};
+        let h = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"kid":"k-9"}"#);
+        let token = format!("{h}.e30.sig");
+        let app = Router::new()
+            .route(
+                "/.well-known/jwks.json",
+                get(|| async { Json(json!({"keys": [{"kid": "k-9"}, {"kid": "k-8"}]})) }),
+            )
+            .route(
+                "/tokens",
+                post(move || async move { Json(json!({"token": token})) }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let p = HttpProber::new(Duration::from_secs(2)).unwrap();
+        assert_eq!(p.served_kids("127.0.0.1", port).await.unwrap(), vec!["k-9", "k-8"]);
+        assert_eq!(p.signing_kid("127.0.0.1", port).await.unwrap(), "k-9");
+        // Nothing listens on port 1: a request error, not a panic.
+        assert!(matches!(
+            p.served_kids("127.0.0.1", 1).await,
+            Err(ProbeError::Request { .. })
+        ));
+    }
+}

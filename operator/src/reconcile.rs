@@ -1,0 +1,652 @@
+//! One reconciliation of a `MacpAuth`: observe, decide, write, report.
+//!
+//! Order of one round (each write is skipped when the live object already
+//! matches, so an unchanged resource costs reads only):
+//! 1. validate the spec; an invalid one is reported and nothing is touched;
+//! 2. read the signing-keys Secret: create the first key when it is absent
+//!    (written, then read back and confirmed before anything refers to it),
+//!    adopt a valid one, refuse (Degraded) an unusable one without writing it;
+//! 3. apply the Secret's metadata, the Deployment for the keyset in the
+//!    Secret, the Service and the verifier ConfigMap;
+//! 4. observe the rollout and probe the ready pods of the current template;
+//! 5. run the rotation state machine and execute its action (a Secret write,
+//!    confirmed by reading it back, then the Deployment for the new keyset);
+//! 6. patch the status if it changed, then emit events.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{debug, info, warn};
+
+use crate::config::Settings;
+use crate::crd::{MacpAuth, MacpAuthSpec, MacpAuthStatus, RotationOutcome, RotationRecord, RotationTrigger};
+use crate::diff;
+use crate::keyset::{self, Keyset, KeysetError, LayoutError, PrivateKey};
+use crate::metrics::Metrics;
+use crate::observe::{self, PodTarget, RolloutState};
+use crate::probe::PodProber;
+use crate::resources::{self, BuildError, MANAGER, Owner};
+use crate::rotation::{self, Action, Observed, PodView, Rollout};
+use crate::status::{self, DEGRADED, READY};
+use crate::validate;
+
+/// `Degraded` reasons the reconciler owns (rotation owns [`rotation::DEGRADED_REASONS`]).
+pub const REASON_INVALID_SIGNING_KEY: &str = "InvalidSigningKey";
+pub const REASON_MISSING_SIGNING_KEY: &str = "MissingSigningKey";
+pub const REASON_PROGRESS_DEADLINE: &str = "ProgressDeadlineExceeded";
+const OWN_DEGRADED_REASONS: &[&str] = &[
+    validate::REASON_INVALID_SPEC,
+    REASON_INVALID_SIGNING_KEY,
+    REASON_MISSING_SIGNING_KEY,
+    REASON_PROGRESS_DEADLINE,
+];
+
+/// How soon to look again while the service is not yet Ready (watches also trigger).
+const NOT_READY_REQUEUE: Duration = Duration::from_secs(5);
+/// How soon to look again at a Secret a human must fix (it may not be watched: no labels yet).
+const BROKEN_SECRET_REQUEUE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("generating key {kid}: {message}")]
+    KeyGeneration { kid: String, message: String },
+    #[error("the Secret read back after the write does not hold what was written: {0}")]
+    NotConfirmed(String),
+    #[error("laying out the keyset: {0}")]
+    Layout(#[from] LayoutError),
+    #[error("serialising: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// Label for the errors metric.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "Kube",
+            Error::Build(_) => "Build",
+            Error::KeyGeneration { .. } => "KeyGeneration",
+            Error::NotConfirmed(_) => "NotConfirmed",
+            Error::Layout(_) => "Layout",
+            Error::Json(_) => "Json",
+        }
+    }
+}
+
+/// Shared state of the reconcilers.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub prober: Arc<dyn PodProber>,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    /// Consecutive failures per object, for the retry backoff.
+    failures: Mutex<HashMap<ObjectRef<MacpAuth>, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        prober: Arc<dyn PodProber>,
+        recorder: Recorder,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            client,
+            settings,
+            prober,
+            recorder,
+            metrics,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<MacpAuth>, u32>> {
+        // A poisoned map only holds backoff counters: keep using it.
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Entry point for the controller.
+pub async fn reconcile(mauth: Arc<MacpAuth>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let started = Instant::now();
+    let result = reconcile_one(&mauth, &ctx).await;
+    ctx.metrics.reconciled(started.elapsed());
+    match &result {
+        Ok(_) => {
+            ctx.failures().remove(&ObjectRef::from_obj(mauth.as_ref()));
+        }
+        Err(e) => ctx.metrics.failed(e.metric_reason()),
+    }
+    result
+}
+
+/// Retry with exponential backoff per object: 1 s, 2 s, 4 s ... at most 5 minutes.
+pub fn error_policy(mauth: Arc<MacpAuth>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    let key = ObjectRef::from_obj(mauth.as_ref());
+    let attempt = {
+        let mut failures = ctx.failures();
+        let n = failures.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = Duration::from_secs(1u64 << attempt.min(9).saturating_sub(1)).min(Duration::from_secs(300));
+    warn!(name = %mauth.name_any(), namespace = ?mauth.namespace(), %error, attempt, ?delay, "reconcile failed");
+    Requeue::requeue(delay)
+}
+
+/// The typed APIs of one namespace.
+struct Apis {
+    mauths: Api<MacpAuth>,
+    secrets: Api<Secret>,
+    deployments: Api<Deployment>,
+    services: Api<Service>,
+    config_maps: Api<ConfigMap>,
+    pods: Api<Pod>,
+}
+
+impl Apis {
+    fn new(client: &Client, ns: &str) -> Self {
+        Self {
+            mauths: Api::namespaced(client.clone(), ns),
+            secrets: Api::namespaced(client.clone(), ns),
+            deployments: Api::namespaced(client.clone(), ns),
+            services: Api::namespaced(client.clone(), ns),
+            config_maps: Api::namespaced(client.clone(), ns),
+            pods: Api::namespaced(client.clone(), ns),
+        }
+    }
+}
+
+/// Applies `desired` with server-side apply unless `live` already matches it.
+async fn apply<K>(api: &Api<K>, live: Option<&K>, desired: &K, metrics: &Metrics) -> Result<K, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let desired = diff::with_applied_hash(serde_json::to_value(desired)?);
+    if let Some(live) = live
+        && diff::is_subset(&desired, &serde_json::to_value(live)?)
+    {
+        return Ok(live.clone());
+    }
+    let name = desired
+        .pointer("/metadata/name")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    debug!(kind = %K::kind(&()), %name, "applying");
+    metrics.wrote(&K::plural(&()));
+    Ok(api
+        .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired))
+        .await?)
+}
+
+/// An event to emit after the status write.
+struct Note {
+    warning: bool,
+    reason: String,
+    message: String,
+}
+
+/// The working state of one round.
+struct Round<'a> {
+    mauth: &'a MacpAuth,
+    ctx: &'a Context,
+    owner: Owner,
+    apis: Apis,
+    now: DateTime<Utc>,
+    generation: Option<i64>,
+    status: MacpAuthStatus,
+    notes: Vec<Note>,
+}
+
+async fn reconcile_one(mauth: &MacpAuth, ctx: &Context) -> Result<Requeue, Error> {
+    if mauth.meta().deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove what we created.
+        return Ok(Requeue::await_change());
+    }
+    let owner = Owner::of(mauth)?;
+    let apis = Apis::new(&ctx.client, &owner.namespace);
+    let mut round = Round {
+        mauth,
+        ctx,
+        owner,
+        apis,
+        now: Utc::now(),
+        generation: mauth.meta().generation,
+        status: mauth.status.clone().unwrap_or_default(),
+        notes: Vec::new(),
+    };
+    // A failed round writes no status (the next round redoes the step); one
+    // that stopped early because something is Degraded does.
+    let requeue = round.run().await?;
+    round.finish().await?;
+    Ok(requeue)
+}
+
+impl Round<'_> {
+    fn spec(&self) -> &MacpAuthSpec {
+        &self.mauth.spec
+    }
+
+    fn note(&mut self, warning: bool, reason: &str, message: String) {
+        self.notes.push(Note {
+            warning,
+            reason: reason.to_string(),
+            message,
+        });
+    }
+
+    fn set(&mut self, type_: &str, value: bool, reason: &str, message: &str) {
+        status::set_condition(
+            &mut self.status.conditions,
+            type_,
+            value,
+            reason,
+            message,
+            self.now,
+            self.generation,
+        );
+    }
+
+    /// Sets `Degraded` with one of our reasons; a Warning event only when it is news.
+    fn degrade(&mut self, reason: &str, message: &str) {
+        let same = status::condition(&self.status, DEGRADED)
+            .is_some_and(|c| c.status == status::TRUE && c.reason == reason && c.message == message);
+        if !same {
+            warn!(name = %self.owner.name, namespace = %self.owner.namespace, reason, message, "degraded");
+            self.note(true, reason, message.to_string());
+        }
+        self.set(DEGRADED, true, reason, message);
+    }
+
+    /// Clears `Degraded` if we set it; rotation's reasons are rotation's to clear.
+    fn undegrade(&mut self) {
+        let ours_or_absent = match status::condition(&self.status, DEGRADED) {
+            None => true,
+            Some(c) => c.status != status::TRUE || OWN_DEGRADED_REASONS.contains(&c.reason.as_str()),
+        };
+        if ours_or_absent {
+            let was = status::is_true(&self.status, DEGRADED, None);
+            self.set(DEGRADED, false, "AsExpected", "");
+            if was {
+                self.note(false, "Recovered", "the problem reported as Degraded is resolved".into());
+            }
+        }
+    }
+
+    async fn run(&mut self) -> Result<Requeue, Error> {
+        self.status.observed_generation = self.generation;
+
+        let errors = validate::validate(self.spec());
+        if !errors.is_empty() {
+            let message = validate::message(&errors);
+            self.degrade(validate::REASON_INVALID_SPEC, &message);
+            self.set(READY, false, validate::REASON_INVALID_SPEC, "the spec cannot be applied; nothing was changed");
+            return Ok(Requeue::await_change());
+        }
+
+        let live_secret = self.apis.secrets.get_opt(&self.owner.secret_name()).await?;
+        let (keyset, live_secret) = match live_secret {
+            None => {
+                let (ks, secret) = self.create_first_key().await?;
+                (ks, Some(secret))
+            }
+            Some(secret) => match Keyset::from_secret_data(&secret.data.clone().unwrap_or_default()) {
+                Ok(ks) => {
+                    if self.status.active_kid.is_none() {
+                        self.note(
+                            false,
+                            "KeyAdopted",
+                            format!(
+                                "adopted existing signing key {} from Secret {}",
+                                ks.active.kid,
+                                self.owner.secret_name()
+                            ),
+                        );
+                    }
+                    (ks, Some(secret))
+                }
+                Err(e) => return Ok(self.refuse_keyset(&e)),
+            },
+        };
+
+        // Metadata (owner reference, labels) and a published.jwks.json for adopted Secrets.
+        let mut live_secret = Some(
+            apply(
+                &self.apis.secrets,
+                live_secret.as_ref(),
+                &resources::secret(&self.owner, &keyset),
+                &self.ctx.metrics,
+            )
+            .await?,
+        );
+        let deployment = self.apply_children(&keyset).await?;
+
+        // Observe.
+        let hash = keyset.hash();
+        let rollout = observe::rollout_state(Some(&deployment), &hash);
+        let pods = self
+            .apis
+            .pods
+            .list(&ListParams::default().labels(&resources::pod_selector(&self.owner.name)))
+            .await?
+            .items;
+        let targets = observe::current_pods(&pods, &hash);
+        let plan = rotation::probe_plan(&self.status);
+        let views = self.probe(&targets, plan.signing).await;
+
+        // Decide.
+        let observed = Observed {
+            keyset: Some(keyset.view()),
+            rollout: if rollout == RolloutState::Complete {
+                Rollout::Complete
+            } else {
+                Rollout::InProgress
+            },
+            pods: views.clone(),
+        };
+        let new_kid = keyset::new_kid(&self.owner.name, self.now, rand::random());
+        let annotations = self.mauth.annotations().clone();
+        let decision = rotation::decide(&rotation::Inputs {
+            spec: self.spec(),
+            status: &self.status,
+            annotations: &annotations,
+            generation: self.generation,
+            observed: &observed,
+            now: self.now,
+            new_kid: &new_kid,
+        });
+
+        // Act: at most one Secret write, confirmed, then the Deployment follows.
+        let mut current = keyset;
+        for action in &decision.actions {
+            let (next, secret) = self.execute(action, &current, live_secret.as_ref()).await?;
+            live_secret = Some(secret);
+            current = next;
+        }
+        let keyset_changed = current.hash() != hash;
+        if keyset_changed {
+            self.apply_children(&current).await?;
+        }
+
+        self.status = decision.status;
+        self.status.observed_generation = self.generation;
+        self.status.active_kid = Some(current.active.kid.clone());
+        self.status.published_kids = current.published_kids();
+        for e in decision.events {
+            self.note(e.warning, &e.reason, e.message);
+        }
+
+        let ready_requeue = if keyset_changed {
+            self.undegrade();
+            self.set(READY, false, "RollingOut", "rolling the pods onto a new keyset");
+            Some(NOT_READY_REQUEUE)
+        } else {
+            self.assess_ready(&rollout, &current, &views)
+        };
+
+        let requeue = [
+            decision.requeue_after,
+            ready_requeue,
+            Some(self.ctx.settings.resync_interval),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(self.ctx.settings.resync_interval);
+        Ok(Requeue::requeue(requeue))
+    }
+
+    /// The Secret exists but holds no usable active key: report it and touch nothing.
+    fn refuse_keyset(&mut self, e: &KeysetError) -> Requeue {
+        let message = format!(
+            "Secret {}: {e}; the operator does not overwrite it",
+            self.owner.secret_name()
+        );
+        self.degrade(e.reason(), &message);
+        self.set(READY, false, e.reason(), "the signing keys are unusable");
+        Requeue::requeue(BROKEN_SECRET_REQUEUE)
+    }
+
+    async fn generate(&self, alg: crate::crd::SigningAlg, kid: String, bits: u32) -> Result<PrivateKey, Error> {
+        let k = kid.clone();
+        tokio::task::spawn_blocking(move || PrivateKey::generate(alg, &k, bits))
+            .await
+            .map_err(|e| Error::KeyGeneration {
+                kid: kid.clone(),
+                message: e.to_string(),
+            })?
+            .map_err(|e| Error::KeyGeneration {
+                kid,
+                message: e.to_string(),
+            })
+    }
+
+    /// Writes `keys` to the Secret and reads it back.
+    async fn write_keyset(&self, keys: &Keyset, live: Option<&Secret>) -> Result<(Keyset, Secret), Error> {
+        apply(
+            &self.apis.secrets,
+            live,
+            &resources::secret(&self.owner, keys),
+            &self.ctx.metrics,
+        )
+        .await?;
+        let back = self.apis.secrets.get(&self.owner.secret_name()).await?;
+        let parsed = Keyset::from_secret_data(&back.data.clone().unwrap_or_default())
+            .map_err(|e| Error::NotConfirmed(e.to_string()))?;
+        Ok((parsed, back))
+    }
+
+    async fn create_first_key(&mut self) -> Result<(Keyset, Secret), Error> {
+        let spec = self.spec().clone();
+        let kid = keyset::new_kid(&self.owner.name, self.now, rand::random());
+        let key = self.generate(spec.signing_alg, kid.clone(), spec.rsa_key_bits).await?;
+        let (back, secret) = self.write_keyset(&Keyset::initial(key), None).await?;
+        if back.active.kid != kid {
+            return Err(Error::NotConfirmed(format!(
+                "expected active kid {kid}, found {}",
+                back.active.kid
+            )));
+        }
+        let kind = match spec.signing_alg {
+            crate::crd::SigningAlg::RS256 => format!("RS256 ({} bits)", spec.rsa_key_bits),
+            crate::crd::SigningAlg::ES256 => "ES256".to_string(),
+        };
+        info!(name = %self.owner.name, namespace = %self.owner.namespace, %kid, "created first signing key");
+        self.note(false, "KeyCreated", format!("generated {kind} signing key {kid}"));
+        self.status.history.push(RotationRecord {
+            trigger: RotationTrigger::Initial,
+            request_id: None,
+            old_kid: None,
+            new_kid: Some(kid),
+            started_at: self.now,
+            finished_at: self.now,
+            outcome: RotationOutcome::Succeeded,
+            message: Some(format!("first {kind} key")),
+        });
+        let excess = self.status.history.len().saturating_sub(rotation::HISTORY_LIMIT);
+        self.status.history.drain(..excess);
+        Ok((back, secret))
+    }
+
+    /// Executes one rotation action; returns the keyset now in the Secret.
+    async fn execute(&mut self, action: &Action, current: &Keyset, live: Option<&Secret>) -> Result<(Keyset, Secret), Error> {
+        match action {
+            Action::GenerateNextKey { kid, alg, rsa_bits } => {
+                let bits = rsa_bits.unwrap_or(self.spec().rsa_key_bits);
+                let key = self.generate(*alg, kid.clone(), bits).await?;
+                let (back, secret) = self.write_keyset(&current.with_next(key), live).await?;
+                match &back.next {
+                    Some(k) if k.kid == *kid => {}
+                    other => {
+                        return Err(Error::NotConfirmed(format!(
+                            "expected next kid {kid}, found {:?}",
+                            other.as_ref().map(|k| &k.kid)
+                        )));
+                    }
+                }
+                info!(name = %self.owner.name, %kid, "wrote next signing key");
+                Ok((back, secret))
+            }
+            Action::ApplyKeyset(plan) => {
+                let desired = current.apply_plan(plan)?;
+                let (back, secret) = self.write_keyset(&desired, live).await?;
+                if !plan.matches(&back.view()) {
+                    return Err(Error::NotConfirmed(format!("expected keyset {plan:?}")));
+                }
+                info!(name = %self.owner.name, active = %plan.active, published = ?plan.published, "applied keyset");
+                Ok((back, secret))
+            }
+        }
+    }
+
+    /// Applies the Deployment for `keys`, the Service and the ConfigMap; returns the live Deployment.
+    async fn apply_children(&self, keys: &Keyset) -> Result<Deployment, Error> {
+        let spec = self.spec();
+        let image = spec
+            .image
+            .clone()
+            .unwrap_or_else(|| self.ctx.settings.service_image.clone());
+        let m = &self.ctx.metrics;
+        let name = &self.owner.name;
+        let live = self.apis.deployments.get_opt(name).await?;
+        let desired = resources::deployment(&self.owner, spec, &image, &keys.hash());
+        let deployment = apply(&self.apis.deployments, live.as_ref(), &desired, m).await?;
+        let live = self.apis.services.get_opt(name).await?;
+        apply(&self.apis.services, live.as_ref(), &resources::service(&self.owner, spec), m).await?;
+        let cm_name = self.owner.config_map_name();
+        let live = self.apis.config_maps.get_opt(&cm_name).await?;
+        let desired = resources::verifier_config_map(&self.owner, spec);
+        apply(&self.apis.config_maps, live.as_ref(), &desired, m).await?;
+        Ok(deployment)
+    }
+
+    async fn probe(&self, targets: &[PodTarget], signing: bool) -> Vec<PodView> {
+        let port = u16::try_from(self.spec().port).unwrap_or_default();
+        let prober = &self.ctx.prober;
+        let probes = targets.iter().map(|t| async move {
+            let served_kids = prober
+                .served_kids(&t.ip, port)
+                .await
+                .map_err(|e| e.to_string());
+            let signing_kid = if signing {
+                Some(prober.signing_kid(&t.ip, port).await.map_err(|e| e.to_string()))
+            } else {
+                None
+            };
+            PodView {
+                name: t.name.clone(),
+                served_kids,
+                signing_kid,
+            }
+        });
+        futures::future::join_all(probes).await
+    }
+
+    /// Sets `Ready` (and our rollout `Degraded`) from the observation; returns a requeue while not ready.
+    fn assess_ready(&mut self, rollout: &RolloutState, keys: &Keyset, pods: &[PodView]) -> Option<Duration> {
+        let active = &keys.active.kid;
+        let (ready, reason, message) = match rollout {
+            RolloutState::DeadlineExceeded(msg) => {
+                let rotation_holds_it = status::condition(&self.status, DEGRADED).is_some_and(|c| {
+                    c.status == status::TRUE && rotation::DEGRADED_REASONS.contains(&c.reason.as_str())
+                });
+                if !rotation_holds_it {
+                    self.degrade(REASON_PROGRESS_DEADLINE, msg);
+                }
+                (false, REASON_PROGRESS_DEADLINE.to_string(), msg.clone())
+            }
+            RolloutState::InProgress(msg) => (false, "RollingOut".into(), msg.clone()),
+            RolloutState::Complete if pods.is_empty() => {
+                (false, "NoReadyPods".into(), "no ready pod of the current template to probe".into())
+            }
+            RolloutState::Complete => {
+                let problems: Vec<String> = pods
+                    .iter()
+                    .filter_map(|p| match &p.served_kids {
+                        Ok(kids) if kids.contains(active) => None,
+                        Ok(kids) => Some(format!("pod {} serves [{}]", p.name, kids.join(", "))),
+                        Err(e) => Some(format!("pod {}: {e}", p.name)),
+                    })
+                    .collect();
+                if problems.is_empty() {
+                    (
+                        true,
+                        "Verified".into(),
+                        format!("{} pod(s) serve the active key {active}", pods.len()),
+                    )
+                } else {
+                    (false, "ActiveKeyNotServed".into(), problems.join("; "))
+                }
+            }
+        };
+        if !matches!(rollout, RolloutState::DeadlineExceeded(_)) {
+            self.undegrade();
+        }
+        self.set(READY, ready, &reason, &message);
+        (!ready).then_some(NOT_READY_REQUEUE)
+    }
+
+    /// Patches the status when it changed, then emits the round's events.
+    async fn finish(&mut self) -> Result<(), Error> {
+        let old = self.mauth.status.clone().unwrap_or_default();
+        if let Some(patch) = status::status_patch(&old, &self.status)? {
+            debug!(name = %self.owner.name, %patch, "patching status");
+            self.ctx.metrics.wrote("macpauths/status");
+            let pp = PatchParams {
+                field_manager: Some(MANAGER.to_string()),
+                ..PatchParams::default()
+            };
+            self.apis
+                .mauths
+                .patch_status(&self.owner.name, &pp, &Patch::Merge(&patch))
+                .await?;
+        }
+        let reference = self.mauth.object_ref(&());
+        for n in self.notes.drain(..) {
+            let event = KubeEvent {
+                type_: if n.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                action: "Reconcile".into(),
+                reason: n.reason,
+                note: Some(truncate(&n.message, 1000)),
+                secondary: None,
+            };
+            // An event that cannot be published is not a reason to redo the round.
+            if let Err(e) = self.ctx.recorder.publish(&event, &reference).await {
+                warn!(name = %self.owner.name, error = %e, reason = %event.reason, "publishing event failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}

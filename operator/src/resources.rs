@@ -1,0 +1,507 @@
+//! Builders for the objects a `MacpAuth` owns (DESIGN section 5). Pure: they
+//! take the resource and return the desired object, nothing more.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret,
+    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{MacpAuth, MacpAuthSpec, SigningAlg};
+use crate::keyset::{self, Keyset};
+
+pub const NAME_LABEL: &str = "app.kubernetes.io/name";
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const APP_NAME: &str = "macp-auth-service";
+pub const MANAGER: &str = "macp-auth-operator";
+/// Pod-template annotation whose change rolls the pods onto a new keyset.
+pub const KEYSET_HASH_ANNOTATION: &str = "macp.io/keyset-hash";
+pub const CONTAINER_NAME: &str = "auth-service";
+/// UID/GID of the `nonroot` user of distroless images (and of our Dockerfile).
+pub const RUN_AS_USER: i64 = 65532;
+
+/// Why the objects of a resource cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("MacpAuth has no namespace")]
+    NoNamespace,
+    #[error("MacpAuth has no uid yet (not read from the API server)")]
+    NoUid,
+}
+
+/// Identity of the owning `MacpAuth`: names and the owner reference every object carries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Owner {
+    pub name: String,
+    pub namespace: String,
+    pub owner_ref: OwnerReference,
+}
+
+impl Owner {
+    pub fn of(mauth: &MacpAuth) -> Result<Self, BuildError> {
+        let namespace = mauth.namespace().ok_or(BuildError::NoNamespace)?;
+        let owner_ref = mauth.controller_owner_ref(&()).ok_or(BuildError::NoUid)?;
+        Ok(Self {
+            name: mauth.name_any(),
+            namespace,
+            owner_ref,
+        })
+    }
+
+    pub fn secret_name(&self) -> String {
+        secret_name(&self.name)
+    }
+
+    pub fn config_map_name(&self) -> String {
+        config_map_name(&self.name)
+    }
+
+    fn meta(&self, name: String) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(common_labels(&self.name)),
+            owner_references: Some(vec![self.owner_ref.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+}
+
+pub fn secret_name(name: &str) -> String {
+    format!("{name}-signing-keys")
+}
+
+pub fn config_map_name(name: &str) -> String {
+    format!("{name}-verifier-config")
+}
+
+/// Labels on every owned object and on the pods.
+pub fn common_labels(name: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(name);
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGER.into());
+    labels
+}
+
+/// The Deployment's (immutable) pod selector and the Service's selector.
+pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (NAME_LABEL.to_string(), APP_NAME.to_string()),
+        (INSTANCE_LABEL.to_string(), name.to_string()),
+    ])
+}
+
+/// Label selector string for the pods of a `MacpAuth`.
+pub fn pod_selector(name: &str) -> String {
+    format!("{NAME_LABEL}={APP_NAME},{INSTANCE_LABEL}={name}")
+}
+
+pub fn secret(owner: &Owner, keys: &Keyset) -> Secret {
+    Secret {
+        metadata: owner.meta(owner.secret_name()),
+        type_: Some("Opaque".into()),
+        data: Some(keys.to_secret_data()),
+        ..Secret::default()
+    }
+}
+
+fn alg_name(alg: SigningAlg) -> &'static str {
+    match alg {
+        SigningAlg::RS256 => "RS256",
+        SigningAlg::ES256 => "ES256",
+    }
+}
+
+fn env(name: &str, value: impl ToString) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.to_string()),
+        value_from: None,
+    }
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+fn health_probe(period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/healthz".into()),
+            port: IntOrString::String("http".into()),
+            scheme: Some("HTTP".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failures),
+        success_threshold: Some(1),
+        ..Probe::default()
+    }
+}
+
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        localhost_profile: None,
+    }
+}
+
+fn non_empty<K: Ord, V>(map: &BTreeMap<K, V>) -> Option<BTreeMap<K, V>>
+where
+    BTreeMap<K, V>: Clone,
+{
+    (!map.is_empty()).then(|| map.clone())
+}
+
+/// The token service Deployment. `image` is the resolved image (spec or operator default).
+pub fn deployment(owner: &Owner, spec: &MacpAuthSpec, image: &str, keyset_hash: &str) -> Deployment {
+    let secret = owner.secret_name();
+    // User pod labels first so they can never replace the selector labels.
+    let mut pod_labels = spec.pod_labels.clone();
+    pod_labels.extend(common_labels(&owner.name));
+    let mut pod_annotations = spec.pod_annotations.clone();
+    pod_annotations.insert(KEYSET_HASH_ANNOTATION.into(), keyset_hash.into());
+
+    let container = Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(image.into()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: spec.port,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(vec![
+            env("PORT", spec.port),
+            env("MACP_AUTH_ISSUER", &spec.issuer),
+            env("MACP_AUTH_AUDIENCE", &spec.audience),
+            env("MACP_AUTH_MAX_TTL_SECONDS", spec.max_ttl_seconds),
+            env("MACP_AUTH_DEFAULT_TTL_SECONDS", spec.default_ttl_seconds),
+            env("MACP_AUTH_SIGNING_ALG", alg_name(spec.signing_alg)),
+            secret_env("MACP_AUTH_SIGNING_KEY_JSON", &secret, keyset::ACTIVE),
+            secret_env("MACP_AUTH_VERIFICATION_KEYS_JSON", &secret, keyset::PUBLISHED),
+        ]),
+        readiness_probe: Some(health_probe(5, 3)),
+        liveness_probe: Some(health_probe(10, 3)),
+        resources: spec.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(runtime_default_seccomp()),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+
+    Deployment {
+        metadata: owner.meta(owner.name.clone()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&owner.name)),
+                match_expressions: None,
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            // The Deployment controller then reports ProgressDeadlineExceeded,
+            // which the reconciler turns into Degraded.
+            progress_deadline_seconds: Some(
+                i32::try_from(spec.rotation.rollout_timeout_seconds).unwrap_or(i32::MAX),
+            ),
+            revision_history_limit: Some(3),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(pod_annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS_USER),
+                        run_as_group: Some(RUN_AS_USER),
+                        seccomp_profile: Some(runtime_default_seccomp()),
+                        ..PodSecurityContext::default()
+                    }),
+                    node_selector: non_empty(&spec.node_selector),
+                    tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+                    // The service drains in-flight requests within 10 s of SIGTERM.
+                    termination_grace_period_seconds: Some(15),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+pub fn service(owner: &Owner, spec: &MacpAuthSpec) -> Service {
+    Service {
+        metadata: owner.meta(owner.name.clone()),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(&owner.name)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: spec.port,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The in-cluster JWKS URL verifiers fetch.
+pub fn jwks_url(owner: &Owner, spec: &MacpAuthSpec) -> String {
+    format!(
+        "http://{}.{}.svc:{}/.well-known/jwks.json",
+        owner.name, owner.namespace, spec.port
+    )
+}
+
+/// `<name>-verifier-config`, for the MACP runtime to `envFrom`.
+pub fn verifier_config_map(owner: &Owner, spec: &MacpAuthSpec) -> ConfigMap {
+    ConfigMap {
+        metadata: owner.meta(owner.config_map_name()),
+        data: Some(BTreeMap::from([
+            ("MACP_AUTH_ISSUER".to_string(), spec.issuer.clone()),
+            ("MACP_AUTH_AUDIENCE".to_string(), spec.audience.clone()),
+            ("MACP_AUTH_JWKS_URL".to_string(), jwks_url(owner, spec)),
+            (
+                "MACP_AUTH_JWKS_TTL_SECS".to_string(),
+                spec.jwks_cache_ttl_seconds.to_string(),
+            ),
+        ])),
+        ..ConfigMap::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyset::PrivateKey;
+    use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn mauth(spec: serde_json::Value) -> MacpAuth {
+        let mut m = MacpAuth::new("prod", serde_json::from_value(spec).unwrap());
+        m.metadata.namespace = Some("auth".into());
+        m.metadata.uid = Some("uid-1".into());
+        m
+    }
+
+    fn owner() -> Owner {
+        Owner::of(&mauth(serde_json::json!({}))).unwrap()
+    }
+
+    fn env_of(d: &Deployment) -> BTreeMap<String, EnvVar> {
+        let c = &d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+        c.env
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name.clone(), e))
+            .collect()
+    }
+
+    #[test]
+    fn owner_needs_namespace_and_uid() {
+        let mut m = mauth(serde_json::json!({}));
+        m.metadata.uid = None;
+        assert!(matches!(Owner::of(&m), Err(BuildError::NoUid)));
+        m.metadata.namespace = None;
+        assert!(matches!(Owner::of(&m), Err(BuildError::NoNamespace)));
+        let o = owner();
+        assert_eq!(o.owner_ref.controller, Some(true));
+        assert_eq!(o.owner_ref.kind, "MacpAuth");
+        assert_eq!(o.owner_ref.api_version, "macp.io/v1alpha1");
+        assert_eq!(o.owner_ref.uid, "uid-1");
+    }
+
+    #[test]
+    fn every_object_is_owned_and_labelled() {
+        let o = owner();
+        let spec = mauth(serde_json::json!({})).spec;
+        let ks = Keyset::initial(PrivateKey::generate(SigningAlg::ES256, "k1", 2048).unwrap());
+        let metas = [
+            secret(&o, &ks).metadata,
+            deployment(&o, &spec, "img:1", &ks.hash()).metadata,
+            service(&o, &spec).metadata,
+            verifier_config_map(&o, &spec).metadata,
+        ];
+        let names: Vec<_> = metas.iter().map(|m| m.name.clone().unwrap()).collect();
+        assert_eq!(names, ["prod-signing-keys", "prod", "prod", "prod-verifier-config"]);
+        for m in metas {
+            assert_eq!(m.namespace.as_deref(), Some("auth"));
+            assert_eq!(m.owner_references.as_ref().unwrap(), &vec![o.owner_ref.clone()]);
+            let l = m.labels.unwrap();
+            assert_eq!(l[NAME_LABEL], APP_NAME);
+            assert_eq!(l[INSTANCE_LABEL], "prod");
+            assert_eq!(l[MANAGED_BY_LABEL], MANAGER);
+        }
+    }
+
+    #[test]
+    fn secret_holds_the_keyset() {
+        let ks = Keyset::initial(PrivateKey::generate(SigningAlg::ES256, "k1", 2048).unwrap());
+        let s = secret(&owner(), &ks);
+        let data = s.data.unwrap();
+        assert!(data.contains_key(keyset::ACTIVE));
+        assert!(data.contains_key(keyset::PUBLISHED));
+        assert_eq!(Keyset::from_secret_data(&data).unwrap(), ks);
+    }
+
+    #[test]
+    fn deployment_env_probes_strategy_and_security() {
+        let spec = mauth(serde_json::json!({
+            "issuer": "iss", "audience": "aud", "maxTtlSeconds": 600,
+            "defaultTtlSeconds": 60, "signingAlg": "ES256", "port": 8080, "replicas": 3
+        }))
+        .spec;
+        let d = deployment(&owner(), &spec, "img:1", "abc");
+        let env = env_of(&d);
+        let plain = |k: &str| env[k].value.clone().unwrap();
+        assert_eq!(plain("PORT"), "8080");
+        assert_eq!(plain("MACP_AUTH_ISSUER"), "iss");
+        assert_eq!(plain("MACP_AUTH_AUDIENCE"), "aud");
+        assert_eq!(plain("MACP_AUTH_MAX_TTL_SECONDS"), "600");
+        assert_eq!(plain("MACP_AUTH_DEFAULT_TTL_SECONDS"), "60");
+        assert_eq!(plain("MACP_AUTH_SIGNING_ALG"), "ES256");
+        for (var, key) in [
+            ("MACP_AUTH_SIGNING_KEY_JSON", keyset::ACTIVE),
+            ("MACP_AUTH_VERIFICATION_KEYS_JSON", keyset::PUBLISHED),
+        ] {
+            let r = env[var].value_from.clone().unwrap().secret_key_ref.unwrap();
+            assert_eq!((r.name.as_str(), r.key.as_str()), ("prod-signing-keys", key));
+            assert!(env[var].value.is_none());
+        }
+        let ds = d.spec.unwrap();
+        assert_eq!(ds.replicas, Some(3));
+        let ru = ds.strategy.unwrap().rolling_update.unwrap();
+        assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
+        assert_eq!(ru.max_surge, Some(IntOrString::Int(1)));
+        assert_eq!(ds.progress_deadline_seconds, Some(600));
+        assert_eq!(ds.selector.match_labels.unwrap(), selector_labels("prod"));
+        let tmpl = ds.template;
+        let tmeta = tmpl.metadata.unwrap();
+        assert_eq!(tmeta.annotations.unwrap()[KEYSET_HASH_ANNOTATION], "abc");
+        let ps = tmpl.spec.unwrap();
+        let psc = ps.security_context.unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        let c = &ps.containers[0];
+        assert_eq!(c.image.as_deref(), Some("img:1"));
+        assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 8080);
+        for p in [c.readiness_probe.as_ref().unwrap(), c.liveness_probe.as_ref().unwrap()] {
+            assert_eq!(p.http_get.as_ref().unwrap().path.as_deref(), Some("/healthz"));
+        }
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_ref().unwrap(), &vec!["ALL".to_string()]);
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        assert!(ps.node_selector.is_none() && ps.tolerations.is_none() && c.resources.is_none());
+    }
+
+    #[test]
+    fn scheduling_and_pod_metadata_from_spec() {
+        let mut spec = mauth(serde_json::json!({})).spec;
+        spec.resources = Some(ResourceRequirements {
+            limits: Some(BTreeMap::from([("memory".to_string(), Quantity("64Mi".into()))])),
+            ..ResourceRequirements::default()
+        });
+        spec.node_selector = BTreeMap::from([("pool".to_string(), "auth".to_string())]);
+        spec.tolerations = vec![Toleration {
+            key: Some("dedicated".into()),
+            operator: Some("Exists".into()),
+            ..Toleration::default()
+        }];
+        // A user label may not hijack the selector labels.
+        spec.pod_labels = BTreeMap::from([
+            ("team".to_string(), "id".to_string()),
+            (INSTANCE_LABEL.to_string(), "evil".to_string()),
+        ]);
+        spec.pod_annotations = BTreeMap::from([
+            ("prometheus.io/scrape".to_string(), "true".to_string()),
+            (KEYSET_HASH_ANNOTATION.to_string(), "forged".to_string()),
+        ]);
+        let d = deployment(&owner(), &spec, "img", "real");
+        let t = d.spec.unwrap().template;
+        let meta = t.metadata.unwrap();
+        let labels = meta.labels.unwrap();
+        assert_eq!(labels["team"], "id");
+        assert_eq!(labels[INSTANCE_LABEL], "prod");
+        let ann = meta.annotations.unwrap();
+        assert_eq!(ann["prometheus.io/scrape"], "true");
+        assert_eq!(ann[KEYSET_HASH_ANNOTATION], "real");
+        let ps = t.spec.unwrap();
+        assert_eq!(ps.node_selector.unwrap()["pool"], "auth");
+        assert_eq!(ps.tolerations.unwrap()[0].key.as_deref(), Some("dedicated"));
+        assert_eq!(
+            ps.containers[0].resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"],
+            Quantity("64Mi".into())
+        );
+    }
+
+    #[test]
+    fn service_and_verifier_config() {
+        let spec = mauth(serde_json::json!({"port": 4000, "issuer": "i", "audience": "a", "jwksCacheTtlSeconds": 30})).spec;
+        let s = service(&owner(), &spec).spec.unwrap();
+        assert_eq!(s.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(s.ports.as_ref().unwrap()[0].port, 4000);
+        assert_eq!(s.selector.unwrap(), selector_labels("prod"));
+        let cm = verifier_config_map(&owner(), &spec).data.unwrap();
+        assert_eq!(cm["MACP_AUTH_ISSUER"], "i");
+        assert_eq!(cm["MACP_AUTH_AUDIENCE"], "a");
+        assert_eq!(cm["MACP_AUTH_JWKS_URL"], "http://prod.auth.svc:4000/.well-known/jwks.json");
+        assert_eq!(cm["MACP_AUTH_JWKS_TTL_SECS"], "30");
+        assert_eq!(cm.len(), 4);
+    }
+
+    #[test]
+    fn pod_selector_matches_selector_labels() {
+        assert_eq!(
+            pod_selector("prod"),
+            "app.kubernetes.io/name=macp-auth-service,app.kubernetes.io/instance=prod"
+        );
+    }
+}

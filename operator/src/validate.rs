@@ -1,0 +1,126 @@
+//! Checks of a `MacpAuth` spec beyond what the CRD schema can express (and a
+//! repeat of the schema's bounds, for API servers that skipped validation).
+//!
+//! A spec that fails here would make every token-service pod exit at startup,
+//! so the reconciler reports it as `Degraded` and changes nothing.
+//! `rotation.interval` is checked by the rotation state machine, which owns
+//! the schedule (reason `InvalidRotationInterval`).
+
+use crate::crd::MacpAuthSpec;
+
+/// `Degraded` reason for a spec refused here.
+pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("defaultTtlSeconds ({default}) must not exceed maxTtlSeconds ({max})")]
+    DefaultAboveMax { default: i64, max: i64 },
+    #[error("{field} must be at least {min}, got {value}")]
+    TooSmall {
+        field: &'static str,
+        min: i64,
+        value: i64,
+    },
+    #[error("port must be between 1 and 65535, got {0}")]
+    Port(i32),
+    #[error("rsaKeyBits must be 2048, 3072 or 4096, got {0}")]
+    RsaKeyBits(u32),
+    #[error("image must not be empty (omit it to use the operator's default)")]
+    EmptyImage,
+}
+
+/// Every problem of `spec`, in field order; empty when it is valid.
+pub fn validate(spec: &MacpAuthSpec) -> Vec<SpecError> {
+    let mut errors = Vec::new();
+    let mut min = |field, min, value| {
+        if value < min {
+            errors.push(SpecError::TooSmall { field, min, value });
+        }
+    };
+    min("replicas", 1, i64::from(spec.replicas));
+    min("maxTtlSeconds", 1, spec.max_ttl_seconds);
+    min("defaultTtlSeconds", 1, spec.default_ttl_seconds);
+    min("jwksCacheTtlSeconds", 1, spec.jwks_cache_ttl_seconds);
+    min(
+        "rotation.rolloutTimeoutSeconds",
+        1,
+        spec.rotation.rollout_timeout_seconds,
+    );
+    if let Some(d) = spec.rotation.drain_seconds {
+        min("rotation.drainSeconds", 0, d);
+    }
+    if !(1..=65535).contains(&spec.port) {
+        errors.push(SpecError::Port(spec.port));
+    }
+    if spec.default_ttl_seconds > spec.max_ttl_seconds {
+        errors.push(SpecError::DefaultAboveMax {
+            default: spec.default_ttl_seconds,
+            max: spec.max_ttl_seconds,
+        });
+    }
+    if !macp_auth_service::keys::RSA_BITS_CHOICES.contains(&spec.rsa_key_bits) {
+        errors.push(SpecError::RsaKeyBits(spec.rsa_key_bits));
+    }
+    if spec.image.as_deref().is_some_and(|i| i.trim().is_empty()) {
+        errors.push(SpecError::EmptyImage);
+    }
+    errors
+}
+
+/// One message for all problems, for the `Degraded` condition.
+pub fn message(errors: &[SpecError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(v: serde_json::Value) -> MacpAuthSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = spec(serde_json::json!({}));
+        assert_eq!(s.replicas, 2);
+        assert_eq!(s.port, 3200);
+        assert_eq!(s.max_ttl_seconds, 3600);
+        assert_eq!(s.default_ttl_seconds, 300);
+        assert_eq!(s.rsa_key_bits, 2048);
+        assert_eq!(s.jwks_cache_ttl_seconds, 300);
+        assert!(s.rotation.prepublish);
+        assert_eq!(s.rotation.rollout_timeout_seconds, 600);
+        assert_eq!(s.effective_drain_seconds(), 3660);
+        assert_eq!(validate(&s), vec![]);
+    }
+
+    #[test]
+    fn default_ttl_above_max_is_refused() {
+        let errs = validate(&spec(serde_json::json!({"maxTtlSeconds": 60, "defaultTtlSeconds": 61})));
+        assert_eq!(errs, vec![SpecError::DefaultAboveMax { default: 61, max: 60 }]);
+        assert_eq!(
+            message(&errs),
+            "defaultTtlSeconds (61) must not exceed maxTtlSeconds (60)"
+        );
+    }
+
+    #[test]
+    fn schema_bounds_are_rechecked() {
+        let errs = validate(&spec(serde_json::json!({
+            "replicas": 0, "port": 70000, "rsaKeyBits": 1024, "image": " ",
+            "maxTtlSeconds": 0, "defaultTtlSeconds": 0, "jwksCacheTtlSeconds": 0,
+            "rotation": {"rolloutTimeoutSeconds": 0, "drainSeconds": -1}
+        })));
+        assert_eq!(errs.len(), 9, "{errs:?}");
+        assert!(errs.contains(&SpecError::RsaKeyBits(1024)));
+        assert!(errs.contains(&SpecError::Port(70000)));
+        assert!(errs.contains(&SpecError::EmptyImage));
+        let msg = message(&errs);
+        assert!(msg.contains("replicas must be at least 1, got 0"), "{msg}");
+    }
+}

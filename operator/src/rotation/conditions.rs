@@ -1,0 +1,122 @@
+//! The `Rotating` and `Degraded` conditions as rotation maintains them.
+
+use chrono::{DateTime, Utc};
+
+use crate::crd::Condition;
+
+pub const ROTATING: &str = "Rotating";
+pub const DEGRADED: &str = "Degraded";
+
+pub const REASON_ROLLOUT_TIMEOUT: &str = "RolloutTimeout";
+pub const REASON_VERIFICATION_FAILED: &str = "VerificationFailed";
+pub const REASON_ROLLED_BACK: &str = "RotationRolledBack";
+pub const REASON_ROLLBACK_STALLED: &str = "RollbackStalled";
+pub const REASON_EMERGENCY_STALLED: &str = "EmergencyRotationStalled";
+pub const REASON_RETIREMENT_STALLED: &str = "RetirementStalled";
+pub const REASON_KEY_MISSING: &str = "RotationKeyMissing";
+pub const REASON_INVALID_INTERVAL: &str = "InvalidRotationInterval";
+pub const REASON_ROTATION_SUCCEEDED: &str = "RotationSucceeded";
+
+/// `Degraded` reasons owned by rotation; rotation clears only these.
+pub const DEGRADED_REASONS: &[&str] = &[
+    REASON_ROLLOUT_TIMEOUT,
+    REASON_VERIFICATION_FAILED,
+    REASON_ROLLED_BACK,
+    REASON_ROLLBACK_STALLED,
+    REASON_EMERGENCY_STALLED,
+    REASON_RETIREMENT_STALLED,
+    REASON_KEY_MISSING,
+    REASON_INVALID_INTERVAL,
+];
+
+/// Sets a condition, keeping `lastTransitionTime` unless the status flips.
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    now: DateTime<Utc>,
+    generation: Option<i64>,
+) {
+    let status = if status { "True" } else { "False" };
+    let fresh = Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        last_transition_time: now,
+        observed_generation: generation,
+    };
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(existing) => {
+            let since = if existing.status == status {
+                existing.last_transition_time
+            } else {
+                now
+            };
+            *existing = Condition {
+                last_transition_time: since,
+                ..fresh
+            };
+        }
+        None => conditions.push(fresh),
+    }
+}
+
+/// The current condition of a type, if any.
+pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Whether `Degraded` is currently held by rotation (so rotation may clear it).
+pub fn degraded_by_rotation(conditions: &[Condition]) -> bool {
+    get(conditions, DEGRADED)
+        .is_some_and(|c| c.status == "True" && DEGRADED_REASONS.contains(&c.reason.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn transition_time_moves_only_when_status_flips() {
+        let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let t1 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 1, 0).unwrap();
+        let mut c = Vec::new();
+        set(
+            &mut c,
+            DEGRADED,
+            true,
+            REASON_ROLLOUT_TIMEOUT,
+            "a",
+            t0,
+            Some(1),
+        );
+        set(&mut c, DEGRADED, true, REASON_ROLLED_BACK, "b", t1, Some(2));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].last_transition_time, t0);
+        assert_eq!(c[0].reason, REASON_ROLLED_BACK);
+        assert!(degraded_by_rotation(&c));
+        set(
+            &mut c,
+            DEGRADED,
+            false,
+            REASON_ROTATION_SUCCEEDED,
+            "ok",
+            t1,
+            Some(2),
+        );
+        assert_eq!(c[0].last_transition_time, t1);
+        assert!(!degraded_by_rotation(&c));
+    }
+
+    #[test]
+    fn foreign_degraded_reason_is_not_rotations() {
+        let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let mut c = Vec::new();
+        set(&mut c, DEGRADED, true, "InvalidSpec", "x", t0, None);
+        assert!(!degraded_by_rotation(&c));
+    }
+}

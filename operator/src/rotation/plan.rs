@@ -1,0 +1,184 @@
+//! The keyset each phase wants in the Secret.
+
+use crate::crd::{RotationOutcome, RotationPhase, RotationStatus, RotationTrigger};
+
+use super::KeysetView;
+
+/// A Secret layout by kid. The reconciler fills each slot from key material
+/// the Secret already holds; it never invents a key for a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeysetPlan {
+    /// Kid of `active.jwk.json` (a private key the Secret holds in some slot).
+    pub active: String,
+    /// Kids of `published.jwks.json`, in order (public keys derived from any slot).
+    pub published: Vec<String>,
+    /// Kid of `next.jwk.json`, removed when `None`.
+    pub next: Option<String>,
+    /// Kid of `previous.jwk.json`, removed when `None`.
+    pub previous: Option<String>,
+}
+
+/// Why a plan cannot be laid out from the observed Secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("the Secret holds no private key {0} for slot {1}")]
+    MissingPrivate(String, &'static str),
+    #[error("the Secret holds no key {0} to publish")]
+    MissingPublic(String),
+}
+
+impl KeysetPlan {
+    /// Checks that every kid of the plan can be taken from `keyset`: private
+    /// slots from a private key, published kids from any key.
+    pub fn check(&self, keyset: &KeysetView) -> Result<(), PlanError> {
+        let private = [
+            (Some(&self.active), "active"),
+            (self.next.as_ref(), "next"),
+            (self.previous.as_ref(), "previous"),
+        ];
+        for (kid, slot) in private {
+            if let Some(kid) = kid
+                && !keyset.holds_private(kid)
+            {
+                return Err(PlanError::MissingPrivate(kid.clone(), slot));
+            }
+        }
+        match self.published.iter().find(|k| !keyset.contains(k)) {
+            Some(kid) => Err(PlanError::MissingPublic(kid.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the Secret already has exactly this layout.
+    pub fn matches(&self, keyset: &KeysetView) -> bool {
+        keyset.active.kid == self.active
+            && keyset.published == self.published
+            && keyset.next.as_ref().map(|k| &k.kid) == self.next.as_ref()
+            && keyset.previous.as_ref().map(|k| &k.kid) == self.previous.as_ref()
+    }
+
+    /// Kids every pod of this keyset serves: active first, then published.
+    pub fn served(&self) -> Vec<String> {
+        let mut kids = vec![self.active.clone()];
+        kids.extend(
+            self.published
+                .iter()
+                .filter(|k| **k != self.active)
+                .cloned(),
+        );
+        kids
+    }
+}
+
+/// The old and new kid of a rotation, once both are known.
+struct Pair<'a> {
+    old: &'a str,
+    new: &'a str,
+}
+
+fn pair(rot: &RotationStatus) -> Option<Pair<'_>> {
+    Some(Pair {
+        old: rot.old_kid.as_deref()?,
+        new: rot.new_kid.as_deref()?,
+    })
+}
+
+fn plan(
+    active: &str,
+    published: &[&str],
+    next: Option<&str>,
+    previous: Option<&str>,
+) -> KeysetPlan {
+    KeysetPlan {
+        active: active.to_string(),
+        published: published.iter().map(|k| k.to_string()).collect(),
+        next: next.map(str::to_string),
+        previous: previous.map(str::to_string),
+    }
+}
+
+/// Whether a routine rotation was rolled back and now retires its new key instead of the old one.
+pub fn reversed(rot: &RotationStatus) -> bool {
+    rot.outcome == Some(RotationOutcome::RolledBack)
+}
+
+/// The keyset the rotation's current phase wants, or `None` where it wants no
+/// particular layout (Idle, or KeyGenerated before the key is confirmed).
+pub fn desired(rot: &RotationStatus) -> Option<KeysetPlan> {
+    let p = pair(rot)?;
+    let emergency = rot.trigger == Some(RotationTrigger::Emergency);
+    Some(match rot.phase {
+        RotationPhase::Idle | RotationPhase::KeyGenerated => return None,
+        RotationPhase::Activating if emergency => plan(p.new, &[], None, None),
+        RotationPhase::Publishing | RotationPhase::Propagating => {
+            plan(p.old, &[p.new], Some(p.new), None)
+        }
+        RotationPhase::Activating => plan(p.new, &[p.old], None, Some(p.old)),
+        RotationPhase::Draining => draining(&p, reversed(rot)),
+        // The retiring key stays in `previous` until every pod stopped serving it, for rollback.
+        RotationPhase::Retiring if reversed(rot) => plan(p.old, &[], None, Some(p.new)),
+        RotationPhase::Retiring => plan(p.new, &[], None, Some(p.old)),
+        RotationPhase::RollingBack => match rot.rollback_from {
+            Some(RotationPhase::Publishing) | None => plan(p.old, &[], None, None),
+            Some(RotationPhase::Retiring) => draining(&p, reversed(rot)),
+            // Activating (or anything else): the new key may have signed, so it stays published.
+            Some(_) => draining(&p, true),
+        },
+    })
+}
+
+/// The keyset a rotation ends with: the key that kept signing, alone.
+pub fn final_plan(rot: &RotationStatus) -> Option<KeysetPlan> {
+    let p = pair(rot)?;
+    let keeper = if reversed(rot) { p.old } else { p.new };
+    Some(plan(keeper, &[], None, None))
+}
+
+fn draining(p: &Pair<'_>, reversed: bool) -> KeysetPlan {
+    // A rolled-back new key keeps its private half in `previous` while it drains,
+    // so no write ever drops the private key of a key that signed last.
+    if reversed {
+        plan(p.old, &[p.new], None, Some(p.new))
+    } else {
+        plan(p.new, &[p.old], None, Some(p.old))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::SigningAlg;
+    use crate::rotation::KeyView;
+
+    fn key(kid: &str) -> KeyView {
+        KeyView {
+            kid: kid.into(),
+            alg: SigningAlg::ES256,
+            rsa_bits: None,
+        }
+    }
+
+    #[test]
+    fn check_finds_missing_material() {
+        let ks = KeysetView {
+            active: key("a"),
+            published: vec!["p".into()],
+            next: Some(key("n")),
+            previous: None,
+        };
+        assert_eq!(plan("n", &["a", "p"], None, Some("a")).check(&ks), Ok(()));
+        assert_eq!(
+            plan("p", &[], None, None).check(&ks),
+            Err(PlanError::MissingPrivate("p".into(), "active"))
+        );
+        assert_eq!(
+            plan("a", &["x"], None, None).check(&ks),
+            Err(PlanError::MissingPublic("x".into()))
+        );
+    }
+
+    #[test]
+    fn served_lists_active_first_without_duplicates() {
+        assert_eq!(plan("a", &["b", "a"], None, None).served(), vec!["a", "b"]);
+    }
+}

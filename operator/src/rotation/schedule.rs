@@ -1,0 +1,157 @@
+//! `spec.rotation.interval` parsing and the `nextRotationTime` schedule.
+//!
+//! The interval grammar is the CRD's pattern, `^([0-9]+(ns|us|ms|s|m|h|d))+$`
+//! (Go durations plus days). It is parsed here rather than with `humantime`
+//! so that exactly the strings the API server accepts parse, no more and no
+//! fewer (humantime also accepts spaces, `min`, `weeks`, ...).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::crd::{MacpAuthStatus, RotationOutcome};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntervalError {
+    #[error("rotation interval {0:?} is empty")]
+    Empty(String),
+    #[error("rotation interval {0:?} is not a duration like 720h or 1h30m")]
+    Syntax(String),
+    #[error("rotation interval {0:?} is too long")]
+    Overflow(String),
+    #[error("rotation interval {0:?} must be positive")]
+    Zero(String),
+}
+
+/// Parses an interval such as `720h`, `1h30m` or `7d`.
+pub fn parse_interval(text: &str) -> Result<Duration, IntervalError> {
+    if text.is_empty() {
+        return Err(IntervalError::Empty(text.to_string()));
+    }
+    let syntax = || IntervalError::Syntax(text.to_string());
+    let overflow = || IntervalError::Overflow(text.to_string());
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(syntax)?;
+        if digits == 0 {
+            return Err(syntax());
+        }
+        let amount: u64 = rest[..digits].parse().map_err(|_| overflow())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let nanos_per: u64 = match &rest[..unit_len] {
+            "ns" => 1,
+            "us" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "d" => 86_400_000_000_000,
+            _ => return Err(syntax()),
+        };
+        rest = &rest[unit_len..];
+        let nanos = amount.checked_mul(nanos_per).ok_or_else(overflow)?;
+        total = total
+            .checked_add(Duration::from_nanos(nanos))
+            .ok_or_else(overflow)?;
+    }
+    // chrono cannot represent instants arbitrarily far away; a century is plenty.
+    if total > Duration::from_secs(100 * 365 * 86_400) {
+        return Err(overflow());
+    }
+    if total.is_zero() {
+        return Err(IntervalError::Zero(text.to_string()));
+    }
+    Ok(total)
+}
+
+/// Converts a std duration to chrono (saturating; callers bound their inputs).
+pub fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Adds a duration to an instant, saturating far in the future instead of panicking.
+pub fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t.checked_add_signed(chrono_duration(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Adds whole seconds (spec values, never negative in a valid resource) to an instant.
+pub fn add_secs(t: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
+    add(t, Duration::from_secs(secs.max(0).unsigned_abs()))
+}
+
+/// Time left until `t`, zero when it has passed.
+pub fn until(now: DateTime<Utc>, t: DateTime<Utc>) -> Duration {
+    (t - now).to_std().unwrap_or(Duration::ZERO)
+}
+
+/// The instant the schedule is measured from: the end of the last rotation, or the last key switch.
+fn schedule_base(status: &MacpAuthStatus) -> Option<DateTime<Utc>> {
+    let finished = status.history.last().map(|r| r.finished_at);
+    match (finished, status.last_rotation_time) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `nextRotationTime` for an interval: one interval after the last rotation,
+/// kept earlier when already scheduled earlier (a retry after a rollback, or a
+/// first rotation scheduled before the interval was lengthened).
+pub fn next_rotation(
+    status: &MacpAuthStatus,
+    interval: Duration,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let candidate = add(schedule_base(status).unwrap_or(now), interval);
+    match status.next_rotation_time {
+        Some(existing) if existing <= candidate => existing,
+        _ => candidate,
+    }
+}
+
+/// Earliest time an automatic trigger may start a rotation after a rolled-back or failed one.
+pub fn automatic_not_before(status: &MacpAuthStatus, backoff: Duration) -> Option<DateTime<Utc>> {
+    let last = status.history.last()?;
+    matches!(
+        last.outcome,
+        RotationOutcome::RolledBack | RotationOutcome::Failed
+    )
+    .then(|| add(last.finished_at, backoff))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_crd_grammar() {
+        assert_eq!(parse_interval("720h"), Ok(Duration::from_secs(720 * 3600)));
+        assert_eq!(parse_interval("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_interval("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_interval("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_interval("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_interval("2us3ns"), Ok(Duration::from_nanos(2003)));
+    }
+
+    #[test]
+    fn refuses_what_the_crd_refuses() {
+        for bad in ["", "h", "10", "10 h", "1.5h", "10min", "-1h", "1w", "h1"] {
+            assert!(parse_interval(bad).is_err(), "{bad:?} must not parse");
+        }
+        assert!(matches!(parse_interval("0s"), Err(IntervalError::Zero(_))));
+        assert!(matches!(
+            parse_interval("99999999999999999999h"),
+            Err(IntervalError::Overflow(_))
+        ));
+        assert!(matches!(
+            parse_interval("999999d"),
+            Err(IntervalError::Overflow(_))
+        ));
+    }
+}

@@ -1,0 +1,136 @@
+//! Table tests of every transition and property tests of the invariants of DESIGN 6.4.
+
+mod sim;
+mod table;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration as Secs, TimeZone, Utc};
+
+use crate::crd::{MacpAuthSpec, MacpAuthStatus, RotationSpec, SigningAlg};
+
+use super::{
+    Decision, Inputs, KeyView, KeysetPlan, KeysetView, Observed, PodView, Rollout, decide,
+};
+
+pub const TTL: i64 = 60;
+pub const DRAIN: i64 = 120;
+pub const TIMEOUT: i64 = 100;
+
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()
+}
+
+pub fn at(secs: i64) -> DateTime<Utc> {
+    t0() + Secs::seconds(secs)
+}
+
+pub fn spec() -> MacpAuthSpec {
+    serde_json::from_value::<MacpAuthSpec>(serde_json::json!({
+        "signingAlg": "ES256",
+        "maxTtlSeconds": 60,
+        "jwksCacheTtlSeconds": TTL,
+        "rotation": RotationSpec {
+            drain_seconds: Some(DRAIN),
+            rollout_timeout_seconds: TIMEOUT,
+            ..RotationSpec::default()
+        },
+    }))
+    .unwrap()
+}
+
+pub fn key(kid: &str) -> KeyView {
+    KeyView {
+        kid: kid.to_string(),
+        alg: SigningAlg::ES256,
+        rsa_bits: None,
+    }
+}
+
+pub fn keyset(
+    active: &str,
+    published: &[&str],
+    next: Option<&str>,
+    previous: Option<&str>,
+) -> KeysetView {
+    KeysetView {
+        active: key(active),
+        published: published.iter().map(|k| k.to_string()).collect(),
+        next: next.map(key),
+        previous: previous.map(key),
+    }
+}
+
+pub fn view_of(plan: &KeysetPlan) -> KeysetView {
+    KeysetView {
+        active: key(&plan.active),
+        published: plan.published.clone(),
+        next: plan.next.as_deref().map(key),
+        previous: plan.previous.as_deref().map(key),
+    }
+}
+
+/// Two healthy pods serving exactly `ks` and signing with its active key.
+pub fn pods_serving(ks: &KeysetView) -> Vec<PodView> {
+    let mut served = vec![ks.active.kid.clone()];
+    served.extend(ks.published.iter().cloned());
+    (0..2)
+        .map(|i| PodView {
+            name: format!("pod-{i}"),
+            served_kids: Ok(served.clone()),
+            signing_kid: Some(Ok(ks.active.kid.clone())),
+        })
+        .collect()
+}
+
+/// Everything one `decide` call reads, owned.
+#[derive(Clone, Debug)]
+pub struct Fixture {
+    pub spec: MacpAuthSpec,
+    pub status: MacpAuthStatus,
+    pub annotations: BTreeMap<String, String>,
+    pub observed: Observed,
+    pub now: DateTime<Utc>,
+    pub new_kid: String,
+}
+
+impl Fixture {
+    pub fn idle(ks: KeysetView) -> Self {
+        let pods = pods_serving(&ks);
+        Self {
+            spec: spec(),
+            status: MacpAuthStatus::default(),
+            annotations: BTreeMap::new(),
+            observed: Observed {
+                keyset: Some(ks),
+                rollout: Rollout::Complete,
+                pods,
+            },
+            now: t0(),
+            new_kid: "k-new".to_string(),
+        }
+    }
+
+    pub fn decide(&self) -> Decision {
+        decide(&Inputs {
+            spec: &self.spec,
+            status: &self.status,
+            annotations: &self.annotations,
+            generation: Some(1),
+            observed: &self.observed,
+            now: self.now,
+            new_kid: &self.new_kid,
+        })
+    }
+
+    /// Sets the Secret to `ks` and the pods to a completed rollout of it.
+    pub fn settle_on(&mut self, ks: KeysetView) {
+        self.observed.pods = pods_serving(&ks);
+        self.observed.keyset = Some(ks);
+        self.observed.rollout = Rollout::Complete;
+    }
+
+    pub fn annotate(&mut self, name: &str, value: &str) {
+        self.annotations.insert(name.to_string(), value.to_string());
+    }
+}

@@ -1,0 +1,709 @@
+//! Property tests: a small simulated world driven by random event sequences,
+//! with the six invariants of DESIGN 6.4 checked after every step.
+//!
+//! The world has a Secret (kids by slot), a Deployment template that the glue
+//! sets from the Secret after each write, pods that a kubelet replaces one at a
+//! time (surge one, `maxUnavailable: 0`), keys whose pods never become ready,
+//! pods that serve a wrong JWKS, and failing probes. The operator is the pure
+//! machine plus the glue contract of the module docs; "killing" it drops a
+//! round at one of three points (before its write, after the Secret write,
+//! before the status write), and because the glue keeps nothing in memory,
+//! a restart is simply the next round reading the persisted status and Secret.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Duration as Secs, Utc};
+use proptest::prelude::*;
+
+use super::*;
+use crate::crd::{EMERGENCY_ROTATE_ANNOTATION, ROTATE_ANNOTATION, RotationPhase, RotationTrigger};
+use crate::rotation::{Action, Decision, probe_plan};
+
+const REPLICAS: usize = 2;
+
+type RotationId = (Option<DateTime<Utc>>, Option<String>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Secret {
+    active: String,
+    published: Vec<String>,
+    next: Option<String>,
+    previous: Option<String>,
+}
+
+impl Secret {
+    fn config(&self) -> Config {
+        Config {
+            active: self.active.clone(),
+            published: self.published.clone(),
+        }
+    }
+
+    fn kids(&self) -> BTreeSet<String> {
+        let mut kids: BTreeSet<String> = self.published.iter().cloned().collect();
+        kids.insert(self.active.clone());
+        kids.extend(self.next.clone());
+        kids.extend(self.previous.clone());
+        kids
+    }
+
+    fn jwks(&self) -> BTreeSet<String> {
+        self.config().served()
+    }
+
+    fn view(&self, kinds: &BTreeMap<String, SigningAlg>) -> KeysetView {
+        let k = |kid: &str| KeyView {
+            alg: kinds.get(kid).copied().unwrap_or(SigningAlg::ES256),
+            ..key(kid)
+        };
+        KeysetView {
+            active: k(&self.active),
+            published: self.published.clone(),
+            next: self.next.as_deref().map(k),
+            previous: self.previous.as_deref().map(k),
+        }
+    }
+}
+
+/// What a pod was started with: the keyset hash inputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Config {
+    active: String,
+    published: Vec<String>,
+}
+
+impl Config {
+    fn served(&self) -> BTreeSet<String> {
+        let mut kids: BTreeSet<String> = self.published.iter().cloned().collect();
+        kids.insert(self.active.clone());
+        kids
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Pod {
+    id: u32,
+    config: Config,
+    ready: bool,
+    faulty: bool,
+}
+
+impl Pod {
+    fn served(&self) -> Vec<String> {
+        if self.faulty {
+            vec![self.config.active.clone(), "bogus".to_string()]
+        } else {
+            let mut kids = vec![self.config.active.clone()];
+            kids.extend(self.config.published.iter().cloned());
+            kids
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Crash {
+    BeforeWrite,
+    AfterSecret,
+    BeforeStatus,
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    Reconcile,
+    Kill(Crash),
+    Kubelet,
+    Advance(i64),
+    Rotate,
+    Emergency,
+    TogglePrepublish,
+    TogglePaused,
+    ToggleAlg,
+    ToggleInterval,
+    BreakNextKey,
+    FaultyNextPod,
+    ProbeErrors(bool),
+}
+
+fn event() -> impl Strategy<Value = Ev> {
+    prop_oneof![
+        8 => Just(Ev::Reconcile),
+        2 => prop_oneof![
+            Just(Crash::BeforeWrite),
+            Just(Crash::AfterSecret),
+            Just(Crash::BeforeStatus)
+        ]
+        .prop_map(Ev::Kill),
+        6 => Just(Ev::Kubelet),
+        5 => (1i64..=150).prop_map(Ev::Advance),
+        2 => Just(Ev::Rotate),
+        1 => Just(Ev::Emergency),
+        1 => Just(Ev::TogglePrepublish),
+        1 => Just(Ev::TogglePaused),
+        1 => Just(Ev::ToggleAlg),
+        1 => Just(Ev::ToggleInterval),
+        1 => Just(Ev::BreakNextKey),
+        1 => Just(Ev::FaultyNextPod),
+        1 => any::<bool>().prop_map(Ev::ProbeErrors),
+    ]
+}
+
+/// What the checks remember about the past.
+#[derive(Default, Debug)]
+struct Tracker {
+    /// Kid -> since when every ready pod serves it (reset when one does not).
+    all_serve_since: BTreeMap<String, DateTime<Utc>>,
+    /// Kids some ready pod signs with right now.
+    signing: BTreeSet<String>,
+    first_signed: BTreeMap<String, DateTime<Utc>>,
+    stopped_signing: BTreeMap<String, DateTime<Utc>>,
+    /// Kids that were published before they ever were the active key.
+    prepublished: BTreeSet<String>,
+    ever_active: BTreeSet<String>,
+    /// Suspects from the world's point of view: every kid in the Secret when an emergency was requested.
+    suspects: BTreeSet<String>,
+    /// Suspects already gone from the Secret's JWKS / from every pod's JWKS.
+    withdrawn: BTreeSet<String>,
+    gone_from_pods: BTreeSet<String>,
+    ever_served: BTreeSet<String>,
+    generated: BTreeSet<String>,
+    /// Persisted phases, each with its rotation's identity (start, request id) and trigger.
+    phases: Vec<(RotationId, RotationPhase, Option<RotationTrigger>)>,
+    named: BTreeSet<String>,
+}
+
+struct World {
+    now: DateTime<Utc>,
+    spec: MacpAuthSpec,
+    annotations: BTreeMap<String, String>,
+    status: MacpAuthStatus,
+    secret: Secret,
+    template: Config,
+    pods: Vec<Pod>,
+    broken: BTreeSet<String>,
+    break_next_key: bool,
+    faulty_next_pod: bool,
+    probe_errors: bool,
+    counter: u32,
+    requests: u32,
+    /// Algorithm of every generated key (the first key is ES256).
+    kinds: BTreeMap<String, SigningAlg>,
+    t: Tracker,
+    log: Vec<String>,
+}
+
+impl World {
+    fn new() -> Self {
+        let secret = Secret {
+            active: "k0".into(),
+            published: vec![],
+            next: None,
+            previous: None,
+        };
+        let template = secret.config();
+        let pods = (0..REPLICAS as u32)
+            .map(|id| Pod {
+                id,
+                config: template.clone(),
+                ready: true,
+                faulty: false,
+            })
+            .collect();
+        let mut w = World {
+            now: t0(),
+            spec: spec(),
+            annotations: BTreeMap::new(),
+            status: MacpAuthStatus::default(),
+            secret,
+            template,
+            pods,
+            broken: BTreeSet::new(),
+            break_next_key: false,
+            faulty_next_pod: false,
+            probe_errors: false,
+            counter: 10,
+            requests: 0,
+            kinds: BTreeMap::new(),
+            t: Tracker::default(),
+            log: Vec::new(),
+        };
+        w.t.ever_active.insert("k0".into());
+        w.observe_pods();
+        w
+    }
+
+    fn fail(&self, what: &str) -> ! {
+        panic!(
+            "invariant violated: {what}\nsecret={:?}\npods={:?}\nstatus={:#?}\nlog:\n{}",
+            self.secret,
+            self.pods,
+            self.status.rotation,
+            self.log.join("\n")
+        );
+    }
+
+    // ----- the cluster -----
+
+    fn rollout_complete(&self) -> bool {
+        self.template == self.secret.config()
+            && self.pods.len() == REPLICAS
+            && self
+                .pods
+                .iter()
+                .all(|p| p.ready && p.config == self.template)
+    }
+
+    fn kubelet(&mut self) {
+        let tpl = self.template.clone();
+        let broken = tpl.served().iter().any(|k| self.broken.contains(k));
+        // Unready pods of an older template are deleted when the template moves on.
+        self.pods.retain(|p| p.ready || p.config == tpl);
+        if !broken {
+            // A pod stuck on a key that is no longer broken recovers (its restart succeeds).
+            for p in self.pods.iter_mut().filter(|p| p.config == tpl) {
+                p.ready = true;
+            }
+        }
+        let current = self.pods.iter().filter(|p| p.config == tpl).count();
+        let old = self.pods.iter().position(|p| p.config != tpl);
+        if broken {
+            if current == 0 {
+                self.counter += 1;
+                self.pods.push(Pod {
+                    id: self.counter,
+                    config: tpl,
+                    ready: false,
+                    faulty: false,
+                });
+            }
+            return;
+        }
+        if current < REPLICAS {
+            self.counter += 1;
+            let faulty = std::mem::take(&mut self.faulty_next_pod);
+            self.pods.push(Pod {
+                id: self.counter,
+                config: tpl.clone(),
+                ready: true,
+                faulty,
+            });
+        }
+        if let Some(i) = old {
+            self.pods.remove(i);
+        } else if current > REPLICAS
+            && let Some(i) = self.pods.iter().position(|p| p.config == tpl)
+        {
+            self.pods.remove(i);
+        }
+        self.observe_pods();
+    }
+
+    // ----- the operator: glue around the pure machine -----
+
+    fn reconcile(&mut self, crash: Option<Crash>) -> Decision {
+        let probes = probe_plan(&self.status);
+        let current = self.secret.config();
+        let pods = self
+            .pods
+            .iter()
+            .filter(|p| p.ready && p.config == current)
+            .map(|p| PodView {
+                name: format!("pod-{}", p.id),
+                served_kids: if self.probe_errors {
+                    Err("probe timed out".into())
+                } else {
+                    Ok(p.served())
+                },
+                signing_kid: probes.signing.then(|| Ok(p.config.active.clone())),
+            })
+            .collect();
+        let observed = Observed {
+            keyset: Some(self.secret.view(&self.kinds)),
+            rollout: if self.rollout_complete() {
+                Rollout::Complete
+            } else {
+                Rollout::InProgress
+            },
+            pods,
+        };
+        self.counter += 1;
+        let new_kid = format!("k{}", self.counter);
+        let d = decide(&Inputs {
+            spec: &self.spec,
+            status: &self.status,
+            annotations: &self.annotations,
+            generation: Some(1),
+            observed: &observed,
+            now: self.now,
+            new_kid: &new_kid,
+        });
+        if matches!(crash, Some(Crash::BeforeWrite)) {
+            return d;
+        }
+        for action in &d.actions {
+            self.execute(action);
+        }
+        if matches!(crash, Some(Crash::AfterSecret)) {
+            return d;
+        }
+        self.template = self.secret.config();
+        if matches!(crash, Some(Crash::BeforeStatus)) {
+            return d;
+        }
+        self.persist(d.status.clone());
+        d
+    }
+
+    fn execute(&mut self, action: &Action) {
+        let before = self.secret.clone();
+        match action {
+            Action::GenerateNextKey { kid, alg, .. } => {
+                self.kinds.insert(kid.clone(), *alg);
+                // Invariant 4: no effect is repeated, so no key is generated twice.
+                if !self.t.generated.insert(kid.clone()) {
+                    self.fail(&format!("key {kid} generated twice"));
+                }
+                if self.secret.active == *kid || self.secret.previous.as_ref() == Some(kid) {
+                    self.fail("key generation overwrote the active or previous key");
+                }
+                if std::mem::take(&mut self.break_next_key) {
+                    self.broken.insert(kid.clone());
+                }
+                self.secret.next = Some(kid.clone());
+            }
+            Action::ApplyKeyset(plan) => {
+                if let Err(e) = plan.check(&self.secret.view(&self.kinds)) {
+                    self.fail(&format!("plan not laid out from existing material: {e}"));
+                }
+                self.secret = Secret {
+                    active: plan.active.clone(),
+                    published: plan.published.clone(),
+                    next: plan.next.clone(),
+                    previous: plan.previous.clone(),
+                };
+            }
+        }
+        self.log.push(format!("  write {:?}", self.secret));
+        self.check_secret_write(&before);
+    }
+
+    fn persist(&mut self, status: MacpAuthStatus) {
+        let before = self.status.rotation.clone().unwrap_or_default();
+        let after = status.rotation.clone().unwrap_or_default();
+        // Invariant 3: status names a key only once it is in the Secret.
+        if let Some(kid) = &after.new_kid
+            && self.t.named.insert(kid.clone())
+            && !self.secret.view(&self.kinds).holds_private(kid)
+        {
+            self.fail(&format!("status names {kid} before the Secret holds it"));
+        }
+        // Invariant 6: a rotation leaves only through history (finished or superseded).
+        if before.phase != RotationPhase::Idle && before.started_at != after.started_at {
+            let recorded = status
+                .history
+                .iter()
+                .any(|r| Some(r.started_at) == before.started_at);
+            if !recorded {
+                self.fail("a rotation ended without a history entry");
+            }
+        }
+        let entry = (
+            (after.started_at, after.request_id.clone()),
+            after.phase,
+            after.trigger,
+        );
+        if self.t.phases.last() != Some(&entry) {
+            self.t.phases.push(entry);
+        }
+        self.check_phase_path();
+        self.status = status;
+    }
+
+    // ----- invariants -----
+
+    /// Updates the serving/signing facts after pods changed, checking invariants 1 and 5.
+    fn observe_pods(&mut self) {
+        let ready: Vec<&Pod> = self.pods.iter().filter(|p| p.ready).collect();
+        let mut served_by_all: Option<BTreeSet<String>> = None;
+        let mut served_by_any = BTreeSet::new();
+        for p in &ready {
+            let s: BTreeSet<String> = p.served().into_iter().collect();
+            served_by_any.extend(s.iter().cloned());
+            served_by_all = Some(match served_by_all {
+                None => s,
+                Some(acc) => acc.intersection(&s).cloned().collect(),
+            });
+        }
+        let served_by_all = served_by_all.unwrap_or_default();
+        self.t
+            .all_serve_since
+            .retain(|k, _| served_by_all.contains(k));
+        for k in &served_by_all {
+            self.t.all_serve_since.entry(k.clone()).or_insert(self.now);
+        }
+        let signing: BTreeSet<String> = ready.iter().map(|p| p.config.active.clone()).collect();
+        for kid in signing.difference(&self.t.signing.clone()) {
+            if !self.t.first_signed.contains_key(kid) {
+                self.t.first_signed.insert(kid.clone(), self.now);
+                // Invariant 1: a prepublished key signs only after every pod served it for the cache TTL.
+                if self.t.prepublished.contains(kid) {
+                    let since = self.t.all_serve_since.get(kid).copied();
+                    if since.is_none_or(|s| s > self.now - Secs::seconds(TTL)) {
+                        self.fail(&format!(
+                            "{kid} signs at {} but every pod served it only since {since:?}",
+                            self.now
+                        ));
+                    }
+                }
+            }
+        }
+        for kid in self.t.signing.difference(&signing) {
+            self.t.stopped_signing.insert(kid.clone(), self.now);
+        }
+        self.t.signing = signing;
+        // Invariant 5: a suspect no ready pod serves any more never comes back.
+        self.t.ever_served.extend(served_by_any.iter().cloned());
+        for kid in self.t.suspects.clone() {
+            if !self.t.ever_served.contains(&kid) {
+                continue;
+            }
+            if !served_by_any.contains(&kid) {
+                self.t.gone_from_pods.insert(kid);
+            } else if self.t.gone_from_pods.contains(&kid) {
+                self.fail(&format!("suspect {kid} is served by a pod again"));
+            }
+        }
+    }
+
+    fn check_secret_write(&mut self, before: &Secret) {
+        let after = self.secret.clone();
+        for kid in after.published.iter() {
+            if !self.t.ever_active.contains(kid) && after.active != *kid {
+                self.t.prepublished.insert(kid.clone());
+            }
+        }
+        self.t.ever_active.insert(after.active.clone());
+        // Invariant 3: the active key is never deleted (except a suspect replaced by an emergency).
+        let old = &before.active;
+        if !after.view(&self.kinds).holds_private(old) && !self.suspect_now(old) {
+            self.fail(&format!("active key {old} deleted"));
+        }
+        // Invariant 2: a key that signed leaves the JWKS only after draining.
+        for kid in before.jwks().difference(&after.jwks()) {
+            if self.suspect_now(kid) || !self.t.first_signed.contains_key(kid) {
+                continue;
+            }
+            if self.t.signing.contains(kid) {
+                self.fail(&format!("{kid} withdrawn while a pod still signs with it"));
+            }
+            let stopped = self.t.stopped_signing.get(kid).copied();
+            if stopped.is_none_or(|s| self.now - s < Secs::seconds(DRAIN)) {
+                self.fail(&format!(
+                    "{kid} withdrawn at {} though it stopped signing at {stopped:?}",
+                    self.now
+                ));
+            }
+        }
+        // Invariant 5: a withdrawn suspect never returns to the Secret's JWKS.
+        for kid in self.t.suspects.clone() {
+            if !after.jwks().contains(&kid) {
+                self.t.withdrawn.insert(kid);
+            } else if self.t.withdrawn.contains(&kid) {
+                self.fail(&format!("suspect {kid} published again"));
+            }
+        }
+        // Invariant 6: one rotation in flight, so at most two keys that are not suspect.
+        let live = after
+            .kids()
+            .into_iter()
+            .filter(|k| !self.suspect_now(k))
+            .count();
+        if live > 2 {
+            self.fail("more than two live keys: two rotations in flight");
+        }
+    }
+
+    fn suspect_now(&self, kid: &str) -> bool {
+        self.t.suspects.contains(kid)
+    }
+
+    /// Invariant 4 (no skipped step): persisted phases of each rotation follow the graph.
+    fn check_phase_path(&self) {
+        use RotationPhase::*;
+        let n = self.t.phases.len();
+        if n < 2 {
+            return;
+        }
+        let (s0, from, trig) = &self.t.phases[n - 2];
+        let (s1, to, _) = &self.t.phases[n - 1];
+        let (from, to) = (*from, *to);
+        if s0 != s1 && to != Idle {
+            // A new rotation always starts by reserving a key.
+            if to != KeyGenerated {
+                self.fail(&format!("rotation started in {to:?}"));
+            }
+            return;
+        }
+        if from == to {
+            return;
+        }
+        let emergency = *trig == Some(RotationTrigger::Emergency);
+        let ok = match (from, to) {
+            (KeyGenerated, Activating) => true,
+            (KeyGenerated, Publishing) => !emergency,
+            (Activating, Idle) => emergency,
+            (_, _) if emergency => false,
+            (Publishing, Propagating | RollingBack) => true,
+            (Propagating, Activating | Publishing) => true,
+            (Activating, Draining | RollingBack) => true,
+            (Draining, Retiring | Activating | RollingBack) => true,
+            (Retiring, Idle | RollingBack) => true,
+            (RollingBack, Idle | Draining) => true,
+            (Idle, KeyGenerated) => true,
+            _ => false,
+        };
+        if !ok {
+            self.fail(&format!("skipped step: {from:?} -> {to:?}"));
+        }
+    }
+
+    // ----- driving -----
+
+    fn step(&mut self, ev: &Ev) {
+        self.log
+            .push(format!("t+{} {ev:?}", (self.now - t0()).num_seconds()));
+        match ev {
+            Ev::Reconcile => {
+                self.reconcile(None);
+            }
+            Ev::Kill(point) => {
+                self.reconcile(Some(*point));
+            }
+            Ev::Kubelet => self.kubelet(),
+            Ev::Advance(s) => {
+                self.now += Secs::seconds(*s);
+                self.observe_pods();
+            }
+            Ev::Rotate => {
+                self.requests += 1;
+                self.annotations
+                    .insert(ROTATE_ANNOTATION.into(), format!("r{}", self.requests));
+            }
+            Ev::Emergency => {
+                self.requests += 1;
+                self.t.suspects.extend(self.secret.kids());
+                self.annotations.insert(
+                    EMERGENCY_ROTATE_ANNOTATION.into(),
+                    format!("inc{}", self.requests),
+                );
+            }
+            Ev::TogglePrepublish => self.spec.rotation.prepublish ^= true,
+            Ev::TogglePaused => self.spec.rotation.paused ^= true,
+            Ev::ToggleAlg => {
+                self.spec.signing_alg = match self.spec.signing_alg {
+                    SigningAlg::ES256 => SigningAlg::RS256,
+                    SigningAlg::RS256 => SigningAlg::ES256,
+                };
+            }
+            Ev::ToggleInterval => {
+                self.spec.rotation.interval = match self.spec.rotation.interval {
+                    Some(_) => None,
+                    None => Some("10m".into()),
+                };
+            }
+            Ev::BreakNextKey => self.break_next_key = true,
+            Ev::FaultyNextPod => self.faulty_next_pod = true,
+            Ev::ProbeErrors(on) => self.probe_errors = *on,
+        }
+    }
+
+    /// Heals the cluster and lets the operator finish; every request must end up handled.
+    fn settle(&mut self) {
+        self.log.push("settle".into());
+        self.broken.clear();
+        self.break_next_key = false;
+        self.faulty_next_pod = false;
+        self.probe_errors = false;
+        self.spec.rotation.paused = false;
+        self.spec.rotation.interval = None;
+        for p in &mut self.pods {
+            p.faulty = false;
+        }
+        for _ in 0..400 {
+            let d = self.reconcile(None);
+            for _ in 0..REPLICAS * 2 + 1 {
+                self.kubelet();
+            }
+            if self.finished() {
+                break;
+            }
+            let wait = d
+                .requeue_after
+                .map_or(1, |r| r.as_secs().max(1) as i64)
+                .min(600);
+            self.now += Secs::seconds(wait);
+            self.observe_pods();
+        }
+        if !self.finished() {
+            self.fail("the rotation did not complete once the cluster was healthy");
+        }
+        // The end state: one key, no leftovers, every pod serving exactly it, not a suspect.
+        let s = &self.secret;
+        if !s.published.is_empty() || s.next.is_some() || s.previous.is_some() {
+            self.fail("leftover keys after the rotation completed");
+        }
+        if self.suspect_now(&s.active) {
+            self.fail("a suspect key is active after the emergency completed");
+        }
+        for p in &self.pods {
+            if p.config.served() != BTreeSet::from([s.active.clone()]) {
+                self.fail("a pod serves other keys after completion");
+            }
+        }
+        // Each request id produced at most one history entry.
+        let mut seen = BTreeSet::new();
+        for r in &self.status.history {
+            if let Some(id) = &r.request_id
+                && !id.starts_with("spec:")
+                && !seen.insert(id.clone())
+            {
+                self.fail(&format!("request {id} acted on twice"));
+            }
+        }
+    }
+
+    fn finished(&self) -> bool {
+        let rot = self.status.rotation.clone().unwrap_or_default();
+        let handled = |name: &str, done: &Option<String>| {
+            self.annotations
+                .get(name)
+                .is_none_or(|v| Some(v) == done.as_ref())
+        };
+        rot.phase == RotationPhase::Idle
+            && handled(ROTATE_ANNOTATION, &self.status.handled_rotate_request)
+            && handled(
+                EMERGENCY_ROTATE_ANNOTATION,
+                &self.status.handled_emergency_request,
+            )
+            && self.secret.next.is_none()
+            && self.secret.published.is_empty()
+            && self.rollout_complete()
+            && self.secret.view(&self.kinds).active.alg == self.spec.signing_alg
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        max_shrink_iters: 2000,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn invariants_hold_on_random_histories(events in proptest::collection::vec(event(), 1..120)) {
+        let mut w = World::new();
+        for ev in &events {
+            w.step(ev);
+        }
+        w.settle();
+    }
+}

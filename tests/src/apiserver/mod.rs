@@ -1,0 +1,423 @@
+//! An in-process Kubernetes API server for tests: a real HTTP/1.1 server on
+//! `127.0.0.1:<random port>` that kube's `Client`, `Api<K>`, `watcher` and
+//! `Controller` talk to exactly as they would to a cluster.
+//!
+//! # What it implements
+//! - `/api/v1/...` and `/apis/{group}/{version}/...`, namespaced and cluster-wide
+//!   (all-namespaces list/watch), for the types in [`Registry`] (add more with
+//!   [`FakeApiServer::register`] / [`FakeApiServer::register_crd`]); unknown types are 404.
+//! - get, list (label selectors with `=,==,!=,in,notin,exists,!exists`; field
+//!   selectors `path=value`/`!=` on any dotted JSON path), watch (replay from a
+//!   `resourceVersion`, or the current state as ADDED events when absent/`0`,
+//!   `timeoutSeconds`, periodic BOOKMARKs when `allowWatchBookmarks=true`,
+//!   `sendInitialEvents` with the `k8s.io/initial-events-end` bookmark, 410 Gone for
+//!   compacted history, selector transitions as ADDED/DELETED), create (409
+//!   `AlreadyExists`, `generateName`), update (409 `Conflict` on a stale
+//!   `resourceVersion`), patch (apply, merge, strategic-as-merge, JSON patch),
+//!   delete (finalizers, `propagationPolicy`, preconditions, owner-reference GC).
+//! - `/status` subresources, uid, creationTimestamp, a global resourceVersion,
+//!   `generation` (bumped on changes outside metadata and status), Secret
+//!   `stringData`, and no-op writes that keep the resourceVersion and emit no event.
+//! - Failures as `Status` JSON, so kube returns `kube::Error::Api` with the code.
+//! - Discovery (`/version`, `/api`, `/apis`, `/api/v1`, `/apis/{g}/{v}`).
+//!
+//! # Simplifications vs a real API server (documented in tests/README.md too)
+//! - Server-side apply assumes one field manager per object (see [`patch`] module
+//!   docs): top-level fields are replaced wholesale, labels/annotations merged by
+//!   key; no `managedFields`, no conflicts, `force` is ignored.
+//! - Strategic merge patch is a JSON merge patch (lists replaced, not merged by key).
+//! - No authentication, authorization, admission, defaulting or schema validation;
+//!   namespaces need not exist; `dryRun` is ignored (the write happens).
+//! - List ignores `limit`/`continue` (always one complete page).
+//! - Garbage collection is synchronous; foreground deletion behaves like background.
+//! - Pods, Namespaces, Deployments, ReplicaSets and MacpAuths have a status
+//!   subresource; only Deployments, ReplicaSets and custom resources keep `generation`.
+
+mod error;
+mod instrument;
+pub mod patch;
+mod path;
+mod resources;
+mod selector;
+mod server;
+mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::watch;
+
+pub use error::ApiError;
+pub use instrument::RecordedRequest;
+pub use resources::{Registry, ResourceType};
+pub use selector::{FieldSelector, LabelSelector};
+pub use store::Propagation;
+
+use instrument::Fault;
+use server::{Shared, lock};
+use store::{DeleteOpts, Store};
+
+/// Failures starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("binding 127.0.0.1:0: {0}")]
+    Bind(#[from] std::io::Error),
+    #[error("building the kube client for {url}: {source}")]
+    Client {
+        url: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("invalid server URL {0}")]
+    Url(String),
+}
+
+/// A running fake API server. Dropping it stops the server and ends every watch.
+///
+/// It dereferences to [`ApiHandle`], which carries the instrumentation, fault
+/// injection and direct store access; clone the handle (via
+/// [`handle`](Self::handle)) to give background tasks store access.
+pub struct FakeApiServer {
+    handle: ApiHandle,
+    addr: SocketAddr,
+    client: kube::Client,
+}
+
+/// Cloneable access to a running server's store, request log and faults. It does not
+/// keep the server running: that is the [`FakeApiServer`]'s job.
+#[derive(Clone)]
+pub struct ApiHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::ops::Deref for FakeApiServer {
+    type Target = ApiHandle;
+
+    fn deref(&self) -> &ApiHandle {
+        &self.handle
+    }
+}
+
+impl FakeApiServer {
+    /// Starts a server with the default [`Registry`].
+    pub async fn start() -> Result<Self, StartError> {
+        Self::start_with(Registry::default()).await
+    }
+
+    /// Starts a server serving exactly the types of `registry`.
+    pub async fn start_with(registry: Registry) -> Result<Self, StartError> {
+        let shared = Arc::new(Shared::new(Store::new(registry)));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let url = format!("http://{addr}");
+        let uri: http::Uri = url.parse().map_err(|_| StartError::Url(url.clone()))?;
+        let client = kube::Client::try_from(kube::Config::new(uri)).map_err(|source| {
+            StartError::Client {
+                url: url.clone(),
+                source,
+            }
+        })?;
+        let app = axum::Router::new()
+            .fallback(server::handle)
+            .with_state(shared.clone());
+        let mut stop = shared.shutdown.subscribe();
+        tokio::spawn(async move {
+            let shutdown = async move { server::until(&mut stop, true).await };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::warn!(error = %e, "fake API server stopped");
+            }
+        });
+        tracing::debug!(%addr, "fake API server listening");
+        Ok(Self {
+            handle: ApiHandle { shared },
+            addr,
+            client,
+        })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A kube client for this server (default namespace `default`, no auth).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// A cloneable handle on the store, log and faults.
+    pub fn handle(&self) -> ApiHandle {
+        self.handle.clone()
+    }
+}
+
+impl ApiHandle {
+    /// Serves another resource type (or replaces one with the same group/version/resource).
+    pub fn register(&self, rt: ResourceType) {
+        self.shared.write(|s| s.registry.register(rt));
+    }
+
+    /// Serves every served version of a CRD, with its status subresource if declared.
+    pub fn register_crd(&self, crd: &CustomResourceDefinition) {
+        self.shared.write(|s| s.registry.register_crd(crd));
+    }
+
+    // ---- instrumentation -------------------------------------------------
+
+    /// Every request since start or the last [`reset_log`](Self::reset_log), in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.shared.log).clone()
+    }
+
+    /// Number of logged create/update/patch/delete requests (including no-op ones and
+    /// ones that failed).
+    pub fn write_count(&self) -> usize {
+        lock(&self.shared.log)
+            .iter()
+            .filter(|r| r.is_write())
+            .count()
+    }
+
+    /// Number of logged requests with this verb on this resource (`"macpauths/status"`).
+    pub fn count(&self, verb: &str, resource: &str) -> usize {
+        lock(&self.shared.log)
+            .iter()
+            .filter(|r| r.verb == verb && r.resource == resource)
+            .count()
+    }
+
+    pub fn reset_log(&self) {
+        lock(&self.shared.log).clear();
+    }
+
+    /// The latest resource version: it moves only when something actually changed.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.read(Store::current_rv)
+    }
+
+    /// A receiver that changes whenever the store changes (value: latest resource version).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.shared.changed.subscribe()
+    }
+
+    // ---- fault injection -------------------------------------------------
+
+    /// The next `count` writes (create/update/patch/delete) to `resource` (as logged,
+    /// e.g. `deployments` or `macpauths/status`) fail with HTTP `code` (500 →
+    /// InternalError, 409 → Conflict, ...). Note kube's client retries 429/503/504 itself.
+    pub fn fail_next_writes(&self, resource: &str, count: usize, code: u16) {
+        lock(&self.shared.faults).push(Fault {
+            resource: resource.to_string(),
+            code,
+            remaining: count,
+        });
+    }
+
+    pub fn clear_faults(&self) {
+        lock(&self.shared.faults).clear();
+    }
+
+    /// Simulates an unreachable API server: new requests hang until [`resume`](Self::resume)
+    /// and open watch streams end (clients reconnect into the hang).
+    pub fn pause(&self) {
+        self.shared.paused.send_replace(true);
+    }
+
+    pub fn resume(&self) {
+        self.shared.paused.send_replace(false);
+    }
+
+    /// Drops the event history: watches resuming from an older resource version get
+    /// 410 Gone and must relist (exercises kube-runtime's recovery).
+    pub fn compact_history(&self) {
+        self.shared.write(Store::compact);
+    }
+
+    /// Interval of BOOKMARK events on idle watches that asked for them (default 5 s);
+    /// applies to watches started afterwards.
+    pub fn set_bookmark_interval(&self, every: Duration) {
+        *lock(&self.shared.bookmark_interval) = every;
+    }
+
+    // ---- direct store access (no HTTP, not logged) ------------------------
+
+    fn resource_type(&self, group: &str, resource: &str) -> Result<ResourceType, ApiError> {
+        self.shared
+            .read(|s| s.registry.find_any_version(group, resource).cloned())
+            .ok_or_else(|| ApiError::unknown_path(&format!("{group}/{resource}")))
+    }
+
+    /// The stored object, if any. `ns` is ignored for cluster-scoped types.
+    pub fn get(&self, group: &str, resource: &str, ns: Option<&str>, name: &str) -> Option<Value> {
+        let rt = self.resource_type(group, resource).ok()?;
+        self.shared
+            .read(|s| s.get(&rt, ns.unwrap_or_default(), name))
+            .map(|v| (*v).clone())
+    }
+
+    /// Objects of a type in one namespace, or in all with `None`.
+    pub fn list(&self, group: &str, resource: &str, ns: Option<&str>) -> Vec<Value> {
+        let Ok(rt) = self.resource_type(group, resource) else {
+            return Vec::new();
+        };
+        self.shared
+            .read(|s| s.list(&rt, ns))
+            .into_iter()
+            .map(|v| (*v).clone())
+            .collect()
+    }
+
+    /// Creates an object (namespace from its metadata, else `default`); keeps `.status`.
+    pub fn create(&self, group: &str, resource: &str, obj: Value) -> Result<Value, ApiError> {
+        let rt = self.resource_type(group, resource)?;
+        let ns = Store::object_namespace(&rt, &obj);
+        self.shared
+            .write(|s| s.create(&rt, &ns, obj, false))
+            .map(|v| (*v).clone())
+    }
+
+    /// Creates or replaces an object whole (status included), no resourceVersion check.
+    pub fn put(&self, group: &str, resource: &str, obj: Value) -> Result<Value, ApiError> {
+        let rt = self.resource_type(group, resource)?;
+        self.shared.write(|s| s.put(&rt, obj)).map(|v| (*v).clone())
+    }
+
+    /// Atomic read-modify-write; a change that leaves the object equal is a no-op.
+    pub fn modify(
+        &self,
+        group: &str,
+        resource: &str,
+        ns: Option<&str>,
+        name: &str,
+        f: impl FnOnce(&mut Value),
+    ) -> Result<Value, ApiError> {
+        let rt = self.resource_type(group, resource)?;
+        self.shared
+            .write(|s| s.modify(&rt, ns.unwrap_or_default(), name, f))
+            .map(|v| (*v).clone())
+    }
+
+    /// Deletes like `DELETE` with background propagation (finalizers and GC apply).
+    pub fn delete(
+        &self,
+        group: &str,
+        resource: &str,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        let rt = self.resource_type(group, resource)?;
+        self.shared
+            .write(|s| s.delete(&rt, ns.unwrap_or_default(), name, &DeleteOpts::default()))
+            .map(|_| ())
+    }
+
+    // ---- typed helpers ----------------------------------------------------
+
+    /// Typed [`get`](Self::get).
+    pub fn get_as<K>(&self, ns: Option<&str>, name: &str) -> Result<Option<K>, ApiError>
+    where
+        K: kube::Resource<DynamicType = ()> + DeserializeOwned,
+    {
+        self.get(&K::group(&()), &K::plural(&()), ns, name)
+            .map(from_value)
+            .transpose()
+    }
+
+    /// Typed [`list`](Self::list).
+    pub fn list_as<K>(&self, ns: Option<&str>) -> Result<Vec<K>, ApiError>
+    where
+        K: kube::Resource<DynamicType = ()> + DeserializeOwned,
+    {
+        self.list(&K::group(&()), &K::plural(&()), ns)
+            .into_iter()
+            .map(from_value)
+            .collect()
+    }
+
+    /// Typed [`create`](Self::create).
+    pub fn create_as<K>(&self, obj: &K) -> Result<K, ApiError>
+    where
+        K: kube::Resource<DynamicType = ()> + Serialize + DeserializeOwned,
+    {
+        from_value(self.create(&K::group(&()), &K::plural(&()), to_value(obj)?)?)
+    }
+
+    /// Typed [`put`](Self::put).
+    pub fn put_as<K>(&self, obj: &K) -> Result<K, ApiError>
+    where
+        K: kube::Resource<DynamicType = ()> + Serialize + DeserializeOwned,
+    {
+        from_value(self.put(&K::group(&()), &K::plural(&()), to_value(obj)?)?)
+    }
+
+    /// Typed [`modify`](Self::modify).
+    pub fn modify_as<K>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        f: impl FnOnce(&mut K),
+    ) -> Result<K, ApiError>
+    where
+        K: kube::Resource<DynamicType = ()> + Serialize + DeserializeOwned,
+    {
+        let mut err = None;
+        let out =
+            self.modify(
+                &K::group(&()),
+                &K::plural(&()),
+                ns,
+                name,
+                |v| match serde_json::from_value::<K>(v.clone()) {
+                    Ok(mut k) => {
+                        f(&mut k);
+                        match to_value(&k) {
+                            Ok(nv) => *v = nv,
+                            Err(e) => err = Some(e),
+                        }
+                    }
+                    Err(e) => err = Some(ApiError::invalid(e.to_string())),
+                },
+            )?;
+        match err {
+            Some(e) => Err(e),
+            None => from_value(out),
+        }
+    }
+
+    /// Typed [`delete`](Self::delete).
+    pub fn delete_as<K>(&self, ns: Option<&str>, name: &str) -> Result<(), ApiError>
+    where
+        K: kube::Resource<DynamicType = ()>,
+    {
+        self.delete(&K::group(&()), &K::plural(&()), ns, name)
+    }
+}
+
+fn from_value<K: DeserializeOwned>(v: Value) -> Result<K, ApiError> {
+    serde_json::from_value(v)
+        .map_err(|e| ApiError::invalid(format!("stored object does not deserialize: {e}")))
+}
+
+fn to_value<K: Serialize>(k: &K) -> Result<Value, ApiError> {
+    serde_json::to_value(k)
+        .map_err(|e| ApiError::invalid(format!("object does not serialize: {e}")))
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        self.handle.shared.paused.send_replace(false);
+        self.handle.shared.shutdown.send_replace(true);
+    }
+}

@@ -1,0 +1,590 @@
+//! The HTTP front: routing, verbs, request log, faults, pause, and watch streams.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+use super::error::ApiError;
+use super::instrument::{Fault, RecordedRequest, take_fault};
+use super::patch::PatchKind;
+use super::path::{self, ResourcePath, Target};
+use super::resources::ResourceType;
+use super::selector::{FieldSelector, LabelSelector};
+use super::store::{DeleteOpts, Deleted, EventType, Propagation, Store, StoredEvent, Sub};
+
+/// State shared by the HTTP handlers and the test-facing handle.
+pub(crate) struct Shared {
+    pub store: Mutex<Store>,
+    /// Latest resource version; watches wake on change.
+    pub changed: watch::Sender<u64>,
+    pub log: Mutex<Vec<RecordedRequest>>,
+    pub faults: Mutex<Vec<Fault>>,
+    pub paused: watch::Sender<bool>,
+    pub shutdown: watch::Sender<bool>,
+    pub bookmark_interval: Mutex<Duration>,
+}
+
+/// Locks ignoring poisoning: a panicking test thread must not wedge the server.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store: Mutex::new(store),
+            changed: watch::Sender::new(0),
+            log: Mutex::new(Vec::new()),
+            faults: Mutex::new(Vec::new()),
+            paused: watch::Sender::new(false),
+            shutdown: watch::Sender::new(false),
+            bookmark_interval: Mutex::new(Duration::from_secs(5)),
+        }
+    }
+
+    /// Runs `f` under the store lock and wakes watches if anything changed.
+    pub fn write<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        let (out, rv) = {
+            let mut store = lock(&self.store);
+            let out = f(&mut store);
+            (out, store.current_rv())
+        };
+        self.changed.send_if_modified(|cur| {
+            let changed = *cur != rv;
+            *cur = rv;
+            changed
+        });
+        out
+    }
+
+    pub fn read<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
+        f(&lock(&self.store))
+    }
+}
+
+fn json_response(code: StatusCode, v: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn error_response(e: &ApiError) -> Response {
+    let code = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(code, &e.to_status())
+}
+
+/// Resolves once the flag equals `value` (never if the sender is gone). The
+/// borrow guard `wait_for` returns is not `Send`, so it is dropped in here.
+pub(crate) async fn until(rx: &mut watch::Receiver<bool>, value: bool) {
+    if rx.wait_for(|v| *v == value).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Waits while the server is paused; false when it shut down meanwhile.
+async fn wait_unpaused(shared: &Shared) -> bool {
+    let mut paused = shared.paused.subscribe();
+    let mut shutdown = shared.shutdown.subscribe();
+    tokio::select! {
+        _ = until(&mut paused, false) => !*shared.shutdown.borrow(),
+        _ = until(&mut shutdown, true) => false,
+    }
+}
+
+pub(crate) async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !wait_unpaused(&shared).await {
+        return error_response(&ApiError::unavailable("the API server is shutting down"));
+    }
+    let target = match path::parse(uri.path()) {
+        Ok(t) => t,
+        Err(e) => return error_response(&e),
+    };
+    let rp = match target {
+        Target::Resource(rp) => rp,
+        other => return discovery(&shared, &other),
+    };
+    match serve_resource(&shared, &method, &rp, &query, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
+fn verb_of(
+    method: &Method,
+    rp: &ResourcePath,
+    query: &HashMap<String, String>,
+) -> Result<&'static str, ApiError> {
+    let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    Ok(match (method.as_str(), rp.name.is_some()) {
+        ("GET", false) if watch => "watch",
+        ("GET", false) => "list",
+        ("GET", true) => "get",
+        ("POST", false) => "create",
+        ("PUT", true) => "update",
+        ("PATCH", true) => "patch",
+        ("DELETE", true) => "delete",
+        (m, _) => {
+            return Err(ApiError::method_not_allowed(format!(
+                "{m} is not supported on {}",
+                rp.resource
+            )));
+        }
+    })
+}
+
+async fn serve_resource(
+    shared: &Arc<Shared>,
+    method: &Method,
+    rp: &ResourcePath,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let rt = shared
+        .read(|s| {
+            s.registry
+                .find(&rp.group, &rp.version, &rp.resource)
+                .cloned()
+        })
+        .ok_or_else(|| {
+            ApiError::unknown_path(&format!("{}/{}/{}", rp.group, rp.version, rp.resource))
+        })?;
+    if rp.namespace.is_some() && !rt.namespaced {
+        return Err(ApiError::unknown_path(&format!(
+            "namespaced {}",
+            rt.resource
+        )));
+    }
+    let sub = match rp.subresource.as_deref() {
+        None => Sub::Main,
+        Some("status") if rt.has_status => Sub::Status,
+        Some(other) => {
+            return Err(ApiError::unknown_path(&format!("{}/{other}", rt.resource)));
+        }
+    };
+    let verb = verb_of(method, rp, query)?;
+    let logged_resource = match sub {
+        Sub::Main => rt.resource.clone(),
+        Sub::Status => format!("{}/status", rt.resource),
+    };
+    lock(&shared.log).push(RecordedRequest {
+        verb: verb.to_string(),
+        group: rt.group.clone(),
+        resource: logged_resource.clone(),
+        namespace: rp.namespace.clone(),
+        name: rp.name.clone(),
+    });
+    let is_write = matches!(verb, "create" | "update" | "patch" | "delete");
+    if is_write && let Some(code) = take_fault(&mut lock(&shared.faults), &logged_resource) {
+        return Err(ApiError::injected(code));
+    }
+    let ns = rp.namespace.clone().unwrap_or_default();
+    if rt.namespaced && ns.is_empty() && verb != "list" && verb != "watch" {
+        return Err(ApiError::unknown_path(&format!(
+            "{} without a namespace",
+            rt.resource
+        )));
+    }
+    let name = rp.name.clone().unwrap_or_default();
+    match verb {
+        "get" => {
+            let obj = shared
+                .read(|s| s.get(&rt, &ns, &name))
+                .ok_or_else(|| ApiError::not_found(&rt.group, &rt.resource, &name))?;
+            Ok(json_response(StatusCode::OK, &obj))
+        }
+        "list" => list(shared, &rt, rp.namespace.as_deref(), query),
+        "watch" => watch_response(shared, rt, rp.namespace.clone(), query),
+        "create" => {
+            let obj = parse_json(body)?;
+            let created = shared.write(|s| s.create(&rt, &ns, obj, true))?;
+            Ok(json_response(StatusCode::CREATED, &created))
+        }
+        "update" => {
+            let obj = parse_json(body)?;
+            let updated = shared.write(|s| s.update(&rt, &ns, &name, obj, sub))?;
+            Ok(json_response(StatusCode::OK, &updated))
+        }
+        "patch" => {
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let kind = PatchKind::from_content_type(ct)?;
+            let patch = kind.parse_body(body)?;
+            let manager = query.get("fieldManager").cloned().unwrap_or_default();
+            if kind == PatchKind::Apply && manager.is_empty() {
+                return Err(ApiError::bad_request(
+                    "PATCH, application/apply-patch+yaml requires fieldManager to be set",
+                ));
+            }
+            let (obj, created) =
+                shared.write(|s| s.patch(&rt, &ns, &name, kind, &patch, &manager, sub))?;
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(json_response(code, &obj))
+        }
+        "delete" => {
+            let opts = delete_opts(body, query)?;
+            match shared.write(|s| s.delete(&rt, &ns, &name, &opts))? {
+                Deleted::Pending(obj) => Ok(json_response(StatusCode::OK, &obj)),
+                Deleted::Gone(obj) => {
+                    let uid = obj.pointer("/metadata/uid").cloned().unwrap_or(Value::Null);
+                    let status = json!({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                        "details": {"name": name, "group": rt.group, "kind": rt.resource, "uid": uid},
+                    });
+                    Ok(json_response(StatusCode::OK, &status))
+                }
+            }
+        }
+        other => Err(ApiError::method_not_allowed(other.to_string())),
+    }
+}
+
+fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+fn delete_opts(body: &Bytes, query: &HashMap<String, String>) -> Result<DeleteOpts, ApiError> {
+    let v: Value = if body.is_empty() {
+        json!({})
+    } else {
+        parse_json(body)?
+    };
+    let policy = v
+        .get("propagationPolicy")
+        .and_then(Value::as_str)
+        .or(query.get("propagationPolicy").map(String::as_str));
+    let propagation = match policy {
+        None | Some("Background") => Propagation::Background,
+        Some("Foreground") => Propagation::Foreground,
+        Some("Orphan") => Propagation::Orphan,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown propagationPolicy {other:?}"
+            )));
+        }
+    };
+    let pre = |f: &str| {
+        v.get("preconditions")
+            .and_then(|p| p.get(f))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    Ok(DeleteOpts {
+        propagation,
+        precondition_rv: pre("resourceVersion"),
+        precondition_uid: pre("uid"),
+    })
+}
+
+struct Selectors {
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl Selectors {
+    fn from_query(q: &HashMap<String, String>) -> Result<Self, ApiError> {
+        Ok(Self {
+            labels: LabelSelector::parse(
+                q.get("labelSelector")
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+            )?,
+            fields: FieldSelector::parse(
+                q.get("fieldSelector")
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+            )?,
+        })
+    }
+
+    fn matches(&self, v: &Value) -> bool {
+        self.labels.matches(v) && self.fields.matches(v)
+    }
+}
+
+/// Lists everything that matches; `limit`/`continue` are ignored (one page, no
+/// continue token), which clients must accept from a real server as well.
+fn list(
+    shared: &Shared,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let sel = Selectors::from_query(query)?;
+    let (items, rv) = shared.read(|s| {
+        let items: Vec<Value> = s
+            .list(rt, ns)
+            .into_iter()
+            .filter(|o| sel.matches(o))
+            .map(|o| (*o).clone())
+            .collect();
+        (items, s.current_rv())
+    });
+    let body = json!({
+        "kind": format!("{}List", rt.kind),
+        "apiVersion": rt.api_version(),
+        "metadata": {"resourceVersion": rv.to_string()},
+        "items": items,
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+struct WatchSpec {
+    rt: ResourceType,
+    namespace: Option<String>,
+    sel: Selectors,
+    start: Option<u64>,
+    timeout: Duration,
+    bookmarks: bool,
+    send_initial: bool,
+}
+
+fn watch_response(
+    shared: &Arc<Shared>,
+    rt: ResourceType,
+    namespace: Option<String>,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let start = match query.get("resourceVersion").map(String::as_str) {
+        None | Some("") => None,
+        Some(rv) => Some(
+            rv.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+        ),
+    };
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(1800);
+    let spec = WatchSpec {
+        rt,
+        namespace,
+        sel: Selectors::from_query(query)?,
+        start,
+        timeout: Duration::from_secs(timeout),
+        bookmarks: query
+            .get("allowWatchBookmarks")
+            .is_some_and(|b| b == "true"),
+        send_initial: query.get("sendInitialEvents").is_some_and(|b| b == "true"),
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    tokio::spawn(run_watch(shared.clone(), spec, tx));
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| error_response(&ApiError::unavailable("cannot build watch response"))))
+}
+
+fn line(event_type: &str, object: &Value) -> Bytes {
+    let mut v =
+        serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+fn bookmark(rt: &ResourceType, rv: u64, initial_end: bool) -> Bytes {
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if initial_end {
+        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    line(
+        "BOOKMARK",
+        &json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": meta}),
+    )
+}
+
+/// Translates a stored event for one watcher, including selector transitions:
+/// an object that starts matching arrives as ADDED, one that stops as DELETED.
+fn translate(spec: &WatchSpec, ev: &StoredEvent) -> Option<Bytes> {
+    if ev.group != spec.rt.group || ev.resource != spec.rt.resource {
+        return None;
+    }
+    if spec.rt.namespaced
+        && let Some(ns) = &spec.namespace
+        && *ns != ev.namespace
+    {
+        return None;
+    }
+    let now = spec.sel.matches(&ev.object);
+    let t = match ev.kind {
+        EventType::Added => now.then_some("ADDED"),
+        EventType::Deleted => now.then_some("DELETED"),
+        EventType::Modified => {
+            let before = ev.old.as_deref().is_some_and(|o| spec.sel.matches(o));
+            match (before, now) {
+                (true, true) => Some("MODIFIED"),
+                (false, true) => Some("ADDED"),
+                (true, false) => Some("DELETED"),
+                (false, false) => None,
+            }
+        }
+    }?;
+    Some(line(t, &ev.object))
+}
+
+/// Streams one watch until timeout, client disconnect, pause or shutdown.
+async fn run_watch(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Bytes>) {
+    let mut changes = shared.changed.subscribe();
+    let mut paused = shared.paused.subscribe();
+    let mut shutdown = shared.shutdown.subscribe();
+    let deadline = tokio::time::Instant::now() + spec.timeout;
+    let bookmark_every = *lock(&shared.bookmark_interval);
+    changes.borrow_and_update();
+
+    let (mut cursor, initial) = shared.read(|s| match spec.start {
+        None | Some(0) => {
+            let lines: Vec<Bytes> = s
+                .list(&spec.rt, spec.namespace.as_deref())
+                .into_iter()
+                .filter(|o| spec.sel.matches(o))
+                .map(|o| line("ADDED", &o))
+                .collect();
+            (s.current_rv(), Ok(lines))
+        }
+        Some(rv) => (rv, s.events_after(rv).map(|_| Vec::new())),
+    });
+    let initial = match initial {
+        Ok(lines) => lines,
+        Err(gone) => {
+            let _ = tx.send(line("ERROR", &gone.to_status())).await;
+            return;
+        }
+    };
+    for l in initial {
+        if tx.send(l).await.is_err() {
+            return;
+        }
+    }
+    if spec.send_initial
+        && spec.bookmarks
+        && tx.send(bookmark(&spec.rt, cursor, true)).await.is_err()
+    {
+        return;
+    }
+    loop {
+        changes.borrow_and_update();
+        let batch = shared.read(|s| {
+            let events = s.events_after(cursor)?;
+            let lines: Vec<Bytes> = events.filter_map(|e| translate(&spec, e)).collect();
+            Ok::<_, ApiError>((lines, s.current_rv().max(cursor)))
+        });
+        match batch {
+            Ok((lines, rv)) => {
+                cursor = rv;
+                for l in lines {
+                    if tx.send(l).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(gone) => {
+                let _ = tx.send(line("ERROR", &gone.to_status())).await;
+                return;
+            }
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep_until(deadline) => return,
+            _ = tokio::time::sleep(bookmark_every), if spec.bookmarks => {
+                if tx.send(bookmark(&spec.rt, cursor, false)).await.is_err() {
+                    return;
+                }
+            }
+            _ = until(&mut paused, true) => return,
+            _ = until(&mut shutdown, true) => return,
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// Discovery documents, generated from the registry.
+fn discovery(shared: &Shared, target: &Target) -> Response {
+    let types = shared.read(|s| s.registry.all().to_vec());
+    let body = match target {
+        Target::Version => json!({
+            "major": "1", "minor": "33", "gitVersion": "v1.33.0-macp-fake", "gitCommit": "0",
+            "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24",
+            "compiler": "gc", "platform": "linux/amd64",
+        }),
+        Target::CoreVersions => json!({
+            "kind": "APIVersions", "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
+        }),
+        Target::Groups => {
+            let mut groups: Vec<(String, String)> = types
+                .iter()
+                .filter(|t| !t.group.is_empty())
+                .map(|t| (t.group.clone(), t.version.clone()))
+                .collect();
+            groups.sort();
+            groups.dedup();
+            let groups: Vec<Value> = groups
+                .iter()
+                .map(|(g, v)| {
+                    let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+                    json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+                })
+                .collect();
+            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+        }
+        Target::ResourceList { group, version } => {
+            let verbs = json!([
+                "create", "delete", "get", "list", "patch", "update", "watch"
+            ]);
+            let mut resources = Vec::new();
+            for t in types
+                .iter()
+                .filter(|t| t.group == *group && t.version == *version)
+            {
+                resources.push(
+                    json!({"name": t.resource, "singularName": t.kind.to_lowercase(),
+                    "namespaced": t.namespaced, "kind": t.kind, "verbs": verbs}),
+                );
+                if t.has_status {
+                    resources.push(json!({"name": format!("{}/status", t.resource), "singularName": "",
+                        "namespaced": t.namespaced, "kind": t.kind, "verbs": ["get", "patch", "update"]}));
+                }
+            }
+            if resources.is_empty() {
+                return error_response(&ApiError::unknown_path(&format!("{group}/{version}")));
+            }
+            let gv = if group.is_empty() {
+                version.clone()
+            } else {
+                format!("{group}/{version}")
+            };
+            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
+        }
+        Target::Resource(_) => return error_response(&ApiError::unknown_path("resource")),
+    };
+    json_response(StatusCode::OK, &body)
+}

@@ -1,0 +1,337 @@
+//! The simulated kubelet: runs one pod as a child process of the service binary,
+//! probes its readiness, restarts it with backoff when it exits, and stops it
+//! gracefully (SIGTERM, grace period, SIGKILL) when the Pod is deleted.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use super::addr::PodIp;
+use super::env::{self, PodFacts, Source};
+use super::podspec::{self, ContainerState, KUBELET_FINALIZER};
+use super::{Inner, PodStart, lock, now};
+
+/// Lines of output kept per pod, like a container log.
+const LOG_LINES: usize = 2000;
+
+/// Everything a pod task needs.
+pub(super) struct PodRun {
+    pub namespace: String,
+    pub name: String,
+    pub deployment: String,
+    pub hash: String,
+    pub container: Value,
+    pub ip: PodIp,
+    pub port: u16,
+    pub logs: Arc<Mutex<VecDeque<String>>>,
+}
+
+enum Outcome {
+    Exited(Option<i32>),
+    Stop,
+    Shutdown,
+}
+
+/// Runs the pod until it is deleted or the cluster shuts down.
+pub(super) async fn run_pod(inner: Arc<Inner>, run: PodRun, mut stop: watch::Receiver<bool>) {
+    let mut shutdown = inner.shutdown.subscribe();
+    let ip = run.ip.addr();
+    let ip_text = ip.to_string();
+    let start_time = now();
+    let mut restarts = 0u32;
+    let mut last_exit = None;
+    let mut backoff = Duration::from_millis(250);
+    let container_name = run
+        .container
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let image = run
+        .container
+        .get("image")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let report = |state: &ContainerState, ready: bool, restarts: u32, last_exit: Option<i32>| {
+        write_status(&inner, &run.namespace, &run.name, |prev| {
+            podspec::status(
+                prev,
+                &podspec::StatusInput {
+                    ip: &ip_text,
+                    start_time: &start_time,
+                    container: state,
+                    ready,
+                    restarts,
+                    container_name: &container_name,
+                    image: &image,
+                    last_exit,
+                    now: &now(),
+                },
+            )
+        });
+    };
+
+    let outcome = loop {
+        let waiting = |reason: &str, message: String| ContainerState::Waiting {
+            reason: reason.to_string(),
+            message,
+        };
+        let child = resolve_env(&inner, &run, &ip_text).and_then(|env| {
+            let never_ready = {
+                let start = PodStart {
+                    namespace: &run.namespace,
+                    deployment: &run.deployment,
+                    template_hash: &run.hash,
+                    env: &env,
+                };
+                let mut st = lock(&inner.state);
+                let never = st.rules.iter().any(|r| r(&start));
+                if let Some(e) = st.pods.get_mut(&(run.namespace.clone(), run.name.clone())) {
+                    e.info.never_ready = never;
+                }
+                never
+            };
+            spawn(&inner, &run, env, ip, never_ready)
+                .map(|c| (c, never_ready))
+                .map_err(|e| ("RunContainerError", e))
+        });
+        let (mut child, never_ready) = match child {
+            Ok(c) => c,
+            Err((reason, message)) => {
+                tracing::warn!(pod = %run.name, %reason, %message, "pod cannot start");
+                report(&waiting(reason, message), false, restarts, last_exit);
+                if wait_or_stop(&mut stop, &mut shutdown, backoff).await {
+                    break Outcome::Stop;
+                }
+                backoff = (backoff * 2).min(inner.config.max_restart_backoff);
+                continue;
+            }
+        };
+        let running = ContainerState::Running { started_at: now() };
+        report(&running, false, restarts, last_exit);
+        let outcome = tokio::select! {
+            status = child.wait() => Outcome::Exited(status.ok().and_then(|s| s.code())),
+            _ = stop.wait_for(|s| *s) => Outcome::Stop,
+            _ = shutdown.wait_for(|s| *s) => Outcome::Shutdown,
+            _ = readiness(&inner, &run, ip, never_ready, || report(&running, true, restarts, last_exit)) => {
+                Outcome::Shutdown
+            }
+        };
+        match outcome {
+            Outcome::Exited(code) => {
+                restarts += 1;
+                last_exit = Some(code.unwrap_or(-1));
+                set_ready(&inner, &run, false, Some(restarts));
+                tracing::warn!(pod = %run.name, code = ?code, restarts, "pod process exited; restarting with backoff");
+                push_log(&run.logs, format!("[kubelet] process exited with {code:?}"));
+                report(
+                    &waiting("CrashLoopBackOff", format!("back-off {backoff:?}")),
+                    false,
+                    restarts,
+                    last_exit,
+                );
+                if wait_or_stop(&mut stop, &mut shutdown, backoff).await {
+                    break Outcome::Stop;
+                }
+                backoff = (backoff * 2).min(inner.config.max_restart_backoff);
+            }
+            Outcome::Stop => {
+                set_ready(&inner, &run, false, None);
+                report(&running, false, restarts, last_exit);
+                // Endpoint propagation: callers stop picking the pod before it stops
+                // listening (what a preStop sleep buys in a real cluster).
+                tokio::time::sleep(inner.config.endpoint_delay).await;
+                terminate(&mut child, inner.config.termination_grace).await;
+                break Outcome::Stop;
+            }
+            Outcome::Shutdown => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                break Outcome::Shutdown;
+            } // The readiness future never completes.
+        }
+    };
+    lock(&inner.state)
+        .pods
+        .remove(&(run.namespace.clone(), run.name.clone()));
+    drop(run.ip);
+    if matches!(outcome, Outcome::Stop) {
+        // Releasing the finalizer lets the API server finish the deletion.
+        let _ = inner
+            .api
+            .modify("", "pods", Some(&run.namespace), &run.name, |v| {
+                if let Some(f) = v
+                    .pointer_mut("/metadata/finalizers")
+                    .and_then(Value::as_array_mut)
+                {
+                    f.retain(|x| x.as_str() != Some(KUBELET_FINALIZER));
+                }
+            });
+    }
+    tracing::debug!(pod = %run.name, "pod stopped");
+}
+
+fn resolve_env(
+    inner: &Inner,
+    run: &PodRun,
+    ip: &str,
+) -> Result<BTreeMap<String, String>, (&'static str, String)> {
+    let facts = PodFacts {
+        name: &run.name,
+        namespace: &run.namespace,
+        ip,
+    };
+    let lookup = |source: Source, name: &str| {
+        let resource = match source {
+            Source::Secret => "secrets",
+            Source::ConfigMap => "configmaps",
+        };
+        inner
+            .api
+            .get("", resource, Some(&run.namespace), name)
+            .map(|o| env::object_data(source, &o))
+    };
+    let mut vars = env::resolve(&run.container, &facts, lookup)
+        .map_err(|e| ("CreateContainerConfigError", e))?;
+    vars.insert("MACP_AUTH_BIND".into(), ip.to_string());
+    vars.entry("PORT".into())
+        .or_insert_with(|| run.port.to_string());
+    Ok(vars)
+}
+
+fn spawn(
+    inner: &Inner,
+    run: &PodRun,
+    env: BTreeMap<String, String>,
+    ip: Ipv4Addr,
+    never_ready: bool,
+) -> Result<Child, String> {
+    let mut cmd = Command::new(&inner.config.service_bin);
+    cmd.env_clear()
+        .envs(&env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", inner.config.service_bin.display()))?;
+    tracing::debug!(pod = %run.name, %ip, port = run.port, never_ready, pid = ?child.id(), "pod process started");
+    if let Some(out) = child.stdout.take() {
+        pipe_logs(out, run.logs.clone());
+    }
+    if let Some(err) = child.stderr.take() {
+        pipe_logs(err, run.logs.clone());
+    }
+    Ok(child)
+}
+
+fn pipe_logs(reader: impl AsyncRead + Unpin + Send + 'static, logs: Arc<Mutex<VecDeque<String>>>) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(reader).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            push_log(&logs, line);
+        }
+    });
+}
+
+fn push_log(logs: &Mutex<VecDeque<String>>, line: String) {
+    let mut l = lock(logs);
+    if l.len() >= LOG_LINES {
+        l.pop_front();
+    }
+    l.push_back(line);
+}
+
+/// Probes `GET /healthz` until it answers 200, then reports ready and waits forever.
+/// A pod chosen to never become ready is never probed successfully.
+async fn readiness(
+    inner: &Inner,
+    run: &PodRun,
+    ip: Ipv4Addr,
+    never_ready: bool,
+    on_ready: impl Fn(),
+) {
+    if never_ready {
+        return std::future::pending().await;
+    }
+    let url = format!("http://{ip}:{}/healthz", run.port);
+    loop {
+        let ok = inner
+            .http
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            break;
+        }
+        tokio::time::sleep(inner.config.readiness_period).await;
+    }
+    if set_ready(inner, run, true, None) {
+        on_ready();
+    }
+    std::future::pending().await
+}
+
+/// Updates the controller's view; false when the pod is already terminating.
+fn set_ready(inner: &Inner, run: &PodRun, ready: bool, restarts: Option<u32>) -> bool {
+    let mut st = lock(&inner.state);
+    let Some(e) = st.pods.get_mut(&(run.namespace.clone(), run.name.clone())) else {
+        return false;
+    };
+    if let Some(r) = restarts {
+        e.info.restarts = r;
+    }
+    if ready && e.info.terminating {
+        return false;
+    }
+    e.info.ready = ready;
+    true
+}
+
+fn write_status(inner: &Inner, ns: &str, name: &str, make: impl FnOnce(Option<&Value>) -> Value) {
+    let r = inner.api.modify("", "pods", Some(ns), name, |pod| {
+        let status = make(pod.get("status"));
+        pod["status"] = status;
+    });
+    if let Err(e) = r {
+        tracing::debug!(pod = %name, error = %e, "pod status not written");
+    }
+}
+
+/// Sleeps `d`; true when a stop or shutdown arrived meanwhile.
+async fn wait_or_stop(
+    stop: &mut watch::Receiver<bool>,
+    shutdown: &mut watch::Receiver<bool>,
+    d: Duration,
+) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = stop.wait_for(|s| *s) => true,
+        _ = shutdown.wait_for(|s| *s) => true,
+    }
+}
+
+/// SIGTERM, then SIGKILL after `grace`, like the kubelet.
+async fn terminate(child: &mut Child, grace: Duration) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: kill(2) on the pid of a child we own and have not reaped yet
+        // (`id()` is `None` after reaping), so it cannot hit a recycled pid.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        tracing::warn!(pid = ?child.id(), "pod ignored SIGTERM for the grace period; killing");
+        let _ = child.kill().await;
+    }
+}

@@ -1,0 +1,524 @@
+//! A simulated cluster on top of [`crate::apiserver`]: a deployment controller and a
+//! kubelet that run every pod as a real process of the token service on its own
+//! loopback address (127.0.0.2 to 127.0.0.250, all pods on the same port).
+//!
+//! # What it does
+//! - Watches Deployments in every namespace (it wakes on every store change and
+//!   resyncs every 200 ms) and rolls them like the real controller: the pod template
+//!   hash identifies a revision; `maxSurge`/`maxUnavailable` (ints or percentages,
+//!   default 25%/25%) bound a rolling update; `Recreate` stops old pods first.
+//! - Each pod is a child process of the service binary with the container's env
+//!   resolved at start like the kubelet (`value`, `valueFrom.secretKeyRef`,
+//!   `configMapKeyRef`, `fieldRef` name/namespace/podIP, `envFrom`), an empty parent
+//!   environment, `MACP_AUTH_BIND=<pod IP>` and `PORT` (from the env, else the first
+//!   `containerPort`, else 3200).
+//! - Readiness: `GET /healthz` = 200. A process that exits is restarted in place with
+//!   exponential backoff (`CrashLoopBackOff`, `restartCount`). Deleting a Pod (by the
+//!   controller, GC, or a test) marks it terminating and unready, waits
+//!   [`ClusterConfig::endpoint_delay`], sends SIGTERM, SIGKILL after the grace period,
+//!   then releases the Pod object.
+//! - Pod objects (`<deployment>-<hash>-<suffix>`, template labels plus
+//!   `pod-template-hash`, `status.podIP`, `phase`, `Ready`/`ContainersReady`
+//!   conditions, `containerStatuses`) and Deployment status (`observedGeneration`,
+//!   `replicas`, `updatedReplicas`, `readyReplicas`, `availableReplicas`,
+//!   `unavailableReplicas`, `Available`/`Progressing` conditions including
+//!   `ProgressDeadlineExceeded`) are kept true in the store.
+//!
+//! # Simplifications vs a real cluster
+//! - No ReplicaSets: Pods are owned by their Deployment directly.
+//! - Only the first container runs; image, command, args, probes' details, resources,
+//!   security context and volumes are ignored (secrets reach the service through env).
+//! - Pods carry the finalizer [`podspec::KUBELET_FINALIZER`] so a deleted Pod stays
+//!   `Terminating` until its process has stopped, as a kubelet-confirmed deletion would.
+//! - `minReadySeconds` is ignored: ready means available.
+//! - Store access is direct (not through HTTP), so the harness never appears in the
+//!   API server's request log.
+
+mod addr;
+mod env;
+mod kubelet;
+pub mod podspec;
+pub mod rollout;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::apiserver::ApiHandle;
+use rollout::PodView;
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Timings of the simulated cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// The token service executable each pod runs (see [`crate::binary::service_binary`]).
+    pub service_bin: PathBuf,
+    /// Interval between readiness probes of a starting pod.
+    pub readiness_period: Duration,
+    /// Between a pod turning unready on deletion and its SIGTERM (a preStop sleep).
+    pub endpoint_delay: Duration,
+    /// SIGTERM to SIGKILL.
+    pub termination_grace: Duration,
+    /// Ceiling of the restart backoff of a crashing pod (starts at 250 ms, doubles).
+    pub max_restart_backoff: Duration,
+    /// Controller resync period, on top of waking on every store change.
+    pub resync: Duration,
+}
+
+impl ClusterConfig {
+    pub fn new(service_bin: PathBuf) -> Self {
+        Self {
+            service_bin,
+            readiness_period: Duration::from_millis(50),
+            endpoint_delay: Duration::from_millis(300),
+            termination_grace: Duration::from_secs(12),
+            max_restart_backoff: Duration::from_secs(5),
+            resync: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A snapshot of one simulated pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub deployment: String,
+    pub template_hash: String,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub ready: bool,
+    pub restarts: u32,
+    pub terminating: bool,
+    /// Chosen by a [`Cluster::never_ready_when`] rule at its last start.
+    pub never_ready: bool,
+}
+
+/// What a never-ready rule sees when a pod starts.
+pub struct PodStart<'a> {
+    pub namespace: &'a str,
+    pub deployment: &'a str,
+    pub template_hash: &'a str,
+    /// The resolved container environment (secrets included).
+    pub env: &'a BTreeMap<String, String>,
+}
+
+type Rule = Arc<dyn Fn(&PodStart<'_>) -> bool + Send + Sync>;
+
+/// Failures of cluster helpers.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("timed out after {waited:?} waiting for {what}; last seen: {last}")]
+    Timeout {
+        what: String,
+        waited: Duration,
+        last: String,
+    },
+}
+
+struct PodEntry {
+    info: PodInfo,
+    owner_uid: String,
+    seq: u64,
+    stop: watch::Sender<bool>,
+    logs: Arc<Mutex<VecDeque<String>>>,
+}
+
+#[derive(Default)]
+struct State {
+    pods: BTreeMap<(String, String), PodEntry>,
+    rules: Vec<Rule>,
+    /// Per Deployment uid: the last (hash, updated, ready) and since when.
+    progress: HashMap<String, ((String, usize, usize), Instant)>,
+    seq: u64,
+}
+
+pub(crate) struct Inner {
+    api: ApiHandle,
+    config: ClusterConfig,
+    state: Mutex<State>,
+    /// Stops the controller loop.
+    stop_controller: watch::Sender<bool>,
+    /// Kills every pod process at once.
+    shutdown: watch::Sender<bool>,
+    http: reqwest::Client,
+}
+
+/// The running simulated cluster. Dropping it kills every pod process at once;
+/// [`shutdown`](Self::shutdown) stops them gracefully.
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+impl Cluster {
+    /// Starts the controller and kubelet against `api`'s store.
+    pub fn start(api: ApiHandle, config: ClusterConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap_or_default();
+        let inner = Arc::new(Inner {
+            api,
+            config,
+            state: Mutex::new(State::default()),
+            stop_controller: watch::Sender::new(false),
+            shutdown: watch::Sender::new(false),
+            http,
+        });
+        tokio::spawn(controller(inner.clone()));
+        Self { inner }
+    }
+
+    /// Every pod process, running or shutting down, in (namespace, name) order.
+    pub fn pods(&self) -> Vec<PodInfo> {
+        lock(&self.inner.state)
+            .pods
+            .values()
+            .map(|e| e.info.clone())
+            .collect()
+    }
+
+    /// The ready, non-terminating pods of one Deployment.
+    pub fn ready_pods(&self, namespace: &str, deployment: &str) -> Vec<PodInfo> {
+        self.pods()
+            .into_iter()
+            .filter(|p| {
+                p.namespace == namespace && p.deployment == deployment && p.ready && !p.terminating
+            })
+            .collect()
+    }
+
+    /// The pod's captured stdout and stderr lines (last 2000).
+    pub fn pod_logs(&self, namespace: &str, name: &str) -> Vec<String> {
+        lock(&self.inner.state)
+            .pods
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|e| lock(&e.logs).iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Pods started from now on for which `rule` holds never become ready (their
+    /// process runs, the readiness probe never succeeds): a stuck rollout.
+    pub fn never_ready_when(&self, rule: impl Fn(&PodStart<'_>) -> bool + Send + Sync + 'static) {
+        lock(&self.inner.state).rules.push(Arc::new(rule));
+    }
+
+    /// Every pod started from now on never becomes ready.
+    pub fn never_ready_from_now(&self) {
+        self.never_ready_when(|_| true);
+    }
+
+    /// Forgets every never-ready rule (pods already stuck stay stuck until replaced).
+    pub fn clear_never_ready(&self) {
+        lock(&self.inner.state).rules.clear();
+    }
+
+    /// Waits until the Deployment's rollout is complete: status observed the current
+    /// generation and every desired pod runs the current template and is ready.
+    pub async fn wait_rollout(
+        &self,
+        namespace: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(), ClusterError> {
+        let start = Instant::now();
+        let mut changes = self.inner.api.changes();
+        loop {
+            let d = self
+                .inner
+                .api
+                .get("apps", "deployments", Some(namespace), name);
+            if let Some(d) = &d
+                && rollout_done(d)
+            {
+                return Ok(());
+            }
+            if start.elapsed() >= timeout {
+                return Err(ClusterError::Timeout {
+                    what: format!("rollout of deployment {namespace}/{name}"),
+                    waited: timeout,
+                    last: d
+                        .and_then(|d| d.get("status").cloned())
+                        .unwrap_or(Value::Null)
+                        .to_string(),
+                });
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), changes.changed()).await;
+        }
+    }
+
+    /// Stops every pod gracefully (SIGTERM) and waits until all processes are gone.
+    pub async fn shutdown(self) {
+        // The controller goes first so it does not replace what we stop.
+        self.inner.stop_controller.send_replace(true);
+        for e in lock(&self.inner.state).pods.values_mut() {
+            e.info.terminating = true;
+            e.info.ready = false;
+            e.stop.send_replace(true);
+        }
+        let deadline =
+            Instant::now() + self.inner.config.termination_grace + Duration::from_secs(2);
+        while !lock(&self.inner.state).pods.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.inner.stop_controller.send_replace(true);
+        self.inner.shutdown.send_replace(true);
+    }
+}
+
+/// Whether a stored Deployment's status says its rollout is complete.
+pub fn rollout_done(d: &Value) -> bool {
+    let int = |p: &str| d.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+    let desired = d
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    int("/status/observedGeneration") >= int("/metadata/generation")
+        && int("/status/updatedReplicas") == desired
+        && int("/status/replicas") == desired
+        && int("/status/readyReplicas") == desired
+        && d.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c.get("reason").and_then(Value::as_str) == Some("NewReplicaSetAvailable")
+                })
+            })
+}
+
+async fn controller(inner: Arc<Inner>) {
+    let mut changes = inner.api.changes();
+    let mut shutdown = inner.stop_controller.subscribe();
+    loop {
+        reconcile(&inner);
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(inner.config.resync) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+fn meta<'a>(v: &'a Value, f: &str) -> &'a str {
+    v.get("metadata")
+        .and_then(|m| m.get(f))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+fn reconcile(inner: &Arc<Inner>) {
+    let deployments = inner.api.list("apps", "deployments", None);
+    let pods = inner.api.list("", "pods", None);
+    let stored: HashMap<(String, String), &Value> = pods
+        .iter()
+        .map(|p| {
+            (
+                (
+                    meta(p, "namespace").to_string(),
+                    meta(p, "name").to_string(),
+                ),
+                p,
+            )
+        })
+        .collect();
+    let mut st = lock(&inner.state);
+
+    // Deleted Pods: stop their processes.
+    for (key, e) in st.pods.iter_mut() {
+        let deleted = stored
+            .get(key)
+            .is_none_or(|p| p.pointer("/metadata/deletionTimestamp").is_some());
+        if deleted && !e.info.terminating {
+            e.info.terminating = true;
+            e.info.ready = false;
+            e.stop.send_replace(true);
+        }
+    }
+    // Terminating Pods nobody runs (e.g. left by an earlier cluster): release them.
+    for (key, p) in &stored {
+        let ours = p
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| {
+                f.iter()
+                    .any(|x| x.as_str() == Some(podspec::KUBELET_FINALIZER))
+            });
+        if ours && p.pointer("/metadata/deletionTimestamp").is_some() && !st.pods.contains_key(key)
+        {
+            let _ = inner.api.modify("", "pods", Some(&key.0), &key.1, |v| {
+                if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.remove("finalizers");
+                }
+            });
+        }
+    }
+    for d in &deployments {
+        if d.pointer("/metadata/deletionTimestamp").is_none() {
+            reconcile_deployment(inner, &mut st, d);
+        }
+    }
+    let live: Vec<&str> = deployments.iter().map(|d| meta(d, "uid")).collect();
+    st.progress.retain(|uid, _| live.contains(&uid.as_str()));
+}
+
+fn reconcile_deployment(inner: &Arc<Inner>, st: &mut State, d: &Value) {
+    let (ns, name, uid) = (meta(d, "namespace"), meta(d, "name"), meta(d, "uid"));
+    let empty = Value::Null;
+    let spec = d.get("spec").unwrap_or(&empty);
+    let template = spec.get("template").unwrap_or(&empty);
+    let desired = spec.get("replicas").and_then(Value::as_u64).unwrap_or(1) as usize;
+    let hash = rollout::template_hash(template);
+    let strategy = rollout::strategy(spec, desired);
+    let views = |st: &State| -> Vec<PodView> {
+        st.pods
+            .values()
+            .filter(|e| e.owner_uid == uid && !e.info.terminating)
+            .map(|e| PodView {
+                name: e.info.name.clone(),
+                hash: e.info.template_hash.clone(),
+                ready: e.info.ready,
+                seq: e.seq,
+            })
+            .collect()
+    };
+    let terminating = st
+        .pods
+        .values()
+        .filter(|e| e.owner_uid == uid && e.info.terminating)
+        .count();
+    let paused = spec.get("paused").and_then(Value::as_bool).unwrap_or(false);
+    if !paused {
+        let plan = rollout::plan(desired, &hash, &views(&*st), terminating, strategy);
+        for pod in &plan.stop {
+            if let Some(e) = st.pods.get_mut(&(ns.to_string(), pod.clone())) {
+                e.info.terminating = true;
+                e.info.ready = false;
+                e.stop.send_replace(true);
+            }
+            if let Err(e) = inner.api.delete("", "pods", Some(ns), pod) {
+                tracing::debug!(pod = %pod, error = %e, "pod delete");
+            }
+        }
+        for _ in 0..plan.start {
+            start_pod(inner, st, d, template, &hash);
+        }
+    }
+
+    let pods = views(&*st);
+    let updated = pods.iter().filter(|p| p.hash == hash).count();
+    let ready = pods.iter().filter(|p| p.ready).count();
+    let key = (hash.clone(), updated, ready);
+    let since = match st.progress.get(uid) {
+        Some((k, t)) if *k == key => *t,
+        _ => {
+            st.progress.insert(uid.to_string(), (key, Instant::now()));
+            Instant::now()
+        }
+    };
+    let deadline = spec
+        .get("progressDeadlineSeconds")
+        .and_then(Value::as_u64)
+        .unwrap_or(600);
+    let input = rollout::StatusInput {
+        generation: d
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0),
+        desired,
+        hash: &hash,
+        pods: &pods,
+        strategy,
+        deadline_exceeded: since.elapsed() > Duration::from_secs(deadline),
+        name,
+        now: &now(),
+    };
+    let status = rollout::deployment_status(&input, d.get("status"));
+    if d.get("status") != Some(&status) {
+        let r = inner
+            .api
+            .modify("apps", "deployments", Some(ns), name, |v| {
+                v["status"] = status;
+            });
+        if let Err(e) = r {
+            tracing::debug!(deployment = %name, error = %e, "deployment status not written");
+        }
+    }
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..5)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn start_pod(inner: &Arc<Inner>, st: &mut State, d: &Value, template: &Value, hash: &str) {
+    let (ns, deployment) = (meta(d, "namespace"), meta(d, "name"));
+    let Some(container) = template.pointer("/spec/containers/0").cloned() else {
+        tracing::warn!(%deployment, "pod template has no container; nothing to run");
+        return;
+    };
+    let port = env::port(&container);
+    let Some(ip) = addr::allocate(port) else {
+        tracing::warn!(%deployment, port, "no free loopback address for a pod");
+        return;
+    };
+    let name = format!("{deployment}-{hash}-{}", random_suffix());
+    let obj = podspec::pod_object(d, template, &name, hash, &ip.addr().to_string(), &now());
+    if let Err(e) = inner.api.create("", "pods", obj) {
+        tracing::warn!(pod = %name, error = %e, "pod object not created");
+        return;
+    }
+    st.seq += 1;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let logs = Arc::new(Mutex::new(VecDeque::new()));
+    st.pods.insert(
+        (ns.to_string(), name.clone()),
+        PodEntry {
+            info: PodInfo {
+                namespace: ns.to_string(),
+                name: name.clone(),
+                deployment: deployment.to_string(),
+                template_hash: hash.to_string(),
+                ip: ip.addr(),
+                port,
+                ready: false,
+                restarts: 0,
+                terminating: false,
+                never_ready: false,
+            },
+            owner_uid: meta(d, "uid").to_string(),
+            seq: st.seq,
+            stop: stop_tx,
+            logs: logs.clone(),
+        },
+    );
+    let run = kubelet::PodRun {
+        namespace: ns.to_string(),
+        name,
+        deployment: deployment.to_string(),
+        hash: hash.to_string(),
+        container,
+        ip,
+        port,
+        logs,
+    };
+    tokio::spawn(kubelet::run_pod(inner.clone(), run, stop_rx));
+}

@@ -1,0 +1,18 @@
+//! Simulated-cluster harness for the end-to-end scenarios.
+//!
+//! - [`apiserver`]: an in-process Kubernetes API server (HTTP, list/watch, apply,
+//!   status subresources, garbage collection) that kube's client and
+//!   `kube::runtime::Controller` use unchanged.
+//! - [`cluster`]: a deployment controller and kubelet that run the token service
+//!   as real processes on loopback addresses, rolling them like Kubernetes.
+//! - [`proxy`]: a Service stand-in that forwards to ready pods.
+//! - [`load`]: a load generator that verifies every token with the MACP runtime's verifier.
+//! - [`binary`]: finds (or builds) the service executable the pods run.
+//!
+//! See `tests/README.md` for what is simulated and how it differs from a real cluster.
+
+pub mod apiserver;
+pub mod binary;
+pub mod cluster;
+pub mod load;
+pub mod proxy;

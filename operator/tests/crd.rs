@@ -1,0 +1,118 @@
+//! The committed CRD matches the types, and the sample resources validate
+//! against its schema (so `kubectl apply` of a sample is accepted and a bad
+//! resource is refused by the API server's schema validation).
+
+use std::path::PathBuf;
+
+use kube::CustomResourceExt;
+use macp_auth_operator::crd::MacpAuth;
+use serde_json::{Value, json};
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn generated_yaml() -> String {
+    serde_yaml::to_string(&MacpAuth::crd()).unwrap()
+}
+
+#[test]
+fn committed_crd_matches_the_types() {
+    let path = repo_root().join("crds/macpauths.macp.io.yaml");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated_yaml(),
+        "{} is out of date with operator/src/crd.rs; regenerate it with\n  \
+         cargo run -p macp-auth-operator -- crd > crds/macpauths.macp.io.yaml",
+        path.display()
+    );
+}
+
+fn schema() -> Value {
+    let crd = serde_json::to_value(MacpAuth::crd()).unwrap();
+    let versions = crd["spec"]["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 1);
+    assert_eq!(versions[0]["name"], "v1alpha1");
+    versions[0]["schema"]["openAPIV3Schema"].clone()
+}
+
+fn validator() -> jsonschema::Validator {
+    jsonschema::validator_for(&schema()).unwrap()
+}
+
+fn errors(v: &jsonschema::Validator, instance: &Value) -> Vec<String> {
+    v.iter_errors(instance).map(|e| e.to_string()).collect()
+}
+
+fn sample(name: &str) -> Value {
+    let path = repo_root().join("config/samples").join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
+
+#[test]
+fn samples_validate_and_deserialize() {
+    let v = validator();
+    for name in ["minimal.yaml", "production.yaml", "es256.yaml"] {
+        let s = sample(name);
+        assert_eq!(errors(&v, &s), Vec::<String>::new(), "{name}");
+        // The operator reads every sample too.
+        let m: MacpAuth = serde_json::from_value(s).unwrap();
+        assert!(
+            macp_auth_operator::validate::validate(&m.spec).is_empty(),
+            "{name}"
+        );
+    }
+    let prod: MacpAuth = serde_json::from_value(sample("production.yaml")).unwrap();
+    assert_eq!(prod.spec.replicas, 3);
+    assert_eq!(prod.spec.rotation.interval.as_deref(), Some("720h"));
+    assert!(prod.spec.resources.is_some());
+}
+
+#[test]
+fn bad_resources_are_refused_by_the_schema() {
+    let v = validator();
+    let base = sample("minimal.yaml");
+    let bad_specs = [
+        json!({"rsaKeyBits": 1024}),
+        json!({"signingAlg": "HS256"}),
+        json!({"replicas": 0}),
+        json!({"port": 0}),
+        json!({"port": 70000}),
+        json!({"maxTtlSeconds": 0}),
+        json!({"issuer": ""}),
+        json!({"jwksCacheTtlSeconds": 0}),
+        json!({"rotation": {"interval": "30 days"}}),
+        json!({"rotation": {"rolloutTimeoutSeconds": 0}}),
+        json!({"rotation": {"drainSeconds": -1}}),
+        json!({"replicas": "two"}),
+    ];
+    for spec in bad_specs {
+        let mut r = base.clone();
+        r["spec"] = spec.clone();
+        assert!(!errors(&v, &r).is_empty(), "schema accepted {spec}");
+    }
+}
+
+#[test]
+fn crd_shape() {
+    let crd = serde_json::to_value(MacpAuth::crd()).unwrap();
+    assert_eq!(crd["metadata"]["name"], "macpauths.macp.io");
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    assert_eq!(crd["spec"]["names"]["shortNames"], json!(["macpauth"]));
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["subresources"]["status"], json!({}));
+    let columns: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["Ready", "Phase", "Active Kid", "Last Rotation", "Age"]);
+    // Defaults are in the schema, so the API server fills them in.
+    let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    assert_eq!(spec["replicas"]["default"], 2);
+    assert_eq!(spec["port"]["default"], 3200);
+    assert_eq!(spec["rsaKeyBits"]["default"], 2048);
+    assert_eq!(spec["signingAlg"]["default"], "RS256");
+}

@@ -28,8 +28,7 @@ pub struct Settings {
     #[arg(
         long,
         env = "MACP_OPERATOR_WATCH_NAMESPACES",
-        value_delimiter = ',',
-        default_value = ""
+        value_delimiter = ','
     )]
     pub watch_namespaces: Vec<String>,
 

@@ -69,6 +69,10 @@ pub struct HttpProber {
 
 impl HttpProber {
     pub fn new(timeout: Duration) -> Result<Self, ProbeError> {
+        // kube enables reqwest's rustls backend without choosing a crypto
+        // provider; reqwest panics without one. Installing fails harmlessly
+        // when one is already installed.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)

@@ -25,11 +25,7 @@ pub struct Settings {
 
     /// Namespaces to watch, comma separated; empty watches all namespaces
     /// (which needs cluster-wide RBAC).
-    #[arg(
-        long,
-        env = "MACP_OPERATOR_WATCH_NAMESPACES",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "MACP_OPERATOR_WATCH_NAMESPACES", value_delimiter = ',')]
     pub watch_namespaces: Vec<String>,
 
     /// Log line format.
@@ -37,7 +33,11 @@ pub struct Settings {
     pub log_format: LogFormat,
 
     /// Address of the `/healthz`, `/readyz` and `/metrics` endpoints.
-    #[arg(long, env = "MACP_OPERATOR_LISTEN_ADDRESS", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "MACP_OPERATOR_LISTEN_ADDRESS",
+        default_value = "0.0.0.0:8080"
+    )]
     pub listen_address: SocketAddr,
 
     /// Timeout of each probe request to a token-service pod.

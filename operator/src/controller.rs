@@ -180,8 +180,9 @@ where
 fn controller_for(client: &Client, ns: Option<&str>) -> Controller<MacpAuth> {
     // Only our own objects are watched: a cluster's Secrets and Pods are not cached.
     let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
-    let our_pods = watcher::Config::default()
-        .labels(&format!("{MANAGED_BY_LABEL}={MANAGER},{NAME_LABEL}={APP_NAME}"));
+    let our_pods = watcher::Config::default().labels(&format!(
+        "{MANAGED_BY_LABEL}={MANAGER},{NAME_LABEL}={APP_NAME}"
+    ));
     Controller::new(api::<MacpAuth>(client, ns), watcher::Config::default())
         .owns(api::<Secret>(client, ns), ours.clone())
         .owns(api::<Deployment>(client, ns), ours.clone())

@@ -32,7 +32,9 @@ pub const PREVIOUS: &str = "previous.jwk.json";
 /// the `Degraded` condition, so they name the Secret key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum KeysetError {
-    #[error("the Secret has no {ACTIVE}; a human must restore it or delete the Secret (the operator never regenerates an existing keyset)")]
+    #[error(
+        "the Secret has no {ACTIVE}; a human must restore it or delete the Secret (the operator never regenerates an existing keyset)"
+    )]
     MissingActive,
     #[error("{slot} is not UTF-8 text")]
     NotUtf8 { slot: &'static str },
@@ -81,7 +83,8 @@ pub struct PrivateKey {
 impl PrivateKey {
     /// Parses and validates a private JWK (its type decides the algorithm).
     pub fn parse(text: &str) -> Result<Self, KeyError> {
-        let jwk: Value = serde_json::from_str(text).map_err(|e| KeyError::NotJson(e.to_string()))?;
+        let jwk: Value =
+            serde_json::from_str(text).map_err(|e| KeyError::NotJson(e.to_string()))?;
         let alg = match jwk.get("kty").and_then(Value::as_str) {
             Some("EC") => Alg::ES256,
             // RSA, and anything else: the RS256 parse reports the precise problem.
@@ -187,7 +190,9 @@ impl Keyset {
     pub fn from_secret_data(data: &BTreeMap<String, ByteString>) -> Result<Self, KeysetError> {
         let active = parse_private(data, ACTIVE)?.ok_or(KeysetError::MissingActive)?;
         let published = match slot_text(data, PUBLISHED)? {
-            Some(text) => keys::parse_verification_keys(text).map_err(KeysetError::InvalidPublished)?,
+            Some(text) => {
+                keys::parse_verification_keys(text).map_err(KeysetError::InvalidPublished)?
+            }
             None => Vec::new(),
         };
         let keyset = Self {
@@ -203,7 +208,11 @@ impl Keyset {
     /// The same kid in two slots must be the same key, or "publish kid X" is ambiguous.
     fn check_kids(&self) -> Result<(), KeysetError> {
         let mut seen: BTreeMap<&str, &Value> = BTreeMap::new();
-        let privates = [Some(&self.active), self.next.as_ref(), self.previous.as_ref()];
+        let privates = [
+            Some(&self.active),
+            self.next.as_ref(),
+            self.previous.as_ref(),
+        ];
         let publics = privates
             .into_iter()
             .flatten()
@@ -270,23 +279,31 @@ impl Keyset {
     }
 
     fn private(&self, kid: &str, slot: &'static str) -> Result<PrivateKey, LayoutError> {
-        [Some(&self.active), self.next.as_ref(), self.previous.as_ref()]
-            .into_iter()
-            .flatten()
-            .find(|k| k.kid == kid)
-            .cloned()
-            .ok_or_else(|| LayoutError::MissingPrivate {
-                kid: kid.to_string(),
-                slot,
-            })
+        [
+            Some(&self.active),
+            self.next.as_ref(),
+            self.previous.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|k| k.kid == kid)
+        .cloned()
+        .ok_or_else(|| LayoutError::MissingPrivate {
+            kid: kid.to_string(),
+            slot,
+        })
     }
 
     fn public(&self, kid: &str) -> Result<Value, LayoutError> {
-        let from_private = [Some(&self.active), self.next.as_ref(), self.previous.as_ref()]
-            .into_iter()
-            .flatten()
-            .find(|k| k.kid == kid)
-            .map(|k| k.public.clone());
+        let from_private = [
+            Some(&self.active),
+            self.next.as_ref(),
+            self.previous.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|k| k.kid == kid)
+        .map(|k| k.public.clone());
         from_private
             .or_else(|| {
                 self.published
@@ -387,7 +404,8 @@ mod tests {
     fn round_trip_keeps_private_text_byte_identical() {
         let a = rsa_key("a");
         // Hand-formatted JSON (extra spaces) must survive adoption unchanged.
-        let pretty = serde_json::to_string_pretty(&serde_json::from_str::<Value>(&a.text).unwrap()).unwrap();
+        let pretty =
+            serde_json::to_string_pretty(&serde_json::from_str::<Value>(&a.text).unwrap()).unwrap();
         let d = data(&[(ACTIVE, &pretty)]);
         let ks = Keyset::from_secret_data(&d).unwrap();
         assert_eq!(ks.active.kid, "a");
@@ -434,7 +452,12 @@ mod tests {
 
     #[test]
     fn unparseable_active_names_the_slot() {
-        for bad in ["not json", "{}", "[1]", "{\"kty\":\"oct\",\"k\":\"abc\",\"kid\":\"x\"}"] {
+        for bad in [
+            "not json",
+            "{}",
+            "[1]",
+            "{\"kty\":\"oct\",\"k\":\"abc\",\"kid\":\"x\"}",
+        ] {
             let e = Keyset::from_secret_data(&data(&[(ACTIVE, bad)])).unwrap_err();
             assert_eq!(e.reason(), "InvalidSigningKey", "{bad}");
             assert!(e.to_string().starts_with(ACTIVE), "{e}");
@@ -443,18 +466,26 @@ mod tests {
         let a = ec_key("a");
         let public = a.public.to_string();
         let e = Keyset::from_secret_data(&data(&[(ACTIVE, &public)])).unwrap_err();
-        assert!(matches!(e, KeysetError::InvalidKey { slot: ACTIVE, .. }), "{e}");
-        let e = Keyset::from_secret_data(&data(&[(ACTIVE, &a.text), (PUBLISHED, "{")])).unwrap_err();
+        assert!(
+            matches!(e, KeysetError::InvalidKey { slot: ACTIVE, .. }),
+            "{e}"
+        );
+        let e =
+            Keyset::from_secret_data(&data(&[(ACTIVE, &a.text), (PUBLISHED, "{")])).unwrap_err();
         assert!(matches!(e, KeysetError::InvalidPublished(_)), "{e}");
         let e = Keyset::from_secret_data(&data(&[(ACTIVE, &a.text), (NEXT, "{}")])).unwrap_err();
-        assert!(matches!(e, KeysetError::InvalidKey { slot: NEXT, .. }), "{e}");
+        assert!(
+            matches!(e, KeysetError::InvalidKey { slot: NEXT, .. }),
+            "{e}"
+        );
     }
 
     #[test]
     fn same_kid_with_different_material_is_refused() {
         let a = ec_key("a");
         let a2 = ec_key("a");
-        let e = Keyset::from_secret_data(&data(&[(ACTIVE, &a.text), (NEXT, &a2.text)])).unwrap_err();
+        let e =
+            Keyset::from_secret_data(&data(&[(ACTIVE, &a.text), (NEXT, &a2.text)])).unwrap_err();
         assert!(matches!(e, KeysetError::ConflictingKid(k) if k == "a"));
     }
 

@@ -10,7 +10,10 @@ use macp_auth_operator::crd::MacpAuth;
 use macp_auth_operator::{HttpProber, Settings, telemetry};
 
 #[derive(Parser)]
-#[command(version, about = "Kubernetes operator for the MACP auth-service and its signing keys")]
+#[command(
+    version,
+    about = "Kubernetes operator for the MACP auth-service and its signing keys"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -44,7 +47,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (in-cluster config or kubeconfig)")?;
-    let prober = Arc::new(HttpProber::new(settings.probe_timeout).context("building the pod prober")?);
+    let prober =
+        Arc::new(HttpProber::new(settings.probe_timeout).context("building the pod prober")?);
     let state = State::default();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -106,8 +106,17 @@ mod tests {
         m.wrote("secrets");
         let text = m.render();
         assert!(text.contains("macp_operator_reconciles_total 1"), "{text}");
-        assert!(text.contains("macp_operator_reconcile_errors_total{reason=\"Kube\"} 1"), "{text}");
-        assert!(text.contains("macp_operator_writes_total{resource=\"secrets\"} 1"), "{text}");
-        assert!(text.contains("macp_operator_reconcile_duration_seconds_count 1"), "{text}");
+        assert!(
+            text.contains("macp_operator_reconcile_errors_total{reason=\"Kube\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("macp_operator_writes_total{resource=\"secrets\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("macp_operator_reconcile_duration_seconds_count 1"),
+            "{text}"
+        );
     }
 }

@@ -36,7 +36,9 @@ pub fn rollout_state(deployment: Option<&Deployment>, keyset_hash: &str) -> Roll
         return RolloutState::InProgress("the Deployment does not exist yet".into());
     };
     if template_hash(d) != Some(keyset_hash) {
-        return RolloutState::InProgress("the pod template does not carry the current keyset yet".into());
+        return RolloutState::InProgress(
+            "the pod template does not carry the current keyset yet".into(),
+        );
     }
     let status = d.status.clone().unwrap_or_default();
     if let Some(c) = status.conditions.iter().flatten().find(|c| {
@@ -141,8 +143,14 @@ mod tests {
 
     #[test]
     fn complete_only_when_every_replica_is_current() {
-        assert_eq!(rollout_state(Some(&deployment("h", 2, done(2))), "h"), RolloutState::Complete);
-        assert!(matches!(rollout_state(None, "h"), RolloutState::InProgress(_)));
+        assert_eq!(
+            rollout_state(Some(&deployment("h", 2, done(2))), "h"),
+            RolloutState::Complete
+        );
+        assert!(matches!(
+            rollout_state(None, "h"),
+            RolloutState::InProgress(_)
+        ));
         assert!(matches!(
             rollout_state(Some(&deployment("old", 2, done(2))), "h"),
             RolloutState::InProgress(_)
@@ -153,7 +161,8 @@ mod tests {
         ));
         let surge = json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 2,
                            "readyReplicas": 3, "availableReplicas": 3});
-        let RolloutState::InProgress(msg) = rollout_state(Some(&deployment("h", 2, surge)), "h") else {
+        let RolloutState::InProgress(msg) = rollout_state(Some(&deployment("h", 2, surge)), "h")
+        else {
             panic!("an old pod is left")
         };
         assert!(msg.contains("1 old"), "{msg}");
@@ -188,7 +197,8 @@ mod tests {
     #[test]
     fn only_ready_pods_of_the_current_keyset() {
         let mut terminating = pod("t", "h", true, Some("10.0.0.9"));
-        terminating.metadata.deletion_timestamp = Some(serde_json::from_value(json!("2026-01-01T00:00:00Z")).unwrap());
+        terminating.metadata.deletion_timestamp =
+            Some(serde_json::from_value(json!("2026-01-01T00:00:00Z")).unwrap());
         let pods = vec![
             pod("b", "h", true, Some("10.0.0.2")),
             pod("a", "h", true, Some("10.0.0.1")),
@@ -200,8 +210,14 @@ mod tests {
         assert_eq!(
             current_pods(&pods, "h"),
             vec![
-                PodTarget { name: "a".into(), ip: "10.0.0.1".into() },
-                PodTarget { name: "b".into(), ip: "10.0.0.2".into() },
+                PodTarget {
+                    name: "a".into(),
+                    ip: "10.0.0.1".into()
+                },
+                PodTarget {
+                    name: "b".into(),
+                    ip: "10.0.0.2".into()
+                },
             ]
         );
     }

@@ -183,7 +183,10 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         let p = HttpProber::new(Duration::from_secs(2)).unwrap();
-        assert_eq!(p.served_kids("127.0.0.1", port).await.unwrap(), vec!["k-9", "k-8"]);
+        assert_eq!(
+            p.served_kids("127.0.0.1", port).await.unwrap(),
+            vec!["k-9", "k-8"]
+        );
         assert_eq!(p.signing_kid("127.0.0.1", port).await.unwrap(), "k-9");
         // Nothing listens on port 1: a request error, not a panic.
         assert!(matches!(

@@ -30,7 +30,9 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use crate::config::Settings;
-use crate::crd::{MacpAuth, MacpAuthSpec, MacpAuthStatus, RotationOutcome, RotationRecord, RotationTrigger};
+use crate::crd::{
+    MacpAuth, MacpAuthSpec, MacpAuthStatus, RotationOutcome, RotationRecord, RotationTrigger,
+};
 use crate::diff;
 use crate::keyset::{self, Keyset, KeysetError, LayoutError, PrivateKey};
 use crate::metrics::Metrics;
@@ -145,7 +147,8 @@ pub fn error_policy(mauth: Arc<MacpAuth>, error: &Error, ctx: Arc<Context>) -> R
         *n = n.saturating_add(1);
         *n
     };
-    let delay = Duration::from_secs(1u64 << attempt.min(9).saturating_sub(1)).min(Duration::from_secs(300));
+    let delay =
+        Duration::from_secs(1u64 << attempt.min(9).saturating_sub(1)).min(Duration::from_secs(300));
     warn!(name = %mauth.name_any(), namespace = ?mauth.namespace(), %error, attempt, ?delay, "reconcile failed");
     Requeue::requeue(delay)
 }
@@ -174,7 +177,12 @@ impl Apis {
 }
 
 /// Applies `desired` with server-side apply unless `live` already matches it.
-async fn apply<K>(api: &Api<K>, live: Option<&K>, desired: &K, metrics: &Metrics) -> Result<K, Error>
+async fn apply<K>(
+    api: &Api<K>,
+    live: Option<&K>,
+    desired: &K,
+    metrics: &Metrics,
+) -> Result<K, Error>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
@@ -192,7 +200,11 @@ where
     debug!(kind = %K::kind(&()), %name, "applying");
     metrics.wrote(&K::plural(&()));
     Ok(api
-        .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired))
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&desired),
+        )
         .await?)
 }
 
@@ -266,8 +278,9 @@ impl Round<'_> {
 
     /// Sets `Degraded` with one of our reasons; a Warning event only when it is news.
     fn degrade(&mut self, reason: &str, message: &str) {
-        let same = status::condition(&self.status, DEGRADED)
-            .is_some_and(|c| c.status == status::TRUE && c.reason == reason && c.message == message);
+        let same = status::condition(&self.status, DEGRADED).is_some_and(|c| {
+            c.status == status::TRUE && c.reason == reason && c.message == message
+        });
         if !same {
             warn!(name = %self.owner.name, namespace = %self.owner.namespace, reason, message, "degraded");
             self.note(true, reason, message.to_string());
@@ -279,13 +292,19 @@ impl Round<'_> {
     fn undegrade(&mut self) {
         let ours_or_absent = match status::condition(&self.status, DEGRADED) {
             None => true,
-            Some(c) => c.status != status::TRUE || OWN_DEGRADED_REASONS.contains(&c.reason.as_str()),
+            Some(c) => {
+                c.status != status::TRUE || OWN_DEGRADED_REASONS.contains(&c.reason.as_str())
+            }
         };
         if ours_or_absent {
             let was = status::is_true(&self.status, DEGRADED, None);
             self.set(DEGRADED, false, "AsExpected", "");
             if was {
-                self.note(false, "Recovered", "the problem reported as Degraded is resolved".into());
+                self.note(
+                    false,
+                    "Recovered",
+                    "the problem reported as Degraded is resolved".into(),
+                );
             }
         }
     }
@@ -297,7 +316,12 @@ impl Round<'_> {
         if !errors.is_empty() {
             let message = validate::message(&errors);
             self.degrade(validate::REASON_INVALID_SPEC, &message);
-            self.set(READY, false, validate::REASON_INVALID_SPEC, "the spec cannot be applied; nothing was changed");
+            self.set(
+                READY,
+                false,
+                validate::REASON_INVALID_SPEC,
+                "the spec cannot be applied; nothing was changed",
+            );
             return Ok(Requeue::await_change());
         }
 
@@ -307,23 +331,25 @@ impl Round<'_> {
                 let (ks, secret) = self.create_first_key().await?;
                 (ks, Some(secret))
             }
-            Some(secret) => match Keyset::from_secret_data(&secret.data.clone().unwrap_or_default()) {
-                Ok(ks) => {
-                    if self.status.active_kid.is_none() {
-                        self.note(
-                            false,
-                            "KeyAdopted",
-                            format!(
-                                "adopted existing signing key {} from Secret {}",
-                                ks.active.kid,
-                                self.owner.secret_name()
-                            ),
-                        );
+            Some(secret) => {
+                match Keyset::from_secret_data(&secret.data.clone().unwrap_or_default()) {
+                    Ok(ks) => {
+                        if self.status.active_kid.is_none() {
+                            self.note(
+                                false,
+                                "KeyAdopted",
+                                format!(
+                                    "adopted existing signing key {} from Secret {}",
+                                    ks.active.kid,
+                                    self.owner.secret_name()
+                                ),
+                            );
+                        }
+                        (ks, Some(secret))
                     }
-                    (ks, Some(secret))
+                    Err(e) => return Ok(self.refuse_keyset(&e)),
                 }
-                Err(e) => return Ok(self.refuse_keyset(&e)),
-            },
+            }
         };
 
         // Metadata (owner reference, labels) and a published.jwks.json for adopted Secrets.
@@ -395,7 +421,12 @@ impl Round<'_> {
 
         let ready_requeue = if keyset_changed {
             self.undegrade();
-            self.set(READY, false, "RollingOut", "rolling the pods onto a new keyset");
+            self.set(
+                READY,
+                false,
+                "RollingOut",
+                "rolling the pods onto a new keyset",
+            );
             Some(NOT_READY_REQUEUE)
         } else {
             self.assess_ready(&rollout, &current, &views)
@@ -424,7 +455,12 @@ impl Round<'_> {
         Requeue::requeue(BROKEN_SECRET_REQUEUE)
     }
 
-    async fn generate(&self, alg: crate::crd::SigningAlg, kid: String, bits: u32) -> Result<PrivateKey, Error> {
+    async fn generate(
+        &self,
+        alg: crate::crd::SigningAlg,
+        kid: String,
+        bits: u32,
+    ) -> Result<PrivateKey, Error> {
         let k = kid.clone();
         tokio::task::spawn_blocking(move || PrivateKey::generate(alg, &k, bits))
             .await
@@ -439,7 +475,11 @@ impl Round<'_> {
     }
 
     /// Writes `keys` to the Secret and reads it back.
-    async fn write_keyset(&self, keys: &Keyset, live: Option<&Secret>) -> Result<(Keyset, Secret), Error> {
+    async fn write_keyset(
+        &self,
+        keys: &Keyset,
+        live: Option<&Secret>,
+    ) -> Result<(Keyset, Secret), Error> {
         apply(
             &self.apis.secrets,
             live,
@@ -456,7 +496,9 @@ impl Round<'_> {
     async fn create_first_key(&mut self) -> Result<(Keyset, Secret), Error> {
         let spec = self.spec().clone();
         let kid = keyset::new_kid(&self.owner.name, self.now, rand::random());
-        let key = self.generate(spec.signing_alg, kid.clone(), spec.rsa_key_bits).await?;
+        let key = self
+            .generate(spec.signing_alg, kid.clone(), spec.rsa_key_bits)
+            .await?;
         let (back, secret) = self.write_keyset(&Keyset::initial(key), None).await?;
         if back.active.kid != kid {
             return Err(Error::NotConfirmed(format!(
@@ -469,7 +511,11 @@ impl Round<'_> {
             crate::crd::SigningAlg::ES256 => "ES256".to_string(),
         };
         info!(name = %self.owner.name, namespace = %self.owner.namespace, %kid, "created first signing key");
-        self.note(false, "KeyCreated", format!("generated {kind} signing key {kid}"));
+        self.note(
+            false,
+            "KeyCreated",
+            format!("generated {kind} signing key {kid}"),
+        );
         self.status.history.push(RotationRecord {
             trigger: RotationTrigger::Initial,
             request_id: None,
@@ -480,13 +526,22 @@ impl Round<'_> {
             outcome: RotationOutcome::Succeeded,
             message: Some(format!("first {kind} key")),
         });
-        let excess = self.status.history.len().saturating_sub(rotation::HISTORY_LIMIT);
+        let excess = self
+            .status
+            .history
+            .len()
+            .saturating_sub(rotation::HISTORY_LIMIT);
         self.status.history.drain(..excess);
         Ok((back, secret))
     }
 
     /// Executes one rotation action; returns the keyset now in the Secret.
-    async fn execute(&mut self, action: &Action, current: &Keyset, live: Option<&Secret>) -> Result<(Keyset, Secret), Error> {
+    async fn execute(
+        &mut self,
+        action: &Action,
+        current: &Keyset,
+        live: Option<&Secret>,
+    ) -> Result<(Keyset, Secret), Error> {
         match action {
             Action::GenerateNextKey { kid, alg, rsa_bits } => {
                 let bits = rsa_bits.unwrap_or(self.spec().rsa_key_bits);
@@ -529,7 +584,13 @@ impl Round<'_> {
         let desired = resources::deployment(&self.owner, spec, &image, &keys.hash());
         let deployment = apply(&self.apis.deployments, live.as_ref(), &desired, m).await?;
         let live = self.apis.services.get_opt(name).await?;
-        apply(&self.apis.services, live.as_ref(), &resources::service(&self.owner, spec), m).await?;
+        apply(
+            &self.apis.services,
+            live.as_ref(),
+            &resources::service(&self.owner, spec),
+            m,
+        )
+        .await?;
         let cm_name = self.owner.config_map_name();
         let live = self.apis.config_maps.get_opt(&cm_name).await?;
         let desired = resources::verifier_config_map(&self.owner, spec);
@@ -546,7 +607,12 @@ impl Round<'_> {
                 .await
                 .map_err(|e| e.to_string());
             let signing_kid = if signing {
-                Some(prober.signing_kid(&t.ip, port).await.map_err(|e| e.to_string()))
+                Some(
+                    prober
+                        .signing_kid(&t.ip, port)
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
             } else {
                 None
             };
@@ -560,22 +626,31 @@ impl Round<'_> {
     }
 
     /// Sets `Ready` (and our rollout `Degraded`) from the observation; returns a requeue while not ready.
-    fn assess_ready(&mut self, rollout: &RolloutState, keys: &Keyset, pods: &[PodView]) -> Option<Duration> {
+    fn assess_ready(
+        &mut self,
+        rollout: &RolloutState,
+        keys: &Keyset,
+        pods: &[PodView],
+    ) -> Option<Duration> {
         let active = &keys.active.kid;
         let (ready, reason, message) = match rollout {
             RolloutState::DeadlineExceeded(msg) => {
-                let rotation_holds_it = status::condition(&self.status, DEGRADED).is_some_and(|c| {
-                    c.status == status::TRUE && rotation::DEGRADED_REASONS.contains(&c.reason.as_str())
-                });
+                let rotation_holds_it =
+                    status::condition(&self.status, DEGRADED).is_some_and(|c| {
+                        c.status == status::TRUE
+                            && rotation::DEGRADED_REASONS.contains(&c.reason.as_str())
+                    });
                 if !rotation_holds_it {
                     self.degrade(REASON_PROGRESS_DEADLINE, msg);
                 }
                 (false, REASON_PROGRESS_DEADLINE.to_string(), msg.clone())
             }
             RolloutState::InProgress(msg) => (false, "RollingOut".into(), msg.clone()),
-            RolloutState::Complete if pods.is_empty() => {
-                (false, "NoReadyPods".into(), "no ready pod of the current template to probe".into())
-            }
+            RolloutState::Complete if pods.is_empty() => (
+                false,
+                "NoReadyPods".into(),
+                "no ready pod of the current template to probe".into(),
+            ),
             RolloutState::Complete => {
                 let problems: Vec<String> = pods
                     .iter()

@@ -8,8 +8,8 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret,
-    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector,
+    SecurityContext, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -174,7 +174,12 @@ where
 }
 
 /// The token service Deployment. `image` is the resolved image (spec or operator default).
-pub fn deployment(owner: &Owner, spec: &MacpAuthSpec, image: &str, keyset_hash: &str) -> Deployment {
+pub fn deployment(
+    owner: &Owner,
+    spec: &MacpAuthSpec,
+    image: &str,
+    keyset_hash: &str,
+) -> Deployment {
     let secret = owner.secret_name();
     // User pod labels first so they can never replace the selector labels.
     let mut pod_labels = spec.pod_labels.clone();
@@ -200,7 +205,11 @@ pub fn deployment(owner: &Owner, spec: &MacpAuthSpec, image: &str, keyset_hash: 
             env("MACP_AUTH_DEFAULT_TTL_SECONDS", spec.default_ttl_seconds),
             env("MACP_AUTH_SIGNING_ALG", alg_name(spec.signing_alg)),
             secret_env("MACP_AUTH_SIGNING_KEY_JSON", &secret, keyset::ACTIVE),
-            secret_env("MACP_AUTH_VERIFICATION_KEYS_JSON", &secret, keyset::PUBLISHED),
+            secret_env(
+                "MACP_AUTH_VERIFICATION_KEYS_JSON",
+                &secret,
+                keyset::PUBLISHED,
+            ),
         ]),
         readiness_probe: Some(health_probe(5, 3)),
         liveness_probe: Some(health_probe(10, 3)),
@@ -333,7 +342,15 @@ mod tests {
     }
 
     fn env_of(d: &Deployment) -> BTreeMap<String, EnvVar> {
-        let c = &d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+        let c = &d
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0];
         c.env
             .clone()
             .unwrap()
@@ -368,10 +385,16 @@ mod tests {
             verifier_config_map(&o, &spec).metadata,
         ];
         let names: Vec<_> = metas.iter().map(|m| m.name.clone().unwrap()).collect();
-        assert_eq!(names, ["prod-signing-keys", "prod", "prod", "prod-verifier-config"]);
+        assert_eq!(
+            names,
+            ["prod-signing-keys", "prod", "prod", "prod-verifier-config"]
+        );
         for m in metas {
             assert_eq!(m.namespace.as_deref(), Some("auth"));
-            assert_eq!(m.owner_references.as_ref().unwrap(), &vec![o.owner_ref.clone()]);
+            assert_eq!(
+                m.owner_references.as_ref().unwrap(),
+                &vec![o.owner_ref.clone()]
+            );
             let l = m.labels.unwrap();
             assert_eq!(l[NAME_LABEL], APP_NAME);
             assert_eq!(l[INSTANCE_LABEL], "prod");
@@ -410,7 +433,10 @@ mod tests {
             ("MACP_AUTH_VERIFICATION_KEYS_JSON", keyset::PUBLISHED),
         ] {
             let r = env[var].value_from.clone().unwrap().secret_key_ref.unwrap();
-            assert_eq!((r.name.as_str(), r.key.as_str()), ("prod-signing-keys", key));
+            assert_eq!(
+                (r.name.as_str(), r.key.as_str()),
+                ("prod-signing-keys", key)
+            );
             assert!(env[var].value.is_none());
         }
         let ds = d.spec.unwrap();
@@ -430,14 +456,23 @@ mod tests {
         let c = &ps.containers[0];
         assert_eq!(c.image.as_deref(), Some("img:1"));
         assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 8080);
-        for p in [c.readiness_probe.as_ref().unwrap(), c.liveness_probe.as_ref().unwrap()] {
-            assert_eq!(p.http_get.as_ref().unwrap().path.as_deref(), Some("/healthz"));
+        for p in [
+            c.readiness_probe.as_ref().unwrap(),
+            c.liveness_probe.as_ref().unwrap(),
+        ] {
+            assert_eq!(
+                p.http_get.as_ref().unwrap().path.as_deref(),
+                Some("/healthz")
+            );
         }
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
-        assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_ref().unwrap(), &vec!["ALL".to_string()]);
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_ref().unwrap(),
+            &vec!["ALL".to_string()]
+        );
         assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
         assert!(ps.node_selector.is_none() && ps.tolerations.is_none() && c.resources.is_none());
     }
@@ -446,7 +481,10 @@ mod tests {
     fn scheduling_and_pod_metadata_from_spec() {
         let mut spec = mauth(serde_json::json!({})).spec;
         spec.resources = Some(ResourceRequirements {
-            limits: Some(BTreeMap::from([("memory".to_string(), Quantity("64Mi".into()))])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_string(),
+                Quantity("64Mi".into()),
+            )])),
             ..ResourceRequirements::default()
         });
         spec.node_selector = BTreeMap::from([("pool".to_string(), "auth".to_string())]);
@@ -477,7 +515,13 @@ mod tests {
         assert_eq!(ps.node_selector.unwrap()["pool"], "auth");
         assert_eq!(ps.tolerations.unwrap()[0].key.as_deref(), Some("dedicated"));
         assert_eq!(
-            ps.containers[0].resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"],
+            ps.containers[0]
+                .resources
+                .as_ref()
+                .unwrap()
+                .limits
+                .as_ref()
+                .unwrap()["memory"],
             Quantity("64Mi".into())
         );
     }
@@ -492,7 +536,10 @@ mod tests {
         let cm = verifier_config_map(&owner(), &spec).data.unwrap();
         assert_eq!(cm["MACP_AUTH_ISSUER"], "i");
         assert_eq!(cm["MACP_AUTH_AUDIENCE"], "a");
-        assert_eq!(cm["MACP_AUTH_JWKS_URL"], "http://prod.auth.svc:4000/.well-known/jwks.json");
+        assert_eq!(
+            cm["MACP_AUTH_JWKS_URL"],
+            "http://prod.auth.svc:4000/.well-known/jwks.json"
+        );
         assert_eq!(cm["MACP_AUTH_JWKS_TTL_SECS"], "30");
         assert_eq!(cm.len(), 4);
     }

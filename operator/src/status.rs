@@ -110,7 +110,10 @@ mod tests {
         set_condition(&mut c, READY, false, "Probing", "b", t(1), Some(2));
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].last_transition_time, t(0));
-        assert_eq!((c[0].reason.as_str(), c[0].observed_generation), ("Probing", Some(2)));
+        assert_eq!(
+            (c[0].reason.as_str(), c[0].observed_generation),
+            ("Probing", Some(2))
+        );
         set_condition(&mut c, READY, true, "Verified", "ok", t(2), Some(2));
         assert_eq!(c[0].last_transition_time, t(2));
         assert_eq!(c[0].status, TRUE);

@@ -101,8 +101,16 @@ mod tests {
 
     #[test]
     fn default_ttl_above_max_is_refused() {
-        let errs = validate(&spec(serde_json::json!({"maxTtlSeconds": 60, "defaultTtlSeconds": 61})));
-        assert_eq!(errs, vec![SpecError::DefaultAboveMax { default: 61, max: 60 }]);
+        let errs = validate(&spec(
+            serde_json::json!({"maxTtlSeconds": 60, "defaultTtlSeconds": 61}),
+        ));
+        assert_eq!(
+            errs,
+            vec![SpecError::DefaultAboveMax {
+                default: 61,
+                max: 60
+            }]
+        );
         assert_eq!(
             message(&errs),
             "defaultTtlSeconds (61) must not exceed maxTtlSeconds (60)"

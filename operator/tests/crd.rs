@@ -108,7 +108,10 @@ fn crd_shape() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(columns, ["Ready", "Phase", "Active Kid", "Last Rotation", "Age"]);
+    assert_eq!(
+        columns,
+        ["Ready", "Phase", "Active Kid", "Last Rotation", "Age"]
+    );
     // Defaults are in the schema, so the API server fills them in.
     let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
     assert_eq!(spec["replicas"]["default"], 2);

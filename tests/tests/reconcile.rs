@@ -94,7 +94,11 @@ impl Harness {
             recorder,
             Metrics::default(),
         ));
-        Self { server, prober, ctx }
+        Self {
+            server,
+            prober,
+            ctx,
+        }
     }
 
     async fn create(&self, name: &str, spec: serde_json::Value) -> MacpAuth {
@@ -104,7 +108,10 @@ impl Harness {
     }
 
     fn mauth(&self, name: &str) -> MacpAuth {
-        self.server.get_as::<MacpAuth>(Some(NS), name).unwrap().unwrap()
+        self.server
+            .get_as::<MacpAuth>(Some(NS), name)
+            .unwrap()
+            .unwrap()
     }
 
     fn status(&self, name: &str) -> MacpAuthStatus {
@@ -215,7 +222,14 @@ fn condition(s: &MacpAuthStatus, type_: &str) -> (String, String, String) {
 }
 
 fn container_env(d: &Deployment) -> BTreeMap<String, String> {
-    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+    d.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
         .env
         .clone()
         .unwrap()
@@ -225,8 +239,16 @@ fn container_env(d: &Deployment) -> BTreeMap<String, String> {
 }
 
 fn template_hash(d: &Deployment) -> String {
-    d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()
-        [KEYSET_HASH_ANNOTATION]
+    d.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap()[KEYSET_HASH_ANNOTATION]
         .clone()
 }
 
@@ -277,7 +299,10 @@ async fn create_writes_the_key_first_then_the_objects_then_becomes_ready() {
         .iter()
         .position(|r| r.resource == "deployments" && r.is_write())
         .expect("deployment written");
-    assert!(first_secret_write < confirm && confirm < first_deploy_write, "{log:#?}");
+    assert!(
+        first_secret_write < confirm && confirm < first_deploy_write,
+        "{log:#?}"
+    );
 
     let ks = h.keyset("a");
     let kid = ks.active.kid.clone();
@@ -290,12 +315,23 @@ async fn create_writes_the_key_first_then_the_objects_then_becomes_ready() {
     let env = container_env(&d);
     assert_eq!(env["MACP_AUTH_ISSUER"], "iss-1");
     assert_eq!(env["MACP_AUTH_SIGNING_ALG"], "ES256");
-    let c = &d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+    let c = &d
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
     assert_eq!(c.image.as_deref(), Some(IMAGE));
     let svc = h.server.get_as::<Service>(Some(NS), "a").unwrap().unwrap();
     assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 3200);
     let cm = h.config_map("a").unwrap().data.unwrap();
-    assert_eq!(cm["MACP_AUTH_JWKS_URL"], "http://a.auth.svc:3200/.well-known/jwks.json");
+    assert_eq!(
+        cm["MACP_AUTH_JWKS_URL"],
+        "http://a.auth.svc:3200/.well-known/jwks.json"
+    );
     assert_eq!(cm["MACP_AUTH_ISSUER"], "iss-1");
     let uid = h.mauth("a").metadata.uid.unwrap();
     for meta in [
@@ -306,7 +342,10 @@ async fn create_writes_the_key_first_then_the_objects_then_becomes_ready() {
     ] {
         let owners = meta.owner_references.unwrap();
         assert_eq!(owners.len(), 1);
-        assert_eq!((owners[0].uid.as_str(), owners[0].controller), (uid.as_str(), Some(true)));
+        assert_eq!(
+            (owners[0].uid.as_str(), owners[0].controller),
+            (uid.as_str(), Some(true))
+        );
     }
 
     let s = h.status("a");
@@ -322,13 +361,20 @@ async fn create_writes_the_key_first_then_the_objects_then_becomes_ready() {
     h.reconcile("a").await;
     let s = h.status("a");
     let (ready, reason, message) = condition(&s, "Ready");
-    assert_eq!((ready.as_str(), reason.as_str()), ("True", "Verified"), "{message}");
+    assert_eq!(
+        (ready.as_str(), reason.as_str()),
+        ("True", "Verified"),
+        "{message}"
+    );
 
     // A pod that does not serve the active kid is not Ready.
     h.prober.serve("10.0.0.2", &["someone-else"]);
     h.reconcile("a").await;
     let (ready, reason, message) = condition(&h.status("a"), "Ready");
-    assert_eq!((ready.as_str(), reason.as_str()), ("False", "ActiveKeyNotServed"));
+    assert_eq!(
+        (ready.as_str(), reason.as_str()),
+        ("False", "ActiveKeyNotServed")
+    );
     assert!(message.contains("a-1"), "{message}");
     h.prober.serve("10.0.0.2", &[&kid]);
     h.reconcile("a").await;
@@ -351,7 +397,10 @@ async fn rsa_first_key_uses_the_requested_size() {
     let ks = h.keyset("r");
     assert_eq!(ks.active.alg, SigningAlg::RS256);
     assert_eq!(ks.active.rsa_bits, Some(3072));
-    assert_eq!(container_env(&h.deployment("r").unwrap())["MACP_AUTH_SIGNING_ALG"], "RS256");
+    assert_eq!(
+        container_env(&h.deployment("r").unwrap())["MACP_AUTH_SIGNING_ALG"],
+        "RS256"
+    );
 }
 
 #[tokio::test]
@@ -377,7 +426,11 @@ async fn an_existing_secret_is_adopted_not_regenerated() {
 
     let secret = h.secret("b").unwrap();
     let data = secret.data.clone().unwrap();
-    assert_eq!(data[keyset::ACTIVE].0, private.as_bytes(), "active key bytes untouched");
+    assert_eq!(
+        data[keyset::ACTIVE].0,
+        private.as_bytes(),
+        "active key bytes untouched"
+    );
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&data[keyset::PUBLISHED].0).unwrap(),
         json!({"keys": []})
@@ -399,7 +452,11 @@ async fn an_existing_secret_is_adopted_not_regenerated() {
         keyset::keyset_hash("pinned-1", &[])
     );
     assert_eq!(h.keyset("b").active.kid, "pinned-1");
-    let adopted = h.event_reasons().iter().filter(|r| *r == "KeyAdopted").count();
+    let adopted = h
+        .event_reasons()
+        .iter()
+        .filter(|r| *r == "KeyAdopted")
+        .count();
     assert_eq!(adopted, 1, "adoption is announced once");
     h.assert_rbac_covers_requests();
 }
@@ -439,7 +496,9 @@ async fn spec_changes_roll_the_deployment_and_update_the_config_map() {
     let spec = d.spec.as_ref().unwrap();
     assert_eq!(spec.replicas, Some(3));
     assert_eq!(
-        spec.template.spec.as_ref().unwrap().containers[0].image.as_deref(),
+        spec.template.spec.as_ref().unwrap().containers[0]
+            .image
+            .as_deref(),
         Some("registry.test/other:2")
     );
     let cm = h.config_map("c").unwrap().data.unwrap();
@@ -448,7 +507,11 @@ async fn spec_changes_roll_the_deployment_and_update_the_config_map() {
     assert_eq!(cm["MACP_AUTH_JWKS_TTL_SECS"], "30");
     // Same key, no Secret write, and the new generation is not Ready until rolled out.
     assert_eq!(h.keyset("c").active.kid, kid);
-    assert!(h.writes().iter().all(|w| w.resource != "secrets"), "{:?}", h.writes());
+    assert!(
+        h.writes().iter().all(|w| w.resource != "secrets"),
+        "{:?}",
+        h.writes()
+    );
     let s = h.status("c");
     assert_eq!(s.observed_generation, Some(2));
     assert_eq!(condition(&s, "Ready").0, "False");
@@ -461,7 +524,10 @@ async fn spec_changes_roll_the_deployment_and_update_the_config_map() {
 #[tokio::test]
 async fn a_corrupted_secret_is_reported_and_never_overwritten() {
     let h = Harness::new().await;
-    let original = secret_with(&[(keyset::ACTIVE, "{\"kty\": \"RSA\", \"n\": \"trunc")], "d");
+    let original = secret_with(
+        &[(keyset::ACTIVE, "{\"kty\": \"RSA\", \"n\": \"trunc")],
+        "d",
+    );
     h.server.create_as(&original).unwrap();
     h.create("d", es256()).await;
     h.server.reset_log();
@@ -469,14 +535,26 @@ async fn a_corrupted_secret_is_reported_and_never_overwritten() {
 
     let s = h.status("d");
     let (degraded, reason, message) = condition(&s, "Degraded");
-    assert_eq!((degraded.as_str(), reason.as_str()), ("True", "InvalidSigningKey"));
+    assert_eq!(
+        (degraded.as_str(), reason.as_str()),
+        ("True", "InvalidSigningKey")
+    );
     assert!(message.contains("active.jwk.json"), "{message}");
     assert_eq!(condition(&s, "Ready").0, "False");
-    assert_eq!(h.secret("d").unwrap().data, original.data, "Secret untouched");
-    assert!(h.deployment("d").is_none(), "no Deployment for an unusable key");
+    assert_eq!(
+        h.secret("d").unwrap().data,
+        original.data,
+        "Secret untouched"
+    );
+    assert!(
+        h.deployment("d").is_none(),
+        "no Deployment for an unusable key"
+    );
     let writes = h.writes();
     assert!(
-        writes.iter().all(|w| w.resource == "macpauths/status" || w.resource == "events"),
+        writes
+            .iter()
+            .all(|w| w.resource == "macpauths/status" || w.resource == "events"),
         "{writes:?}"
     );
     assert_eq!(h.event_reasons(), vec!["InvalidSigningKey"]);
@@ -490,7 +568,9 @@ async fn a_corrupted_secret_is_reported_and_never_overwritten() {
     let key = PrivateKey::generate(SigningAlg::ES256, "fixed-1", 2048).unwrap();
     let data = Keyset::initial(key).to_secret_data();
     h.server
-        .modify_as::<Secret>(Some(NS), &resources::secret_name("d"), |s| s.data = Some(data))
+        .modify_as::<Secret>(Some(NS), &resources::secret_name("d"), |s| {
+            s.data = Some(data)
+        })
         .unwrap();
     h.reconcile("d").await;
     let s = h.status("d");
@@ -517,12 +597,17 @@ async fn a_secret_without_its_active_key_is_degraded_not_regenerated() {
     h.server.reset_log();
     h.reconcile("e").await;
     let (degraded, reason, message) = condition(&h.status("e"), "Degraded");
-    assert_eq!((degraded.as_str(), reason.as_str()), ("True", "MissingSigningKey"));
+    assert_eq!(
+        (degraded.as_str(), reason.as_str()),
+        ("True", "MissingSigningKey")
+    );
     assert!(message.contains("never regenerates"), "{message}");
     assert_eq!(h.secret("e").unwrap().data, secret_before.data);
     assert_eq!(template_hash(&h.deployment("e").unwrap()), hash_before);
     assert!(
-        h.writes().iter().all(|w| !matches!(w.resource.as_str(), "secrets" | "deployments")),
+        h.writes()
+            .iter()
+            .all(|w| !matches!(w.resource.as_str(), "secrets" | "deployments")),
         "{:?}",
         h.writes()
     );
@@ -533,11 +618,17 @@ async fn a_secret_without_its_active_key_is_degraded_not_regenerated() {
 #[tokio::test]
 async fn an_invalid_spec_is_degraded_and_changes_nothing() {
     let h = Harness::new().await;
-    h.create("f", json!({"signingAlg": "ES256", "maxTtlSeconds": 60, "defaultTtlSeconds": 120}))
-        .await;
+    h.create(
+        "f",
+        json!({"signingAlg": "ES256", "maxTtlSeconds": 60, "defaultTtlSeconds": 120}),
+    )
+    .await;
     h.reconcile("f").await;
     let (degraded, reason, message) = condition(&h.status("f"), "Degraded");
-    assert_eq!((degraded.as_str(), reason.as_str()), ("True", "InvalidSpec"));
+    assert_eq!(
+        (degraded.as_str(), reason.as_str()),
+        ("True", "InvalidSpec")
+    );
     assert!(message.contains("defaultTtlSeconds (120)"), "{message}");
     assert!(h.secret("f").is_none() && h.deployment("f").is_none());
 
@@ -569,9 +660,15 @@ async fn a_stalled_rollout_is_degraded() {
         .unwrap();
     h.reconcile("g").await;
     let (degraded, reason, message) = condition(&h.status("g"), "Degraded");
-    assert_eq!((degraded.as_str(), reason.as_str()), ("True", "ProgressDeadlineExceeded"));
+    assert_eq!(
+        (degraded.as_str(), reason.as_str()),
+        ("True", "ProgressDeadlineExceeded")
+    );
     assert!(message.contains("timed out"), "{message}");
-    assert!(h.event_reasons().contains(&"ProgressDeadlineExceeded".to_string()));
+    assert!(
+        h.event_reasons()
+            .contains(&"ProgressDeadlineExceeded".to_string())
+    );
 }
 
 /// Waits until `f` holds, polling the store.

@@ -105,7 +105,17 @@ mod tests {
 
     #[test]
     fn leases_only_with_leader_election() {
-        assert!(!allows(&required_rules(false), "coordination.k8s.io", "leases", "get"));
-        assert!(allows(&required_rules(true), "coordination.k8s.io", "leases", "update"));
+        assert!(!allows(
+            &required_rules(false),
+            "coordination.k8s.io",
+            "leases",
+            "get"
+        ));
+        assert!(allows(
+            &required_rules(true),
+            "coordination.k8s.io",
+            "leases",
+            "update"
+        ));
     }
 }

@@ -425,7 +425,7 @@ mod tests {
     #[test]
     fn all_slots_parse_and_view() {
         let (a, b, c) = (ec_key("a"), ec_key("b"), ec_key("c"));
-        let published = keys::jwks(&[b.public.clone()]).to_string();
+        let published = keys::jwks(std::slice::from_ref(&b.public)).to_string();
         let d = data(&[
             (ACTIVE, &a.text),
             (PUBLISHED, &published),

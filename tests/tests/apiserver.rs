@@ -436,13 +436,14 @@ async fn kube_runtime_watcher_sees_create_modify_delete() {
         .unwrap();
     let mut names = Vec::new();
     while !names.contains(&"after".to_string()) {
-        match tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .unwrap()
-            .unwrap()
+        // Errors (the 410 Gone that forces the relist) are expected here.
+        if let Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) =
+            tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .unwrap()
+                .unwrap()
         {
-            Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => names.push(c.name_any()),
-            Ok(_) | Err(_) => {}
+            names.push(c.name_any());
         }
     }
 }

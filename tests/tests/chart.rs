@@ -133,7 +133,9 @@ fn helm(args: &[&str]) -> Run {
 }
 
 fn scratch_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("chart-tests").join(name);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("chart-tests")
+        .join(name);
     fs::create_dir_all(&dir).expect("create scratch dir");
     dir
 }
@@ -145,7 +147,11 @@ fn values_file(name: &str, contents: &str) -> String {
     let path = dir.join(format!("{name}.yaml"));
     // Tests run in parallel and share names: write aside, then rename atomically,
     // so helm never reads a half-written file.
-    let tmp = dir.join(format!("{name}.{}.{}.tmp", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+    let tmp = dir.join(format!(
+        "{name}.{}.{}.tmp",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
     fs::write(&tmp, contents).expect("write values file");
     fs::rename(&tmp, &path).expect("move values file in place");
     path.to_string_lossy().into_owned()
@@ -199,7 +205,12 @@ fn kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
 
 fn one<'a>(docs: &'a [Value], k: &str) -> &'a Value {
     let found = kind(docs, k);
-    assert_eq!(found.len(), 1, "expected exactly one {k}, got {}", found.len());
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one {k}, got {}",
+        found.len()
+    );
     found[0]
 }
 
@@ -207,7 +218,12 @@ fn str_map(v: &Value) -> BTreeMap<String, String> {
     v.as_object()
         .map(|m| {
             m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().expect("label value is a string").to_string()))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str().expect("label value is a string").to_string(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -285,10 +301,14 @@ fn name_of(obj: &Value) -> &str {
 }
 
 fn chart_app_version() -> String {
-    let chart: Value =
-        serde_yaml::from_str(&fs::read_to_string(repo_root().join(CHART).join("Chart.yaml")).unwrap())
-            .unwrap();
-    chart["appVersion"].as_str().expect("appVersion").to_string()
+    let chart: Value = serde_yaml::from_str(
+        &fs::read_to_string(repo_root().join(CHART).join("Chart.yaml")).unwrap(),
+    )
+    .unwrap();
+    chart["appVersion"]
+        .as_str()
+        .expect("appVersion")
+        .to_string()
 }
 
 // ---------------------------------------------------------------- lint and schema
@@ -296,19 +316,28 @@ fn chart_app_version() -> String {
 #[test]
 fn lint_strict_passes_with_every_values_set() {
     let all_on = values_file("lint-all-on", ALL_ON_VALUES);
-    for extra in [vec![], vec!["-f", NAMESPACED_VALUES], vec!["-f", all_on.as_str()]] {
+    for extra in [
+        vec![],
+        vec!["-f", NAMESPACED_VALUES],
+        vec!["-f", all_on.as_str()],
+    ] {
         let mut args = vec!["lint", "--strict", CHART];
         args.extend_from_slice(&extra);
         let run = helm(&args);
-        assert!(run.ok, "helm lint --strict {extra:?} failed:\n{}{}", run.stdout, run.stderr);
+        assert!(
+            run.ok,
+            "helm lint --strict {extra:?} failed:\n{}{}",
+            run.stdout, run.stderr
+        );
     }
 }
 
 #[test]
 fn chart_version_is_the_crate_version() {
-    let chart: Value =
-        serde_yaml::from_str(&fs::read_to_string(repo_root().join(CHART).join("Chart.yaml")).unwrap())
-            .unwrap();
+    let chart: Value = serde_yaml::from_str(
+        &fs::read_to_string(repo_root().join(CHART).join("Chart.yaml")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(chart["apiVersion"], "v2");
     assert_eq!(chart["appVersion"], env!("CARGO_PKG_VERSION"));
     assert_eq!(chart["version"], env!("CARGO_PKG_VERSION"));
@@ -319,21 +348,48 @@ fn schema_refuses_wrong_types_and_unknown_keys() {
     let cases = [
         ("replica-string", "replicaCount: \"two\"\n", "/replicaCount"),
         ("replica-zero", "replicaCount: 0\n", "/replicaCount"),
-        ("watch-string", "watchNamespaces: \"a,b\"\n", "/watchNamespaces"),
-        ("watch-bad-name", "watchNamespaces: [\"Not_A_Namespace\"]\n", "/watchNamespaces/0"),
-        ("le-string", "leaderElection:\n  enabled: \"yes\"\n", "/leaderElection/enabled"),
-        ("pull-policy", "image:\n  pullPolicy: Sometimes\n", "/image/pullPolicy"),
+        (
+            "watch-string",
+            "watchNamespaces: \"a,b\"\n",
+            "/watchNamespaces",
+        ),
+        (
+            "watch-bad-name",
+            "watchNamespaces: [\"Not_A_Namespace\"]\n",
+            "/watchNamespaces/0",
+        ),
+        (
+            "le-string",
+            "leaderElection:\n  enabled: \"yes\"\n",
+            "/leaderElection/enabled",
+        ),
+        (
+            "pull-policy",
+            "image:\n  pullPolicy: Sometimes\n",
+            "/image/pullPolicy",
+        ),
         ("log-format", "logFormat: xml\n", "/logFormat"),
         ("port-range", "listenPort: 70000\n", "/listenPort"),
-        ("np-port-string", "networkPolicy:\n  ports: [\"http\"]\n", "/networkPolicy/ports/0"),
+        (
+            "np-port-string",
+            "networkPolicy:\n  ports: [\"http\"]\n",
+            "/networkPolicy/ports/0",
+        ),
         ("unknown-top", "replicas: 2\n", "replicas"),
         ("unknown-nested", "image:\n  digest: sha256:abc\n", "digest"),
-        ("pdb-percent", "podDisruptionBudget:\n  minAvailable: \"half\"\n", "/podDisruptionBudget/minAvailable"),
+        (
+            "pdb-percent",
+            "podDisruptionBudget:\n  minAvailable: \"half\"\n",
+            "/podDisruptionBudget/minAvailable",
+        ),
     ];
     for (name, contents, expected) in cases {
         let f = values_file(name, contents);
         let run = template_raw(&["-f", &f]);
-        assert!(!run.ok, "values {contents:?} were accepted; the schema must refuse them");
+        assert!(
+            !run.ok,
+            "values {contents:?} were accepted; the schema must refuse them"
+        );
         assert!(
             run.stderr.contains(expected),
             "refusal of {contents:?} does not name {expected:?}:\n{}",
@@ -346,20 +402,42 @@ fn schema_refuses_wrong_types_and_unknown_keys() {
 fn several_replicas_need_leader_election() {
     let run = template_raw(&["--set", "replicaCount=2"]);
     assert!(!run.ok, "two replicas without leader election rendered");
-    assert!(run.stderr.contains("leaderElection.enabled"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("leaderElection.enabled"),
+        "{}",
+        run.stderr
+    );
     render(&["--set", "replicaCount=2,leaderElection.enabled=true"]);
 }
 
 #[test]
 fn install_dry_run_with_defaults_prints_notes_for_first_macpauth_and_rotations() {
-    let run = helm(&["install", RELEASE, CHART, "--namespace", RELEASE_NS, "--dry-run=client"]);
-    assert!(run.ok, "helm install --dry-run=client failed:\n{}", run.stderr);
-    let notes = run.stdout.split("NOTES:").nth(1).expect("install prints NOTES");
+    let run = helm(&[
+        "install",
+        RELEASE,
+        CHART,
+        "--namespace",
+        RELEASE_NS,
+        "--dry-run=client",
+    ]);
+    assert!(
+        run.ok,
+        "helm install --dry-run=client failed:\n{}",
+        run.stderr
+    );
+    let notes = run
+        .stdout
+        .split("NOTES:")
+        .nth(1)
+        .expect("install prints NOTES");
     for needle in [
         "kind: MacpAuth",
         "apiVersion: macp.io/v1alpha1",
         &format!("{}=", macp_auth_operator::crd::ROTATE_ANNOTATION),
-        &format!("{}=INC-1234", macp_auth_operator::crd::EMERGENCY_ROTATE_ANNOTATION),
+        &format!(
+            "{}=INC-1234",
+            macp_auth_operator::crd::EMERGENCY_ROTATE_ANNOTATION
+        ),
         "kubectl annotate macpauth",
         "kubectl delete crd macpauths.macp.io",
     ] {
@@ -371,7 +449,10 @@ fn install_dry_run_with_defaults_prints_notes_for_first_macpauth_and_rotations()
         .nth(1)
         .and_then(|s| s.split("  YAML\n").next())
         .expect("NOTES hold a heredoc MacpAuth");
-    let unindented: String = sample.lines().map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l))).collect();
+    let unindented: String = sample
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
+        .collect();
     let obj: Value = serde_yaml::from_str(&unindented).expect("NOTES MacpAuth parses");
     let errors = crd_validation_errors(&obj);
     assert!(errors.is_empty(), "NOTES MacpAuth is invalid: {errors:?}");
@@ -391,8 +472,12 @@ fn objects_round_trip_through_the_kubernetes_types() {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
     fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(obj: &Value) -> Value {
-        let typed: T = serde_json::from_value(obj.clone())
-            .unwrap_or_else(|e| panic!("{} {} does not parse: {e}", obj["kind"], obj["metadata"]["name"]));
+        let typed: T = serde_json::from_value(obj.clone()).unwrap_or_else(|e| {
+            panic!(
+                "{} {} does not parse: {e}",
+                obj["kind"], obj["metadata"]["name"]
+            )
+        });
         serde_json::to_value(typed).expect("serialise")
     }
 
@@ -417,7 +502,13 @@ fn objects_round_trip_through_the_kubernetes_types() {
                 "ServiceMonitor" => continue,
                 other => panic!("the chart renders an unexpected kind {other}"),
             };
-            assert_eq!(back, obj, "fields of {} {} are lost by the API types", obj["kind"], name_of(&obj));
+            assert_eq!(
+                back,
+                obj,
+                "fields of {} {} are lost by the API types",
+                obj["kind"],
+                name_of(&obj)
+            );
         }
     }
 }
@@ -429,7 +520,13 @@ fn every_namespaced_object_is_in_its_intended_namespace() {
             match obj["kind"].as_str().unwrap() {
                 "ClusterRole" | "ClusterRoleBinding" => assert_eq!(namespace_of(obj), ""),
                 "NetworkPolicy" => assert_ne!(namespace_of(obj), ""),
-                _ => assert_eq!(namespace_of(obj), RELEASE_NS, "{} {}", obj["kind"], name_of(obj)),
+                _ => assert_eq!(
+                    namespace_of(obj),
+                    RELEASE_NS,
+                    "{} {}",
+                    obj["kind"],
+                    name_of(obj)
+                ),
             }
         }
     }
@@ -441,8 +538,13 @@ fn operator_runs_locked_down() {
         let deploy = one(&docs, "Deployment");
         let pod = &deploy["spec"]["template"]["spec"];
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
-        let uid = pod["securityContext"]["runAsUser"].as_i64().expect("runAsUser");
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        let uid = pod["securityContext"]["runAsUser"]
+            .as_i64()
+            .expect("runAsUser");
         assert!(uid > 0, "runs as root");
         let containers = pod["containers"].as_array().unwrap();
         assert_eq!(containers.len(), 1);
@@ -464,7 +566,9 @@ fn operator_runs_locked_down() {
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
         assert_eq!(c["livenessProbe"]["httpGet"]["port"], "http");
         assert_eq!(c["readinessProbe"]["httpGet"]["port"], "http");
-        let listen = flag_value(&args(deploy), "--listen-address").expect("--listen-address").to_string();
+        let listen = flag_value(&args(deploy), "--listen-address")
+            .expect("--listen-address")
+            .to_string();
         assert_eq!(listen, format!("0.0.0.0:{port}"));
 
         let env = c["env"].as_array().expect("env");
@@ -507,7 +611,10 @@ fn images_default_to_the_app_version_and_follow_values() {
         flag_value(&args(deploy), "--service-image"),
         Some("registry.example/ops/macp-auth-service:9.9.8")
     );
-    assert_eq!(deploy["spec"]["template"]["spec"]["imagePullSecrets"], json!([{"name": "regcred"}]));
+    assert_eq!(
+        deploy["spec"]["template"]["spec"]["imagePullSecrets"],
+        json!([{"name": "regcred"}])
+    );
 }
 
 #[test]
@@ -516,36 +623,75 @@ fn labels_and_selectors_agree() {
         let deploy = one(&docs, "Deployment");
         let selector = str_map(&deploy["spec"]["selector"]["matchLabels"]);
         let pod_labels = str_map(&deploy["spec"]["template"]["metadata"]["labels"]);
-        assert!(selects(&selector, &pod_labels), "Deployment selector {selector:?} misses its pods {pod_labels:?}");
-        assert_eq!(selector.get("app.kubernetes.io/instance").map(String::as_str), Some(RELEASE));
+        assert!(
+            selects(&selector, &pod_labels),
+            "Deployment selector {selector:?} misses its pods {pod_labels:?}"
+        );
+        assert_eq!(
+            selector
+                .get("app.kubernetes.io/instance")
+                .map(String::as_str),
+            Some(RELEASE)
+        );
 
         // Every object carries the chart's standard labels.
         for obj in &docs {
             let labels = str_map(&obj["metadata"]["labels"]);
-            for key in ["app.kubernetes.io/name", "app.kubernetes.io/instance", "helm.sh/chart"] {
-                assert!(labels.contains_key(key), "{} {} lacks label {key}", obj["kind"], name_of(obj));
+            for key in [
+                "app.kubernetes.io/name",
+                "app.kubernetes.io/instance",
+                "helm.sh/chart",
+            ] {
+                assert!(
+                    labels.contains_key(key),
+                    "{} {} lacks label {key}",
+                    obj["kind"],
+                    name_of(obj)
+                );
             }
             assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm");
         }
 
         if let Some(svc) = kind(&docs, "Service").first() {
-            assert_eq!(str_map(&svc["spec"]["selector"]), selector, "metrics Service selector");
+            assert_eq!(
+                str_map(&svc["spec"]["selector"]),
+                selector,
+                "metrics Service selector"
+            );
             assert_eq!(svc["spec"]["ports"][0]["targetPort"], "http");
         }
         for pdb in kind(&docs, "PodDisruptionBudget") {
-            assert_eq!(str_map(&pdb["spec"]["selector"]["matchLabels"]), selector, "PDB selector");
+            assert_eq!(
+                str_map(&pdb["spec"]["selector"]["matchLabels"]),
+                selector,
+                "PDB selector"
+            );
         }
         for sm in kind(&docs, "ServiceMonitor") {
             let svc = one(&docs, "Service");
             let svc_labels = str_map(&svc["metadata"]["labels"]);
-            assert!(selects(&str_map(&sm["spec"]["selector"]["matchLabels"]), &svc_labels));
-            assert_eq!(sm["spec"]["endpoints"][0]["port"], svc["spec"]["ports"][0]["name"]);
+            assert!(selects(
+                &str_map(&sm["spec"]["selector"]["matchLabels"]),
+                &svc_labels
+            ));
+            assert_eq!(
+                sm["spec"]["endpoints"][0]["port"],
+                svc["spec"]["ports"][0]["name"]
+            );
             assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
-            assert_eq!(sm["spec"]["namespaceSelector"]["matchNames"], json!([RELEASE_NS]));
+            assert_eq!(
+                sm["spec"]["namespaceSelector"]["matchNames"],
+                json!([RELEASE_NS])
+            );
         }
-        let sa = deploy["spec"]["template"]["spec"]["serviceAccountName"].as_str().unwrap();
+        let sa = deploy["spec"]["template"]["spec"]["serviceAccountName"]
+            .as_str()
+            .unwrap();
         assert_eq!(name_of(one(&docs, "ServiceAccount")), sa);
-        for binding in kind(&docs, "RoleBinding").into_iter().chain(kind(&docs, "ClusterRoleBinding")) {
+        for binding in kind(&docs, "RoleBinding")
+            .into_iter()
+            .chain(kind(&docs, "ClusterRoleBinding"))
+        {
             assert_eq!(
                 binding["subjects"],
                 json!([{"kind": "ServiceAccount", "name": sa, "namespace": RELEASE_NS}])
@@ -573,26 +719,51 @@ fn args_carry_the_operator_flags() {
 
     let namespaced = args(one(&render_namespaced(), "Deployment"));
     assert_eq!(namespaced[0], "run");
-    assert_eq!(flag_value(&namespaced, "--watch-namespaces"), Some("agents-prod,agents-staging"));
+    assert_eq!(
+        flag_value(&namespaced, "--watch-namespaces"),
+        Some("agents-prod,agents-staging")
+    );
     assert!(namespaced.contains(&"--leader-election".to_string()));
-    assert_eq!(flag_value(&namespaced, "--leader-election-namespace"), Some(RELEASE_NS));
-    assert_eq!(flag_value(&namespaced, "--leader-election-lease-name"), Some(RELEASE));
+    assert_eq!(
+        flag_value(&namespaced, "--leader-election-namespace"),
+        Some(RELEASE_NS)
+    );
+    assert_eq!(
+        flag_value(&namespaced, "--leader-election-lease-name"),
+        Some(RELEASE)
+    );
 
     let all_on = render_all_on();
     let deploy = one(&all_on, "Deployment");
     let a = args(deploy);
     assert!(a.contains(&"--leader-election".to_string()));
-    assert_eq!(flag_value(&a, "--leader-election-lease-name"), Some("macp-lease"));
+    assert_eq!(
+        flag_value(&a, "--leader-election-lease-name"),
+        Some("macp-lease")
+    );
     assert_eq!(flag_value(&a, "--log-format"), Some("text"));
     assert_eq!(flag_value(&a, "--listen-address"), Some("0.0.0.0:9090"));
-    assert_eq!(flag_value(&a, "--watch-namespaces"), None, "cluster-wide install restricted to namespaces");
+    assert_eq!(
+        flag_value(&a, "--watch-namespaces"),
+        None,
+        "cluster-wide install restricted to namespaces"
+    );
     assert_eq!(deploy["spec"]["replicas"], 3);
     // With leader election a surge pod waits for the lease; without it two operators must never overlap.
     assert_eq!(deploy["spec"]["strategy"]["type"], "RollingUpdate");
-    assert_eq!(one(&render_defaults(), "Deployment")["spec"]["strategy"]["type"], "Recreate");
+    assert_eq!(
+        one(&render_defaults(), "Deployment")["spec"]["strategy"]["type"],
+        "Recreate"
+    );
 
-    let no_le = args(one(&render_namespaced_without_leader_election(), "Deployment"));
-    assert!(!no_le.iter().any(|a| a.starts_with("--leader-election")), "{no_le:?}");
+    let no_le = args(one(
+        &render_namespaced_without_leader_election(),
+        "Deployment",
+    ));
+    assert!(
+        !no_le.iter().any(|a| a.starts_with("--leader-election")),
+        "{no_le:?}"
+    );
 }
 
 /// The operator's `run` subcommand with its real flag definitions
@@ -612,7 +783,9 @@ fn parse_operator_args(args: &[String]) -> macp_auth_operator::Settings {
     use clap::Parser;
     let argv = std::iter::once("macp-auth-operator".to_string()).chain(args.iter().cloned());
     match OperatorCli::try_parse_from(argv) {
-        Ok(OperatorCli { command: OperatorCommand::Run(settings) }) => settings,
+        Ok(OperatorCli {
+            command: OperatorCommand::Run(settings),
+        }) => settings,
         Err(e) => panic!("the operator refuses the chart's args {args:?}:\n{e}"),
     }
 }
@@ -625,23 +798,38 @@ fn operator_accepts_the_rendered_args() {
     assert_eq!(settings.namespaces(), None);
     assert_eq!(settings.log_format, LogFormat::Json);
     assert_eq!(settings.listen_address, "0.0.0.0:8080".parse().unwrap());
-    assert_eq!(settings.service_image, macp_auth_operator::config::DEFAULT_SERVICE_IMAGE);
+    assert_eq!(
+        settings.service_image,
+        macp_auth_operator::config::DEFAULT_SERVICE_IMAGE
+    );
 
-    let settings = parse_operator_args(&args(one(&render_namespaced_without_leader_election(), "Deployment")));
+    let settings = parse_operator_args(&args(one(
+        &render_namespaced_without_leader_election(),
+        "Deployment",
+    )));
     assert_eq!(
         settings.namespaces(),
-        Some(vec!["agents-prod".to_string(), "agents-staging".to_string()])
+        Some(vec![
+            "agents-prod".to_string(),
+            "agents-staging".to_string()
+        ])
     );
 
     // The leader-election flags (issue 6) are checked by name in
     // args_carry_the_operator_flags; everything else must parse.
     let mut all_on = args(one(&render_all_on(), "Deployment"));
-    let le = all_on.iter().position(|a| a == "--leader-election").expect("--leader-election");
+    let le = all_on
+        .iter()
+        .position(|a| a == "--leader-election")
+        .expect("--leader-election");
     all_on.drain(le..le + 5);
     let settings = parse_operator_args(&all_on);
     assert_eq!(settings.log_format, LogFormat::Text);
     assert_eq!(settings.listen_address, "0.0.0.0:9090".parse().unwrap());
-    assert_eq!(settings.service_image, "registry.example/ops/macp-auth-service:9.9.8");
+    assert_eq!(
+        settings.service_image,
+        "registry.example/ops/macp-auth-service:9.9.8"
+    );
 }
 
 // ---------------------------------------------------------------- RBAC
@@ -650,7 +838,11 @@ fn operator_accepts_the_rendered_args() {
 /// leases (when on) in a Role in the release namespace only.
 fn assert_cluster_wide_rbac(docs: &[Value], leader_election: bool) {
     let cluster_role = one(docs, "ClusterRole");
-    assert_eq!(role_triples(cluster_role), required_triples(false), "ClusterRole rules");
+    assert_eq!(
+        role_triples(cluster_role),
+        required_triples(false),
+        "ClusterRole rules"
+    );
     let crb = one(docs, "ClusterRoleBinding");
     assert_eq!(crb["roleRef"]["kind"], "ClusterRole");
     assert_eq!(crb["roleRef"]["name"], cluster_role["metadata"]["name"]);
@@ -671,8 +863,14 @@ fn assert_cluster_wide_rbac(docs: &[Value], leader_election: bool) {
 /// Namespace-scoped mode: no cluster-wide permission at all; in each watched
 /// namespace a Role with exactly the operator's rules; leases in the release namespace.
 fn assert_namespaced_rbac(docs: &[Value], watched: &[&str], leader_election: bool) {
-    assert!(kind(docs, "ClusterRole").is_empty(), "ClusterRole in namespace-scoped mode");
-    assert!(kind(docs, "ClusterRoleBinding").is_empty(), "ClusterRoleBinding in namespace-scoped mode");
+    assert!(
+        kind(docs, "ClusterRole").is_empty(),
+        "ClusterRole in namespace-scoped mode"
+    );
+    assert!(
+        kind(docs, "ClusterRoleBinding").is_empty(),
+        "ClusterRoleBinding in namespace-scoped mode"
+    );
 
     let base = required_triples(false);
     let lease_only: BTreeSet<Triple> = required_triples(true).difference(&base).cloned().collect();
@@ -682,15 +880,31 @@ fn assert_namespaced_rbac(docs: &[Value], watched: &[&str], leader_election: boo
         let triples = role_triples(role);
         if triples == lease_only {
             assert!(leader_election, "lease Role without leader election");
-            assert_eq!(namespace_of(role), RELEASE_NS, "leases outside the release namespace");
+            assert_eq!(
+                namespace_of(role),
+                RELEASE_NS,
+                "leases outside the release namespace"
+            );
         } else {
-            assert_eq!(triples, base, "Role {} in {}", name_of(role), namespace_of(role));
-            assert!(seen_namespaces.insert(namespace_of(role).to_string()), "two Roles in one namespace");
+            assert_eq!(
+                triples,
+                base,
+                "Role {} in {}",
+                name_of(role),
+                namespace_of(role)
+            );
+            assert!(
+                seen_namespaces.insert(namespace_of(role).to_string()),
+                "two Roles in one namespace"
+            );
         }
         granted.extend(triples);
     }
     let expected: BTreeSet<String> = watched.iter().map(|s| s.to_string()).collect();
-    assert_eq!(seen_namespaces, expected, "Roles exactly in the watched namespaces");
+    assert_eq!(
+        seen_namespaces, expected,
+        "Roles exactly in the watched namespaces"
+    );
     assert_eq!(granted, required_triples(leader_election));
     assert_bindings_match_roles(docs);
 }
@@ -704,10 +918,16 @@ fn assert_bindings_match_roles(docs: &[Value]) {
         .iter()
         .map(|b| {
             assert_eq!(b["roleRef"]["kind"], "Role");
-            (namespace_of(b).to_string(), b["roleRef"]["name"].as_str().unwrap().to_string())
+            (
+                namespace_of(b).to_string(),
+                b["roleRef"]["name"].as_str().unwrap().to_string(),
+            )
         })
         .collect();
-    assert_eq!(roles, bound, "every Role is bound exactly once, in its own namespace");
+    assert_eq!(
+        roles, bound,
+        "every Role is bound exactly once, in its own namespace"
+    );
 }
 
 #[test]
@@ -721,9 +941,16 @@ fn rbac_cluster_wide_equals_the_operator_rule_list() {
 fn rbac_namespace_scoped_equals_the_operator_rule_list() {
     let watched = ["agents-prod", "agents-staging"];
     assert_namespaced_rbac(&render_namespaced(), &watched, true);
-    assert_namespaced_rbac(&render_namespaced_without_leader_election(), &watched, false);
+    assert_namespaced_rbac(
+        &render_namespaced_without_leader_election(),
+        &watched,
+        false,
+    );
     // The release namespace watched too: its Role and the lease Role coexist under different names.
-    let docs = render(&["--set", "watchNamespaces={macp-system},leaderElection.enabled=true"]);
+    let docs = render(&[
+        "--set",
+        "watchNamespaces={macp-system},leaderElection.enabled=true",
+    ]);
     assert_namespaced_rbac(&docs, &["macp-system"], true);
 }
 
@@ -731,7 +958,10 @@ fn rbac_namespace_scoped_equals_the_operator_rule_list() {
 fn rbac_can_be_left_to_the_user() {
     let docs = render(&["--set", "rbac.create=false"]);
     for k in ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"] {
-        assert!(kind(&docs, k).is_empty(), "{k} rendered with rbac.create=false");
+        assert!(
+            kind(&docs, k).is_empty(),
+            "{k} rendered with rbac.create=false"
+        );
     }
 }
 
@@ -739,20 +969,30 @@ fn rbac_can_be_left_to_the_user() {
 
 #[test]
 fn network_policy_admits_only_chosen_clients_and_the_operator() {
-    assert!(kind(&render_defaults(), "NetworkPolicy").is_empty(), "NetworkPolicy is opt-in");
+    assert!(
+        kind(&render_defaults(), "NetworkPolicy").is_empty(),
+        "NetworkPolicy is opt-in"
+    );
 
     // Namespaces default to the watched ones.
     let docs = render_namespaced();
     let policies = kind(&docs, "NetworkPolicy");
     let namespaces: BTreeSet<&str> = policies.iter().map(|p| namespace_of(p)).collect();
-    assert_eq!(namespaces, BTreeSet::from(["agents-prod", "agents-staging"]));
+    assert_eq!(
+        namespaces,
+        BTreeSet::from(["agents-prod", "agents-staging"])
+    );
 
-    let operator_pod_labels = str_map(&one(&docs, "Deployment")["spec"]["template"]["metadata"]["labels"]);
+    let operator_pod_labels =
+        str_map(&one(&docs, "Deployment")["spec"]["template"]["metadata"]["labels"]);
     for np in &policies {
         let spec = &np["spec"];
         // Selects the pods of every MacpAuth (the labels the operator puts on them), nothing else.
         let selector = str_map(&spec["podSelector"]["matchLabels"]);
-        assert!(selects(&selector, &resources::common_labels("any-macpauth")));
+        assert!(selects(
+            &selector,
+            &resources::common_labels("any-macpauth")
+        ));
         assert_eq!(
             selector.keys().collect::<Vec<_>>(),
             [resources::MANAGED_BY_LABEL, resources::NAME_LABEL]
@@ -760,12 +1000,21 @@ fn network_policy_admits_only_chosen_clients_and_the_operator() {
         assert_eq!(spec["policyTypes"], json!(["Ingress"]));
         let ingress = spec["ingress"].as_array().unwrap();
         assert_eq!(ingress.len(), 1);
-        assert_eq!(ingress[0]["ports"], json!([{"protocol": "TCP", "port": 3200}]));
+        assert_eq!(
+            ingress[0]["ports"],
+            json!([{"protocol": "TCP", "port": 3200}])
+        );
         let from = ingress[0]["from"].as_array().unwrap();
         assert_eq!(from.len(), 2);
-        assert_eq!(from[0], json!({"podSelector": {"matchLabels": {"macp.io/auth-client": "true"}}}));
+        assert_eq!(
+            from[0],
+            json!({"podSelector": {"matchLabels": {"macp.io/auth-client": "true"}}})
+        );
         // The operator peer: its own pods, in the release namespace only.
-        assert!(selects(&str_map(&from[1]["podSelector"]["matchLabels"]), &operator_pod_labels));
+        assert!(selects(
+            &str_map(&from[1]["podSelector"]["matchLabels"]),
+            &operator_pod_labels
+        ));
         assert_eq!(
             from[1]["namespaceSelector"],
             json!({"matchLabels": {"kubernetes.io/metadata.name": RELEASE_NS}})
@@ -798,7 +1047,11 @@ fn network_policy_admits_only_chosen_clients_and_the_operator() {
         // No peer admits everything.
         for peer in from {
             assert_ne!(peer, &json!({}), "empty peer admits every pod");
-            assert_ne!(peer["podSelector"], json!({}), "empty podSelector admits every pod");
+            assert_ne!(
+                peer["podSelector"],
+                json!({}),
+                "empty podSelector admits every pod"
+            );
         }
     }
 
@@ -869,7 +1122,10 @@ fn crd_schema() -> Value {
 /// checks the MacpAuth that NOTES.txt tells users to paste.
 fn crd_validation_errors(obj: &Value) -> Vec<String> {
     let validator = jsonschema::validator_for(&crd_schema()).expect("CRD schema compiles");
-    validator.iter_errors(obj).map(|e| format!("{}: {e}", e.instance_path())).collect()
+    validator
+        .iter_errors(obj)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect()
 }
 
 #[test]

@@ -405,6 +405,19 @@ impl Machine<'_> {
             ..RotationStatus::default()
         };
         self.event(true, "EmergencyRotation", message);
+        // Suspects that only verify (a draining or prepublished key) are
+        // withdrawn now: nothing signs with them, and the pod template derived
+        // from the Secret must not roll them back onto pods while the fresh key
+        // is generated. Not through `apply`: the active key is a suspect too,
+        // and it keeps signing until the fresh key replaces it.
+        if !keyset.published.is_empty() {
+            self.actions.push(Action::ApplyKeyset(KeysetPlan {
+                active: keyset.active.kid.clone(),
+                published: Vec::new(),
+                next: keyset.next.as_ref().map(|k| k.kid.clone()),
+                previous: keyset.previous.as_ref().map(|k| k.kid.clone()),
+            }));
+        }
         self.requeue_soon(Duration::ZERO);
     }
 

@@ -11,7 +11,8 @@ pub struct ApiError {
     pub reason: String,
     pub message: String,
     /// `details` of the Status: name, group and kind (plural) of the object concerned.
-    pub details: Option<(String, String, String)>,
+    /// Boxed so `Result<_, ApiError>` stays small (clippy::result_large_err).
+    pub details: Option<Box<(String, String, String)>>,
 }
 
 impl ApiError {
@@ -25,7 +26,11 @@ impl ApiError {
     }
 
     fn with_details(mut self, group: &str, resource: &str, name: &str) -> Self {
-        self.details = Some((name.to_string(), group.to_string(), resource.to_string()));
+        self.details = Some(Box::new((
+            name.to_string(),
+            group.to_string(),
+            resource.to_string(),
+        )));
         self
     }
 
@@ -128,7 +133,8 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
-        if let Some((name, group, kind)) = &self.details {
+        if let Some(details) = &self.details {
+            let (name, group, kind) = details.as_ref();
             v["details"] = json!({ "name": name, "group": group, "kind": kind });
         }
         v

@@ -424,10 +424,8 @@ impl World {
     fn observe_pods(&mut self) {
         let ready: Vec<&Pod> = self.pods.iter().filter(|p| p.ready).collect();
         let mut served_by_all: Option<BTreeSet<String>> = None;
-        let mut served_by_any = BTreeSet::new();
         for p in &ready {
             let s: BTreeSet<String> = p.served().into_iter().collect();
-            served_by_any.extend(s.iter().cloned());
             served_by_all = Some(match served_by_all {
                 None => s,
                 Some(acc) => acc.intersection(&s).cloned().collect(),
@@ -460,13 +458,18 @@ impl World {
             self.t.stopped_signing.insert(kid.clone(), self.now);
         }
         self.t.signing = signing;
-        // Invariant 5: a suspect no ready pod serves any more never comes back.
-        self.t.ever_served.extend(served_by_any.iter().cloned());
+        // Invariant 5: a suspect, once withdrawn (out of the pod template and
+        // no ready pod configured to serve it), never comes back. Judged on
+        // configuration, not on what pods answer: a faulty pod that drops a
+        // key for a while is a pod fault; and a template written before the
+        // emergency request that still rolls out is not a new publication.
+        let configured: BTreeSet<String> = ready.iter().flat_map(|p| p.config.served()).collect();
+        self.t.ever_served.extend(configured.iter().cloned());
         for kid in self.t.suspects.clone() {
             if !self.t.ever_served.contains(&kid) {
                 continue;
             }
-            if !served_by_any.contains(&kid) {
+            if !configured.contains(&kid) && !self.template.served().contains(&kid) {
                 self.t.gone_from_pods.insert(kid);
             } else if self.t.gone_from_pods.contains(&kid) {
                 self.fail(&format!("suspect {kid} is served by a pod again"));

@@ -146,6 +146,8 @@ fn every_phase_under_every_stimulus() {
     use Setup as S;
     use Stimulus as X;
     let em = (P::KeyGenerated, Act::None, "EmergencyRotation");
+    // Where verification-only keys are published, the emergency withdraws them at once.
+    let em_withdraw = (P::KeyGenerated, Act::Apply, "EmergencyRotation");
     let rows: Vec<(Setup, Stimulus, (RotationPhase, Act, &str))> = vec![
         (
             S::KeyGenerated,
@@ -194,7 +196,7 @@ fn every_phase_under_every_stimulus() {
             X::VerifyFail,
             (P::RollingBack, Act::Apply, "VerificationFailed"),
         ),
-        (S::Publishing, X::Emergency, em),
+        (S::Publishing, X::Emergency, em_withdraw),
         (
             S::Publishing,
             X::Request,
@@ -221,7 +223,7 @@ fn every_phase_under_every_stimulus() {
             X::VerifyFail,
             (P::Propagating, Act::None, ""),
         ),
-        (S::Propagating, X::Emergency, em),
+        (S::Propagating, X::Emergency, em_withdraw),
         (
             S::Propagating,
             X::Request,
@@ -248,7 +250,7 @@ fn every_phase_under_every_stimulus() {
             X::VerifyFail,
             (P::RollingBack, Act::Apply, "VerificationFailed"),
         ),
-        (S::Activating, X::Emergency, em),
+        (S::Activating, X::Emergency, em_withdraw),
         (
             S::Activating,
             X::Request,
@@ -271,7 +273,7 @@ fn every_phase_under_every_stimulus() {
             (P::Retiring, Act::Apply, "Retiring"),
         ),
         (S::Draining, X::VerifyFail, (P::Draining, Act::None, "")),
-        (S::Draining, X::Emergency, em),
+        (S::Draining, X::Emergency, em_withdraw),
         (
             S::Draining,
             X::Request,
@@ -360,7 +362,7 @@ fn every_phase_under_every_stimulus() {
             X::VerifyFail,
             (P::RollingBack, Act::None, "RollbackStalled"),
         ),
-        (S::RollingBackFromActivating, X::Emergency, em),
+        (S::RollingBackFromActivating, X::Emergency, em_withdraw),
         (
             S::RollingBackFromActivating,
             X::Request,
@@ -422,10 +424,16 @@ fn every_phase_under_every_stimulus() {
         }
         // Every written keyset is laid out from material the Secret holds and never publishes a suspect.
         if let Some(Action::ApplyKeyset(plan)) = d.actions.first() {
-            plan.check(f.observed.keyset.as_ref().unwrap()).unwrap();
-            for kid in std::iter::once(&plan.active).chain(&plan.published) {
+            let keyset = f.observed.keyset.as_ref().unwrap();
+            plan.check(keyset).unwrap();
+            for kid in &plan.published {
                 assert!(!d.status.suspect_kids.contains(kid), "{ctx}");
             }
+            // A suspect stays active only where it already was (until the fresh key replaces it).
+            assert!(
+                !d.status.suspect_kids.contains(&plan.active) || plan.active == keyset.active.kid,
+                "{ctx}"
+            );
         }
         // The previously active key stays in the Secret through every routine step.
         if let Some(Action::ApplyKeyset(plan)) = d.actions.first()

@@ -5,6 +5,7 @@
 //!   `kube::runtime::Controller` use unchanged.
 //! - [`cluster`]: a deployment controller and kubelet that run the token service
 //!   as real processes on loopback addresses, rolling them like Kubernetes.
+//! - [`endpoints`]: a Service's ready endpoints, from the simulated store or a real cluster's API.
 //! - [`proxy`]: a Service stand-in that forwards to ready pods.
 //! - [`load`]: a load generator that verifies every token with the MACP runtime's verifier.
 //! - [`binary`]: finds (or builds) the service executable the pods run.
@@ -14,5 +15,6 @@
 pub mod apiserver;
 pub mod binary;
 pub mod cluster;
+pub mod endpoints;
 pub mod load;
 pub mod proxy;

@@ -21,7 +21,8 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use crate::apiserver::ApiHandle;
-use crate::proxy::{ServiceProxy, endpoints};
+use crate::endpoints::{EndpointSource, StoreEndpoints};
+use crate::proxy::ServiceProxy;
 
 /// What to mint and how to verify.
 #[derive(Clone, Debug)]
@@ -150,7 +151,7 @@ impl LoadReport {
 
 struct Shared {
     config: LoadConfig,
-    api: ApiHandle,
+    endpoints: Arc<dyn EndpointSource>,
     proxy: ServiceProxy,
     resolver: JwtBearerResolver,
     http: reqwest::Client,
@@ -181,8 +182,19 @@ pub fn token_kid(token: &str) -> Option<String> {
 }
 
 impl LoadGenerator {
-    /// Starts the workers. The verifier fetches the JWKS from `proxy`.
+    /// Starts the workers, minting on the simulated cluster's ready pods. The
+    /// verifier fetches the JWKS from `proxy`.
     pub fn start(api: ApiHandle, proxy: ServiceProxy, config: LoadConfig) -> Self {
+        let endpoints = Arc::new(StoreEndpoints::new(api, &config.namespace, &config.service));
+        Self::start_with(endpoints, proxy, config)
+    }
+
+    /// Starts the workers, minting round-robin on `endpoints`.
+    pub fn start_with(
+        endpoints: Arc<dyn EndpointSource>,
+        proxy: ServiceProxy,
+        config: LoadConfig,
+    ) -> Self {
         let jwt = JwtConfig {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
@@ -196,7 +208,7 @@ impl LoadGenerator {
             .unwrap_or_default();
         let shared = Arc::new(Shared {
             config,
-            api,
+            endpoints,
             proxy,
             resolver,
             http,
@@ -244,8 +256,7 @@ impl Shared {
 
     /// Round-robin over the ready endpoints, in a stable order.
     fn pick(&self) -> Option<SocketAddr> {
-        let mut eps = endpoints(&self.api, &self.config.namespace, &self.config.service);
-        eps.sort();
+        let eps = self.endpoints.endpoints();
         if eps.is_empty() {
             return None;
         }

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::apiserver::ApiHandle;
-use crate::cluster::podspec::is_ready_endpoint;
+use crate::endpoints::{EndpointSource, StoreEndpoints};
 
 /// One JWKS response served through the proxy.
 #[derive(Clone, Debug)]
@@ -30,9 +30,7 @@ pub struct JwksServed {
 }
 
 struct ProxyState {
-    api: ApiHandle,
-    namespace: String,
-    service: String,
+    endpoints: Arc<dyn EndpointSource>,
     http: reqwest::Client,
     jwks: Mutex<Vec<JwksServed>>,
 }
@@ -57,56 +55,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The ready endpoints of Service `namespace/service`, from the stored Service and Pods.
-pub fn endpoints(api: &ApiHandle, namespace: &str, service: &str) -> Vec<SocketAddr> {
-    let Some(svc) = api.get("", "services", Some(namespace), service) else {
-        return Vec::new();
-    };
-    let Some(selector) = svc.pointer("/spec/selector").and_then(Value::as_object) else {
-        return Vec::new();
-    };
-    let port = svc.pointer("/spec/ports/0");
-    let target = port.and_then(|p| p.get("targetPort"));
-    let service_port = port.and_then(|p| p.get("port")).and_then(Value::as_u64);
-    api.list("", "pods", Some(namespace))
-        .into_iter()
-        .filter(|p| {
-            let labels = p.pointer("/metadata/labels");
-            selector
-                .iter()
-                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
-        })
-        .filter(is_ready_endpoint)
-        .filter_map(|p| {
-            let ip = p.pointer("/status/podIP")?.as_str()?.parse().ok()?;
-            let port = match target {
-                Some(Value::Number(n)) => n.as_u64(),
-                Some(Value::String(name)) => named_port(&p, name),
-                _ => service_port,
-            }?;
-            Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
-        })
-        .collect()
-}
-
-fn named_port(pod: &Value, name: &str) -> Option<u64> {
-    pod.pointer("/spec/containers")?
-        .as_array()?
-        .iter()
-        .flat_map(|c| {
-            c.get("ports")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-        })
-        .find(|p| p.get("name").and_then(Value::as_str) == Some(name))?
-        .get("containerPort")?
-        .as_u64()
-}
-
 impl ServiceProxy {
-    /// Listens on `127.0.0.1:<random>` for Service `namespace/service`.
+    /// Listens on `127.0.0.1:<random>` for Service `namespace/service` of the simulated cluster.
     pub async fn start(api: ApiHandle, namespace: &str, service: &str) -> std::io::Result<Self> {
+        Self::start_with(Arc::new(StoreEndpoints::new(api, namespace, service))).await
+    }
+
+    /// Listens on `127.0.0.1:<random>` and forwards to `endpoints` (e.g. the
+    /// ready pods of a real cluster, read through its API).
+    pub async fn start_with(endpoints: Arc<dyn EndpointSource>) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let http = reqwest::Client::builder()
@@ -114,9 +71,7 @@ impl ServiceProxy {
             .build()
             .map_err(std::io::Error::other)?;
         let state = Arc::new(ProxyState {
-            api,
-            namespace: namespace.to_string(),
-            service: service.to_string(),
+            endpoints,
             http,
             jwks: Mutex::new(Vec::new()),
         });
@@ -154,7 +109,12 @@ impl ServiceProxy {
 
     /// The current ready endpoints.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
-        endpoints(&self.state.api, &self.state.namespace, &self.state.service)
+        self.state.endpoints.endpoints()
+    }
+
+    /// Where the proxy forwards to.
+    pub fn endpoint_source(&self) -> Arc<dyn EndpointSource> {
+        self.state.endpoints.clone()
     }
 
     /// Every JWKS served so far, oldest first.
@@ -184,7 +144,7 @@ async fn forward(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let eps = endpoints(&state.api, &state.namespace, &state.service);
+    let eps = state.endpoints.endpoints();
     if eps.is_empty() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoints");
     }

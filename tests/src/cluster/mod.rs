@@ -183,12 +183,11 @@ impl Cluster {
 
     /// Every pod process, running or shutting down, in (namespace, name) order.
     pub fn pods(&self) -> Vec<PodInfo> {
-        self.pods_handle().pods()
-    }
-
-    /// A cheap handle that lists the pods from another task (e.g. a JWKS watcher).
-    pub fn pods_handle(&self) -> PodsHandle {
-        PodsHandle(self.inner.clone())
+        lock(&self.inner.state)
+            .pods
+            .values()
+            .map(|e| e.info.clone())
+            .collect()
     }
 
     /// The ready, non-terminating pods of one Deployment.
@@ -274,21 +273,6 @@ impl Cluster {
         while !lock(&self.inner.state).pods.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-}
-
-/// See [`Cluster::pods_handle`].
-#[derive(Clone)]
-pub struct PodsHandle(Arc<Inner>);
-
-impl PodsHandle {
-    /// Every pod process, as [`Cluster::pods`].
-    pub fn pods(&self) -> Vec<PodInfo> {
-        lock(&self.0.state)
-            .pods
-            .values()
-            .map(|e| e.info.clone())
-            .collect()
     }
 }
 

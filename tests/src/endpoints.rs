@@ -1,0 +1,208 @@
+//! Where a Service's traffic goes: the ready endpoints of a Service, computed
+//! the way kube-proxy follows EndpointSlices (the Service's selector over the
+//! Pods, its first port's `targetPort`), from either the simulated cluster's
+//! store or a real cluster's API. The proxy and the load generator take any
+//! [`EndpointSource`], so the end-to-end scenarios run unchanged on both.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, ListParams};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+use crate::apiserver::ApiHandle;
+use crate::cluster::podspec::is_ready_endpoint;
+
+/// The current ready endpoints of one Service.
+pub trait EndpointSource: Send + Sync + 'static {
+    fn endpoints(&self) -> Vec<SocketAddr>;
+}
+
+/// The ready endpoints of `service` (a Service object) among `pods`.
+pub fn ready_endpoints(service: &Value, pods: &[Value]) -> Vec<SocketAddr> {
+    let Some(selector) = service.pointer("/spec/selector").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    let port = service.pointer("/spec/ports/0");
+    let target = port.and_then(|p| p.get("targetPort"));
+    let service_port = port.and_then(|p| p.get("port")).and_then(Value::as_u64);
+    let mut eps: Vec<SocketAddr> = pods
+        .iter()
+        .filter(|p| {
+            let labels = p.pointer("/metadata/labels");
+            selector
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        })
+        .filter(|p| is_ready_endpoint(p))
+        .filter_map(|p| {
+            let ip = p.pointer("/status/podIP")?.as_str()?.parse().ok()?;
+            let port = match target {
+                Some(Value::Number(n)) => n.as_u64(),
+                Some(Value::String(name)) => named_port(p, name),
+                _ => service_port,
+            }?;
+            Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
+        })
+        .collect();
+    eps.sort();
+    eps
+}
+
+fn named_port(pod: &Value, name: &str) -> Option<u64> {
+    pod.pointer("/spec/containers")?
+        .as_array()?
+        .iter()
+        .flat_map(|c| {
+            c.get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .find(|p| p.get("name").and_then(Value::as_str) == Some(name))?
+        .get("containerPort")?
+        .as_u64()
+}
+
+/// Endpoints read from the simulated cluster's store at every call.
+pub struct StoreEndpoints {
+    api: ApiHandle,
+    namespace: String,
+    service: String,
+}
+
+impl StoreEndpoints {
+    pub fn new(api: ApiHandle, namespace: &str, service: &str) -> Self {
+        Self {
+            api,
+            namespace: namespace.to_string(),
+            service: service.to_string(),
+        }
+    }
+}
+
+impl EndpointSource for StoreEndpoints {
+    fn endpoints(&self) -> Vec<SocketAddr> {
+        let Some(svc) = self
+            .api
+            .get("", "services", Some(&self.namespace), &self.service)
+        else {
+            return Vec::new();
+        };
+        ready_endpoints(&svc, &self.api.list("", "pods", Some(&self.namespace)))
+    }
+}
+
+/// Endpoints read through a Kubernetes API (a real cluster), refreshed in the
+/// background every `period`; the last good answer stays while a refresh fails.
+pub struct ApiEndpoints {
+    current: Arc<Mutex<Vec<SocketAddr>>>,
+    task: JoinHandle<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ApiEndpoints {
+    /// Starts following Service `namespace/service`; the first list is done
+    /// before this returns, so the source is usable at once.
+    pub async fn start(
+        client: kube::Client,
+        namespace: &str,
+        service: &str,
+        period: Duration,
+    ) -> Self {
+        let current = Arc::new(Mutex::new(Vec::new()));
+        let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+        let pods: Api<Pod> = Api::namespaced(client, namespace);
+        let service = service.to_string();
+        let refresh = {
+            let current = current.clone();
+            move || {
+                let services = services.clone();
+                let pods = pods.clone();
+                let service = service.clone();
+                let current = current.clone();
+                async move {
+                    let Ok(svc) = services.get(&service).await else {
+                        return;
+                    };
+                    let Ok(list) = pods.list(&ListParams::default()).await else {
+                        return;
+                    };
+                    let (Ok(svc), Ok(pods)) = (
+                        serde_json::to_value(&svc),
+                        list.items
+                            .iter()
+                            .map(serde_json::to_value)
+                            .collect::<Result<Vec<_>, _>>(),
+                    ) else {
+                        return;
+                    };
+                    *lock(&current) = ready_endpoints(&svc, &pods);
+                }
+            }
+        };
+        refresh().await;
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                refresh().await;
+            }
+        });
+        Self { current, task }
+    }
+}
+
+impl EndpointSource for ApiEndpoints {
+    fn endpoints(&self) -> Vec<SocketAddr> {
+        lock(&self.current).clone()
+    }
+}
+
+impl Drop for ApiEndpoints {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, ip: &str, app: &str, ready: bool) -> Value {
+        json!({
+            "metadata": {"name": name, "labels": {"app": app}},
+            "spec": {"containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 3200}]}]},
+            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}
+        })
+    }
+
+    #[test]
+    fn selects_ready_pods_of_the_service_on_the_target_port() {
+        let pods = [
+            pod("a", "127.0.0.3", "auth", true),
+            pod("b", "127.0.0.2", "auth", true),
+            pod("c", "127.0.0.4", "auth", false),
+            pod("d", "127.0.0.5", "other", true),
+        ];
+        let numeric = json!({"spec": {"selector": {"app": "auth"}, "ports": [{"port": 80, "targetPort": 3200}]}});
+        assert_eq!(
+            ready_endpoints(&numeric, &pods),
+            vec![
+                "127.0.0.2:3200".parse::<SocketAddr>().unwrap(),
+                "127.0.0.3:3200".parse().unwrap()
+            ]
+        );
+        let named = json!({"spec": {"selector": {"app": "auth"}, "ports": [{"port": 80, "targetPort": "http"}]}});
+        assert_eq!(ready_endpoints(&named, &pods).len(), 2);
+        let no_target = json!({"spec": {"selector": {"app": "auth"}, "ports": [{"port": 3300}]}});
+        assert_eq!(ready_endpoints(&no_target, &pods)[0].port(), 3300);
+        assert!(ready_endpoints(&json!({"spec": {}}), &pods).is_empty());
+    }
+}

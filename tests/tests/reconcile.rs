@@ -18,7 +18,7 @@ use macp_auth_operator::crd::{
     SigningAlg, TtlClampStatus,
 };
 use macp_auth_operator::keyset::{self, Keyset, PrivateKey};
-use macp_auth_operator::metrics::Metrics;
+use macp_auth_operator::metrics::{Metrics, ObjectLabels};
 use macp_auth_operator::reconcile::{Context, reconcile};
 use macp_auth_operator::resources::{self, KEYSET_HASH_ANNOTATION};
 use macp_auth_operator::{PodProber, ProbeError, Settings, State, rbac};
@@ -880,6 +880,16 @@ async fn an_emergency_rotation_clamps_the_max_ttl_then_restores_it() {
     );
     assert!(h.event_reasons().contains(&"EmergencyTtlClamp".to_string()));
 
+    let verify_failures = |h: &Harness| {
+        h.ctx
+            .metrics
+            .rotation_verify_failures
+            .get_or_create(&ObjectLabels {
+                namespace: NS.into(),
+                name: "em".into(),
+            })
+            .get()
+    };
     // Drive the emergency to its end: the fresh key signs, the suspect one is gone.
     let mut rounds = 0;
     while h
@@ -894,11 +904,26 @@ async fn an_emergency_rotation_clamps_the_max_ttl_then_restores_it() {
             h.status("em")
         );
         let ks = h.keyset("em");
+        let phase = h.status("em").rotation.map(|r| r.phase);
+        if phase == Some(RotationPhase::Activating) && verify_failures(&h) == 0 {
+            // Both pods come up still serving the suspect key: a failed
+            // verification each, counted, and the emergency keeps trying.
+            h.roll_out("em", &[&old]);
+            h.reconcile("em").await;
+            assert_eq!(verify_failures(&h), 2);
+            assert_eq!(ttls(&h), ("300".into(), "300".into()));
+            continue;
+        }
         h.roll_out("em", &[&ks.active.kid]);
         h.reconcile("em").await;
         // Clamped through every phase.
         assert_eq!(ttls(&h), ("300".into(), "300".into()));
     }
+    assert_eq!(
+        verify_failures(&h),
+        2,
+        "no failure after the pods are right"
+    );
     let s = h.status("em");
     let new = h.keyset("em").active.kid;
     assert_ne!(new, old);

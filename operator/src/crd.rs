@@ -78,7 +78,71 @@ pub struct MacpAuthSpec {
     pub pod_labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pod_annotations: BTreeMap<String, String>,
+    /// Caller authentication for `POST /tokens`; unset leaves minting open (the reference behaviour).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_auth: Option<CallerAuthSpec>,
+    /// Per-caller rate limit on `POST /tokens`; unset means no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+    /// The service's mint audit log; unset or `enabled: false` keeps it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditSpec>,
+    /// Settings that apply only around an emergency rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emergency: Option<EmergencySpec>,
 }
+
+/// A user-created Secret whose `key` holds the accepted caller bearer tokens,
+/// one per line. The kubelet mounts it into the pods; the operator never reads it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CallerAuthSpec {
+    /// Name of the Secret, in the MacpAuth's namespace.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub secret_name: String,
+    /// Key of the Secret holding the tokens.
+    #[serde(default = "default_caller_tokens_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+/// Token bucket per caller (the caller token's identity when `callerAuth` is
+/// set, else the client address: the service decides, there is no key setting).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    /// Sustained mint requests per second and caller.
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub per_second: u32,
+    /// Bucket size: requests a caller may send at once; one second's worth when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub burst: Option<u32>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditSpec {
+    /// One JSON line per mint attempt on the pods' stdout (never the token itself).
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EmergencySpec {
+    /// Max token lifetime while an emergency rotation runs and for
+    /// `rotation.drainSeconds` after it; at most `maxTtlSeconds`.
+    #[schemars(range(min = 60))]
+    pub max_ttl_seconds: i64,
+}
+
+/// Shortest emergency max TTL: below a minute, clock skew between minter and
+/// verifiers rejects tokens that are still meant to be valid.
+pub const MIN_EMERGENCY_MAX_TTL_SECONDS: i64 = 60;
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum SigningAlg {
@@ -160,6 +224,9 @@ fn default_rollout_timeout() -> i64 {
 fn default_true() -> bool {
     true
 }
+fn default_caller_tokens_key() -> String {
+    "tokens".to_string()
+}
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -190,6 +257,20 @@ pub struct MacpAuthStatus {
     /// Kids withdrawn by an emergency rotation: never published again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suspect_kids: Vec<String>,
+    /// Present while the Deployment runs with the emergency max TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emergency_ttl_clamp: Option<TtlClampStatus>,
+}
+
+/// The emergency TTL clamp as rendered into the Deployment.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TtlClampStatus {
+    /// The max TTL the service runs with.
+    pub max_ttl_seconds: i64,
+    /// When the normal max TTL comes back; unset while the emergency rotation is still running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
 }
 
 /// A standard Kubernetes condition.
@@ -218,6 +299,20 @@ pub enum RotationPhase {
     Draining,
     Retiring,
     RollingBack,
+}
+
+impl RotationPhase {
+    /// Every phase, for metrics that report one series per phase.
+    pub const ALL: [RotationPhase; 8] = [
+        RotationPhase::Idle,
+        RotationPhase::KeyGenerated,
+        RotationPhase::Publishing,
+        RotationPhase::Propagating,
+        RotationPhase::Activating,
+        RotationPhase::Draining,
+        RotationPhase::Retiring,
+        RotationPhase::RollingBack,
+    ];
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]

@@ -18,6 +18,7 @@ pub mod resources;
 pub mod rotation;
 pub mod status;
 pub mod telemetry;
+pub mod ttl_clamp;
 pub mod validate;
 
 pub use config::Settings;

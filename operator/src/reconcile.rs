@@ -12,6 +12,11 @@
 //! 5. run the rotation state machine and execute its action (a Secret write,
 //!    confirmed by reading it back, then the Deployment for the new keyset);
 //! 6. patch the status if it changed, then emit events.
+//!
+//! The emergency TTL clamp ([`ttl_clamp`]) is decided from the status: the
+//! objects of step 3 use the persisted one, and when the rotation machine's
+//! new status moves the clamp (an emergency starts), the Deployment is applied
+//! again in step 5. Either way it is a pod-template change, never a keyset one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,12 +40,13 @@ use crate::crd::{
 };
 use crate::diff;
 use crate::keyset::{self, Keyset, KeysetError, LayoutError, PrivateKey};
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::observe::{self, PodTarget, RolloutState};
 use crate::probe::PodProber;
 use crate::resources::{self, BuildError, MANAGER, Owner};
 use crate::rotation::{self, Action, Observed, PodView, Rollout};
 use crate::status::{self, DEGRADED, READY};
+use crate::ttl_clamp::{self, Clamp, TtlLimits};
 use crate::validate;
 
 /// `Degraded` reasons the reconciler owns (rotation owns [`rotation::DEGRADED_REASONS`]).
@@ -229,6 +235,8 @@ struct Round<'a> {
 
 async fn reconcile_one(mauth: &MacpAuth, ctx: &Context) -> Result<Requeue, Error> {
     if mauth.meta().deletion_timestamp.is_some() {
+        ctx.metrics
+            .forget(&mauth.namespace().unwrap_or_default(), &mauth.name_any());
         // Owner references let the garbage collector remove what we created.
         return Ok(Requeue::await_change());
     }
@@ -248,6 +256,12 @@ async fn reconcile_one(mauth: &MacpAuth, ctx: &Context) -> Result<Requeue, Error
     // that stopped early because something is Degraded does.
     let requeue = round.run().await?;
     round.finish().await?;
+    ctx.metrics.observe_rotation(
+        &round.owner.namespace,
+        &round.owner.name,
+        &round.status,
+        round.now,
+    );
     Ok(requeue)
 }
 
@@ -362,7 +376,10 @@ impl Round<'_> {
             )
             .await?,
         );
-        let deployment = self.apply_children(&keyset).await?;
+        let clamp_before = ttl_clamp::clamp_at(self.spec(), &self.status, self.now);
+        let deployment = self
+            .apply_children(&keyset, self.ttl(clamp_before.as_ref()))
+            .await?;
 
         // Observe.
         let hash = keyset.hash();
@@ -387,6 +404,11 @@ impl Round<'_> {
             },
             pods: views.clone(),
         };
+        self.ctx.metrics.verify_failed(
+            &self.owner.namespace,
+            &self.owner.name,
+            metrics::failed_verifications(&self.status, &observed),
+        );
         let new_kid = keyset::new_kid(&self.owner.name, self.now, rand::random());
         let annotations = self.mauth.annotations().clone();
         let decision = rotation::decide(&rotation::Inputs {
@@ -407,8 +429,11 @@ impl Round<'_> {
             current = next;
         }
         let keyset_changed = current.hash() != hash;
-        if keyset_changed {
-            self.apply_children(&current).await?;
+        let clamp_after = ttl_clamp::clamp_at(self.spec(), &decision.status, self.now);
+        let ttl_changed = self.ttl(clamp_after.as_ref()) != self.ttl(clamp_before.as_ref());
+        if keyset_changed || ttl_changed {
+            self.apply_children(&current, self.ttl(clamp_after.as_ref()))
+                .await?;
         }
 
         self.status = decision.status;
@@ -418,23 +443,31 @@ impl Round<'_> {
         for e in decision.events {
             self.note(e.warning, &e.reason, e.message);
         }
+        self.record_clamp(clamp_after);
 
-        let ready_requeue = if keyset_changed {
+        let ready_requeue = if keyset_changed || ttl_changed {
+            let what = if keyset_changed {
+                "a new keyset"
+            } else {
+                "new token TTLs"
+            };
             self.undegrade();
             self.set(
                 READY,
                 false,
                 "RollingOut",
-                "rolling the pods onto a new keyset",
+                &format!("rolling the pods onto {what}"),
             );
             Some(NOT_READY_REQUEUE)
         } else {
             self.assess_ready(&rollout, &current, &views)
         };
 
+        // The clamp's end is a deadline nobody else watches: requeue for it.
         let requeue = [
             decision.requeue_after,
             ready_requeue,
+            ttl_clamp::requeue_after(clamp_after.as_ref(), self.now),
             Some(self.ctx.settings.resync_interval),
         ]
         .into_iter()
@@ -442,6 +475,54 @@ impl Round<'_> {
         .min()
         .unwrap_or(self.ctx.settings.resync_interval);
         Ok(Requeue::requeue(requeue))
+    }
+
+    /// The TTLs to render with `clamp`.
+    fn ttl(&self, clamp: Option<&Clamp>) -> TtlLimits {
+        ttl_clamp::limits(self.spec(), clamp)
+    }
+
+    /// Records the clamp in status and announces when it starts and when it is lifted.
+    fn record_clamp(&mut self, clamp: Option<Clamp>) {
+        let was = self
+            .mauth
+            .status
+            .as_ref()
+            .and_then(|s| s.emergency_ttl_clamp.clone());
+        let normal = self.ttl(None);
+        match (&was, clamp) {
+            (None, Some(c)) => {
+                let ttl = self.ttl(Some(&c));
+                let request = self
+                    .status
+                    .rotation
+                    .as_ref()
+                    .and_then(|r| r.request_id.clone())
+                    .unwrap_or_else(|| "?".into());
+                info!(name = %self.owner.name, namespace = %self.owner.namespace, max_ttl = ttl.max_ttl_seconds, %request, "emergency TTL clamp on");
+                self.note(
+                    false,
+                    "EmergencyTtlClamp",
+                    format!(
+                        "emergency rotation {request}: max token TTL lowered from {}s to {}s (default {}s) until drainSeconds after the rotation",
+                        normal.max_ttl_seconds, ttl.max_ttl_seconds, ttl.default_ttl_seconds
+                    ),
+                );
+            }
+            (Some(_), None) => {
+                info!(name = %self.owner.name, namespace = %self.owner.namespace, max_ttl = normal.max_ttl_seconds, "emergency TTL clamp lifted");
+                self.note(
+                    false,
+                    "EmergencyTtlRestored",
+                    format!(
+                        "max token TTL restored to {}s (default {}s)",
+                        normal.max_ttl_seconds, normal.default_ttl_seconds
+                    ),
+                );
+            }
+            _ => {}
+        }
+        self.status.emergency_ttl_clamp = clamp.map(Clamp::to_status);
     }
 
     /// The Secret exists but holds no usable active key: report it and touch nothing.
@@ -571,8 +652,8 @@ impl Round<'_> {
         }
     }
 
-    /// Applies the Deployment for `keys`, the Service and the ConfigMap; returns the live Deployment.
-    async fn apply_children(&self, keys: &Keyset) -> Result<Deployment, Error> {
+    /// Applies the Deployment for `keys` and `ttl`, the Service and the ConfigMap; returns the live Deployment.
+    async fn apply_children(&self, keys: &Keyset, ttl: TtlLimits) -> Result<Deployment, Error> {
         let spec = self.spec();
         let image = spec
             .image
@@ -581,7 +662,7 @@ impl Round<'_> {
         let m = &self.ctx.metrics;
         let name = &self.owner.name;
         let live = self.apis.deployments.get_opt(name).await?;
-        let desired = resources::deployment(&self.owner, spec, &image, &keys.hash());
+        let desired = resources::deployment(&self.owner, spec, &image, &keys.hash(), ttl);
         let deployment = apply(&self.apis.deployments, live.as_ref(), &desired, m).await?;
         let live = self.apis.services.get_opt(name).await?;
         apply(

@@ -8,15 +8,18 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecretKeySelector,
-    SecurityContext, Service, ServicePort, ServiceSpec,
+    KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{MacpAuth, MacpAuthSpec, SigningAlg};
+use crate::crd::{CallerAuthSpec, MacpAuth, MacpAuthSpec, SigningAlg};
 use crate::keyset::{self, Keyset};
+use crate::ttl_clamp::TtlLimits;
+use macp_auth_service::config as service_env;
 
 pub const NAME_LABEL: &str = "app.kubernetes.io/name";
 pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
@@ -28,6 +31,15 @@ pub const KEYSET_HASH_ANNOTATION: &str = "macp.io/keyset-hash";
 pub const CONTAINER_NAME: &str = "auth-service";
 /// UID/GID of the `nonroot` user of distroless images (and of our Dockerfile).
 pub const RUN_AS_USER: i64 = 65532;
+/// Volume holding the caller tokens from `spec.callerAuth`.
+pub const CALLER_TOKENS_VOLUME: &str = "caller-tokens";
+/// Where that volume is mounted (a directory of its own, read-only).
+pub const CALLER_TOKENS_DIR: &str = "/etc/macp-auth/callers";
+/// File name of the tokens inside [`CALLER_TOKENS_DIR`], whatever the Secret's key is called.
+pub const CALLER_TOKENS_FILE: &str = "tokens";
+/// Mode of the tokens file: owner and group read only (0440); the group is
+/// the pod's `fsGroup`, so the non-root service can read it and nobody else.
+pub const CALLER_TOKENS_MODE: i32 = 0o440;
 
 /// Why the objects of a resource cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -173,14 +185,90 @@ where
     (!map.is_empty()).then(|| map.clone())
 }
 
-/// The token service Deployment. `image` is the resolved image (spec or operator default).
+/// Path of the caller tokens file inside the pod.
+pub fn caller_tokens_path() -> String {
+    format!("{CALLER_TOKENS_DIR}/{CALLER_TOKENS_FILE}")
+}
+
+/// The Secret volume with only the tokens key of `auth`.
+///
+/// A volume rather than an env var on purpose: the kubelet refreshes a
+/// mounted Secret in place when it changes (a symlink swap the service's
+/// reload-by-path polling picks up), so adding or revoking a caller token
+/// needs no restart. An env var, or a `subPath` mount, would freeze the value
+/// at pod start. The operator itself never reads this Secret: the kubelet
+/// mounts it, so the operator's RBAC needs nothing for it.
+fn caller_tokens_volume(auth: &CallerAuthSpec) -> Volume {
+    Volume {
+        name: CALLER_TOKENS_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(auth.secret_name.clone()),
+            items: Some(vec![KeyToPath {
+                key: auth.key.clone(),
+                path: CALLER_TOKENS_FILE.into(),
+                mode: Some(CALLER_TOKENS_MODE),
+            }]),
+            default_mode: Some(CALLER_TOKENS_MODE),
+            // Starting without the tokens would silently open minting to anyone.
+            optional: Some(false),
+        }),
+        ..Volume::default()
+    }
+}
+
+fn caller_tokens_mount() -> VolumeMount {
+    VolumeMount {
+        name: CALLER_TOKENS_VOLUME.into(),
+        mount_path: CALLER_TOKENS_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// The container's environment: the spec's settings with `ttl` (possibly the
+/// emergency clamp) for the TTLs, keys from the Secret, and the issue-6
+/// controls only when they are set, so a resource without them renders the
+/// reference service's configuration unchanged.
+fn service_env(owner: &Owner, spec: &MacpAuthSpec, ttl: TtlLimits) -> Vec<EnvVar> {
+    let secret = owner.secret_name();
+    let mut vars = vec![
+        env(service_env::PORT, spec.port),
+        env(service_env::ISSUER, &spec.issuer),
+        env(service_env::AUDIENCE, &spec.audience),
+        env(service_env::MAX_TTL, ttl.max_ttl_seconds),
+        env(service_env::DEFAULT_TTL, ttl.default_ttl_seconds),
+        env(service_env::SIGNING_ALG, alg_name(spec.signing_alg)),
+        secret_env(service_env::SIGNING_KEY_JSON, &secret, keyset::ACTIVE),
+        secret_env(
+            service_env::VERIFICATION_KEYS_JSON,
+            &secret,
+            keyset::PUBLISHED,
+        ),
+    ];
+    if spec.caller_auth.is_some() {
+        vars.push(env(service_env::MINT_TOKENS_FILE, caller_tokens_path()));
+    }
+    if let Some(rl) = &spec.rate_limit {
+        vars.push(env(service_env::RATE_LIMIT_PER_SECOND, rl.per_second));
+        if let Some(burst) = rl.burst {
+            vars.push(env(service_env::RATE_LIMIT_BURST, burst));
+        }
+    }
+    if spec.audit.as_ref().is_some_and(|a| a.enabled) {
+        vars.push(env(service_env::AUDIT_LOG, "stdout"));
+    }
+    vars
+}
+
+/// The token service Deployment. `image` is the resolved image (spec or
+/// operator default); `ttl` the TTLs to run with (see [`crate::ttl_clamp`]).
 pub fn deployment(
     owner: &Owner,
     spec: &MacpAuthSpec,
     image: &str,
     keyset_hash: &str,
+    ttl: TtlLimits,
 ) -> Deployment {
-    let secret = owner.secret_name();
     // User pod labels first so they can never replace the selector labels.
     let mut pod_labels = spec.pod_labels.clone();
     pod_labels.extend(common_labels(&owner.name));
@@ -197,20 +285,11 @@ pub fn deployment(
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        env: Some(vec![
-            env("PORT", spec.port),
-            env("MACP_AUTH_ISSUER", &spec.issuer),
-            env("MACP_AUTH_AUDIENCE", &spec.audience),
-            env("MACP_AUTH_MAX_TTL_SECONDS", spec.max_ttl_seconds),
-            env("MACP_AUTH_DEFAULT_TTL_SECONDS", spec.default_ttl_seconds),
-            env("MACP_AUTH_SIGNING_ALG", alg_name(spec.signing_alg)),
-            secret_env("MACP_AUTH_SIGNING_KEY_JSON", &secret, keyset::ACTIVE),
-            secret_env(
-                "MACP_AUTH_VERIFICATION_KEYS_JSON",
-                &secret,
-                keyset::PUBLISHED,
-            ),
-        ]),
+        env: Some(service_env(owner, spec, ttl)),
+        volume_mounts: spec
+            .caller_auth
+            .as_ref()
+            .map(|_| vec![caller_tokens_mount()]),
         readiness_probe: Some(health_probe(5, 3)),
         liveness_probe: Some(health_probe(10, 3)),
         resources: spec.resources.clone(),
@@ -263,9 +342,16 @@ pub fn deployment(
                         run_as_non_root: Some(true),
                         run_as_user: Some(RUN_AS_USER),
                         run_as_group: Some(RUN_AS_USER),
+                        // Gives the tokens file (mode 0440) to the service's group; only
+                        // with callerAuth, so other pod templates stay as they were.
+                        fs_group: spec.caller_auth.as_ref().map(|_| RUN_AS_USER),
                         seccomp_profile: Some(runtime_default_seccomp()),
                         ..PodSecurityContext::default()
                     }),
+                    volumes: spec
+                        .caller_auth
+                        .as_ref()
+                        .map(|auth| vec![caller_tokens_volume(auth)]),
                     node_selector: non_empty(&spec.node_selector),
                     tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
                     // The service drains in-flight requests within 10 s of SIGTERM.
@@ -307,6 +393,9 @@ pub fn jwks_url(owner: &Owner, spec: &MacpAuthSpec) -> String {
 }
 
 /// `<name>-verifier-config`, for the MACP runtime to `envFrom`.
+///
+/// It carries the verifiers' JWKS cache TTL, not token lifetimes, so the
+/// emergency TTL clamp (which changes only the minting side) does not touch it.
 pub fn verifier_config_map(owner: &Owner, spec: &MacpAuthSpec) -> ConfigMap {
     ConfigMap {
         metadata: owner.meta(owner.config_map_name()),
@@ -339,6 +428,14 @@ mod tests {
 
     fn owner() -> Owner {
         Owner::of(&mauth(serde_json::json!({}))).unwrap()
+    }
+
+    fn plain(spec: &MacpAuthSpec) -> TtlLimits {
+        crate::ttl_clamp::limits(spec, None)
+    }
+
+    fn pod_spec(d: &Deployment) -> PodSpec {
+        d.spec.clone().unwrap().template.spec.unwrap()
     }
 
     fn env_of(d: &Deployment) -> BTreeMap<String, EnvVar> {
@@ -380,7 +477,7 @@ mod tests {
         let ks = Keyset::initial(PrivateKey::generate(SigningAlg::ES256, "k1", 2048).unwrap());
         let metas = [
             secret(&o, &ks).metadata,
-            deployment(&o, &spec, "img:1", &ks.hash()).metadata,
+            deployment(&o, &spec, "img:1", &ks.hash(), plain(&spec)).metadata,
             service(&o, &spec).metadata,
             verifier_config_map(&o, &spec).metadata,
         ];
@@ -419,7 +516,7 @@ mod tests {
             "defaultTtlSeconds": 60, "signingAlg": "ES256", "port": 8080, "replicas": 3
         }))
         .spec;
-        let d = deployment(&owner(), &spec, "img:1", "abc");
+        let d = deployment(&owner(), &spec, "img:1", "abc", plain(&spec));
         let env = env_of(&d);
         let plain = |k: &str| env[k].value.clone().unwrap();
         assert_eq!(plain("PORT"), "8080");
@@ -478,6 +575,105 @@ mod tests {
     }
 
     #[test]
+    fn hardening_settings_render_nothing_when_unset() {
+        let spec = mauth(serde_json::json!({"audit": {"enabled": false}})).spec;
+        let d = deployment(&owner(), &spec, "img", "h", plain(&spec));
+        let env = env_of(&d);
+        for var in [
+            service_env::MINT_TOKENS_FILE,
+            service_env::RATE_LIMIT_PER_SECOND,
+            service_env::RATE_LIMIT_BURST,
+            service_env::AUDIT_LOG,
+        ] {
+            assert!(!env.contains_key(var), "{var} rendered");
+        }
+        assert_eq!(env.len(), 8);
+        let ps = pod_spec(&d);
+        assert!(ps.volumes.is_none());
+        assert!(ps.containers[0].volume_mounts.is_none());
+        assert!(ps.security_context.unwrap().fs_group.is_none());
+    }
+
+    #[test]
+    fn caller_auth_mounts_only_the_tokens_key_read_only() {
+        let spec = mauth(serde_json::json!({
+            "callerAuth": {"secretName": "minters", "key": "callers.txt"}
+        }))
+        .spec;
+        let d = deployment(&owner(), &spec, "img", "h", plain(&spec));
+        let env = env_of(&d);
+        assert_eq!(
+            env[service_env::MINT_TOKENS_FILE].value.as_deref(),
+            Some("/etc/macp-auth/callers/tokens")
+        );
+        let ps = pod_spec(&d);
+        let vols = ps.volumes.clone().unwrap();
+        assert_eq!(vols.len(), 1);
+        let sv = vols[0].secret.clone().unwrap();
+        assert_eq!(sv.secret_name.as_deref(), Some("minters"));
+        assert_eq!(sv.optional, Some(false));
+        let items = sv.items.unwrap();
+        assert_eq!(items.len(), 1, "only the tokens key is projected");
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("callers.txt", "tokens")
+        );
+        // 0440 or tighter: no write bit, nothing for others.
+        for mode in [items[0].mode.unwrap(), sv.default_mode.unwrap()] {
+            assert_eq!(mode & !0o440, 0, "mode {mode:o}");
+        }
+        let mounts = ps.containers[0].volume_mounts.clone().unwrap();
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].name, vols[0].name);
+        assert_eq!(mounts[0].mount_path, "/etc/macp-auth/callers");
+        assert_eq!(mounts[0].read_only, Some(true));
+        // No subPath: a subPath mount is never refreshed when the Secret changes.
+        assert!(mounts[0].sub_path.is_none());
+        assert_eq!(ps.security_context.unwrap().fs_group, Some(RUN_AS_USER));
+    }
+
+    #[test]
+    fn rate_limit_and_audit_map_to_the_service_variables() {
+        let spec = mauth(serde_json::json!({
+            "rateLimit": {"perSecond": 20}, "audit": {"enabled": true}
+        }))
+        .spec;
+        let env = env_of(&deployment(&owner(), &spec, "img", "h", plain(&spec)));
+        let plain_env = |k: &str| env[k].value.clone().unwrap();
+        assert_eq!(plain_env("MACP_AUTH_RATE_LIMIT_PER_SECOND"), "20");
+        assert!(!env.contains_key("MACP_AUTH_RATE_LIMIT_BURST"));
+        assert_eq!(plain_env("MACP_AUTH_AUDIT_LOG"), "stdout");
+        let spec = mauth(serde_json::json!({"rateLimit": {"perSecond": 20, "burst": 40}})).spec;
+        let env = env_of(&deployment(&owner(), &spec, "img", "h", plain(&spec)));
+        assert_eq!(
+            env["MACP_AUTH_RATE_LIMIT_BURST"].value.as_deref(),
+            Some("40")
+        );
+    }
+
+    #[test]
+    fn ttl_limits_are_rendered_as_given() {
+        let spec = mauth(serde_json::json!({"emergency": {"maxTtlSeconds": 120}})).spec;
+        let ttl = TtlLimits {
+            max_ttl_seconds: 120,
+            default_ttl_seconds: 120,
+        };
+        let d = deployment(&owner(), &spec, "img", "h", ttl);
+        let env = env_of(&d);
+        assert_eq!(
+            env["MACP_AUTH_MAX_TTL_SECONDS"].value.as_deref(),
+            Some("120")
+        );
+        assert_eq!(
+            env["MACP_AUTH_DEFAULT_TTL_SECONDS"].value.as_deref(),
+            Some("120")
+        );
+        // Same keyset hash: a clamp is a rolling restart, never a key change.
+        let meta = d.spec.unwrap().template.metadata.unwrap();
+        assert_eq!(meta.annotations.unwrap()[KEYSET_HASH_ANNOTATION], "h");
+    }
+
+    #[test]
     fn scheduling_and_pod_metadata_from_spec() {
         let mut spec = mauth(serde_json::json!({})).spec;
         spec.resources = Some(ResourceRequirements {
@@ -502,7 +698,7 @@ mod tests {
             ("prometheus.io/scrape".to_string(), "true".to_string()),
             (KEYSET_HASH_ANNOTATION.to_string(), "forged".to_string()),
         ]);
-        let d = deployment(&owner(), &spec, "img", "real");
+        let d = deployment(&owner(), &spec, "img", "real", plain(&spec));
         let t = d.spec.unwrap().template;
         let meta = t.metadata.unwrap();
         let labels = meta.labels.unwrap();

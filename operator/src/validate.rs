@@ -6,7 +6,10 @@
 //! `rotation.interval` is checked by the rotation state machine, which owns
 //! the schedule (reason `InvalidRotationInterval`).
 
-use crate::crd::MacpAuthSpec;
+use crate::crd::{MIN_EMERGENCY_MAX_TTL_SECONDS, MacpAuthSpec};
+
+/// Highest rate-limit setting the token service accepts (it exits at startup above it).
+pub const RATE_LIMIT_MAX: u32 = 1_000_000;
 
 /// `Degraded` reason for a spec refused here.
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
@@ -27,6 +30,16 @@ pub enum SpecError {
     RsaKeyBits(u32),
     #[error("image must not be empty (omit it to use the operator's default)")]
     EmptyImage,
+    #[error("emergency.maxTtlSeconds ({emergency}) must not exceed maxTtlSeconds ({max})")]
+    EmergencyAboveMax { emergency: i64, max: i64 },
+    #[error("callerAuth.{0} must not be empty")]
+    EmptyCallerAuth(&'static str),
+    #[error(
+        "callerAuth.key {0:?} is not a valid Secret key (letters, digits, '-', '_' and '.' only)"
+    )]
+    CallerAuthKey(String),
+    #[error("rateLimit.{field} must be between 1 and {RATE_LIMIT_MAX}, got {value}")]
+    RateLimit { field: &'static str, value: u32 },
 }
 
 /// Every problem of `spec`, in field order; empty when it is valid.
@@ -63,6 +76,54 @@ pub fn validate(spec: &MacpAuthSpec) -> Vec<SpecError> {
     }
     if spec.image.as_deref().is_some_and(|i| i.trim().is_empty()) {
         errors.push(SpecError::EmptyImage);
+    }
+    errors.extend(validate_hardening(spec));
+    errors
+}
+
+/// The issue-6 settings: caller auth, rate limit and the emergency max TTL.
+fn validate_hardening(spec: &MacpAuthSpec) -> Vec<SpecError> {
+    let mut errors = Vec::new();
+    if let Some(auth) = &spec.caller_auth {
+        if auth.secret_name.trim().is_empty() {
+            errors.push(SpecError::EmptyCallerAuth("secretName"));
+        }
+        if auth.key.is_empty() {
+            errors.push(SpecError::EmptyCallerAuth("key"));
+        } else if !auth
+            .key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            errors.push(SpecError::CallerAuthKey(auth.key.clone()));
+        }
+    }
+    if let Some(rl) = &spec.rate_limit {
+        let fields = [("perSecond", Some(rl.per_second)), ("burst", rl.burst)];
+        for (field, value) in fields {
+            if let Some(value) = value
+                && !(1..=RATE_LIMIT_MAX).contains(&value)
+            {
+                errors.push(SpecError::RateLimit { field, value });
+            }
+        }
+    }
+    if let Some(em) = &spec.emergency {
+        if em.max_ttl_seconds < MIN_EMERGENCY_MAX_TTL_SECONDS {
+            errors.push(SpecError::TooSmall {
+                field: "emergency.maxTtlSeconds",
+                min: MIN_EMERGENCY_MAX_TTL_SECONDS,
+                value: em.max_ttl_seconds,
+            });
+        }
+        // A larger cap would not clamp anything: almost surely a mistake
+        // that would leave the incident without its shortened lifetimes.
+        if em.max_ttl_seconds > spec.max_ttl_seconds {
+            errors.push(SpecError::EmergencyAboveMax {
+                emergency: em.max_ttl_seconds,
+                max: spec.max_ttl_seconds,
+            });
+        }
     }
     errors
 }
@@ -130,5 +191,78 @@ mod tests {
         assert!(errs.contains(&SpecError::EmptyImage));
         let msg = message(&errs);
         assert!(msg.contains("replicas must be at least 1, got 0"), "{msg}");
+    }
+
+    #[test]
+    fn hardening_settings_are_off_by_default_and_valid_when_sane() {
+        let s = spec(serde_json::json!({}));
+        assert!(s.caller_auth.is_none() && s.rate_limit.is_none());
+        assert!(s.audit.is_none() && s.emergency.is_none());
+        let s = spec(serde_json::json!({
+            "callerAuth": {"secretName": "minters"},
+            "rateLimit": {"perSecond": 50, "burst": 100},
+            "audit": {"enabled": true},
+            "emergency": {"maxTtlSeconds": 300}
+        }));
+        assert_eq!(s.caller_auth.as_ref().unwrap().key, "tokens");
+        assert_eq!(validate(&s), vec![]);
+        // Equal to maxTtlSeconds is allowed (a no-op clamp).
+        let s = spec(
+            serde_json::json!({"maxTtlSeconds": 300, "defaultTtlSeconds": 60,
+            "emergency": {"maxTtlSeconds": 300}}),
+        );
+        assert_eq!(validate(&s), vec![]);
+    }
+
+    #[test]
+    fn emergency_max_ttl_must_be_at_least_a_minute_and_at_most_max() {
+        let errs = validate(&spec(serde_json::json!({
+            "maxTtlSeconds": 600, "emergency": {"maxTtlSeconds": 900}
+        })));
+        assert_eq!(
+            errs,
+            vec![SpecError::EmergencyAboveMax {
+                emergency: 900,
+                max: 600
+            }]
+        );
+        assert_eq!(
+            message(&errs),
+            "emergency.maxTtlSeconds (900) must not exceed maxTtlSeconds (600)"
+        );
+        let errs = validate(&spec(
+            serde_json::json!({"emergency": {"maxTtlSeconds": 30}}),
+        ));
+        assert_eq!(
+            message(&errs),
+            "emergency.maxTtlSeconds must be at least 60, got 30"
+        );
+    }
+
+    #[test]
+    fn caller_auth_and_rate_limit_bounds_are_rechecked() {
+        let errs = validate(&spec(serde_json::json!({
+            "callerAuth": {"secretName": " ", "key": "../tokens"},
+            "rateLimit": {"perSecond": 0, "burst": 2_000_000}
+        })));
+        assert_eq!(
+            errs,
+            vec![
+                SpecError::EmptyCallerAuth("secretName"),
+                SpecError::CallerAuthKey("../tokens".into()),
+                SpecError::RateLimit {
+                    field: "perSecond",
+                    value: 0
+                },
+                SpecError::RateLimit {
+                    field: "burst",
+                    value: 2_000_000
+                },
+            ]
+        );
+        let errs = validate(&spec(
+            serde_json::json!({"callerAuth": {"secretName": "s", "key": ""}}),
+        ));
+        assert_eq!(message(&errs), "callerAuth.key must not be empty");
     }
 }

@@ -67,6 +67,9 @@ fn samples_validate_and_deserialize() {
     assert_eq!(prod.spec.replicas, 3);
     assert_eq!(prod.spec.rotation.interval.as_deref(), Some("720h"));
     assert!(prod.spec.resources.is_some());
+    assert!(prod.spec.caller_auth.is_some() && prod.spec.rate_limit.is_some());
+    assert!(prod.spec.audit.is_some_and(|a| a.enabled));
+    assert_eq!(prod.spec.emergency.map(|e| e.max_ttl_seconds), Some(300));
 }
 
 #[test]
@@ -86,6 +89,15 @@ fn bad_resources_are_refused_by_the_schema() {
         json!({"rotation": {"rolloutTimeoutSeconds": 0}}),
         json!({"rotation": {"drainSeconds": -1}}),
         json!({"replicas": "two"}),
+        json!({"callerAuth": {}}),
+        json!({"callerAuth": {"secretName": "Not_A_Name"}}),
+        json!({"callerAuth": {"secretName": "s", "key": "a/b"}}),
+        json!({"rateLimit": {"perSecond": 0}}),
+        json!({"rateLimit": {"burst": 10}}),
+        json!({"rateLimit": {"perSecond": 10, "burst": 0}}),
+        json!({"audit": {"enabled": "yes"}}),
+        json!({"emergency": {"maxTtlSeconds": 59}}),
+        json!({"emergency": {}}),
     ];
     for spec in bad_specs {
         let mut r = base.clone();

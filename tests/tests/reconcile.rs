@@ -13,9 +13,12 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::api::{Api, PostParams};
 use kube::runtime::events::{Recorder, Reporter};
 use macp_auth_e2e::apiserver::{FakeApiServer, RecordedRequest};
-use macp_auth_operator::crd::{MacpAuth, MacpAuthStatus, SigningAlg};
+use macp_auth_operator::crd::{
+    EMERGENCY_ROTATE_ANNOTATION, MacpAuth, MacpAuthStatus, RotationPhase, RotationTrigger,
+    SigningAlg, TtlClampStatus,
+};
 use macp_auth_operator::keyset::{self, Keyset, PrivateKey};
-use macp_auth_operator::metrics::Metrics;
+use macp_auth_operator::metrics::{Metrics, ObjectLabels};
 use macp_auth_operator::reconcile::{Context, reconcile};
 use macp_auth_operator::resources::{self, KEYSET_HASH_ANNOTATION};
 use macp_auth_operator::{PodProber, ProbeError, Settings, State, rbac};
@@ -730,4 +733,270 @@ async fn the_controller_survives_a_restart_with_the_same_key_and_no_writes() {
     assert_eq!(condition(&h.status("h"), "Ready").0, "True");
     h.assert_rbac_covers_requests();
     task.abort();
+}
+
+fn pod_spec(d: &Deployment) -> k8s_openapi::api::core::v1::PodSpec {
+    d.spec.clone().unwrap().template.spec.unwrap()
+}
+
+#[tokio::test]
+async fn caller_auth_rate_limit_and_audit_are_rendered_and_are_not_a_rotation() {
+    let h = Harness::new().await;
+    let mut spec = es256();
+    spec["callerAuth"] = json!({"secretName": "minters"});
+    spec["rateLimit"] = json!({"perSecond": 25, "burst": 50});
+    spec["audit"] = json!({"enabled": true});
+    h.create("ca", spec).await;
+    h.reconcile("ca").await;
+    let kid = h.keyset("ca").active.kid;
+
+    let d = h.deployment("ca").unwrap();
+    let env = container_env(&d);
+    assert_eq!(
+        env["MACP_AUTH_MINT_TOKENS_FILE"],
+        "/etc/macp-auth/callers/tokens"
+    );
+    assert_eq!(env["MACP_AUTH_RATE_LIMIT_PER_SECOND"], "25");
+    assert_eq!(env["MACP_AUTH_RATE_LIMIT_BURST"], "50");
+    assert_eq!(env["MACP_AUTH_AUDIT_LOG"], "stdout");
+    let ps = pod_spec(&d);
+    let volume = &ps.volumes.as_ref().unwrap()[0];
+    let source = volume.secret.as_ref().unwrap();
+    assert_eq!(source.secret_name.as_deref(), Some("minters"));
+    let items = source.items.as_ref().unwrap();
+    assert_eq!(
+        (items.len(), items[0].key.as_str(), items[0].mode),
+        (1, "tokens", Some(0o440))
+    );
+    let mount = &ps.containers[0].volume_mounts.as_ref().unwrap()[0];
+    assert_eq!(
+        (
+            mount.name.as_str(),
+            mount.mount_path.as_str(),
+            mount.read_only
+        ),
+        (volume.name.as_str(), "/etc/macp-auth/callers", Some(true))
+    );
+    // The kubelet mounts the callers Secret: the operator never asks for it.
+    assert!(
+        h.server
+            .requests()
+            .iter()
+            .all(|r| !(r.resource == "secrets" && r.name.as_deref() == Some("minters"))),
+        "the operator touched the callers Secret"
+    );
+    h.roll_out("ca", &[&kid]);
+    h.reconcile("ca").await;
+    assert_eq!(condition(&h.status("ca"), "Ready").0, "True");
+    let history = h.status("ca").history.len();
+
+    // Turning them off rolls the pods but is no key rotation.
+    h.server
+        .modify_as::<MacpAuth>(Some(NS), "ca", |m| {
+            m.spec.caller_auth = None;
+            m.spec.rate_limit = None;
+            m.spec.audit = None;
+        })
+        .unwrap();
+    h.server.reset_log();
+    h.reconcile("ca").await;
+    let d = h.deployment("ca").unwrap();
+    let env = container_env(&d);
+    for var in [
+        "MACP_AUTH_MINT_TOKENS_FILE",
+        "MACP_AUTH_RATE_LIMIT_PER_SECOND",
+        "MACP_AUTH_RATE_LIMIT_BURST",
+        "MACP_AUTH_AUDIT_LOG",
+    ] {
+        assert!(!env.contains_key(var), "{var} still rendered");
+    }
+    let ps = pod_spec(&d);
+    assert!(ps.volumes.unwrap_or_default().is_empty());
+    assert!(
+        ps.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap_or_default()
+            .is_empty()
+    );
+    assert_eq!(h.keyset("ca").active.kid, kid);
+    assert_eq!(template_hash(&d), keyset::keyset_hash(&kid, &[]));
+    assert!(
+        h.writes().iter().all(|w| w.resource != "secrets"),
+        "{:?}",
+        h.writes()
+    );
+    let s = h.status("ca");
+    assert_eq!(s.history.len(), history);
+    assert!(s.rotation.is_none_or(|r| r.phase == RotationPhase::Idle));
+    h.assert_rbac_covers_requests();
+}
+
+#[tokio::test]
+async fn an_emergency_rotation_clamps_the_max_ttl_then_restores_it() {
+    let h = Harness::new().await;
+    let mut spec = es256();
+    spec["maxTtlSeconds"] = json!(3600);
+    spec["defaultTtlSeconds"] = json!(900);
+    spec["rotation"] = json!({"drainSeconds": 600});
+    spec["emergency"] = json!({"maxTtlSeconds": 300});
+    h.create("em", spec).await;
+    h.reconcile("em").await;
+    let old = h.keyset("em").active.kid;
+    h.roll_out("em", &[&old]);
+    h.reconcile("em").await;
+    assert_eq!(condition(&h.status("em"), "Ready").0, "True");
+    let ttls = |h: &Harness| {
+        let env = container_env(&h.deployment("em").unwrap());
+        (
+            env["MACP_AUTH_MAX_TTL_SECONDS"].clone(),
+            env["MACP_AUTH_DEFAULT_TTL_SECONDS"].clone(),
+        )
+    };
+    assert_eq!(ttls(&h), ("3600".into(), "900".into()));
+
+    // The incident: an emergency rotation is requested.
+    h.server
+        .modify_as::<MacpAuth>(Some(NS), "em", |m| {
+            m.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(EMERGENCY_ROTATE_ANNOTATION.into(), "INC-7".into());
+        })
+        .unwrap();
+    h.reconcile("em").await;
+    let s = h.status("em");
+    let rot = s.rotation.clone().unwrap();
+    assert_eq!(rot.trigger, Some(RotationTrigger::Emergency));
+    assert_ne!(rot.phase, RotationPhase::Idle);
+    // Clamped from the round the emergency starts in.
+    assert_eq!(ttls(&h), ("300".into(), "300".into()));
+    assert_eq!(
+        s.emergency_ttl_clamp,
+        Some(TtlClampStatus {
+            max_ttl_seconds: 300,
+            until: None
+        })
+    );
+    assert!(h.event_reasons().contains(&"EmergencyTtlClamp".to_string()));
+
+    let verify_failures = |h: &Harness| {
+        h.ctx
+            .metrics
+            .rotation_verify_failures
+            .get_or_create(&ObjectLabels {
+                namespace: NS.into(),
+                name: "em".into(),
+            })
+            .get()
+    };
+    // Drive the emergency to its end: the fresh key signs, the suspect one is gone.
+    let mut rounds = 0;
+    while h
+        .status("em")
+        .rotation
+        .is_some_and(|r| r.phase != RotationPhase::Idle)
+    {
+        rounds += 1;
+        assert!(
+            rounds < 10,
+            "emergency did not finish: {:?}",
+            h.status("em")
+        );
+        let ks = h.keyset("em");
+        let phase = h.status("em").rotation.map(|r| r.phase);
+        if phase == Some(RotationPhase::Activating) && verify_failures(&h) == 0 {
+            // Both pods come up still serving the suspect key: a failed
+            // verification each, counted, and the emergency keeps trying.
+            h.roll_out("em", &[&old]);
+            h.reconcile("em").await;
+            assert_eq!(verify_failures(&h), 2);
+            assert_eq!(ttls(&h), ("300".into(), "300".into()));
+            continue;
+        }
+        h.roll_out("em", &[&ks.active.kid]);
+        h.reconcile("em").await;
+        // Clamped through every phase.
+        assert_eq!(ttls(&h), ("300".into(), "300".into()));
+    }
+    assert_eq!(
+        verify_failures(&h),
+        2,
+        "no failure after the pods are right"
+    );
+    let s = h.status("em");
+    let new = h.keyset("em").active.kid;
+    assert_ne!(new, old);
+    let record = s.history.last().unwrap();
+    assert_eq!(
+        (record.trigger, record.request_id.as_deref()),
+        (RotationTrigger::Emergency, Some("INC-7"))
+    );
+    // Still clamped for drainSeconds after it finished.
+    let until = record.finished_at + chrono::Duration::seconds(600);
+    assert_eq!(
+        s.emergency_ttl_clamp,
+        Some(TtlClampStatus {
+            max_ttl_seconds: 300,
+            until: Some(until)
+        })
+    );
+    h.roll_out("em", &[&new]);
+    h.reconcile("em").await;
+    assert_eq!(ttls(&h), ("300".into(), "300".into()));
+    assert_eq!(condition(&h.status("em"), "Ready").0, "True");
+
+    // drainSeconds pass (moved into the past instead of waiting): the operator
+    // restores the normal TTLs by itself, with no key change.
+    h.server
+        .modify_as::<MacpAuth>(Some(NS), "em", |m| {
+            let s = m.status.as_mut().unwrap();
+            for r in s.history.iter_mut() {
+                r.started_at -= chrono::Duration::seconds(601);
+                r.finished_at -= chrono::Duration::seconds(601);
+            }
+            if let Some(t) = s.last_rotation_time.as_mut() {
+                *t -= chrono::Duration::seconds(601);
+            }
+        })
+        .unwrap();
+    h.server.reset_log();
+    h.reconcile("em").await;
+    assert_eq!(ttls(&h), ("3600".into(), "900".into()));
+    let s = h.status("em");
+    assert_eq!(s.emergency_ttl_clamp, None);
+    assert_eq!(s.active_kid.as_deref(), Some(new.as_str()));
+    assert!(
+        h.event_reasons()
+            .contains(&"EmergencyTtlRestored".to_string())
+    );
+    assert!(
+        h.writes().iter().all(|w| w.resource != "secrets"),
+        "restoring the TTLs is no key change: {:?}",
+        h.writes()
+    );
+    assert_eq!(condition(&s, "Ready").0, "False");
+    h.roll_out("em", &[&new]);
+    h.reconcile("em").await;
+    assert_eq!(condition(&h.status("em"), "Ready").0, "True");
+
+    // Restored and settled: zero writes.
+    h.server.reset_log();
+    h.reconcile("em").await;
+    h.reconcile("em").await;
+    assert_eq!(h.writes(), vec![], "a restored MacpAuth must not write");
+    h.assert_rbac_covers_requests();
+
+    // The rotation metrics saw it.
+    let text = h.ctx.metrics.render();
+    assert!(
+        text.contains(
+            "macp_operator_rotation_phase{namespace=\"auth\",name=\"em\",phase=\"Idle\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("macp_operator_seconds_since_last_rotation{namespace=\"auth\",name=\"em\"}"),
+        "{text}"
+    );
 }

@@ -147,8 +147,9 @@ use crate::crd::{MacpAuthSpec, MacpAuthStatus, SigningAlg};
 
 pub use conditions::{DEGRADED, DEGRADED_REASONS, ROTATING};
 pub use machine::{decide, probe_plan};
-pub use plan::{KeysetPlan, PlanError};
+pub use plan::{KeysetPlan, PlanError, desired as desired_plan};
 pub use schedule::{IntervalError, parse_interval};
+pub use verify::{Verdict, verify};
 
 /// How often a rollout phase re-checks pods while it waits (the controller
 /// also reconciles on every owned Deployment change).

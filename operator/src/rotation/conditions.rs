@@ -1,7 +1,5 @@
 //! The `Rotating` and `Degraded` conditions as rotation maintains them.
 
-use chrono::{DateTime, Utc};
-
 use crate::crd::Condition;
 
 pub const ROTATING: &str = "Rotating";
@@ -29,40 +27,9 @@ pub const DEGRADED_REASONS: &[&str] = &[
     REASON_INVALID_INTERVAL,
 ];
 
-/// Sets a condition, keeping `lastTransitionTime` unless the status flips.
-pub fn set(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: &str,
-    now: DateTime<Utc>,
-    generation: Option<i64>,
-) {
-    let status = if status { "True" } else { "False" };
-    let fresh = Condition {
-        type_: type_.to_string(),
-        status: status.to_string(),
-        reason: reason.to_string(),
-        message: message.to_string(),
-        last_transition_time: now,
-        observed_generation: generation,
-    };
-    match conditions.iter_mut().find(|c| c.type_ == type_) {
-        Some(existing) => {
-            let since = if existing.status == status {
-                existing.last_transition_time
-            } else {
-                now
-            };
-            *existing = Condition {
-                last_transition_time: since,
-                ..fresh
-            };
-        }
-        None => conditions.push(fresh),
-    }
-}
+/// Sets a condition, keeping `lastTransitionTime` unless the status flips
+/// (one implementation for the reconciler's and rotation's conditions).
+pub use crate::status::set_condition as set;
 
 /// The current condition of a type, if any.
 pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
@@ -78,7 +45,7 @@ pub fn degraded_by_rotation(conditions: &[Condition]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
+    use chrono::{TimeZone, Utc};
 
     #[test]
     fn transition_time_moves_only_when_status_flips() {

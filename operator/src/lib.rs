@@ -4,11 +4,13 @@
 //! `kube::Client` (a cluster or an in-process fake API server) with a
 //! [`PodProber`] of the caller's choice, until a shutdown future resolves.
 
+pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod diff;
 pub mod keyset;
+pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod probe;

@@ -427,29 +427,70 @@ pub async fn run(
     cfg: LeaderElection,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ElectionError> {
-    let elector = Elector::new(client.clone(), cfg.clone());
+    let elector = Elector::new(client.clone(), cfg);
     let lease = elector.lease_ref();
     let mut shutdown = Box::pin(shutdown);
-    info!(lease = %lease, identity = %cfg.identity, duration = ?cfg.lease_duration,
-          renew = ?cfg.renew_interval, "leader election: waiting for the lease");
+    info!(lease = %lease, identity = %elector.cfg.identity, duration = ?elector.cfg.lease_duration,
+          renew = ?elector.cfg.renew_interval, "leader election: waiting for the lease");
     state.set_standby(true);
+    let acquired_at = stand_by(&elector, &mut shutdown).await;
+    state.set_standby(false);
+    let Some(acquired_at) = acquired_at else {
+        return Ok(());
+    };
 
-    // Standby: try until the lease is mine.
-    let acquired_at = loop {
+    state.leader.leader.set(1);
+    info!(lease = %lease, identity = %elector.cfg.identity, "leading: starting the controllers");
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let stop = async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    };
+    let controllers = controller::run_with_state(client, settings, prober, state.clone(), stop);
+    let end = lead(&elector, acquired_at, controllers, &stop_tx, &mut shutdown).await;
+    state.leader.leader.set(0);
+    match end {
+        Led::Lost(reason) => {
+            state.set_not_ready();
+            error!(lease = %lease, identity = %elector.cfg.identity, reason = %reason,
+                   "lost the leader-election lease: controllers stopped");
+            Err(ElectionError::Lost { lease, reason })
+        }
+        Led::Shutdown => {
+            elector.release_within(elector.cfg.lease_duration).await;
+            Ok(())
+        }
+        Led::ControllersExited => {
+            elector.release_within(elector.cfg.lease_duration).await;
+            Err(ElectionError::ControllersExited { lease })
+        }
+    }
+}
+
+/// Tries for the lease until it is mine (returning when the winning attempt
+/// started) or `shutdown` resolves (`None`).
+async fn stand_by<S>(elector: &Elector, shutdown: &mut S) -> Option<Instant>
+where
+    S: Future<Output = ()> + Unpin,
+{
+    let cfg = &elector.cfg;
+    let mut seen_holder: Option<String> = None;
+    loop {
         let started = Instant::now();
         let attempt = tokio::select! {
-            () = &mut shutdown => {
-                state.set_standby(false);
+            () = &mut *shutdown => {
                 // An attempt cut short may have taken the lease: give it back if so.
                 elector.release_within(cfg.lease_duration).await;
-                return Ok(());
+                return None;
             }
             r = elector.attempt_within(cfg.lease_duration) => r,
         };
         let failed = match attempt {
-            Ok(Attempt::Leading) => break started,
+            Ok(Attempt::Leading) => return Some(started),
             Ok(Attempt::Standby { holder }) => {
-                debug!(lease = %lease, holder = %holder, "standby: the lease is held");
+                if seen_holder.as_ref() != Some(&holder) {
+                    info!(lease = %elector.lease_ref(), holder = %holder, "standby: another operator leads");
+                    seen_holder = Some(holder);
+                }
                 false
             }
             Err(e) => {
@@ -459,71 +500,47 @@ pub async fn run(
             }
         };
         tokio::select! {
-            () = &mut shutdown => {
-                state.set_standby(false);
-                return Ok(());
-            }
-            () = sleep(next_delay(&cfg, failed)) => {}
+            () = &mut *shutdown => return None,
+            () = sleep(next_delay(cfg, failed)) => {}
         }
-    };
-
-    state.set_standby(false);
-    state.leader.leader.set(1);
-    info!(lease = %lease, identity = %cfg.identity, "leading: starting the controllers");
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let stop = async move {
-        let _ = stop_rx.wait_for(|stop| *stop).await;
-    };
-    // Polled in this task, not spawned: aborting this task (a crash in tests) must
-    // take the controllers with it, as a dying process would.
-    let mut controllers = Box::pin(controller::run_with_state(
-        client,
-        settings,
-        prober,
-        state.clone(),
-        stop,
-    ));
-    let mut keeper = Box::pin(elector.keep(acquired_at));
-
-    enum End {
-        Lost(LostReason),
-        Shutdown,
-        ControllersExited,
     }
-    let end = tokio::select! {
-        reason = &mut keeper => End::Lost(reason),
-        () = &mut controllers => End::ControllersExited,
-        () = &mut shutdown => End::Shutdown,
-    };
-    let end = match end {
-        End::Shutdown => {
-            info!(lease = %lease, "shutdown: stopping the controllers before releasing the lease");
-            let _ = stop_tx.send(true);
+}
+
+/// How a term as leader ended.
+enum Led {
+    Lost(LostReason),
+    Shutdown,
+    ControllersExited,
+}
+
+/// Runs `controllers` while renewing the lease. Both are polled in this task, not
+/// spawned: aborting the caller's task (a crash, in tests) must take the
+/// controllers with it, as a dying process would. Returns with the controllers
+/// dropped: at once when the lease is lost (another leader may already act),
+/// after they finished their in-flight reconciles on shutdown.
+async fn lead<S>(
+    elector: &Elector,
+    acquired_at: Instant,
+    controllers: impl Future<Output = ()>,
+    stop: &watch::Sender<bool>,
+    shutdown: &mut S,
+) -> Led
+where
+    S: Future<Output = ()> + Unpin,
+{
+    let mut controllers = std::pin::pin!(controllers);
+    let mut keeper = std::pin::pin!(elector.keep(acquired_at));
+    tokio::select! {
+        reason = &mut keeper => Led::Lost(reason),
+        () = &mut controllers => Led::ControllersExited,
+        () = &mut *shutdown => {
+            info!(lease = %elector.lease_ref(), "shutdown: stopping the controllers before releasing the lease");
+            let _ = stop.send(true);
             // Keep renewing while in-flight reconciles finish: they still write.
             tokio::select! {
-                reason = &mut keeper => End::Lost(reason),
-                () = &mut controllers => End::Shutdown,
+                reason = &mut keeper => Led::Lost(reason),
+                () = &mut controllers => Led::Shutdown,
             }
-        }
-        other => other,
-    };
-    drop(keeper);
-    state.leader.leader.set(0);
-    match end {
-        End::Lost(reason) => {
-            drop(controllers);
-            state.set_not_ready();
-            error!(lease = %lease, identity = %cfg.identity, reason = %reason,
-                   "lost the leader-election lease: controllers stopped");
-            Err(ElectionError::Lost { lease, reason })
-        }
-        End::Shutdown => {
-            elector.release_within(cfg.lease_duration).await;
-            Ok(())
-        }
-        End::ControllersExited => {
-            elector.release_within(cfg.lease_duration).await;
-            Err(ElectionError::ControllersExited { lease })
         }
     }
 }

@@ -48,9 +48,76 @@ pub struct Settings {
     #[arg(long, env = "MACP_OPERATOR_RESYNC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
 
-    /// This operator's pod name (downward API), reported as the events' reporting instance.
+    /// This operator's pod name (downward API), reported as the events' reporting instance
+    /// and used as the leader-election identity.
     #[arg(long, env = "MACP_OPERATOR_POD_NAME")]
     pub pod_name: Option<String>,
+
+    /// This operator's namespace (downward API): the default leader-election namespace.
+    #[arg(long, env = "MACP_OPERATOR_POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+
+    /// Run as one of several replicas: only the holder of a `coordination.k8s.io`
+    /// Lease runs the controllers.
+    #[arg(long, env = "MACP_OPERATOR_LEADER_ELECTION")]
+    pub leader_election: bool,
+
+    /// Namespace of the leader-election Lease [default: --pod-namespace].
+    #[arg(long, env = "MACP_OPERATOR_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "MACP_OPERATOR_LEADER_ELECTION_LEASE_NAME",
+        default_value = DEFAULT_LEASE_NAME
+    )]
+    pub leader_election_lease_name: String,
+
+    /// How long a leader's lease lasts without renewal: the longest a crashed
+    /// leader blocks a standby. Whole seconds (the Lease stores an integer).
+    #[arg(long, env = "MACP_OPERATOR_LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub leader_election_lease_duration: Duration,
+
+    /// How often the leader renews, and a standby retries [default: lease duration / 3].
+    #[arg(long, env = "MACP_OPERATOR_LEADER_ELECTION_RENEW_INTERVAL", value_parser = humantime::parse_duration)]
+    pub leader_election_renew_interval: Option<Duration>,
+}
+
+/// Default name of the leader-election Lease (the chart passes its release name).
+pub const DEFAULT_LEASE_NAME: &str = "macp-auth-operator";
+
+/// Settings that cannot work together, reported at startup before anything runs.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(
+        "--leader-election needs a Lease namespace: set --leader-election-namespace \
+         (MACP_OPERATOR_LEADER_ELECTION_NAMESPACE) or MACP_OPERATOR_POD_NAMESPACE"
+    )]
+    MissingLeaseNamespace,
+    #[error("--leader-election-lease-name must not be empty")]
+    EmptyLeaseName,
+    #[error(
+        "--leader-election-lease-duration must be a whole number of seconds, at least 1s \
+         (Lease.spec.leaseDurationSeconds is an integer), got {0:?}"
+    )]
+    LeaseDuration(Duration),
+    #[error(
+        "--leader-election-renew-interval ({renew:?}) must be above zero and shorter than \
+         --leader-election-lease-duration ({lease:?}), or the lease lapses between renewals"
+    )]
+    RenewInterval { renew: Duration, lease: Duration },
+}
+
+/// Leader-election settings, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderElection {
+    pub namespace: String,
+    pub lease_name: String,
+    /// Holder identity written into the Lease; unique per running process.
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_interval: Duration,
 }
 
 impl Settings {
@@ -66,6 +133,57 @@ impl Settings {
         ns.dedup();
         (!ns.is_empty()).then_some(ns)
     }
+
+    /// The validated leader-election settings, `None` when leader election is off.
+    /// `hostname` feeds the identity when no pod name is set.
+    pub fn leader_election(&self, hostname: &str) -> Result<Option<LeaderElection>, ConfigError> {
+        if !self.leader_election {
+            return Ok(None);
+        }
+        let namespace = non_blank(self.leader_election_namespace.as_deref())
+            .or_else(|| non_blank(self.pod_namespace.as_deref()))
+            .ok_or(ConfigError::MissingLeaseNamespace)?;
+        let lease_name =
+            non_blank(Some(&self.leader_election_lease_name)).ok_or(ConfigError::EmptyLeaseName)?;
+        let lease = self.leader_election_lease_duration;
+        if lease.subsec_nanos() != 0 || lease.as_secs() == 0 || lease.as_secs() > i32::MAX as u64 {
+            return Err(ConfigError::LeaseDuration(lease));
+        }
+        let renew = self.leader_election_renew_interval.unwrap_or(lease / 3);
+        if renew.is_zero() || renew >= lease {
+            return Err(ConfigError::RenewInterval { renew, lease });
+        }
+        Ok(Some(LeaderElection {
+            namespace,
+            lease_name,
+            identity: identity(self.pod_name.as_deref(), hostname, std::process::id()),
+            lease_duration: lease,
+            renew_interval: renew,
+        }))
+    }
+}
+
+/// The pod name when known (unique among running pods), else hostname and pid so that
+/// two processes on one host (a developer's laptop) never share an identity.
+pub fn identity(pod_name: Option<&str>, hostname: &str, pid: u32) -> String {
+    match non_blank(pod_name) {
+        Some(pod) => pod,
+        None => {
+            let host = hostname.trim();
+            let host = if host.is_empty() {
+                "unknown-host"
+            } else {
+                host
+            };
+            format!("{host}-{pid}")
+        }
+    }
+}
+
+fn non_blank(s: Option<&str>) -> Option<String> {
+    s.map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 impl Default for Settings {
@@ -78,6 +196,12 @@ impl Default for Settings {
             probe_timeout: Duration::from_secs(2),
             resync_interval: Duration::from_secs(300),
             pod_name: None,
+            pod_namespace: None,
+            leader_election: false,
+            leader_election_namespace: None,
+            leader_election_lease_name: DEFAULT_LEASE_NAME.to_string(),
+            leader_election_lease_duration: Duration::from_secs(15),
+            leader_election_renew_interval: None,
         }
     }
 }
@@ -125,5 +249,96 @@ mod tests {
         assert_eq!(s.probe_timeout, Duration::from_millis(500));
         assert!(Cli::try_parse_from(["x", "--log-format", "xml"]).is_err());
         assert!(Cli::try_parse_from(["x", "--listen-address", "nope"]).is_err());
+    }
+
+    fn with_le(args: &[&str]) -> Settings {
+        let argv = ["x", "--leader-election"].iter().chain(args).copied();
+        Cli::try_parse_from(argv).unwrap().settings
+    }
+
+    #[test]
+    fn leader_election_is_off_by_default() {
+        assert_eq!(Settings::default().leader_election("h"), Ok(None));
+    }
+
+    #[test]
+    fn leader_election_defaults() {
+        let s = with_le(&["--pod-namespace", "ops", "--pod-name", "op-1"]);
+        let le = s.leader_election("h").unwrap().unwrap();
+        assert_eq!(
+            le,
+            LeaderElection {
+                namespace: "ops".into(),
+                lease_name: DEFAULT_LEASE_NAME.into(),
+                identity: "op-1".into(),
+                lease_duration: Duration::from_secs(15),
+                renew_interval: Duration::from_secs(5),
+            }
+        );
+    }
+
+    #[test]
+    fn leader_election_flags_win_over_the_pod_namespace() {
+        let s = with_le(&[
+            "--pod-namespace",
+            "ops",
+            "--leader-election-namespace",
+            "leases",
+            "--leader-election-lease-name",
+            "l",
+            "--leader-election-lease-duration",
+            "2s",
+            "--leader-election-renew-interval",
+            "500ms",
+        ]);
+        let le = s.leader_election("node-a").unwrap().unwrap();
+        assert_eq!(le.namespace, "leases");
+        assert_eq!(le.lease_name, "l");
+        assert_eq!(le.lease_duration, Duration::from_secs(2));
+        assert_eq!(le.renew_interval, Duration::from_millis(500));
+        assert_eq!(le.identity, format!("node-a-{}", std::process::id()));
+    }
+
+    #[test]
+    fn leader_election_refuses_unusable_settings() {
+        let err = with_le(&[]).leader_election("h").unwrap_err();
+        assert_eq!(err, ConfigError::MissingLeaseNamespace);
+        assert!(
+            err.to_string().contains("--leader-election-namespace"),
+            "{err}"
+        );
+        let blank = with_le(&["--leader-election-namespace", " "]);
+        assert_eq!(
+            blank.leader_election("h"),
+            Err(ConfigError::MissingLeaseNamespace)
+        );
+        let ns = ["--leader-election-namespace", "ops"];
+        for (flags, want) in [
+            (vec!["--leader-election-lease-name", ""], "lease-name"),
+            (
+                vec!["--leader-election-lease-duration", "1500ms"],
+                "whole number",
+            ),
+            (
+                vec!["--leader-election-lease-duration", "0s"],
+                "whole number",
+            ),
+            (
+                vec!["--leader-election-renew-interval", "15s"],
+                "shorter than",
+            ),
+            (vec!["--leader-election-renew-interval", "0s"], "above zero"),
+        ] {
+            let args: Vec<&str> = ns.iter().chain(&flags).copied().collect();
+            let err = with_le(&args).leader_election("h").unwrap_err();
+            assert!(err.to_string().contains(want), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn identity_prefers_the_pod_name() {
+        assert_eq!(identity(Some("op-7"), "host", 42), "op-7");
+        assert_eq!(identity(Some(" "), "host\n", 42), "host-42");
+        assert_eq!(identity(None, "", 42), "unknown-host-42");
     }
 }

@@ -18,6 +18,9 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
+use prometheus_client::encoding::text;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -32,14 +35,73 @@ use crate::resources::{APP_NAME, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, NAME
 #[derive(Clone, Default)]
 pub struct State {
     ready: Arc<AtomicBool>,
+    standby: Arc<AtomicBool>,
     pub metrics: Metrics,
+    /// Leader-election metrics. Kept out of [`Metrics`] (the reconciler's) and
+    /// appended to its output: only processes with leader election change them.
+    pub leader: LeaderMetrics,
 }
 
 impl State {
-    /// Whether every controller's MacpAuth cache has synced.
+    /// Whether this process can do its job: every controller's MacpAuth cache
+    /// has synced, or it is a standby waiting for the leader-election lease.
+    /// A standby must count as ready, or a rolling update (`maxUnavailable: 0`)
+    /// would wait forever for a new pod that waits for the old pod's lease.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) || self.standby.load(Ordering::SeqCst)
     }
+
+    /// Marks this process as a standby candidate (or no longer one).
+    pub fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::SeqCst);
+    }
+
+    /// Marks the controllers as stopped, e.g. after they were dropped on a lost lease.
+    pub fn set_not_ready(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+    }
+
+    /// OpenMetrics text of the reconciler's and the leader-election metrics.
+    pub fn render_metrics(&self) -> String {
+        join_openmetrics(&self.metrics.render(), &self.leader.registry)
+    }
+}
+
+/// `macp_operator_leader`: 1 while this process holds the lease (and, without
+/// leader election, never set: 0).
+#[derive(Clone)]
+pub struct LeaderMetrics {
+    pub leader: Gauge,
+    registry: Arc<Registry>,
+}
+
+impl Default for LeaderMetrics {
+    fn default() -> Self {
+        let leader = Gauge::default();
+        let mut registry = Registry::with_prefix("macp_operator");
+        registry.register(
+            "leader",
+            "1 while this operator process holds the leader-election lease",
+            leader.clone(),
+        );
+        Self {
+            leader,
+            registry: Arc::new(registry),
+        }
+    }
+}
+
+/// Appends `extra`'s metrics to a complete OpenMetrics exposition, keeping its
+/// single terminating `# EOF` last.
+fn join_openmetrics(exposition: &str, extra: &Registry) -> String {
+    let mut out = exposition
+        .strip_suffix("# EOF\n")
+        .unwrap_or(exposition)
+        .to_string();
+    if text::encode_registry(&mut out, extra).is_err() || text::encode_eof(&mut out).is_err() {
+        warn!("encoding leader-election metrics failed");
+    }
+    out
 }
 
 /// The `/healthz`, `/readyz` and `/metrics` router.
@@ -49,8 +111,13 @@ pub fn router(state: State) -> Router {
         .route(
             "/readyz",
             get(|AxumState(s): AxumState<State>| async move {
-                if s.is_ready() {
+                if s.ready.load(Ordering::SeqCst) {
                     (StatusCode::OK, "ready")
+                } else if s.standby.load(Ordering::SeqCst) {
+                    (
+                        StatusCode::OK,
+                        "standby: waiting for the leader-election lease",
+                    )
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
                 }
@@ -64,7 +131,7 @@ pub fn router(state: State) -> Router {
                         header::CONTENT_TYPE,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
-                    s.metrics.render(),
+                    s.render_metrics(),
                 )
                     .into_response()
             }),
@@ -195,4 +262,38 @@ fn controller_for(client: &Client, ns: Option<&str>) -> Controller<MacpAuth> {
             let ns = pod.namespace()?;
             Some(ObjectRef::<MacpAuth>::new(&name).within(&ns))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_carry_the_leader_gauge_after_the_reconciler_metrics() {
+        let state = State::default();
+        state
+            .metrics
+            .reconciled(std::time::Duration::from_millis(1));
+        state.leader.leader.set(1);
+        let text = state.render_metrics();
+        assert!(text.contains("macp_operator_reconciles_total 1"), "{text}");
+        assert!(text.contains("# TYPE macp_operator_leader gauge"), "{text}");
+        assert!(text.contains("\nmacp_operator_leader 1\n"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn a_standby_is_ready_and_so_is_a_synced_leader() {
+        let state = State::default();
+        assert!(!state.is_ready());
+        state.set_standby(true);
+        assert!(state.is_ready());
+        state.set_standby(false);
+        assert!(!state.is_ready());
+        state.ready.store(true, Ordering::SeqCst);
+        assert!(state.is_ready());
+        state.set_not_ready();
+        assert!(!state.is_ready());
+    }
 }

@@ -3,12 +3,15 @@
 //! For tests and embedding: [`run`] runs the real controllers against any
 //! `kube::Client` (a cluster or an in-process fake API server) with a
 //! [`PodProber`] of the caller's choice, until a shutdown future resolves.
+//! [`leader::run`] does the same only while holding a leader-election Lease.
 
+pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod diff;
 pub mod keyset;
+pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod probe;

@@ -3,46 +3,38 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use kube::CustomResourceExt;
+use macp_auth_operator::cli::{Cli, Command};
 use macp_auth_operator::controller::{self, State};
 use macp_auth_operator::crd::MacpAuth;
-use macp_auth_operator::{HttpProber, Settings, telemetry};
-
-#[derive(Parser)]
-#[command(
-    version,
-    about = "Kubernetes operator for the MACP auth-service and its signing keys"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    #[command(flatten)]
-    settings: Settings,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Print the MacpAuth CustomResourceDefinition as YAML.
-    Crd,
-    /// Run the controllers (the default).
-    Run,
-}
+use macp_auth_operator::{HttpProber, Settings, leader, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run) {
+    match Cli::parse().into_command() {
         Command::Crd => {
             let yaml = serde_yaml::to_string(&MacpAuth::crd()).context("serialising the CRD")?;
             print!("{yaml}");
             Ok(())
         }
-        Command::Run => run(cli.settings).await,
+        Command::Run(settings) => run(settings).await,
     }
 }
 
+/// The host name, for a leader-election identity outside a pod.
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .unwrap_or_default()
+}
+
 async fn run(settings: Settings) -> anyhow::Result<()> {
+    // Refuse unusable settings before touching the cluster.
+    let election = settings
+        .leader_election(&hostname())
+        .context("invalid leader-election settings")?;
     telemetry::init(settings.log_format);
     let client = kube::Client::try_default()
         .await
@@ -65,7 +57,16 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::info!("shutdown signal received");
         let _ = stop_tx.send(true);
     });
-    controller::run_with_state(client, settings, prober, state, wait(stop_rx)).await;
+    match election {
+        None => controller::run_with_state(client, settings, prober, state, wait(stop_rx)).await,
+        Some(cfg) => {
+            // Losing the lease ends the process with an error: the kubelet restarts
+            // it as a fresh candidate, the standard and safest recovery.
+            leader::run(client, settings, prober, state, cfg, wait(stop_rx))
+                .await
+                .context("leader election")?
+        }
+    }
     http.await
         .context("HTTP server task")?
         .context("serving /healthz, /readyz, /metrics")?;

@@ -60,10 +60,12 @@ const RULES: &[Rule] = &[
     },
 ];
 
+// Exactly what `leader::Elector` sends: get, create, and replace (update) with a
+// resourceVersion precondition; no patch.
 const LEADER_ELECTION_RULES: &[Rule] = &[Rule {
     group: "coordination.k8s.io",
     resource: "leases",
-    verbs: &["get", "create", "update", "patch"],
+    verbs: &["get", "create", "update"],
 }];
 
 /// The rules the operator needs; leases only when leader election is on.

@@ -576,6 +576,11 @@ fn operator_runs_locked_down() {
             "name": "MACP_OPERATOR_POD_NAME",
             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}
         })));
+        // The default leader-election namespace.
+        assert!(env.contains(&json!({
+            "name": "MACP_OPERATOR_POD_NAMESPACE",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}
+        })));
         assert!(env.iter().any(|e| e["name"] == "RUST_LOG"));
 
         assert!(c["resources"]["requests"]["cpu"].is_string());
@@ -766,26 +771,15 @@ fn args_carry_the_operator_flags() {
     );
 }
 
-/// The operator's `run` subcommand with its real flag definitions
-/// (`macp_auth_operator::Settings`), to parse the rendered args with.
-#[derive(clap::Parser, Debug)]
-struct OperatorCli {
-    #[command(subcommand)]
-    command: OperatorCommand,
-}
-
-#[derive(clap::Subcommand, Debug)]
-enum OperatorCommand {
-    Run(macp_auth_operator::Settings),
-}
-
+/// Parses the rendered args with the operator's own command line
+/// (`macp_auth_operator::cli::Cli`), as the container would.
 fn parse_operator_args(args: &[String]) -> macp_auth_operator::Settings {
     use clap::Parser;
+    use macp_auth_operator::cli::{Cli, Command};
     let argv = std::iter::once("macp-auth-operator".to_string()).chain(args.iter().cloned());
-    match OperatorCli::try_parse_from(argv) {
-        Ok(OperatorCli {
-            command: OperatorCommand::Run(settings),
-        }) => settings,
+    match Cli::try_parse_from(argv).map(Cli::into_command) {
+        Ok(Command::Run(settings)) => settings,
+        Ok(other) => panic!("the chart's args {args:?} select {other:?}, not run"),
         Err(e) => panic!("the operator refuses the chart's args {args:?}:\n{e}"),
     }
 }
@@ -802,6 +796,7 @@ fn operator_accepts_the_rendered_args() {
         settings.service_image,
         macp_auth_operator::config::DEFAULT_SERVICE_IMAGE
     );
+    assert!(!settings.leader_election);
 
     let settings = parse_operator_args(&args(one(
         &render_namespaced_without_leader_election(),
@@ -814,16 +809,30 @@ fn operator_accepts_the_rendered_args() {
             "agents-staging".to_string()
         ])
     );
+    assert!(!settings.leader_election);
 
-    // The leader-election flags (issue 6) are checked by name in
-    // args_carry_the_operator_flags; everything else must parse.
-    let mut all_on = args(one(&render_all_on(), "Deployment"));
-    let le = all_on
-        .iter()
-        .position(|a| a == "--leader-election")
-        .expect("--leader-election");
-    all_on.drain(le..le + 5);
-    let settings = parse_operator_args(&all_on);
+    let settings = parse_operator_args(&args(one(&render_namespaced(), "Deployment")));
+    assert!(settings.leader_election);
+    assert_eq!(
+        settings.leader_election_namespace.as_deref(),
+        Some(RELEASE_NS)
+    );
+    assert_eq!(settings.leader_election_lease_name, RELEASE);
+
+    let settings = parse_operator_args(&args(one(&render_all_on(), "Deployment")));
+    assert!(settings.leader_election);
+    assert_eq!(
+        settings.leader_election_namespace.as_deref(),
+        Some(RELEASE_NS)
+    );
+    assert_eq!(settings.leader_election_lease_name, "macp-lease");
+    // The rendered settings pass the operator's startup validation.
+    let election = settings
+        .leader_election("host")
+        .expect("valid leader-election settings")
+        .expect("leader election on");
+    assert_eq!(election.namespace, RELEASE_NS);
+    assert_eq!(election.lease_name, "macp-lease");
     assert_eq!(settings.log_format, LogFormat::Text);
     assert_eq!(settings.listen_address, "0.0.0.0:9090".parse().unwrap());
     assert_eq!(

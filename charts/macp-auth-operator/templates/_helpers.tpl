@@ -90,7 +90,7 @@ that list, so change both together.
 {{- define "macp-auth-operator.leaderElectionRules" -}}
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
-  verbs: ["get", "create", "update", "patch"]
+  verbs: ["get", "create", "update"]
 {{- end }}
 
 {{/* Namespaces that get a token-service NetworkPolicy. */}}

@@ -1,0 +1,338 @@
+//! Leader election (issue 6): two operator instances against the in-process API
+//! server, each with its own `State` (so its own reconcile counter and
+//! `macp_operator_leader` gauge). Exactly one reconciles; a crashed leader is
+//! replaced within the lease duration; a gracefully stopped one hands over at once;
+//! a leader that cannot renew, or whose lease is taken, stops and says so.
+//!
+//! Handover times are printed (`cargo test --test leader -- --nocapture`); the
+//! asserted bounds are loose on purpose, for a loaded two-core machine.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, PostParams};
+use macp_auth_e2e::apiserver::FakeApiServer;
+use macp_auth_operator::config::LeaderElection;
+use macp_auth_operator::crd::MacpAuth;
+use macp_auth_operator::leader::{self, ElectionError, LostReason};
+use macp_auth_operator::{PodProber, ProbeError, Settings, State, rbac};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+const NS: &str = "auth";
+const LEASE_NS: &str = "ops";
+const LEASE: &str = "macp-auth-operator";
+const IMAGE: &str = "registry.test/macp-auth-service:test";
+
+/// No pod ever answers: these tests count reconciles, not rotations.
+struct NoPods;
+
+#[async_trait]
+impl PodProber for NoPods {
+    async fn served_kids(&self, ip: &str, _port: u16) -> Result<Vec<String>, ProbeError> {
+        Err(ProbeError::Request {
+            url: ip.to_string(),
+            message: "connection refused".into(),
+        })
+    }
+
+    async fn signing_kid(&self, ip: &str, port: u16) -> Result<String, ProbeError> {
+        self.served_kids(ip, port).await.map(|_| String::new())
+    }
+}
+
+struct Instance {
+    name: &'static str,
+    state: State,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), ElectionError>>,
+}
+
+impl Instance {
+    fn start(server: &FakeApiServer, name: &'static str, lease: Duration, renew: Duration) -> Self {
+        let settings = Settings {
+            service_image: IMAGE.to_string(),
+            pod_name: Some(name.to_string()),
+            ..Settings::default()
+        };
+        let cfg = LeaderElection {
+            namespace: LEASE_NS.into(),
+            lease_name: LEASE.into(),
+            identity: name.into(),
+            lease_duration: lease,
+            renew_interval: renew,
+        };
+        let state = State::default();
+        let (stop, mut rx) = watch::channel(false);
+        let task = tokio::spawn(leader::run(
+            server.client(),
+            settings,
+            Arc::new(NoPods),
+            state.clone(),
+            cfg,
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        ));
+        Self {
+            name,
+            state,
+            stop,
+            task,
+        }
+    }
+
+    fn leading(&self) -> bool {
+        self.state.leader.leader.get() == 1
+    }
+
+    fn reconciles(&self) -> u64 {
+        self.state.metrics.reconciles.get()
+    }
+}
+
+fn holder(server: &FakeApiServer) -> Option<String> {
+    server
+        .get_as::<Lease>(Some(LEASE_NS), LEASE)
+        .unwrap()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+}
+
+fn transitions(server: &FakeApiServer) -> i32 {
+    server
+        .get_as::<Lease>(Some(LEASE_NS), LEASE)
+        .unwrap()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.lease_transitions)
+        .unwrap_or(0)
+}
+
+async fn create_macpauth(server: &FakeApiServer) {
+    let spec = serde_json::json!({"signingAlg": "ES256", "issuer": "iss", "audience": "aud"});
+    let m = MacpAuth::new("a", serde_json::from_value(spec).unwrap());
+    let api: Api<MacpAuth> = Api::namespaced(server.client(), NS);
+    api.create(&PostParams::default(), &m).await.unwrap();
+    // Only the operators' requests are checked against their RBAC.
+    server.reset_log();
+}
+
+/// Waits up to `limit` for `f`, returning how long it took.
+async fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+/// Starts two instances and returns (leader, standby) once one leads and has reconciled.
+async fn two_instances(server: &FakeApiServer, lease: Duration) -> (Instance, Instance) {
+    let renew = Duration::from_millis(500);
+    let a = Instance::start(server, "operator-a", lease, renew);
+    let b = Instance::start(server, "operator-b", lease, renew);
+    within(Duration::from_secs(20), "a leader", || {
+        a.leading() || b.leading()
+    })
+    .await;
+    let (leader, standby) = if a.leading() { (a, b) } else { (b, a) };
+    within(
+        Duration::from_secs(20),
+        "the leader's first reconcile",
+        || leader.reconciles() >= 1,
+    )
+    .await;
+    (leader, standby)
+}
+
+fn assert_rbac_covers_requests(server: &FakeApiServer) {
+    let rules = rbac::required_rules(true);
+    for r in server.requests() {
+        assert!(
+            rbac::allows(&rules, &r.group, &r.resource, &r.verb),
+            "request not covered by rbac::required_rules(true): {r:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn exactly_one_instance_reconciles_and_a_crashed_leader_is_replaced_within_the_lease() {
+    let server = FakeApiServer::start().await.unwrap();
+    create_macpauth(&server).await;
+    let lease = Duration::from_secs(2);
+    let (leader, standby) = two_instances(&server, lease).await;
+    within(Duration::from_secs(20), "the Secret and Deployment", || {
+        server
+            .get("", "secrets", Some(NS), "a-signing-keys")
+            .is_some()
+            && server.get("apps", "deployments", Some(NS), "a").is_some()
+    })
+    .await;
+    assert_eq!(holder(&server).as_deref(), Some(leader.name));
+
+    // Several lease durations: the leader renews, the standby stays out.
+    tokio::time::sleep(lease * 2).await;
+    assert!(leader.leading() && !standby.leading());
+    assert_eq!(holder(&server).as_deref(), Some(leader.name));
+    assert!(leader.reconciles() >= 1);
+    assert_eq!(standby.reconciles(), 0, "the standby reconciled");
+    assert!(
+        standby.state.is_ready(),
+        "a standby must be ready for rollouts"
+    );
+    assert!(
+        standby
+            .state
+            .render_metrics()
+            .contains("\nmacp_operator_leader 0\n")
+    );
+    assert!(
+        leader
+            .state
+            .render_metrics()
+            .contains("\nmacp_operator_leader 1\n")
+    );
+    let before = transitions(&server);
+
+    // Crash: no release, the controllers die with the task.
+    leader.task.abort();
+    let _ = leader.task.await;
+    let handover = within(Duration::from_secs(20), "the standby to lead", || {
+        standby.leading()
+    })
+    .await;
+    let reconciled = within(
+        Duration::from_secs(20),
+        "the new leader's reconcile",
+        || standby.reconciles() >= 1,
+    )
+    .await;
+    eprintln!(
+        "crash handover: lease {lease:?}, renew 500ms: standby leading after {handover:?}, \
+         reconciling after {:?}",
+        handover + reconciled
+    );
+    // Expiry is measured from the last renewal, at most one renew interval before
+    // the crash; the standby notices within one more renew interval.
+    assert!(
+        handover < lease + Duration::from_secs(5),
+        "handover took {handover:?}"
+    );
+    assert_eq!(holder(&server).as_deref(), Some(standby.name));
+    assert_eq!(transitions(&server), before + 1);
+    assert_rbac_covers_requests(&server);
+    standby.task.abort();
+}
+
+#[tokio::test]
+async fn a_graceful_shutdown_releases_the_lease_for_an_immediate_handover() {
+    let server = FakeApiServer::start().await.unwrap();
+    create_macpauth(&server).await;
+    // A long lease: a handover well under it can only come from the release.
+    let lease = Duration::from_secs(15);
+    let (leader, standby) = two_instances(&server, lease).await;
+
+    let start = Instant::now();
+    leader.stop.send(true).unwrap();
+    let result = leader.task.await.unwrap();
+    let stopped = start.elapsed();
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(leader.state.leader.leader.get(), 0);
+    let handover = within(Duration::from_secs(20), "the standby to lead", || {
+        standby.leading()
+    })
+    .await
+        + stopped;
+    within(
+        Duration::from_secs(20),
+        "the new leader's reconcile",
+        || standby.reconciles() >= 1,
+    )
+    .await;
+    eprintln!(
+        "graceful handover: lease {lease:?}, renew 500ms: leader stopped in {stopped:?}, \
+         standby leading after {handover:?}"
+    );
+    assert!(
+        handover < lease / 2,
+        "handover took {handover:?}: the lease was not released"
+    );
+    assert_eq!(holder(&server).as_deref(), Some(standby.name));
+    assert_rbac_covers_requests(&server);
+
+    // The new leader stops gracefully too and leaves the lease free.
+    standby.stop.send(true).unwrap();
+    assert!(standby.task.await.unwrap().is_ok());
+    assert_eq!(holder(&server), None);
+}
+
+#[tokio::test]
+async fn a_leader_that_cannot_renew_stops_with_an_error() {
+    let server = FakeApiServer::start().await.unwrap();
+    let lease = Duration::from_secs(2);
+    let one = Instance::start(&server, "operator-a", lease, Duration::from_millis(500));
+    within(Duration::from_secs(20), "leading", || one.leading()).await;
+
+    server.fail_next_writes("leases", 1000, 500);
+    let start = Instant::now();
+    let result = one.task.await.unwrap();
+    let took = start.elapsed();
+    server.clear_faults();
+    eprintln!("renewals failing: the leader gave up after {took:?} (lease {lease:?})");
+    match result {
+        Err(ElectionError::Lost {
+            reason: LostReason::RenewalFailed { .. },
+            ..
+        }) => {}
+        other => panic!("expected a lost lease, got {other:?}"),
+    }
+    // It must stop before anyone else may take the lease.
+    assert!(took < lease + Duration::from_secs(5), "{took:?}");
+    assert_eq!(one.state.leader.leader.get(), 0);
+    assert!(!one.state.is_ready());
+}
+
+#[tokio::test]
+async fn a_leader_whose_lease_is_taken_stops_with_an_error() {
+    let server = FakeApiServer::start().await.unwrap();
+    let one = Instance::start(
+        &server,
+        "operator-a",
+        Duration::from_secs(2),
+        Duration::from_millis(500),
+    );
+    within(Duration::from_secs(20), "leading", || one.leading()).await;
+
+    // Someone else (say, an operator with the lease name misconfigured the same)
+    // writes itself in as holder.
+    server
+        .modify_as::<Lease>(Some(LEASE_NS), LEASE, |l| {
+            let spec = l.spec.get_or_insert_with(Default::default);
+            spec.holder_identity = Some("intruder".into());
+            spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
+        })
+        .unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(20), one.task)
+        .await
+        .expect("the leader noticed")
+        .unwrap();
+    match result {
+        Err(ElectionError::Lost {
+            reason: LostReason::TakenBy(holder),
+            ..
+        }) => assert_eq!(holder, "intruder"),
+        other => panic!("expected a lost lease, got {other:?}"),
+    }
+    assert_eq!(one.state.leader.leader.get(), 0);
+    // It did not take the lease back on its way out.
+    assert_eq!(holder(&server).as_deref(), Some("intruder"));
+}

@@ -662,7 +662,14 @@ impl Round<'_> {
         let m = &self.ctx.metrics;
         let name = &self.owner.name;
         let live = self.apis.deployments.get_opt(name).await?;
-        let desired = resources::deployment(&self.owner, spec, &image, &keys.hash(), ttl);
+        let desired = resources::deployment(
+            &self.owner,
+            spec,
+            &image,
+            &keys.hash(),
+            keys.active.alg,
+            ttl,
+        );
         let deployment = apply(&self.apis.deployments, live.as_ref(), &desired, m).await?;
         let live = self.apis.services.get_opt(name).await?;
         apply(

@@ -229,7 +229,12 @@ fn caller_tokens_mount() -> VolumeMount {
 /// emergency clamp) for the TTLs, keys from the Secret, and the issue-6
 /// controls only when they are set, so a resource without them renders the
 /// reference service's configuration unchanged.
-fn service_env(owner: &Owner, spec: &MacpAuthSpec, ttl: TtlLimits) -> Vec<EnvVar> {
+fn service_env(
+    owner: &Owner,
+    spec: &MacpAuthSpec,
+    signing_alg: SigningAlg,
+    ttl: TtlLimits,
+) -> Vec<EnvVar> {
     let secret = owner.secret_name();
     let mut vars = vec![
         env(service_env::PORT, spec.port),
@@ -237,7 +242,7 @@ fn service_env(owner: &Owner, spec: &MacpAuthSpec, ttl: TtlLimits) -> Vec<EnvVar
         env(service_env::AUDIENCE, &spec.audience),
         env(service_env::MAX_TTL, ttl.max_ttl_seconds),
         env(service_env::DEFAULT_TTL, ttl.default_ttl_seconds),
-        env(service_env::SIGNING_ALG, alg_name(spec.signing_alg)),
+        env(service_env::SIGNING_ALG, alg_name(signing_alg)),
         secret_env(service_env::SIGNING_KEY_JSON, &secret, keyset::ACTIVE),
         secret_env(
             service_env::VERIFICATION_KEYS_JSON,
@@ -261,12 +266,16 @@ fn service_env(owner: &Owner, spec: &MacpAuthSpec, ttl: TtlLimits) -> Vec<EnvVar
 }
 
 /// The token service Deployment. `image` is the resolved image (spec or
-/// operator default); `ttl` the TTLs to run with (see [`crate::ttl_clamp`]).
+/// operator default); `signing_alg` the active key's algorithm, which is not
+/// `spec.signingAlg` while a rotation to a key of another kind is under way
+/// (the service refuses to start when they disagree); `ttl` the TTLs to run
+/// with (see [`crate::ttl_clamp`]).
 pub fn deployment(
     owner: &Owner,
     spec: &MacpAuthSpec,
     image: &str,
     keyset_hash: &str,
+    signing_alg: SigningAlg,
     ttl: TtlLimits,
 ) -> Deployment {
     // User pod labels first so they can never replace the selector labels.
@@ -285,7 +294,7 @@ pub fn deployment(
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        env: Some(service_env(owner, spec, ttl)),
+        env: Some(service_env(owner, spec, signing_alg, ttl)),
         volume_mounts: spec
             .caller_auth
             .as_ref()
@@ -477,7 +486,15 @@ mod tests {
         let ks = Keyset::initial(PrivateKey::generate(SigningAlg::ES256, "k1", 2048).unwrap());
         let metas = [
             secret(&o, &ks).metadata,
-            deployment(&o, &spec, "img:1", &ks.hash(), plain(&spec)).metadata,
+            deployment(
+                &o,
+                &spec,
+                "img:1",
+                &ks.hash(),
+                spec.signing_alg,
+                plain(&spec),
+            )
+            .metadata,
             service(&o, &spec).metadata,
             verifier_config_map(&o, &spec).metadata,
         ];
@@ -516,7 +533,14 @@ mod tests {
             "defaultTtlSeconds": 60, "signingAlg": "ES256", "port": 8080, "replicas": 3
         }))
         .spec;
-        let d = deployment(&owner(), &spec, "img:1", "abc", plain(&spec));
+        let d = deployment(
+            &owner(),
+            &spec,
+            "img:1",
+            "abc",
+            spec.signing_alg,
+            plain(&spec),
+        );
         let env = env_of(&d);
         let plain = |k: &str| env[k].value.clone().unwrap();
         assert_eq!(plain("PORT"), "8080");
@@ -577,7 +601,7 @@ mod tests {
     #[test]
     fn hardening_settings_render_nothing_when_unset() {
         let spec = mauth(serde_json::json!({"audit": {"enabled": false}})).spec;
-        let d = deployment(&owner(), &spec, "img", "h", plain(&spec));
+        let d = deployment(&owner(), &spec, "img", "h", spec.signing_alg, plain(&spec));
         let env = env_of(&d);
         for var in [
             service_env::MINT_TOKENS_FILE,
@@ -600,7 +624,7 @@ mod tests {
             "callerAuth": {"secretName": "minters", "key": "callers.txt"}
         }))
         .spec;
-        let d = deployment(&owner(), &spec, "img", "h", plain(&spec));
+        let d = deployment(&owner(), &spec, "img", "h", spec.signing_alg, plain(&spec));
         let env = env_of(&d);
         assert_eq!(
             env[service_env::MINT_TOKENS_FILE].value.as_deref(),
@@ -633,18 +657,48 @@ mod tests {
     }
 
     #[test]
+    fn signing_alg_follows_the_active_key_not_the_spec() {
+        // The spec asks for ES256 while the active key is still RSA: the pods
+        // must keep RS256 until the rotation activates the EC key.
+        let spec = mauth(serde_json::json!({"signingAlg": "ES256"})).spec;
+        let env = env_of(&deployment(
+            &owner(),
+            &spec,
+            "img",
+            "h",
+            SigningAlg::RS256,
+            plain(&spec),
+        ));
+        assert_eq!(env["MACP_AUTH_SIGNING_ALG"].value.as_deref(), Some("RS256"));
+    }
+
+    #[test]
     fn rate_limit_and_audit_map_to_the_service_variables() {
         let spec = mauth(serde_json::json!({
             "rateLimit": {"perSecond": 20}, "audit": {"enabled": true}
         }))
         .spec;
-        let env = env_of(&deployment(&owner(), &spec, "img", "h", plain(&spec)));
+        let env = env_of(&deployment(
+            &owner(),
+            &spec,
+            "img",
+            "h",
+            spec.signing_alg,
+            plain(&spec),
+        ));
         let plain_env = |k: &str| env[k].value.clone().unwrap();
         assert_eq!(plain_env("MACP_AUTH_RATE_LIMIT_PER_SECOND"), "20");
         assert!(!env.contains_key("MACP_AUTH_RATE_LIMIT_BURST"));
         assert_eq!(plain_env("MACP_AUTH_AUDIT_LOG"), "stdout");
         let spec = mauth(serde_json::json!({"rateLimit": {"perSecond": 20, "burst": 40}})).spec;
-        let env = env_of(&deployment(&owner(), &spec, "img", "h", plain(&spec)));
+        let env = env_of(&deployment(
+            &owner(),
+            &spec,
+            "img",
+            "h",
+            spec.signing_alg,
+            plain(&spec),
+        ));
         assert_eq!(
             env["MACP_AUTH_RATE_LIMIT_BURST"].value.as_deref(),
             Some("40")
@@ -658,7 +712,7 @@ mod tests {
             max_ttl_seconds: 120,
             default_ttl_seconds: 120,
         };
-        let d = deployment(&owner(), &spec, "img", "h", ttl);
+        let d = deployment(&owner(), &spec, "img", "h", spec.signing_alg, ttl);
         let env = env_of(&d);
         assert_eq!(
             env["MACP_AUTH_MAX_TTL_SECONDS"].value.as_deref(),
@@ -698,7 +752,14 @@ mod tests {
             ("prometheus.io/scrape".to_string(), "true".to_string()),
             (KEYSET_HASH_ANNOTATION.to_string(), "forged".to_string()),
         ]);
-        let d = deployment(&owner(), &spec, "img", "real", plain(&spec));
+        let d = deployment(
+            &owner(),
+            &spec,
+            "img",
+            "real",
+            spec.signing_alg,
+            plain(&spec),
+        );
         let t = d.spec.unwrap().template;
         let meta = t.metadata.unwrap();
         let labels = meta.labels.unwrap();

@@ -301,12 +301,21 @@ impl Env {
         name: &str,
         alg: jsonwebtoken::Algorithm,
     ) -> (ServiceProxy, LoadGenerator) {
+        self.load_algs(name, vec![alg]).await
+    }
+
+    /// [`Env::load`] with a verifier that accepts each of `algs`.
+    async fn load_algs(
+        &self,
+        name: &str,
+        algs: Vec<jsonwebtoken::Algorithm>,
+    ) -> (ServiceProxy, LoadGenerator) {
         let endpoints = self.endpoints(name).await;
         let proxy = ServiceProxy::start_with(endpoints.clone())
             .await
             .expect("service proxy");
         let mut config = LoadConfig::new(&self.ns, name, CACHE_TTL);
-        config.algorithms = vec![alg];
+        config.algorithms = algs;
         config.max_duration = PATIENCE * 2;
         config.pause = Duration::from_millis(2);
         let load = LoadGenerator::start_with(endpoints, proxy.clone(), config);
@@ -748,6 +757,99 @@ async fn e2e_5_new_key_never_ready_rolls_back() {
         "{} outcome={:?} degraded={degraded:?} phases={}",
         report.summary_line("rollback"),
         rec.outcome,
+        log.timings()
+    );
+}
+
+/// Scenario 6: changing `signingAlg` is a routine rotation to a key of the
+/// new kind, with the same zero-failure guarantee (verifiers accept both algs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_6_signing_alg_change_is_a_zero_failure_rotation() {
+    let mut env = Env::start().await;
+    let name = env.create("algchange", spec("RS256", true)).await;
+    let before = env.wait_ready(&name).await;
+    let old_kid = before.active_kid.clone().expect("active kid");
+    let algs = vec![
+        jsonwebtoken::Algorithm::RS256,
+        jsonwebtoken::Algorithm::ES256,
+    ];
+    let (_proxy, load) = env.load_algs(&name, algs).await;
+    settle().await;
+
+    let patch = json!({"spec": {"signingAlg": "ES256"}});
+    env.api()
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch signingAlg");
+    let mut log = PhaseLog::default();
+    let after = follow_rotation(&mut env, &name, before.history.len(), &mut log, |_| false).await;
+    settle().await;
+    let report = load.stop().await;
+    env.shutdown().await;
+
+    let rec = after.history.last().expect("history entry");
+    assert_eq!(rec.outcome, RotationOutcome::Succeeded, "{rec:?}");
+    assert_eq!(rec.request_id.as_deref(), Some("spec:ES256"), "{rec:?}");
+    assert_eq!(rec.old_kid.as_deref(), Some(old_kid.as_str()));
+    assert!(log.phases().contains(&RotationPhase::Propagating));
+    let new_kid = after.active_kid.clone().expect("active kid");
+    let es256_tokens = report.records.iter().filter(|r| r.kid == new_kid).count();
+    assert!(es256_tokens > 0, "no token signed by the ES256 key");
+    assert_clean_run("alg_change", &report);
+    println!(
+        "{} es256_tokens={es256_tokens} phases={}",
+        report.summary_line("alg_change"),
+        log.timings()
+    );
+}
+
+/// Scenario 7: `rotation.interval` rotates by itself (trigger `scheduled`,
+/// zero failed verifications), and `paused` stops the schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_7_scheduled_rotation_and_pause() {
+    let mut env = Env::start().await;
+    let mut s = spec("ES256", true);
+    s["rotation"]["interval"] = json!("8s");
+    let name = env.create("scheduled", s).await;
+    let before = env.wait_ready(&name).await;
+    assert!(before.next_rotation_time.is_some(), "{before:#?}");
+    let (_proxy, load) = env.load(&name, jsonwebtoken::Algorithm::ES256).await;
+
+    let mut log = PhaseLog::default();
+    let after = follow_rotation(&mut env, &name, before.history.len(), &mut log, |_| false).await;
+    let rec = after.history.last().expect("history entry");
+    assert_eq!(rec.trigger, RotationTrigger::Scheduled, "{rec:?}");
+    assert_eq!(rec.outcome, RotationOutcome::Succeeded, "{rec:?}");
+
+    let patch = json!({"spec": {"rotation": {"paused": true}}});
+    env.api()
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("pause");
+    // A rotation the schedule started just before the pause may still finish.
+    let paused = env
+        .wait_for(&name, "no rotation in flight", |s| {
+            s.rotation
+                .as_ref()
+                .is_none_or(|r| r.phase == RotationPhase::Idle)
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(2 * 8)).await;
+    let later = env.status(&name).await;
+    let report = load.stop().await;
+    env.shutdown().await;
+
+    assert_eq!(
+        later.history.len(),
+        paused.history.len(),
+        "a rotation started while paused: {:?}",
+        later.history.last()
+    );
+    assert_clean_run("scheduled", &report);
+    println!(
+        "{} rotations={} phases={}",
+        report.summary_line("scheduled"),
+        later.history.len(),
         log.timings()
     );
 }

@@ -11,7 +11,19 @@ use macp_auth_operator::crd::MacpAuth;
 use macp_auth_operator::{HttpProber, Settings, leader, telemetry};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    // One line on stderr, causes included (`{:#}`), exit 1: the same contract as
+    // the token service's fatal startup errors.
+    match dispatch().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("macp-auth-operator: fatal: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch() -> anyhow::Result<()> {
     match Cli::parse().into_command() {
         Command::Crd => {
             let yaml = serde_yaml::to_string(&MacpAuth::crd()).context("serialising the CRD")?;

@@ -106,6 +106,43 @@ impl HttpProber {
     }
 }
 
+impl HttpProber {
+    async fn metrics_signing_kid(&self, ip: &str, port: u16) -> Result<String, ProbeError> {
+        let url = format!("{}/metrics", base(ip, port));
+        let request_err = |e: reqwest::Error| ProbeError::Request {
+            url: url.clone(),
+            message: e.to_string(),
+        };
+        let resp = self.client.get(&url).send().await.map_err(request_err)?;
+        if !resp.status().is_success() {
+            return Err(ProbeError::Status {
+                url: url.clone(),
+                status: resp.status().as_u16(),
+            });
+        }
+        let text = resp.text().await.map_err(request_err)?;
+        metrics_kid(&text).map_err(|message| ProbeError::Body { url, message })
+    }
+}
+
+/// The `kid` label of `macp_auth_signing_key_info{...} 1` in the service's
+/// metrics: the key the process signs with.
+pub fn metrics_kid(text: &str) -> Result<String, String> {
+    const INFO: &str = "macp_auth_signing_key_info{";
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(INFO))
+        .ok_or_else(|| "no macp_auth_signing_key_info series".to_string())?;
+    let labels = &line[INFO.len()..line.find('}').unwrap_or(line.len())];
+    labels
+        .split(',')
+        .find_map(|kv| kv.strip_prefix("kid=\""))
+        .and_then(|v| v.strip_suffix('"'))
+        .filter(|kid| !kid.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| format!("no kid label in {line:?}"))
+}
+
 fn base(ip: &str, port: u16) -> String {
     if ip.contains(':') {
         format!("http://[{ip}]:{port}")
@@ -128,7 +165,18 @@ impl PodProber for HttpProber {
             .client
             .post(&url)
             .json(&serde_json::json!({ "sender": PROBE_SENDER, "ttl_seconds": 1 }));
-        let body = self.json(req, &url).await?;
+        let body = match self.json(req, &url).await {
+            // Caller authentication is on (`spec.callerAuth`): by design the
+            // operator holds no caller token (it never reads that Secret), so
+            // it reads the kid the process loaded as its signing key from the
+            // service's own `/metrics` instead. Weaker than a minted token (it
+            // shows the loaded configuration, not a signature), but the JWKS
+            // check and the verifiers' own checks still cover the key itself.
+            Err(ProbeError::Status { status: 401, .. }) => {
+                return self.metrics_signing_kid(ip, port).await;
+            }
+            other => other?,
+        };
         let token = body
             .get("token")
             .and_then(Value::as_str)
@@ -163,6 +211,33 @@ mod tests {
         assert!(jwt_kid("!!!.e30.sig").is_err());
         let no_kid = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
         assert!(jwt_kid(&format!("{no_kid}.e30.")).is_err());
+    }
+
+    #[test]
+    fn kid_of_the_metrics_info_series() {
+        let text = "# HELP macp_auth_signing_key_info The active key.\n\
+                    macp_auth_signing_key_info{kid=\"k-7\",alg=\"ES256\"} 1\n\
+                    macp_auth_published_keys 2\n";
+        assert_eq!(metrics_kid(text), Ok("k-7".to_string()));
+        assert!(metrics_kid("macp_auth_published_keys 2\n").is_err());
+        assert!(metrics_kid("macp_auth_signing_key_info{alg=\"ES256\"} 1\n").is_err());
+    }
+
+    #[tokio::test]
+    async fn with_caller_auth_the_signing_kid_comes_from_metrics() {
+        use axum::http::StatusCode;
+        use axum::{Router, routing::get, routing::post};
+        let app = Router::new()
+            .route("/tokens", post(|| async { StatusCode::UNAUTHORIZED }))
+            .route(
+                "/metrics",
+                get(|| async { "macp_auth_signing_key_info{kid=\"k-3\",alg=\"RS256\"} 1\n" }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let p = HttpProber::new(Duration::from_secs(2)).unwrap();
+        assert_eq!(p.signing_kid("127.0.0.1", port).await.unwrap(), "k-3");
     }
 
     #[tokio::test]

@@ -43,6 +43,9 @@ pub struct LoadConfig {
     pub max_duration: Duration,
     /// ...or after this many minted tokens.
     pub max_tokens: usize,
+    /// Caller token sent as `Authorization: Bearer` on every mint (the
+    /// service's `MACP_AUTH_MINT_TOKENS_FILE`), when set.
+    pub caller_token: Option<String>,
 }
 
 impl LoadConfig {
@@ -63,6 +66,7 @@ impl LoadConfig {
             pause: Duration::from_millis(5),
             max_duration: Duration::from_secs(60),
             max_tokens: 100_000,
+            caller_token: None,
         }
     }
 }
@@ -265,22 +269,23 @@ impl Shared {
     }
 
     async fn mint(&self, ep: SocketAddr, worker: usize) -> Result<String, String> {
-        let resp = self
+        let mut req = self
             .http
             .post(format!("http://{ep}/tokens"))
-            .json(&json!({"sender": format!("load-{worker}"), "scopes": {}}))
-            .send()
-            .await
-            .map_err(|e| {
-                format!(
-                    "request: {}",
-                    if e.is_connect() {
-                        "connect".into()
-                    } else {
-                        e.to_string()
-                    }
-                )
-            })?;
+            .json(&json!({"sender": format!("load-{worker}"), "scopes": {}}));
+        if let Some(token) = &self.config.caller_token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.map_err(|e| {
+            format!(
+                "request: {}",
+                if e.is_connect() {
+                    "connect".into()
+                } else {
+                    e.to_string()
+                }
+            )
+        })?;
         let status = resp.status();
         let body: Value = resp.json().await.map_err(|e| format!("body: {e}"))?;
         if !status.is_success() {

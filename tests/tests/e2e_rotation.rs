@@ -854,6 +854,86 @@ async fn e2e_7_scheduled_rotation_and_pause() {
     );
 }
 
+/// Scenario 8: the production controls of the MacpAuth reach the pods: with
+/// `callerAuth` only holders of a listed token mint (401 otherwise), `audit`
+/// writes one line per mint, and a rotation under authenticated load still
+/// fails no verification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_8_caller_auth_and_audit_reach_the_pods() {
+    let mut env = Env::start().await;
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns);
+    let callers = format!("callers-{:04x}", rand::random::<u16>());
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": callers},
+        "stringData": {"tokens": "first-caller-token\nload-caller-token\n"}
+    }))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create caller tokens Secret");
+    let mut s = spec("ES256", true);
+    s["callerAuth"] = json!({"secretName": callers});
+    s["audit"] = json!({"enabled": true});
+    let name = env.create("controls", s).await;
+    let before = env.wait_ready(&name).await;
+    let endpoints = env.endpoints(&name).await;
+    let proxy = ServiceProxy::start_with(endpoints.clone())
+        .await
+        .expect("service proxy");
+
+    let anonymous = reqwest::Client::new()
+        .post(format!("{}/tokens", proxy.url()))
+        .json(&json!({"sender": "anonymous", "scopes": {}}))
+        .send()
+        .await
+        .expect("mint");
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let body: Value = anonymous.json().await.expect("JSON error body");
+    assert!(body["error"].is_string(), "{body}");
+
+    let mut config = LoadConfig::new(&env.ns, &name, CACHE_TTL);
+    config.algorithms = vec![jsonwebtoken::Algorithm::ES256];
+    config.max_duration = PATIENCE * 2;
+    config.pause = Duration::from_millis(2);
+    config.caller_token = Some("load-caller-token".into());
+    let load = LoadGenerator::start_with(endpoints.clone(), proxy.clone(), config);
+    settle().await;
+    env.annotate(&name, "macp.io/rotate", "with-controls").await;
+    let mut log = PhaseLog::default();
+    let after = follow_rotation(&mut env, &name, before.history.len(), &mut log, |_| false).await;
+    settle().await;
+    let report = load.stop().await;
+
+    let audit_lines = match &env.backend {
+        Backend::Simulated(sim) => sim
+            .cluster
+            .pods()
+            .iter()
+            .filter(|p| p.deployment == name)
+            .flat_map(|p| sim.cluster.pod_logs(&p.namespace, &p.name))
+            .filter(|l| l.contains("\"outcome\"") && l.contains("load-"))
+            .count(),
+        Backend::Real { .. } => 0,
+    };
+    let simulated = !env.is_real();
+    env.shutdown().await;
+
+    let rec = after.history.last().expect("history entry");
+    assert_eq!(rec.outcome, RotationOutcome::Succeeded, "{rec:?}");
+    assert_eq!(report.mint_errors, 0, "{:?}", report.mint_error_reasons);
+    assert_clean_run("controls", &report);
+    // (On a real cluster the pods' logs are not read: `kubectl logs` shows them.)
+    if simulated {
+        assert!(audit_lines > 0, "no audit line in the pods' logs");
+    }
+    println!(
+        "{} audit_lines={audit_lines} phases={}",
+        report.summary_line("controls"),
+        log.timings()
+    );
+}
+
 /// The real-cluster backend, run in CI against the simulation exposed through
 /// a kubeconfig file: the code path `MACP_E2E_KUBECONFIG` takes, end to end
 /// (kubeconfig loading, API-only endpoints and status, cleanup), with

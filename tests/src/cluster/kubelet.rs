@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::addr::PodIp;
 use super::env::{self, PodFacts, Source};
 use super::podspec::{self, ContainerState, KUBELET_FINALIZER};
+use super::volumes;
 use super::{Inner, PodStart, lock, now};
 
 /// Lines of output kept per pod, like a container log.
@@ -28,6 +29,8 @@ pub(super) struct PodRun {
     pub deployment: String,
     pub hash: String,
     pub container: Value,
+    /// The pod template's `spec.volumes` (Secret volumes are materialized).
+    pub volumes: Value,
     pub ip: PodIp,
     pub port: u16,
     pub logs: Arc<Mutex<VecDeque<String>>>,
@@ -201,6 +204,19 @@ fn resolve_env(
     };
     let mut vars = env::resolve(&run.container, &facts, lookup)
         .map_err(|e| ("CreateContainerConfigError", e))?;
+    let secret = |name: &str| lookup(Source::Secret, name);
+    let mounts = volumes::secret_mounts(&run.container, &run.volumes, secret)
+        .map_err(|e| ("FailedMount", e))?;
+    if !mounts.is_empty() {
+        let root = std::env::temp_dir().join("macp-e2e-volumes").join(format!(
+            "{}-{}",
+            std::process::id(),
+            run.name
+        ));
+        let pairs = volumes::write_mounts(&root, &mounts)
+            .map_err(|e| ("FailedMount", format!("writing {}: {e}", root.display())))?;
+        volumes::rewrite_paths(&mut vars, &pairs);
+    }
     vars.insert("MACP_AUTH_BIND".into(), ip.to_string());
     vars.entry("PORT".into())
         .or_insert_with(|| run.port.to_string());

@@ -39,6 +39,7 @@ mod env;
 mod kubelet;
 pub mod podspec;
 pub mod rollout;
+pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
@@ -475,6 +476,10 @@ fn start_pod(inner: &Arc<Inner>, st: &mut State, d: &Value, template: &Value, ha
         tracing::warn!(%deployment, "pod template has no container; nothing to run");
         return;
     };
+    let volumes = template
+        .pointer("/spec/volumes")
+        .cloned()
+        .unwrap_or(Value::Null);
     let port = env::port(&container);
     let Some(ip) = addr::allocate(port) else {
         tracing::warn!(%deployment, port, "no free loopback address for a pod");
@@ -516,6 +521,7 @@ fn start_pod(inner: &Arc<Inner>, st: &mut State, d: &Value, template: &Value, ha
         deployment: deployment.to_string(),
         hash: hash.to_string(),
         container,
+        volumes,
         ip,
         port,
         logs,

@@ -934,6 +934,109 @@ async fn e2e_8_caller_auth_and_audit_reach_the_pods() {
     );
 }
 
+/// Scenario 9: `emergency.maxTtlSeconds`: from the emergency annotation the
+/// pods mint with the lower max TTL, and once the emergency is over and
+/// `drainSeconds` have passed the operator restores the normal one by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_9_emergency_ttl_clamp_is_applied_and_lifted() {
+    let mut env = Env::start().await;
+    let mut s = spec("ES256", true);
+    s["emergency"] = json!({"maxTtlSeconds": 60});
+    let name = env.create("clamp", s).await;
+    let before = env.wait_ready(&name).await;
+    let endpoints = env.endpoints(&name).await;
+    // Every pod must agree: ask each one directly, not through a Service.
+    let all_pods_grant = |ttl: u64| {
+        let endpoints = endpoints.clone();
+        async move {
+            let eps = endpoints.endpoints();
+            if eps.is_empty() {
+                return false;
+            }
+            for ep in eps {
+                match mint_ttl(&format!("http://{ep}"), 600).await {
+                    Some(t) if t == ttl => {}
+                    _ => return false,
+                }
+            }
+            true
+        }
+    };
+    assert!(
+        all_pods_grant(600).await,
+        "600 s tokens before the emergency"
+    );
+
+    let t0 = Instant::now();
+    env.annotate(&name, "macp.io/emergency-rotate", "INC-TTL")
+        .await;
+    let clamped = env
+        .wait_for(&name, "the clamp in status", |s| {
+            s.emergency_ttl_clamp.is_some()
+        })
+        .await;
+    assert_eq!(
+        clamped
+            .emergency_ttl_clamp
+            .as_ref()
+            .map(|c| c.max_ttl_seconds),
+        Some(60)
+    );
+    wait_until("every pod grants at most 60 s", || all_pods_grant(60)).await;
+    let clamp_s = t0.elapsed().as_secs_f64();
+
+    let mut log = PhaseLog::default();
+    let after = follow_rotation(&mut env, &name, before.history.len(), &mut log, |_| false).await;
+    let rec = after.history.last().expect("history entry");
+    assert_eq!(rec.trigger, RotationTrigger::Emergency);
+    assert_eq!(rec.outcome, RotationOutcome::Succeeded, "{rec:?}");
+    let lifted = env
+        .wait_for(&name, "the clamp lifted", |s| {
+            s.emergency_ttl_clamp.is_none()
+        })
+        .await;
+    assert!(lifted.emergency_ttl_clamp.is_none());
+    wait_until("every pod grants 600 s again", || all_pods_grant(600)).await;
+    let restored_s = t0.elapsed().as_secs_f64();
+    let reasons = env.event_reasons(&name).await;
+    env.shutdown().await;
+    for r in ["EmergencyTtlClamp", "EmergencyTtlRestored"] {
+        assert!(reasons.iter().any(|x| x == r), "no {r} event: {reasons:?}");
+    }
+    println!(
+        "e2e emergency_ttl_clamp: clamped_after_s={clamp_s:.1} restored_after_s={restored_s:.1} phases={}",
+        log.timings()
+    );
+}
+
+async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        if start.elapsed() > PATIENCE {
+            panic!("timed out: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Mints asking for `ttl` seconds; the lifetime granted (`expires_in_seconds`).
+async fn mint_ttl(base: &str, ttl: u64) -> Option<u64> {
+    let body: Value = reqwest::Client::new()
+        .post(format!("{base}/tokens"))
+        .json(&json!({"sender": "ttl-check", "scopes": {}, "ttl_seconds": ttl}))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    body["expires_in_seconds"].as_u64()
+}
+
 /// The real-cluster backend, run in CI against the simulation exposed through
 /// a kubeconfig file: the code path `MACP_E2E_KUBECONFIG` takes, end to end
 /// (kubeconfig loading, API-only endpoints and status, cleanup), with

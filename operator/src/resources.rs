@@ -447,6 +447,18 @@ mod tests {
         d.spec.clone().unwrap().template.spec.unwrap()
     }
 
+    /// The container env of `spec`'s Deployment, with the spec's own alg and TTLs.
+    fn spec_env(spec: &MacpAuthSpec) -> BTreeMap<String, EnvVar> {
+        env_of(&deployment(
+            &owner(),
+            spec,
+            "img",
+            "h",
+            spec.signing_alg,
+            plain(spec),
+        ))
+    }
+
     fn env_of(d: &Deployment) -> BTreeMap<String, EnvVar> {
         let c = &d
             .spec
@@ -678,27 +690,13 @@ mod tests {
             "rateLimit": {"perSecond": 20}, "audit": {"enabled": true}
         }))
         .spec;
-        let env = env_of(&deployment(
-            &owner(),
-            &spec,
-            "img",
-            "h",
-            spec.signing_alg,
-            plain(&spec),
-        ));
+        let env = spec_env(&spec);
         let plain_env = |k: &str| env[k].value.clone().unwrap();
         assert_eq!(plain_env("MACP_AUTH_RATE_LIMIT_PER_SECOND"), "20");
         assert!(!env.contains_key("MACP_AUTH_RATE_LIMIT_BURST"));
         assert_eq!(plain_env("MACP_AUTH_AUDIT_LOG"), "stdout");
         let spec = mauth(serde_json::json!({"rateLimit": {"perSecond": 20, "burst": 40}})).spec;
-        let env = env_of(&deployment(
-            &owner(),
-            &spec,
-            "img",
-            "h",
-            spec.signing_alg,
-            plain(&spec),
-        ));
+        let env = spec_env(&spec);
         assert_eq!(
             env["MACP_AUTH_RATE_LIMIT_BURST"].value.as_deref(),
             Some("40")

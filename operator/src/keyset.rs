@@ -278,7 +278,8 @@ impl Keyset {
         }
     }
 
-    fn private(&self, kid: &str, slot: &'static str) -> Result<PrivateKey, LayoutError> {
+    /// The private key `kid` from any slot.
+    fn find_private(&self, kid: &str) -> Option<&PrivateKey> {
         [
             Some(&self.active),
             self.next.as_ref(),
@@ -287,24 +288,20 @@ impl Keyset {
         .into_iter()
         .flatten()
         .find(|k| k.kid == kid)
-        .cloned()
-        .ok_or_else(|| LayoutError::MissingPrivate {
-            kid: kid.to_string(),
-            slot,
-        })
+    }
+
+    fn private(&self, kid: &str, slot: &'static str) -> Result<PrivateKey, LayoutError> {
+        self.find_private(kid)
+            .cloned()
+            .ok_or_else(|| LayoutError::MissingPrivate {
+                kid: kid.to_string(),
+                slot,
+            })
     }
 
     fn public(&self, kid: &str) -> Result<Value, LayoutError> {
-        let from_private = [
-            Some(&self.active),
-            self.next.as_ref(),
-            self.previous.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .find(|k| k.kid == kid)
-        .map(|k| k.public.clone());
-        from_private
+        self.find_private(kid)
+            .map(|k| k.public.clone())
             .or_else(|| {
                 self.published
                     .iter()

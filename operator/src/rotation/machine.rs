@@ -576,10 +576,19 @@ impl Machine<'_> {
 
     // ----- rollout phases -----
 
+    /// The keyset the current phase wants; aborts the rotation when its status
+    /// names no old or new key (a phase that needs a layout cannot go on).
+    fn desired_or_abort(&mut self) -> Option<KeysetPlan> {
+        let plan = desired(&self.rot);
+        if plan.is_none() {
+            self.abort("rotation status names no old or new key".to_string());
+        }
+        plan
+    }
+
     fn rollout_phase(&mut self, keyset: &KeysetView) {
         let now = self.now();
-        let Some(plan) = desired(&self.rot) else {
-            self.abort("rotation status names no old or new key".to_string());
+        let Some(plan) = self.desired_or_abort() else {
             return;
         };
         let verdict = if plan.matches(keyset) {
@@ -755,8 +764,7 @@ impl Machine<'_> {
 
     fn wait_phase(&mut self, keyset: &KeysetView) {
         let now = self.now();
-        let Some(plan) = desired(&self.rot) else {
-            self.abort("rotation status names no old or new key".to_string());
+        let Some(plan) = self.desired_or_abort() else {
             return;
         };
         if !plan.matches(keyset) {

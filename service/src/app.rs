@@ -228,14 +228,18 @@ fn json_bytes(status: StatusCode, body: impl Into<Body>) -> Response {
     response
 }
 
-fn error(status: StatusCode, message: &'static str) -> Response {
+/// `{"error": message}`: the body of every error answer.
+fn error_body(message: &'static str) -> Vec<u8> {
     #[derive(Serialize)]
     struct ErrorBody {
         error: &'static str,
     }
-    let body = serde_json::to_vec(&ErrorBody { error: message })
-        .unwrap_or_else(|_| br#"{"error":"internal error"}"#.to_vec());
-    json_bytes(status, body)
+    serde_json::to_vec(&ErrorBody { error: message })
+        .unwrap_or_else(|_| br#"{"error":"internal error"}"#.to_vec())
+}
+
+fn error(status: StatusCode, message: &'static str) -> Response {
+    json_bytes(status, error_body(message))
 }
 
 async fn healthz() -> Response {
@@ -507,11 +511,7 @@ pub fn mint_from_body(state: &AppState, bytes: &[u8]) -> (StatusCode, Vec<u8>) {
         .and_then(|request| issue(state, &request))
     {
         Ok(body) => (StatusCode::OK, body),
-        Err(rejection) => {
-            let body = serde_json::to_vec(&serde_json::json!({"error": rejection.message()}))
-                .unwrap_or_default();
-            (rejection.status(), body)
-        }
+        Err(rejection) => (rejection.status(), error_body(rejection.message())),
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
 use kube::api::{Api, PostParams};
 use kube::runtime::events::{Recorder, Reporter};
 use macp_auth_e2e::apiserver::{FakeApiServer, RecordedRequest};
@@ -224,8 +224,9 @@ fn condition(s: &MacpAuthStatus, type_: &str) -> (String, String, String) {
     (c.status.clone(), c.reason.clone(), c.message.clone())
 }
 
-fn container_env(d: &Deployment) -> BTreeMap<String, String> {
-    d.spec
+/// The token service container of a Deployment.
+fn container(d: &Deployment) -> &Container {
+    &d.spec
         .as_ref()
         .unwrap()
         .template
@@ -233,6 +234,10 @@ fn container_env(d: &Deployment) -> BTreeMap<String, String> {
         .as_ref()
         .unwrap()
         .containers[0]
+}
+
+fn container_env(d: &Deployment) -> BTreeMap<String, String> {
+    container(d)
         .env
         .clone()
         .unwrap()
@@ -318,16 +323,7 @@ async fn create_writes_the_key_first_then_the_objects_then_becomes_ready() {
     let env = container_env(&d);
     assert_eq!(env["MACP_AUTH_ISSUER"], "iss-1");
     assert_eq!(env["MACP_AUTH_SIGNING_ALG"], "ES256");
-    let c = &d
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
-    assert_eq!(c.image.as_deref(), Some(IMAGE));
+    assert_eq!(container(&d).image.as_deref(), Some(IMAGE));
     let svc = h.server.get_as::<Service>(Some(NS), "a").unwrap().unwrap();
     assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 3200);
     let cm = h.config_map("a").unwrap().data.unwrap();
@@ -499,9 +495,7 @@ async fn spec_changes_roll_the_deployment_and_update_the_config_map() {
     let spec = d.spec.as_ref().unwrap();
     assert_eq!(spec.replicas, Some(3));
     assert_eq!(
-        spec.template.spec.as_ref().unwrap().containers[0]
-            .image
-            .as_deref(),
+        container(&d).image.as_deref(),
         Some("registry.test/other:2")
     );
     let cm = h.config_map("c").unwrap().data.unwrap();

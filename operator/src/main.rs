@@ -70,7 +70,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     match election {
-        None => controller::run_with_state(client, settings, prober, state, wait(stop_rx)).await,
+        None => {
+            // The only reconciler is the leader: alerts on "no leader" and
+            // "several leaders" then read the same gauge in both modes.
+            state.leader.leader.set(1);
+            controller::run_with_state(client, settings, prober, state, wait(stop_rx)).await
+        }
         Some(cfg) => {
             // Losing the lease ends the process with an error: the kubelet restarts
             // it as a fresh candidate, the standard and safest recovery.

@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::crd::{MacpAuthStatus, RotationPhase};
+use crate::crd::{MacpAuthStatus, RotationOutcome, RotationPhase, RotationSpec};
 use crate::rotation::{self, Observed, Verdict};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -55,6 +55,15 @@ pub struct Metrics {
     pub rotation_phase: Family<PhaseLabels, Gauge>,
     pub seconds_since_last_rotation: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
     pub rotation_verify_failures: Family<ObjectLabels, Counter>,
+    /// Seconds the rotation in flight has spent in its current phase.
+    pub rotation_phase_seconds: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
+    /// How long the current phase may take before it counts as stuck: the
+    /// rollout timeout plus the phase's own wait (`status.rotation.waitUntil`).
+    pub rotation_phase_limit_seconds: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
+    /// `spec.rotation.interval` in seconds, for MacpAuths on an unpaused schedule.
+    pub rotation_interval_seconds: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
+    /// When the newest rolled-back rotation in `status.history` finished.
+    pub last_rollback_timestamp_seconds: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
     registry: std::sync::Arc<Registry>,
 }
 
@@ -100,6 +109,31 @@ impl Default for Metrics {
             "Pods seen contradicting the keyset a rotation expects (JWKS or signing kid), per MacpAuth",
             rotation_verify_failures.clone(),
         );
+        let rotation_phase_seconds = Family::<ObjectLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "rotation_phase_seconds",
+            "Seconds the rotation in flight has spent in its current phase (absent when Idle)",
+            rotation_phase_seconds.clone(),
+        );
+        let rotation_phase_limit_seconds = Family::<ObjectLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "rotation_phase_limit_seconds",
+            "Seconds the current rotation phase may last: spec.rotation.rolloutTimeoutSeconds plus the phase's own wait (absent when Idle)",
+            rotation_phase_limit_seconds.clone(),
+        );
+        let rotation_interval_seconds = Family::<ObjectLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "rotation_interval_seconds",
+            "spec.rotation.interval in seconds (absent without a schedule or while paused)",
+            rotation_interval_seconds.clone(),
+        );
+        let last_rollback_timestamp_seconds =
+            Family::<ObjectLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "last_rollback_timestamp_seconds",
+            "Unix time at which the newest rolled-back rotation in status.history finished (absent when none)",
+            last_rollback_timestamp_seconds.clone(),
+        );
         Self {
             reconciles,
             errors,
@@ -108,6 +142,10 @@ impl Default for Metrics {
             rotation_phase,
             seconds_since_last_rotation,
             rotation_verify_failures,
+            rotation_phase_seconds,
+            rotation_phase_limit_seconds,
+            rotation_interval_seconds,
+            last_rollback_timestamp_seconds,
             registry: std::sync::Arc::new(registry),
         }
     }
@@ -140,6 +178,7 @@ impl Metrics {
         &self,
         namespace: &str,
         name: &str,
+        spec: &RotationSpec,
         status: &MacpAuthStatus,
         now: DateTime<Utc>,
     ) {
@@ -167,6 +206,23 @@ impl Metrics {
         }
         // Present at 0 from the first reconcile, so `increase()` sees the first failure.
         let _ = self.rotation_verify_failures.get_or_create(&object);
+        let gauges = RotationGauges::of(spec, status, now);
+        set_or_remove(&self.rotation_phase_seconds, &object, gauges.phase_seconds);
+        set_or_remove(
+            &self.rotation_phase_limit_seconds,
+            &object,
+            gauges.phase_limit_seconds,
+        );
+        set_or_remove(
+            &self.rotation_interval_seconds,
+            &object,
+            gauges.interval_seconds,
+        );
+        set_or_remove(
+            &self.last_rollback_timestamp_seconds,
+            &object,
+            gauges.last_rollback_timestamp,
+        );
     }
 
     /// Counts pods that failed verification this round.
@@ -187,6 +243,10 @@ impl Metrics {
         let object = object_labels(namespace, name);
         self.seconds_since_last_rotation.remove(&object);
         self.rotation_verify_failures.remove(&object);
+        self.rotation_phase_seconds.remove(&object);
+        self.rotation_phase_limit_seconds.remove(&object);
+        self.rotation_interval_seconds.remove(&object);
+        self.last_rollback_timestamp_seconds.remove(&object);
     }
 
     /// OpenMetrics text of every metric.
@@ -196,6 +256,73 @@ impl Metrics {
             tracing::warn!("encoding metrics failed");
         }
         out
+    }
+}
+
+/// The per-`MacpAuth` gauges the alerting rules compare with each other,
+/// derived from the spec and the status a round ended with (no I/O).
+#[derive(Debug, Default, PartialEq)]
+struct RotationGauges {
+    phase_seconds: Option<f64>,
+    phase_limit_seconds: Option<f64>,
+    interval_seconds: Option<f64>,
+    last_rollback_timestamp: Option<f64>,
+}
+
+impl RotationGauges {
+    fn of(spec: &RotationSpec, status: &MacpAuthStatus, now: DateTime<Utc>) -> Self {
+        let in_flight = status
+            .rotation
+            .as_ref()
+            .filter(|r| r.phase != RotationPhase::Idle);
+        let since = in_flight.and_then(|r| r.phase_since);
+        let phase_seconds = since.map(|t| seconds(now - t));
+        let phase_limit_seconds = in_flight.map(|r| {
+            let wait = match (r.phase_since, r.wait_until) {
+                (Some(from), Some(to)) => seconds(to - from),
+                _ => 0.0,
+            };
+            spec.rollout_timeout_seconds.max(0) as f64 + wait
+        });
+        let interval_seconds = spec
+            .interval
+            .as_deref()
+            .filter(|_| !spec.paused)
+            .and_then(|text| rotation::parse_interval(text).ok())
+            .map(|d| d.as_secs_f64());
+        let last_rollback_timestamp = status
+            .history
+            .iter()
+            .filter(|r| r.outcome == RotationOutcome::RolledBack)
+            .map(|r| r.finished_at)
+            .max()
+            .map(|t| t.timestamp_millis() as f64 / 1000.0);
+        Self {
+            phase_seconds,
+            phase_limit_seconds,
+            interval_seconds,
+            last_rollback_timestamp,
+        }
+    }
+}
+
+/// Non-negative seconds of a duration, to the millisecond.
+fn seconds(d: chrono::Duration) -> f64 {
+    d.num_milliseconds().max(0) as f64 / 1000.0
+}
+
+fn set_or_remove(
+    family: &Family<ObjectLabels, Gauge<f64, AtomicU64>>,
+    object: &ObjectLabels,
+    value: Option<f64>,
+) {
+    match value {
+        Some(v) => {
+            family.get_or_create(object).set(v);
+        }
+        None => {
+            family.remove(object);
+        }
     }
 }
 
@@ -344,7 +471,7 @@ mod tests {
         let m = Metrics::default();
         let (mut status, _) = publishing();
         status.last_rotation_time = Some(t(0));
-        m.observe_rotation("auth", "prod", &status, t(90));
+        m.observe_rotation("auth", "prod", &RotationSpec::default(), &status, t(90));
         m.verify_failed("auth", "prod", 2);
         m.verify_failed("auth", "prod", 0);
         let text = m.render();
@@ -361,7 +488,7 @@ mod tests {
 
         // Back to Idle: the phase moves, exactly one series is 1.
         status.rotation = None;
-        m.observe_rotation("auth", "prod", &status, t(100));
+        m.observe_rotation("auth", "prod", &RotationSpec::default(), &status, t(100));
         let text = m.render();
         assert!(text.contains(
             "macp_operator_rotation_phase{namespace=\"auth\",name=\"prod\",phase=\"Idle\"} 1"
@@ -376,7 +503,13 @@ mod tests {
     #[test]
     fn age_falls_back_to_the_first_key_and_is_absent_without_one() {
         let m = Metrics::default();
-        m.observe_rotation("auth", "new", &MacpAuthStatus::default(), t(5));
+        m.observe_rotation(
+            "auth",
+            "new",
+            &RotationSpec::default(),
+            &MacpAuthStatus::default(),
+            t(5),
+        );
         assert!(!m.render().contains("seconds_since_last_rotation{"));
         let status = MacpAuthStatus {
             history: vec![crate::crd::RotationRecord {
@@ -391,10 +524,89 @@ mod tests {
             }],
             ..MacpAuthStatus::default()
         };
-        m.observe_rotation("auth", "new", &status, t(5));
+        m.observe_rotation("auth", "new", &RotationSpec::default(), &status, t(5));
         assert!(m.render().contains(
             "macp_operator_seconds_since_last_rotation{namespace=\"auth\",name=\"new\"} 5.0"
         ));
+    }
+
+    fn record(outcome: crate::crd::RotationOutcome, finished: i64) -> crate::crd::RotationRecord {
+        crate::crd::RotationRecord {
+            trigger: RotationTrigger::Manual,
+            request_id: None,
+            old_kid: Some("a".into()),
+            new_kid: Some("b".into()),
+            started_at: t(finished - 10),
+            finished_at: t(finished),
+            outcome,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn alerting_gauges_follow_phase_waits_schedule_and_rollbacks() {
+        use crate::crd::RotationOutcome::{RolledBack, Succeeded};
+        let spec = RotationSpec {
+            interval: Some("1h".into()),
+            rollout_timeout_seconds: 300,
+            ..RotationSpec::default()
+        };
+        let (mut status, _) = publishing();
+        // Propagating since t=100, waiting until t=160: limit = 300 + 60.
+        let rot = status.rotation.as_mut().unwrap();
+        rot.phase = RotationPhase::Propagating;
+        rot.phase_since = Some(t(100));
+        rot.wait_until = Some(t(160));
+        status.history = vec![
+            record(RolledBack, 20),
+            record(Succeeded, 50),
+            record(RolledBack, 40),
+        ];
+        let g = RotationGauges::of(&spec, &status, t(130));
+        assert_eq!(
+            g,
+            RotationGauges {
+                phase_seconds: Some(30.0),
+                phase_limit_seconds: Some(360.0),
+                interval_seconds: Some(3600.0),
+                last_rollback_timestamp: Some(t(40).timestamp() as f64),
+            }
+        );
+        // A rollout phase without a wait: the rollout timeout alone.
+        let rot = status.rotation.as_mut().unwrap();
+        rot.phase = RotationPhase::Activating;
+        rot.wait_until = None;
+        assert_eq!(
+            RotationGauges::of(&spec, &status, t(130)).phase_limit_seconds,
+            Some(300.0)
+        );
+        // Idle, paused, no rollback: every gauge absent.
+        let paused = RotationSpec {
+            paused: true,
+            ..spec.clone()
+        };
+        assert_eq!(
+            RotationGauges::of(&paused, &MacpAuthStatus::default(), t(130)),
+            RotationGauges::default()
+        );
+
+        let m = Metrics::default();
+        m.observe_rotation("auth", "prod", &spec, &status, t(130));
+        let text = m.render();
+        for line in [
+            "macp_operator_rotation_phase_seconds{namespace=\"auth\",name=\"prod\"} 30.0",
+            "macp_operator_rotation_phase_limit_seconds{namespace=\"auth\",name=\"prod\"} 300.0",
+            "macp_operator_rotation_interval_seconds{namespace=\"auth\",name=\"prod\"} 3600.0",
+            "macp_operator_last_rollback_timestamp_seconds{namespace=\"auth\",name=\"prod\"}",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        // Back to Idle and paused: the gauges go away instead of going stale.
+        m.observe_rotation("auth", "prod", &paused, &MacpAuthStatus::default(), t(140));
+        let text = m.render();
+        assert!(!text.contains("rotation_phase_seconds{"), "{text}");
+        assert!(!text.contains("rotation_interval_seconds{"), "{text}");
+        assert!(!text.contains("last_rollback_timestamp_seconds{"), "{text}");
     }
 
     #[test]

@@ -24,8 +24,9 @@ use serde_json::Value;
 use crate::audit::{self, AuditLog, AuditRecord};
 use crate::callers::{AuthResult, CallerAuth, CallerSet, Reload};
 use crate::config::{Config, KeySource, LoadedKeys};
+use crate::exposition;
 use crate::keys::{self, SigningKey};
-use crate::metrics::{self, AuthFailure, Metrics, Outcome};
+use crate::metrics::{AuthFailure, Metrics, Outcome};
 use crate::ratelimit::{self, RateLimiter};
 
 /// How often `MACP_AUTH_MINT_TOKENS_FILE` is re-read.
@@ -250,9 +251,13 @@ async fn jwks(State(state): State<Arc<AppState>>) -> Response {
     json_bytes(StatusCode::OK, state.jwks_body.clone())
 }
 
-async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     match state.metrics.encode() {
-        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Ok(text) => {
+            let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let (content_type, body) = exposition::negotiate(accept, text);
+            ([(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed"),
     }
 }

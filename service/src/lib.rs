@@ -10,6 +10,7 @@ pub mod app;
 pub mod audit;
 pub mod callers;
 pub mod config;
+pub mod exposition;
 pub mod keys;
 pub mod metrics;
 pub mod ratelimit;

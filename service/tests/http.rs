@@ -421,7 +421,31 @@ async fn metrics_count_mints() {
     let client = Client::new();
     mint(&client, &server, json!({"sender": "a"})).await;
     mint(&client, &server, json!({"sender": ""})).await;
-    let response = client.get(server.url("/metrics")).send().await.unwrap();
+    // A client that does not ask for OpenMetrics (curl, promtool) gets the
+    // Prometheus text format, whose counter metadata names the _total samples.
+    let plain = client.get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(plain.status(), 200);
+    assert!(
+        plain.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let plain = plain.text().await.unwrap();
+    assert!(
+        plain.contains("# TYPE macp_auth_mints_total counter\n"),
+        "{plain}"
+    );
+    assert!(!plain.contains("# EOF"), "{plain}");
+    let response = client
+        .get(server.url("/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert!(
         response.headers()["content-type"]
@@ -430,6 +454,7 @@ async fn metrics_count_mints() {
             .starts_with("application/openmetrics-text")
     );
     let text = response.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
     assert!(
         text.contains(r#"macp_auth_mints_total{outcome="issued",alg="RS256"} 1"#),
         "{text}"

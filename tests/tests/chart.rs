@@ -9,17 +9,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+use macp_auth_e2e::helm::{
+    RELEASE, RELEASE_NS, helm, kind, one, parse_docs, render, repo_root, template_raw, values_file,
+};
 use macp_auth_operator::resources;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-const RELEASE: &str = "macp-auth-operator";
-const RELEASE_NS: &str = "macp-system";
-const CHART: &str = "charts/macp-auth-operator";
 const CRD_FILE: &str = "crds/macpauths.macp.io.yaml";
 
 /// Every optional template switched on, and every value with a non-default.
@@ -91,92 +88,6 @@ const NAMESPACED_VALUES: &str = "config/samples/namespace-scoped-values.yaml";
 
 // ---------------------------------------------------------------- helpers
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-fn helm_path() -> PathBuf {
-    let helm = repo_root().join(".cache/tools/bin/helm");
-    assert!(
-        helm.is_file(),
-        "helm not found at {}: run scripts/install-tools",
-        helm.display()
-    );
-    helm
-}
-
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-fn helm(args: &[&str]) -> Run {
-    let out = Command::new(helm_path())
-        .args(args)
-        .current_dir(repo_root())
-        // Keep helm away from any user config or cluster on the machine.
-        .env("HELM_CONFIG_HOME", scratch_dir("helm-config"))
-        .env("HELM_CACHE_HOME", scratch_dir("helm-cache"))
-        .env("HELM_DATA_HOME", scratch_dir("helm-data"))
-        .env("KUBECONFIG", scratch_dir("no-kube").join("config"))
-        .output()
-        .expect("run helm");
-    Run {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("chart-tests")
-        .join(name);
-    fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
-}
-
-/// Writes a values file into the scratch dir and returns its path.
-fn values_file(name: &str, contents: &str) -> String {
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let dir = scratch_dir("values");
-    let path = dir.join(format!("{name}.yaml"));
-    // Tests run in parallel and share names: write aside, then rename atomically,
-    // so helm never reads a half-written file.
-    let tmp = dir.join(format!(
-        "{name}.{}.{}.tmp",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    fs::write(&tmp, contents).expect("write values file");
-    fs::rename(&tmp, &path).expect("move values file in place");
-    path.to_string_lossy().into_owned()
-}
-
-fn template_raw(extra: &[&str]) -> Run {
-    let mut args = vec!["template", RELEASE, CHART, "--namespace", RELEASE_NS];
-    args.extend_from_slice(extra);
-    helm(&args)
-}
-
-/// `helm template` with extra arguments, parsed into one JSON value per object.
-fn render(extra: &[&str]) -> Vec<Value> {
-    let run = template_raw(extra);
-    assert!(run.ok, "helm template {extra:?} failed:\n{}", run.stderr);
-    parse_docs(&run.stdout)
-}
-
-fn parse_docs(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|doc| Value::deserialize(doc).expect("rendered YAML parses"))
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
 fn render_defaults() -> Vec<Value> {
     render(&[])
 }
@@ -197,21 +108,6 @@ fn render_namespaced_without_leader_election() -> Vec<Value> {
         "--set",
         "leaderElection.enabled=false,replicaCount=1",
     ])
-}
-
-fn kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    docs.iter().filter(|d| d["kind"] == kind).collect()
-}
-
-fn one<'a>(docs: &'a [Value], k: &str) -> &'a Value {
-    let found = kind(docs, k);
-    assert_eq!(
-        found.len(),
-        1,
-        "expected exactly one {k}, got {}",
-        found.len()
-    );
-    found[0]
 }
 
 fn str_map(v: &Value) -> BTreeMap<String, String> {

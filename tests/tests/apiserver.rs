@@ -547,3 +547,255 @@ async fn pause_hangs_requests_until_resume() {
     server.resume();
     api.list(&ListParams::default()).await.unwrap();
 }
+
+// ------------------------------------------------- real-server behaviour (issue 11)
+
+/// Server-side apply tracks ownership per manager: a key or list item that
+/// another manager owns survives an apply that drops it; `managedFields` is
+/// rendered; an unforced apply over another manager's value is a 409.
+#[tokio::test]
+async fn apply_keeps_what_other_managers_own() {
+    let server = FakeApiServer::start().await.unwrap();
+    let secrets: Api<Secret> = Api::default_namespaced(server.client());
+    let created: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "s"},
+        "stringData": {"theirs": "t", "shared": "v"}
+    }))
+    .unwrap();
+    let pp = PostParams {
+        field_manager: Some("kubectl-create".into()),
+        ..PostParams::default()
+    };
+    secrets.create(&pp, &created).await.unwrap();
+    let op = PatchParams::apply("op").force();
+    let apply = |data: serde_json::Value| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": data});
+    secrets
+        .patch(
+            "s",
+            &op,
+            &Patch::Apply(&apply(json!({"shared": "v", "mine": "m"}))),
+        )
+        .await
+        .unwrap();
+    let s = secrets
+        .patch("s", &op, &Patch::Apply(&apply(json!({"shared": "v"}))))
+        .await
+        .unwrap();
+    let keys: Vec<_> = s.data.unwrap().into_keys().collect();
+    assert_eq!(keys, ["shared", "theirs"], "mine dropped, theirs kept");
+    let managers: Vec<_> = s
+        .metadata
+        .managed_fields
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.manager.unwrap(), m.operation.unwrap()))
+        .collect();
+    assert_eq!(
+        managers,
+        [
+            ("kubectl-create".to_string(), "Update".to_string()),
+            ("op".to_string(), "Apply".to_string())
+        ]
+    );
+    // Only an update removes what someone else owns.
+    let mut exact = secrets.get("s").await.unwrap();
+    exact.data.as_mut().unwrap().remove("theirs");
+    let s = secrets
+        .replace("s", &PostParams::default(), &exact)
+        .await
+        .unwrap();
+    assert_eq!(s.data.unwrap().len(), 1);
+
+    // Keyed lists: the injector's env var and container stay when the owner re-applies.
+    let deployments: Api<Deployment> = Api::default_namespaced(server.client());
+    let mut d = deployment("d", "img:1");
+    deployments
+        .patch("d", &op, &Patch::Apply(&d))
+        .await
+        .unwrap();
+    let inject = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+        "spec": {"template": {"spec": {"containers": [
+            {"name": "c", "env": [{"name": "X", "value": "1"}]},
+            {"name": "side", "image": "s:1"}]}}}});
+    deployments
+        .patch("d", &PatchParams::apply("injector"), &Patch::Apply(&inject))
+        .await
+        .unwrap();
+    d.spec.as_mut().unwrap().replicas = Some(3);
+    let got = deployments
+        .patch("d", &op, &Patch::Apply(&d))
+        .await
+        .unwrap();
+    let pod = got.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.containers.len(), 2);
+    assert_eq!(pod.containers[0].env.as_ref().unwrap()[0].name, "X");
+    assert_eq!(pod.containers[0].image.as_deref(), Some("img:1"));
+    // The injector may not take the image without force.
+    let steal = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+        "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "evil:1"}]}}}});
+    match deployments
+        .patch("d", &PatchParams::apply("injector"), &Patch::Apply(&steal))
+        .await
+    {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 409);
+            assert!(s.message.contains("conflict with \"op\""), "{}", s.message);
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+/// Object names and label values are validated like the real server (422).
+#[tokio::test]
+async fn invalid_names_and_label_values_are_422() {
+    let server = FakeApiServer::start().await.unwrap();
+    let svc: Api<k8s_openapi::api::core::v1::Service> = Api::default_namespaced(server.client());
+    for bad in ["a.b", "1auth"] {
+        let s = serde_json::from_value(json!({"metadata": {"name": bad}})).unwrap();
+        match svc.create(&PostParams::default(), &s).await {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"), "{bad}");
+                assert!(e.message.contains("DNS-1035"), "{}", e.message);
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    let mut c = cm("x", &[]);
+    c.metadata.labels = Some([("app".to_string(), "v".repeat(64))].into());
+    assert_eq!(api_code(cms.create(&PostParams::default(), &c).await), 422);
+    // A ConfigMap may have dots in its name (DNS-1123 subdomain).
+    cms.create(&PostParams::default(), &cm("a.b", &[]))
+        .await
+        .unwrap();
+}
+
+/// Quantities are stored in canonical form and defaults are filled in.
+#[tokio::test]
+async fn quantities_are_normalised_and_defaults_filled() {
+    let server = FakeApiServer::start().await.unwrap();
+    let api: Api<Deployment> = Api::default_namespaced(server.client());
+    let mut d = deployment("q", "img:1");
+    let c = &mut d
+        .spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers[0];
+    c.resources = Some(
+        serde_json::from_value(json!({"requests": {"cpu": "0.5", "memory": "2048Mi"}})).unwrap(),
+    );
+    let got = api.create(&PostParams::default(), &d).await.unwrap();
+    let spec = got.spec.unwrap();
+    let c = &spec.template.spec.as_ref().unwrap().containers[0];
+    let req = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
+    assert_eq!(
+        (req["cpu"].0.as_str(), req["memory"].0.as_str()),
+        ("500m", "2Gi")
+    );
+    assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+    assert_eq!(
+        c.termination_message_path.as_deref(),
+        Some("/dev/termination-log")
+    );
+    assert_eq!(spec.revision_history_limit, Some(10));
+    assert_eq!(spec.progress_deadline_seconds, Some(600));
+}
+
+/// A watch delay makes every change arrive late, as from a lagging cache.
+#[tokio::test]
+async fn watch_delay_delivers_changes_late() {
+    let server = FakeApiServer::start().await.unwrap();
+    server.set_watch_delay(Duration::from_millis(700));
+    let api: Api<ConfigMap> = Api::default_namespaced(server.client());
+    let mut stream = api
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let start = tokio::time::Instant::now();
+    api.create(&PostParams::default(), &cm("late", &[]))
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(ev, WatchEvent::Added(_)), "{ev:?}");
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(700), "{took:?}");
+    // Reads are not delayed.
+    assert!(api.get("late").await.is_ok());
+}
+
+/// RBAC: an authenticated client may do what its grants allow, in their
+/// scope, and gets the real 403 Status otherwise; the admin client is never checked.
+#[tokio::test]
+async fn rbac_answers_forbidden_with_the_real_status() {
+    use macp_auth_e2e::apiserver::{OPERATOR_USER, PolicyRule, RbacScope};
+    let server = FakeApiServer::start().await.unwrap();
+    server.enforce_rbac(
+        [PolicyRule::new(
+            "",
+            "configmaps",
+            &["get", "list", "create"],
+        )],
+        RbacScope::Namespace("auth".into()),
+    );
+    let op = server.operator_client().unwrap();
+    let in_ns: Api<ConfigMap> = Api::namespaced(op.clone(), "auth");
+    in_ns
+        .create(&PostParams::default(), &cm("a", &[]))
+        .await
+        .unwrap();
+    assert!(in_ns.get("a").await.is_ok());
+    let cases: Vec<(Result<ConfigMap, kube::Error>, String)> = vec![
+        (
+            in_ns
+                .delete("a", &DeleteParams::default())
+                .await
+                .map(|_| cm("", &[])),
+            format!(
+                "configmaps \"a\" is forbidden: User \"{OPERATOR_USER}\" cannot delete resource \"configmaps\" in API group \"\" in the namespace \"auth\""
+            ),
+        ),
+        (
+            Api::<ConfigMap>::namespaced(op.clone(), "other")
+                .get("a")
+                .await,
+            format!(
+                "configmaps \"a\" is forbidden: User \"{OPERATOR_USER}\" cannot get resource \"configmaps\" in API group \"\" in the namespace \"other\""
+            ),
+        ),
+    ];
+    for (r, message) in cases {
+        match r {
+            Err(kube::Error::Api(s)) => {
+                assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"));
+                assert_eq!(s.message, message);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let all: Api<ConfigMap> = Api::all(op);
+    match all.list(&ListParams::default()).await {
+        Err(kube::Error::Api(s)) => assert_eq!(
+            s.message,
+            format!(
+                "configmaps is forbidden: User \"{OPERATOR_USER}\" cannot list resource \"configmaps\" in API group \"\" at the cluster scope"
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(server.forbidden().len(), 3);
+    // The admin client is not checked.
+    let admin: Api<ConfigMap> = Api::namespaced(server.client(), "other");
+    admin
+        .create(&PostParams::default(), &cm("b", &[]))
+        .await
+        .unwrap();
+}

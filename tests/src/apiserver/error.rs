@@ -80,6 +80,58 @@ impl ApiError {
         .with_details(group, resource, name)
     }
 
+    /// A server-side apply that would take fields other managers own (not forced).
+    pub fn apply_conflict(
+        group: &str,
+        resource: &str,
+        name: &str,
+        conflicts: &[super::fields::Conflict],
+    ) -> Self {
+        let list: Vec<String> = conflicts
+            .iter()
+            .map(|c| format!("conflict with \"{}\": {}", c.manager, c.path))
+            .collect();
+        let n = conflicts.len();
+        let plural = if n == 1 { "" } else { "s" };
+        Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Apply failed with {n} conflict{plural}: {}",
+                list.join("\n")
+            ),
+        )
+        .with_details(group, resource, name)
+    }
+
+    /// What RBAC answers to a request it does not allow, word for word.
+    pub fn forbidden(
+        user: &str,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> Self {
+        let q = Self::qualified(group, resource.split('/').next().unwrap_or(resource));
+        let subject = match name {
+            Some(n) => format!("{q} \"{n}\""),
+            None => q,
+        };
+        let scope = match namespace {
+            Some(ns) => format!("in the namespace \"{ns}\""),
+            None => "at the cluster scope".to_string(),
+        };
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{subject} is forbidden: User \"{user}\" cannot {verb} resource \"{resource}\" in API group \"{group}\" {scope}"
+            ),
+        )
+        .with_details(group, resource.split('/').next().unwrap_or(resource), name.unwrap_or_default())
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }
@@ -135,7 +187,14 @@ impl ApiError {
         });
         if let Some(details) = &self.details {
             let (name, group, kind) = details.as_ref();
-            v["details"] = json!({ "name": name, "group": group, "kind": kind });
+            let mut d = serde_json::Map::new();
+            // The real server leaves empty members out.
+            for (k, val) in [("name", name), ("group", group), ("kind", kind)] {
+                if !val.is_empty() {
+                    d.insert(k.to_string(), Value::String(val.clone()));
+                }
+            }
+            v["details"] = Value::Object(d);
         }
         v
     }

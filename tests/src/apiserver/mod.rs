@@ -33,10 +33,13 @@
 //! - Pods, Namespaces, Deployments, ReplicaSets and MacpAuths have a status
 //!   subresource; only Deployments, ReplicaSets and custom resources keep `generation`.
 
+pub mod admission;
 mod error;
+pub mod fields;
 mod instrument;
 pub mod patch;
 mod path;
+pub mod rbac;
 mod resources;
 mod selector;
 mod server;
@@ -54,6 +57,7 @@ use tokio::sync::watch;
 
 pub use error::ApiError;
 pub use instrument::RecordedRequest;
+pub use rbac::{OPERATOR_USER, PolicyRule, RbacScope};
 pub use resources::{Registry, ResourceType};
 pub use selector::{FieldSelector, LabelSelector};
 pub use store::Propagation;
@@ -152,9 +156,30 @@ impl FakeApiServer {
         self.addr
     }
 
-    /// A kube client for this server (default namespace `default`, no auth).
+    /// A kube client for this server (default namespace `default`, no auth):
+    /// a cluster admin, never checked by RBAC.
     pub fn client(&self) -> kube::Client {
         self.client.clone()
+    }
+
+    /// A kube client that authenticates as `user` (a bearer token): every request
+    /// it sends is checked against the grants of `user` ([`ApiHandle::grant`]);
+    /// with none, everything is forbidden.
+    pub fn client_as(&self, user: &str) -> Result<kube::Client, StartError> {
+        let url = self.url();
+        let uri: http::Uri = url.parse().map_err(|_| StartError::Url(url.clone()))?;
+        let mut config = kube::Config::new(uri);
+        config.auth_info = serde_json::from_value(serde_json::json!({
+            "token": format!("{}{user}", rbac::TOKEN_PREFIX)
+        }))
+        .map_err(|_| StartError::Url(url.clone()))?;
+        kube::Client::try_from(config).map_err(|source| StartError::Client { url, source })
+    }
+
+    /// [`client_as`](Self::client_as) [`OPERATOR_USER`]: the client to give the
+    /// operator under [`enforce_rbac`](ApiHandle::enforce_rbac).
+    pub fn operator_client(&self) -> Result<kube::Client, StartError> {
+        self.client_as(OPERATOR_USER)
     }
 
     /// A cloneable handle on the store, log and faults.
@@ -249,6 +274,43 @@ impl ApiHandle {
     /// applies to watches started afterwards.
     pub fn set_bookmark_interval(&self, every: Duration) {
         *lock(&self.shared.bookmark_interval) = every;
+    }
+
+    /// Delays every watch event by `delay` after the change it reports, like an
+    /// informer cache that lags: a controller then reconciles from objects one or
+    /// more writes old. Applies to watches started afterwards.
+    pub fn set_watch_delay(&self, delay: Duration) {
+        *lock(&self.shared.watch_delay) = delay;
+    }
+
+    // ---- RBAC ----------------------------------------------------------------
+
+    /// Grants `rules` to [`OPERATOR_USER`] cluster-wide or in one namespace. The
+    /// client of [`FakeApiServer::operator_client`] may then do exactly what its
+    /// grants allow; every other request gets 403 Forbidden with the real Status.
+    /// Call once per binding (e.g. the rules in each watched namespace, and the
+    /// lease rules in the operator's namespace).
+    pub fn enforce_rbac(&self, rules: impl IntoIterator<Item = PolicyRule>, scope: RbacScope) {
+        self.grant(OPERATOR_USER, rules, scope);
+    }
+
+    /// Grants `rules` to `user` (see [`FakeApiServer::client_as`]).
+    pub fn grant(&self, user: &str, rules: impl IntoIterator<Item = PolicyRule>, scope: RbacScope) {
+        lock(&self.shared.grants).push(rbac::Grant {
+            user: user.to_string(),
+            scope,
+            rules: rules.into_iter().collect(),
+        });
+    }
+
+    /// Removes every grant (authenticated clients may then do nothing).
+    pub fn clear_grants(&self) {
+        lock(&self.shared.grants).clear();
+    }
+
+    /// Requests RBAC refused (403), in arrival order; not cleared by `reset_log`.
+    pub fn forbidden(&self) -> Vec<RecordedRequest> {
+        lock(&self.shared.forbidden).clone()
     }
 
     // ---- direct store access (no HTTP, not logged) ------------------------

@@ -1,17 +1,5 @@
-//! Patch semantics: JSON merge patch, JSON patch and the simplified server-side apply.
-//!
-//! Server-side apply is simplified for a world with one field manager per
-//! object. The real algorithm tracks ownership of every field in
-//! `managedFields`; here the last object each manager applied is remembered and:
-//! - `metadata.labels` / `metadata.annotations` are merged key by key: keys in
-//!   the apply are set, keys this manager applied last time but not now are removed,
-//!   keys set by anyone else are kept;
-//! - `metadata.ownerReferences` / `metadata.finalizers` are replaced when present
-//!   in the apply, removed when this manager applied them last time but not now;
-//! - every other top-level field (`spec`, `data`, `type`, `status`, ...) present in
-//!   the apply REPLACES the stored one wholesale (no merge inside `spec`), and one
-//!   this manager applied last time but omits now is removed;
-//! - conflicts between managers are never reported, so `force` has no effect.
+//! Patch semantics: JSON merge patch and JSON patch (server-side apply, with
+//! field ownership, is in [`super::fields`]).
 //!
 //! A strategic merge patch is treated as a JSON merge patch (lists are replaced,
 //! never merged by key; `$patch` directives are not supported).
@@ -68,85 +56,6 @@ pub fn json_patch(current: &Value, patch: &Value) -> Result<Value, ApiError> {
     json_patch::patch(&mut out, &ops.0)
         .map_err(|e| ApiError::invalid(format!("the JSON patch could not be applied: {e}")))?;
     Ok(out)
-}
-
-const MERGED_METADATA_MAPS: [&str; 2] = ["labels", "annotations"];
-const REPLACED_METADATA_LISTS: [&str; 2] = ["ownerReferences", "finalizers"];
-
-/// Simplified server-side apply (see the module doc). `last_applied` is the object this
-/// field manager applied last time, if any; `current` is the stored object, if any.
-pub fn server_side_apply(
-    current: Option<&Value>,
-    applied: &Value,
-    last_applied: Option<&Value>,
-) -> Value {
-    let Some(current) = current else {
-        return applied.clone();
-    };
-    let mut out = current.clone();
-    let empty = Map::new();
-    let applied_obj = applied.as_object().unwrap_or(&empty);
-    let last_obj = last_applied.and_then(Value::as_object).unwrap_or(&empty);
-    let skip = |k: &str| matches!(k, "apiVersion" | "kind" | "metadata");
-
-    if let Some(out_obj) = out.as_object_mut() {
-        for (k, v) in applied_obj.iter().filter(|(k, _)| !skip(k)) {
-            out_obj.insert(k.clone(), v.clone());
-        }
-        for k in last_obj
-            .keys()
-            .filter(|k| !skip(k) && !applied_obj.contains_key(*k))
-        {
-            out_obj.remove(k);
-        }
-    }
-
-    let applied_meta = applied.get("metadata");
-    let last_meta = last_applied.and_then(|l| l.get("metadata"));
-    let meta = ensure_object(&mut out, "metadata");
-    for field in MERGED_METADATA_MAPS {
-        let new_map = applied_meta
-            .and_then(|m| m.get(field))
-            .and_then(Value::as_object);
-        let old_map = last_meta
-            .and_then(|m| m.get(field))
-            .and_then(Value::as_object);
-        let target = ensure_object(meta, field);
-        if let (Some(old_map), Some(t)) = (old_map, target.as_object_mut()) {
-            for k in old_map
-                .keys()
-                .filter(|k| !new_map.is_some_and(|n| n.contains_key(*k)))
-            {
-                t.remove(k);
-            }
-        }
-        if let (Some(new_map), Some(t)) = (new_map, target.as_object_mut()) {
-            for (k, v) in new_map {
-                t.insert(k.clone(), v.clone());
-            }
-        }
-        if target.as_object().is_some_and(Map::is_empty)
-            && let Some(m) = meta.as_object_mut()
-        {
-            m.remove(field);
-        }
-    }
-    for field in REPLACED_METADATA_LISTS {
-        let new_list = applied_meta.and_then(|m| m.get(field));
-        let had = last_meta.and_then(|m| m.get(field)).is_some();
-        if let Some(m) = meta.as_object_mut() {
-            match new_list {
-                Some(l) => {
-                    m.insert(field.to_string(), l.clone());
-                }
-                None if had => {
-                    m.remove(field);
-                }
-                None => {}
-            }
-        }
-    }
-    out
 }
 
 /// Returns `v[key]`, making it an empty object first if it is missing or not an object.
@@ -241,36 +150,6 @@ mod tests {
         let failing = json!([{"op": "test", "path": "/a", "value": 2}]);
         assert_eq!(json_patch(&cur, &failing).unwrap_err().code, 422);
         assert_eq!(json_patch(&cur, &json!({"op": 1})).unwrap_err().code, 400);
-    }
-
-    #[test]
-    fn apply_replaces_top_level_and_merges_metadata_maps() {
-        let current = json!({
-            "metadata": {"name": "x", "uid": "u", "labels": {"mine": "1", "theirs": "t", "dropped": "d"},
-                          "annotations": {"keep": "k"}},
-            "spec": {"replicas": 3, "template": {"a": 1}},
-            "status": {"ready": 1},
-            "extra": "applied-before"
-        });
-        let last = json!({"metadata": {"labels": {"mine": "1", "dropped": "d"}}, "spec": {}, "extra": "x"});
-        let applied = json!({"apiVersion": "v1", "kind": "K",
-            "metadata": {"name": "x", "labels": {"mine": "2"}, "ownerReferences": [{"uid": "o"}]},
-            "spec": {"template": {"b": 2}}});
-        let out = server_side_apply(Some(&current), &applied, Some(&last));
-        assert_eq!(out["spec"], json!({"template": {"b": 2}}));
-        assert_eq!(out["status"], json!({"ready": 1}));
-        assert!(out.get("extra").is_none());
-        assert_eq!(
-            out["metadata"]["labels"],
-            json!({"mine": "2", "theirs": "t"})
-        );
-        assert_eq!(out["metadata"]["annotations"], json!({"keep": "k"}));
-        assert_eq!(out["metadata"]["uid"], "u");
-        assert_eq!(out["metadata"]["ownerReferences"], json!([{"uid": "o"}]));
-        // Applying the same again changes nothing.
-        assert_eq!(server_side_apply(Some(&out), &applied, Some(&applied)), out);
-        // Absent object: the apply is the object.
-        assert_eq!(server_side_apply(None, &applied, None), applied);
     }
 
     #[test]

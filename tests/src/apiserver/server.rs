@@ -16,9 +16,12 @@ use super::error::ApiError;
 use super::instrument::{Fault, RecordedRequest, take_fault};
 use super::patch::PatchKind;
 use super::path::{self, ResourcePath, Target};
+use super::rbac::{self, Grant};
 use super::resources::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
-use super::store::{DeleteOpts, Deleted, EventType, Propagation, Store, StoredEvent, Sub};
+use super::store::{
+    DeleteOpts, Deleted, EventType, Ownership, Propagation, Store, StoredEvent, Sub,
+};
 
 /// State shared by the HTTP handlers and the test-facing handle.
 pub(crate) struct Shared {
@@ -30,6 +33,12 @@ pub(crate) struct Shared {
     pub paused: watch::Sender<bool>,
     pub shutdown: watch::Sender<bool>,
     pub bookmark_interval: Mutex<Duration>,
+    /// How long after a change watches deliver it (a lagging informer cache).
+    pub watch_delay: Mutex<Duration>,
+    /// RBAC grants, checked for requests that authenticate as a user.
+    pub grants: Mutex<Vec<Grant>>,
+    /// Requests RBAC refused.
+    pub forbidden: Mutex<Vec<RecordedRequest>>,
 }
 
 /// Locks ignoring poisoning: a panicking test thread must not wedge the server.
@@ -47,6 +56,9 @@ impl Shared {
             paused: watch::Sender::new(false),
             shutdown: watch::Sender::new(false),
             bookmark_interval: Mutex::new(Duration::from_secs(5)),
+            watch_delay: Mutex::new(Duration::ZERO),
+            grants: Mutex::new(Vec::new()),
+            forbidden: Mutex::new(Vec::new()),
         }
     }
 
@@ -185,13 +197,26 @@ async fn serve_resource(
         Sub::Main => rt.resource.clone(),
         Sub::Status => format!("{}/status", rt.resource),
     };
-    lock(&shared.log).push(RecordedRequest {
+    let recorded = RecordedRequest {
         verb: verb.to_string(),
         group: rt.group.clone(),
         resource: logged_resource.clone(),
         namespace: rp.namespace.clone(),
         name: rp.name.clone(),
-    });
+    };
+    lock(&shared.log).push(recorded.clone());
+    if let Some(user) = rbac::user_of(headers) {
+        authorize(
+            shared,
+            &user,
+            &rt,
+            rp,
+            verb,
+            headers,
+            &logged_resource,
+            recorded,
+        )?;
+    }
     let is_write = matches!(verb, "create" | "update" | "patch" | "delete");
     if is_write && let Some(code) = take_fault(&mut lock(&shared.faults), &logged_resource) {
         return Err(ApiError::injected(code));
@@ -215,12 +240,15 @@ async fn serve_resource(
         "watch" => watch_response(shared, rt, rp.namespace.clone(), query),
         "create" => {
             let obj = parse_json(body)?;
-            let created = shared.write(|s| s.create(&rt, &ns, obj, true))?;
+            let manager = field_manager(query, headers);
+            let created =
+                shared.write(|s| s.create_by(&rt, &ns, obj, true, Ownership::Update(manager)))?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
         "update" => {
             let obj = parse_json(body)?;
-            let updated = shared.write(|s| s.update(&rt, &ns, &name, obj, sub))?;
+            let manager = field_manager(query, headers);
+            let updated = shared.write(|s| s.update_by(&rt, &ns, &name, obj, sub, &manager))?;
             Ok(json_response(StatusCode::OK, &updated))
         }
         "patch" => {
@@ -230,14 +258,16 @@ async fn serve_resource(
                 .unwrap_or_default();
             let kind = PatchKind::from_content_type(ct)?;
             let patch = kind.parse_body(body)?;
-            let manager = query.get("fieldManager").cloned().unwrap_or_default();
-            if kind == PatchKind::Apply && manager.is_empty() {
+            let given = query.get("fieldManager").cloned().unwrap_or_default();
+            if kind == PatchKind::Apply && given.is_empty() {
                 return Err(ApiError::bad_request(
                     "PATCH, application/apply-patch+yaml requires fieldManager to be set",
                 ));
             }
-            let (obj, created) =
-                shared.write(|s| s.patch(&rt, &ns, &name, kind, &patch, &manager, sub))?;
+            let manager = field_manager(query, headers);
+            let force = query.get("force").is_some_and(|f| f == "true");
+            let (obj, created) = shared
+                .write(|s| s.patch_with(&rt, &ns, &name, kind, &patch, &manager, force, sub))?;
             let code = if created {
                 StatusCode::CREATED
             } else {
@@ -260,6 +290,75 @@ async fn serve_resource(
             }
         }
         other => Err(ApiError::method_not_allowed(other.to_string())),
+    }
+}
+
+/// The field manager of a write: `fieldManager`, else the User-Agent's product
+/// (what the real server derives), else `unknown`.
+fn field_manager(query: &HashMap<String, String>, headers: &HeaderMap) -> String {
+    if let Some(m) = query.get("fieldManager").filter(|m| !m.is_empty()) {
+        return m.clone();
+    }
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ua| ua.split('/').next())
+        .filter(|p| !p.is_empty())
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+/// RBAC: refuses with 403 what `user`'s grants do not allow. A server-side
+/// apply that would create the object needs `create` as well as `patch`.
+#[allow(clippy::too_many_arguments)]
+fn authorize(
+    shared: &Shared,
+    user: &str,
+    rt: &ResourceType,
+    rp: &ResourcePath,
+    verb: &str,
+    headers: &HeaderMap,
+    resource: &str,
+    recorded: RecordedRequest,
+) -> Result<(), ApiError> {
+    let ns = if rt.namespaced {
+        rp.namespace.as_deref()
+    } else {
+        None
+    };
+    let grants = lock(&shared.grants).clone();
+    let check = |verb: &str| rbac::allowed(&grants, user, verb, &rt.group, resource, ns);
+    let mut refused = (!check(verb)).then_some(verb);
+    let is_apply = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/apply-patch"));
+    if refused.is_none() && verb == "patch" && is_apply {
+        let exists = shared.read(|s| {
+            s.get(
+                rt,
+                ns.unwrap_or_default(),
+                rp.name.as_deref().unwrap_or_default(),
+            )
+            .is_some()
+        });
+        if !exists && !check("create") {
+            refused = Some("create");
+        }
+    }
+    match refused {
+        None => Ok(()),
+        Some(v) => {
+            lock(&shared.forbidden).push(recorded);
+            Err(ApiError::forbidden(
+                user,
+                v,
+                &rt.group,
+                resource,
+                ns,
+                rp.name.as_deref(),
+            ))
+        }
     }
 }
 
@@ -424,7 +523,8 @@ fn bookmark(rt: &ResourceType, rv: u64, initial_end: bool) -> Bytes {
 
 /// Translates a stored event for one watcher, including selector transitions:
 /// an object that starts matching arrives as ADDED, one that stops as DELETED.
-fn translate(spec: &WatchSpec, ev: &StoredEvent) -> Option<Bytes> {
+/// Returns the line with the time the event happened.
+fn translate(spec: &WatchSpec, ev: &StoredEvent) -> Option<(tokio::time::Instant, Bytes)> {
     if ev.group != spec.rt.group || ev.resource != spec.rt.resource {
         return None;
     }
@@ -448,7 +548,7 @@ fn translate(spec: &WatchSpec, ev: &StoredEvent) -> Option<Bytes> {
             }
         }
     }?;
-    Some(line(t, &ev.object))
+    Some((ev.at, line(t, &ev.object)))
 }
 
 /// Streams one watch until timeout, client disconnect, pause or shutdown.
@@ -458,6 +558,7 @@ async fn run_watch(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Bytes>
     let mut shutdown = shared.shutdown.subscribe();
     let deadline = tokio::time::Instant::now() + spec.timeout;
     let bookmark_every = *lock(&shared.bookmark_interval);
+    let delay = *lock(&shared.watch_delay);
     changes.borrow_and_update();
 
     let (mut cursor, initial) = shared.read(|s| match spec.start {
@@ -494,13 +595,21 @@ async fn run_watch(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Bytes>
         changes.borrow_and_update();
         let batch = shared.read(|s| {
             let events = s.events_after(cursor)?;
-            let lines: Vec<Bytes> = events.filter_map(|e| translate(&spec, e)).collect();
+            let lines: Vec<(tokio::time::Instant, Bytes)> =
+                events.filter_map(|e| translate(&spec, e)).collect();
             Ok::<_, ApiError>((lines, s.current_rv().max(cursor)))
         });
         match batch {
             Ok((lines, rv)) => {
                 cursor = rv;
-                for l in lines {
+                for (at, l) in lines {
+                    // A lagging cache: each change arrives `delay` after it happened.
+                    if !delay.is_zero() {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(at + delay) => {}
+                            _ = tx.closed() => return,
+                        }
+                    }
                     if tx.send(l).await.is_err() {
                         return;
                     }

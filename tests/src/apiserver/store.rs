@@ -10,7 +10,9 @@ use std::sync::Arc;
 use chrono::SecondsFormat;
 use serde_json::{Map, Value};
 
+use super::admission;
 use super::error::ApiError;
+use super::fields::{Managed, Scope};
 use super::patch::{self, PatchKind};
 use super::resources::{Registry, ResourceType};
 
@@ -42,6 +44,8 @@ pub struct StoredEvent {
     pub object: Arc<Value>,
     /// The object before a modification (selector transitions need it).
     pub old: Option<Arc<Value>>,
+    /// When it happened (watches with a delay deliver it that much later).
+    pub at: tokio::time::Instant,
 }
 
 /// `DeleteOptions.propagationPolicy`.
@@ -78,8 +82,8 @@ pub struct Store {
     history: VecDeque<StoredEvent>,
     /// Watches may resume from any resource version >= floor.
     floor: u64,
-    /// Last object applied per (object, field manager, subresource), for server-side apply.
-    last_applied: HashMap<(ObjKey, String, Sub), Value>,
+    /// Field ownership per object (`metadata.managedFields` is rendered from it).
+    managed: HashMap<ObjKey, Managed>,
 }
 
 impl Default for Store {
@@ -178,6 +182,25 @@ fn scope_to_subresource(rt: &ResourceType, sub: Sub, old: &Value, new: Value) ->
     base
 }
 
+/// Who a write is attributed to in `managedFields`.
+pub enum Ownership {
+    /// A direct test write: attributed to nobody (fields it removes lose their owners).
+    Direct,
+    /// A create, update or non-apply patch by this field manager.
+    Update(String),
+    /// A server-side apply, already merged: the ownership after it.
+    Applied(Managed),
+}
+
+/// The part of an object a write to `sub` may own.
+fn scope_of(rt: &ResourceType, sub: Sub) -> Scope {
+    match (rt.has_status, sub) {
+        (false, _) => Scope::All,
+        (true, Sub::Main) => Scope::Main,
+        (true, Sub::Status) => Scope::Status,
+    }
+}
+
 impl Store {
     pub fn new(registry: Registry) -> Self {
         Self {
@@ -186,7 +209,7 @@ impl Store {
             rv: 0,
             history: VecDeque::new(),
             floor: 0,
-            last_applied: HashMap::new(),
+            managed: HashMap::new(),
         }
     }
 
@@ -353,6 +376,7 @@ impl Store {
             kind,
             object,
             old,
+            at: tokio::time::Instant::now(),
         });
         while self.history.len() > MAX_HISTORY {
             if let Some(e) = self.history.pop_front() {
@@ -369,6 +393,23 @@ impl Store {
         ns: &str,
         obj: Value,
         from_api: bool,
+    ) -> Result<Arc<Value>, ApiError> {
+        let ownership = if from_api {
+            Ownership::Update("unknown".into())
+        } else {
+            Ownership::Direct
+        };
+        self.create_by(rt, ns, obj, from_api, ownership)
+    }
+
+    /// [`create`](Self::create) attributed to `ownership`.
+    pub fn create_by(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        obj: Value,
+        from_api: bool,
+        ownership: Ownership,
     ) -> Result<Arc<Value>, ApiError> {
         let (mut obj, name) = Self::prepare_identity(rt, ns, None, obj, true)?;
         let key = Self::key(rt, ns, &name);
@@ -395,18 +436,43 @@ impl Store {
         if rt.has_generation {
             set_meta(&mut obj, "generation", Value::from(1));
         }
+        admission::normalize(rt, &mut obj);
+        admission::apply_defaults(rt, &mut obj, None);
+        admission::validate(rt, &obj, true)?;
+        let managed = match ownership {
+            Ownership::Direct => Managed::default(),
+            Ownership::Update(manager) => {
+                let mut m = Managed::default();
+                m.update(None, &obj, &manager, scope_of(rt, Sub::Main), &now());
+                m
+            }
+            Ownership::Applied(m) => m,
+        };
+        Self::render_managed(rt, &mut obj, &managed);
+        self.managed.insert(key.clone(), managed);
         Ok(self.commit(key, None, obj))
     }
 
-    /// Common tail of every update: keeps server-owned metadata, bumps the
-    /// generation on spec changes, finishes deletion when the last finalizer goes.
+    fn render_managed(rt: &ResourceType, obj: &mut Value, managed: &Managed) {
+        if managed.entries.is_empty() {
+            remove_meta(obj, "managedFields");
+        } else {
+            set_meta(obj, "managedFields", managed.render(&rt.api_version()));
+        }
+    }
+
+    /// Common tail of every update: keeps server-owned metadata, normalises,
+    /// defaults and validates, records field ownership, bumps the generation on
+    /// spec changes, finishes deletion when the last finalizer goes.
     fn finish_update(
         &mut self,
         rt: &ResourceType,
         key: ObjKey,
         old: Arc<Value>,
         mut new: Value,
-    ) -> Arc<Value> {
+        ownership: Ownership,
+        sub: Sub,
+    ) -> Result<Arc<Value>, ApiError> {
         for f in [
             "uid",
             "creationTimestamp",
@@ -422,6 +488,21 @@ impl Store {
         if rt.kind == "Secret" && rt.group.is_empty() {
             patch::normalize_secret(&mut new);
         }
+        admission::normalize(rt, &mut new);
+        admission::apply_defaults(rt, &mut new, Some(&old));
+        admission::validate(rt, &new, false)?;
+        let mut managed = match ownership {
+            Ownership::Applied(m) => m,
+            other => {
+                let mut m = self.managed.get(&key).cloned().unwrap_or_default();
+                if let Ownership::Update(manager) = other {
+                    m.update(Some(&old), &new, &manager, scope_of(rt, sub), &now());
+                }
+                m
+            }
+        };
+        managed.prune(&new);
+        Self::render_managed(rt, &mut new, &managed);
         if rt.has_generation && spec_content(&old) != spec_content(&new) {
             let g = old
                 .pointer("/metadata/generation")
@@ -430,11 +511,12 @@ impl Store {
             set_meta(&mut new, "generation", Value::from(g + 1));
         }
         let terminating = new.pointer("/metadata/deletionTimestamp").is_some();
+        self.managed.insert(key.clone(), managed);
         let stored = self.commit(key.clone(), Some(old), new);
         if terminating && !has_finalizers(&stored) {
             self.remove_now(&key, Propagation::Background);
         }
-        stored
+        Ok(stored)
     }
 
     fn check_rv(rt: &ResourceType, old: &Value, wanted: Option<&str>) -> Result<(), ApiError> {
@@ -451,6 +533,7 @@ impl Store {
 
     /// PUT: replaces the object (or its status), with optimistic concurrency when the
     /// body carries a resourceVersion.
+    #[cfg(test)]
     pub fn update(
         &mut self,
         rt: &ResourceType,
@@ -458,6 +541,19 @@ impl Store {
         name: &str,
         obj: Value,
         sub: Sub,
+    ) -> Result<Arc<Value>, ApiError> {
+        self.update_by(rt, ns, name, obj, sub, "unknown")
+    }
+
+    /// [`update`](Self::update) by field manager `manager`.
+    pub fn update_by(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        obj: Value,
+        sub: Sub,
+        manager: &str,
     ) -> Result<Arc<Value>, ApiError> {
         let key = Self::key(rt, ns, name);
         let old = self
@@ -468,11 +564,19 @@ impl Store {
         let (obj, _) = Self::prepare_identity(rt, ns, Some(name), obj, false)?;
         Self::check_rv(rt, &old, meta_str(&obj, "resourceVersion"))?;
         let new = scope_to_subresource(rt, sub, &old, obj);
-        Ok(self.finish_update(rt, key, old, new))
+        self.finish_update(
+            rt,
+            key,
+            old,
+            new,
+            Ownership::Update(manager.to_string()),
+            sub,
+        )
     }
 
-    /// PATCH in any of its flavours. Returns the object and whether it was created
-    /// (server-side apply of an absent object).
+    /// PATCH in any of its flavours, forced when it is an apply. Returns the
+    /// object and whether it was created (server-side apply of an absent object).
+    #[cfg(test)]
     #[allow(clippy::too_many_arguments)]
     pub fn patch(
         &mut self,
@@ -484,46 +588,86 @@ impl Store {
         field_manager: &str,
         sub: Sub,
     ) -> Result<(Arc<Value>, bool), ApiError> {
+        self.patch_with(rt, ns, name, kind, body, field_manager, true, sub)
+    }
+
+    /// PATCH; an apply that is not `force`d fails on conflicts with other managers.
+    #[allow(clippy::too_many_arguments)]
+    pub fn patch_with(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        kind: PatchKind,
+        body: &Value,
+        field_manager: &str,
+        force: bool,
+        sub: Sub,
+    ) -> Result<(Arc<Value>, bool), ApiError> {
         let key = Self::key(rt, ns, name);
         let old = self.objects.get(&key).cloned();
-        let candidate = match kind {
+        let scope = scope_of(rt, sub);
+        let (old, candidate, ownership) = match kind {
             PatchKind::Apply => {
-                let (applied, _) = Self::prepare_identity(rt, ns, Some(name), body.clone(), false)?;
-                let la_key = (key.clone(), field_manager.to_string(), sub);
+                let (mut applied, _) =
+                    Self::prepare_identity(rt, ns, Some(name), body.clone(), false)?;
+                admission::normalize(rt, &mut applied);
+                let mut managed = old
+                    .as_ref()
+                    .and_then(|_| self.managed.get(&key).cloned())
+                    .unwrap_or_default();
+                let base = old
+                    .as_deref()
+                    .cloned()
+                    .unwrap_or_else(|| serde_json::json!({}));
+                let merged = managed
+                    .apply(&base, &applied, field_manager, scope, force, &now())
+                    .map_err(|c| ApiError::apply_conflict(&rt.group, &rt.resource, name, &c))?;
                 let Some(old) = old else {
                     if sub == Sub::Status {
                         return Err(ApiError::not_found(&rt.group, &rt.resource, name));
                     }
-                    let created = self.create(rt, ns, applied.clone(), true)?;
-                    self.last_applied.insert(la_key, applied);
+                    let mut merged = merged;
+                    for f in ["apiVersion", "kind"] {
+                        if let (Some(m), Some(v)) = (merged.as_object_mut(), applied.get(f)) {
+                            m.insert(f.to_string(), v.clone());
+                        }
+                    }
+                    if let (Some(m), Some(v)) = (
+                        merged.get_mut("metadata").and_then(Value::as_object_mut),
+                        applied.pointer("/metadata/name"),
+                    ) {
+                        m.insert("name".into(), v.clone());
+                    }
+                    let created =
+                        self.create_by(rt, ns, merged, true, Ownership::Applied(managed))?;
                     return Ok((created, true));
                 };
                 Self::check_rv(rt, &old, meta_str(&applied, "resourceVersion"))?;
-                let last = self.last_applied.get(&la_key);
-                let candidate = patch::server_side_apply(Some(&old), &applied, last);
-                self.last_applied.insert(la_key, applied);
-                (old, candidate)
+                (old, merged, Ownership::Applied(managed))
             }
             PatchKind::Merge | PatchKind::Strategic => {
                 let old = old.ok_or_else(|| ApiError::not_found(&rt.group, &rt.resource, name))?;
                 Self::check_rv(rt, &old, meta_str(body, "resourceVersion"))?;
                 let candidate = patch::merge_patch(&old, body);
-                (old, candidate)
+                (old, candidate, Ownership::Update(field_manager.to_string()))
             }
             PatchKind::Json => {
                 let old = old.ok_or_else(|| ApiError::not_found(&rt.group, &rt.resource, name))?;
                 let candidate = patch::json_patch(&old, body)?;
                 Self::check_rv(rt, &old, meta_str(&candidate, "resourceVersion"))?;
-                (old, candidate)
+                (old, candidate, Ownership::Update(field_manager.to_string()))
             }
         };
-        let (old, candidate) = candidate;
         let (candidate, _) =
             Self::prepare_identity(rt, ns, Some(name), candidate, false).map_err(|e| {
                 ApiError::invalid(format!("the patched object is invalid: {}", e.message))
             })?;
         let new = scope_to_subresource(rt, sub, &old, candidate);
-        Ok((self.finish_update(rt, key, old, new), false))
+        Ok((
+            self.finish_update(rt, key, old, new, ownership, sub)?,
+            false,
+        ))
     }
 
     /// Direct test write: creates or replaces the whole object, status included, without
@@ -536,7 +680,7 @@ impl Store {
             None => self.create(rt, &ns, obj, false),
             Some(old) => {
                 let (obj, _) = Self::prepare_identity(rt, &ns, Some(&name), obj, false)?;
-                Ok(self.finish_update(rt, key, old, obj))
+                self.finish_update(rt, key, old, obj, Ownership::Direct, Sub::Main)
             }
         }
     }
@@ -558,7 +702,7 @@ impl Store {
         let mut new = (*old).clone();
         f(&mut new);
         let (new, _) = Self::prepare_identity(rt, ns, Some(name), new, false)?;
-        Ok(self.finish_update(rt, key, old, new))
+        self.finish_update(rt, key, old, new, Ownership::Direct, Sub::Main)
     }
 
     /// The namespace a direct write goes to: the object's, or `default`.
@@ -623,7 +767,7 @@ impl Store {
         );
         let gone = Arc::new(gone);
         self.push_event(key, EventType::Deleted, gone.clone(), Some(old.clone()));
-        self.last_applied.retain(|(k, _, _), _| k != key);
+        self.managed.remove(key);
         if let Some(uid) = meta_str(&old, "uid") {
             self.collect_dependents(uid, propagation);
         }

@@ -10,8 +10,8 @@ use crate::resources::KEYSET_HASH_ANNOTATION;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RolloutState {
     /// Template carries the hash, the Deployment controller observed this
-    /// generation, and every replica is updated, ready and available, with no
-    /// pod of an older template left.
+    /// generation, every replica is updated, ready and available, and no pod
+    /// of another keyset is left, not even a terminating one.
     Complete,
     /// Anything short of that; the message says what is missing.
     InProgress(String),
@@ -31,7 +31,42 @@ fn template_hash(d: &Deployment) -> Option<&str> {
         .map(String::as_str)
 }
 
-pub fn rollout_state(deployment: Option<&Deployment>, keyset_hash: &str) -> RolloutState {
+/// The keyset hash a pod was created with.
+fn pod_hash(p: &Pod) -> Option<&str> {
+    p.metadata
+        .annotations
+        .as_ref()?
+        .get(KEYSET_HASH_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Names of the pods, terminating ones included, that run another keyset
+/// than `keyset_hash`, sorted.
+///
+/// A terminating pod is out of the Deployment's `status.replicas`, but it
+/// keeps answering until its process exits: kube-proxy still sends it
+/// connections for a while, and it serves through its shutdown delay and
+/// drain. Until it is gone a verifier can still fetch the old keyset from it,
+/// so a wait that must start after every pod serves the new keyset (the
+/// cache propagation, the drain) and the checks of the activation and the
+/// retirement count it as not rolled out.
+pub fn stale_pods(pods: &[Pod], keyset_hash: &str) -> Vec<String> {
+    let mut out: Vec<String> = pods
+        .iter()
+        .filter(|p| pod_hash(p) != Some(keyset_hash))
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The rollout state of `deployment` towards `keyset_hash`; `pods` are all
+/// of its pods (terminating ones included), see [`stale_pods`].
+pub fn rollout_state(
+    deployment: Option<&Deployment>,
+    pods: &[Pod],
+    keyset_hash: &str,
+) -> RolloutState {
     let Some(d) = deployment else {
         return RolloutState::InProgress("the Deployment does not exist yet".into());
     };
@@ -69,6 +104,14 @@ pub fn rollout_state(deployment: Option<&Deployment>, keyset_hash: &str) -> Roll
             (total - updated).max(0)
         ));
     }
+    let stale = stale_pods(pods, keyset_hash);
+    if !stale.is_empty() {
+        return RolloutState::InProgress(format!(
+            "{} pod(s) of another keyset still running or terminating: {}",
+            stale.len(),
+            stale.join(", ")
+        ));
+    }
     RolloutState::Complete
 }
 
@@ -97,14 +140,7 @@ pub fn current_pods(pods: &[Pod], keyset_hash: &str) -> Vec<PodTarget> {
     let mut out: Vec<PodTarget> = pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| {
-            p.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(KEYSET_HASH_ANNOTATION))
-                .map(String::as_str)
-                == Some(keyset_hash)
-        })
+        .filter(|p| pod_hash(p) == Some(keyset_hash))
         .filter(|p| is_ready(p))
         .filter_map(|p| {
             let ip = p.status.as_ref()?.pod_ip.clone()?;
@@ -144,24 +180,25 @@ mod tests {
     #[test]
     fn complete_only_when_every_replica_is_current() {
         assert_eq!(
-            rollout_state(Some(&deployment("h", 2, done(2))), "h"),
+            rollout_state(Some(&deployment("h", 2, done(2))), &[], "h"),
             RolloutState::Complete
         );
         assert!(matches!(
-            rollout_state(None, "h"),
+            rollout_state(None, &[], "h"),
             RolloutState::InProgress(_)
         ));
         assert!(matches!(
-            rollout_state(Some(&deployment("old", 2, done(2))), "h"),
+            rollout_state(Some(&deployment("old", 2, done(2))), &[], "h"),
             RolloutState::InProgress(_)
         ));
         assert!(matches!(
-            rollout_state(Some(&deployment("h", 3, done(2))), "h"),
+            rollout_state(Some(&deployment("h", 3, done(2))), &[], "h"),
             RolloutState::InProgress(_)
         ));
         let surge = json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 2,
                            "readyReplicas": 3, "availableReplicas": 3});
-        let RolloutState::InProgress(msg) = rollout_state(Some(&deployment("h", 2, surge)), "h")
+        let RolloutState::InProgress(msg) =
+            rollout_state(Some(&deployment("h", 2, surge)), &[], "h")
         else {
             panic!("an old pod is left")
         };
@@ -169,9 +206,33 @@ mod tests {
         let half = json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
                           "readyReplicas": 1, "availableReplicas": 1});
         assert!(matches!(
-            rollout_state(Some(&deployment("h", 2, half)), "h"),
+            rollout_state(Some(&deployment("h", 2, half)), &[], "h"),
             RolloutState::InProgress(_)
         ));
+    }
+
+    #[test]
+    fn pods_of_another_keyset_block_completion_until_gone() {
+        let d = deployment("h", 2, done(2));
+        let mut leaving = pod("old-1", "g", false, Some("10.0.0.3"));
+        leaving.metadata.deletion_timestamp =
+            Some(serde_json::from_value(json!("2026-01-01T00:00:00Z")).unwrap());
+        let current = [
+            pod("a", "h", true, Some("10.0.0.1")),
+            pod("b", "h", true, Some("10.0.0.2")),
+        ];
+        let mut pods = current.to_vec();
+        pods.push(leaving);
+        // status.replicas no longer counts the terminating pod; the pod list does.
+        let RolloutState::InProgress(msg) = rollout_state(Some(&d), &pods, "h") else {
+            panic!("a terminating pod of the old keyset is left")
+        };
+        assert!(msg.contains("old-1"), "{msg}");
+        assert_eq!(stale_pods(&pods, "h"), vec!["old-1".to_string()]);
+        assert_eq!(
+            rollout_state(Some(&d), &current, "h"),
+            RolloutState::Complete
+        );
     }
 
     #[test]
@@ -180,7 +241,7 @@ mod tests {
             "conditions": [{"type": "Progressing", "status": "False",
                             "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet x has timed out progressing."}]});
         assert_eq!(
-            rollout_state(Some(&deployment("h", 2, st)), "h"),
+            rollout_state(Some(&deployment("h", 2, st)), &[], "h"),
             RolloutState::DeadlineExceeded("ReplicaSet x has timed out progressing.".into())
         );
     }

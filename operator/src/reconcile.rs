@@ -383,13 +383,13 @@ impl Round<'_> {
 
         // Observe.
         let hash = keyset.hash();
-        let rollout = observe::rollout_state(Some(&deployment), &hash);
         let pods = self
             .apis
             .pods
             .list(&ListParams::default().labels(&resources::pod_selector(&self.owner.name)))
             .await?
             .items;
+        let rollout = observe::rollout_state(Some(&deployment), &pods, &hash);
         let targets = observe::current_pods(&pods, &hash);
         let plan = rotation::probe_plan(&self.status);
         let views = self.probe(&targets, plan.signing).await;

@@ -155,10 +155,30 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
-fn health_probe(period: i32, failures: i32) -> Probe {
+/// The token service's variable for its shutdown delay (service default 0).
+pub const SHUTDOWN_DELAY_ENV: &str = "MACP_AUTH_SHUTDOWN_DELAY_SECONDS";
+
+/// How long a terminating pod keeps serving after SIGTERM, with `/readyz`
+/// already 503: kube-proxy on every node learns about the termination a while
+/// after it started and keeps sending new connections meanwhile. distroless
+/// has no shell for a `preStop` sleep, so the service waits by itself.
+pub const SHUTDOWN_DELAY_SECONDS: i64 = 5;
+
+/// The service's own bound on finishing in-flight requests after the delay.
+pub const SERVICE_DRAIN_SECONDS: i64 = 10;
+
+/// `terminationGracePeriodSeconds`: the shutdown delay, the drain and a
+/// margin for the process to exit before the kubelet's SIGKILL.
+pub const TERMINATION_GRACE_SECONDS: i64 = SHUTDOWN_DELAY_SECONDS + SERVICE_DRAIN_SECONDS + 5;
+
+/// Readiness turns 503 at once on SIGTERM; liveness stays 200 until exit.
+const READINESS_PATH: &str = "/readyz";
+const LIVENESS_PATH: &str = "/healthz";
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
-            path: Some("/healthz".into()),
+            path: Some(path.into()),
             port: IntOrString::String("http".into()),
             scheme: Some("HTTP".into()),
             ..HTTPGetAction::default()
@@ -249,6 +269,7 @@ fn service_env(
             &secret,
             keyset::PUBLISHED,
         ),
+        env(SHUTDOWN_DELAY_ENV, SHUTDOWN_DELAY_SECONDS),
     ];
     if spec.caller_auth.is_some() {
         vars.push(env(service_env::MINT_TOKENS_FILE, caller_tokens_path()));
@@ -299,8 +320,8 @@ pub fn deployment(
             .caller_auth
             .as_ref()
             .map(|_| vec![caller_tokens_mount()]),
-        readiness_probe: Some(health_probe(5, 3)),
-        liveness_probe: Some(health_probe(10, 3)),
+        readiness_probe: Some(http_probe(READINESS_PATH, 5, 3)),
+        liveness_probe: Some(http_probe(LIVENESS_PATH, 10, 3)),
         resources: spec.resources.clone(),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -363,8 +384,7 @@ pub fn deployment(
                         .map(|auth| vec![caller_tokens_volume(auth)]),
                     node_selector: non_empty(&spec.node_selector),
                     tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
-                    // The service drains in-flight requests within 10 s of SIGTERM.
-                    termination_grace_period_seconds: Some(15),
+                    termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
                     ..PodSpec::default()
                 }),
             },
@@ -589,15 +609,21 @@ mod tests {
         let c = &ps.containers[0];
         assert_eq!(c.image.as_deref(), Some("img:1"));
         assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 8080);
-        for p in [
-            c.readiness_probe.as_ref().unwrap(),
-            c.liveness_probe.as_ref().unwrap(),
-        ] {
-            assert_eq!(
-                p.http_get.as_ref().unwrap().path.as_deref(),
-                Some("/healthz")
-            );
-        }
+        // Readiness turns 503 at SIGTERM while liveness stays up through the
+        // shutdown delay; the grace period covers the delay and the drain.
+        let path = |p: &Option<Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();
+        assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
+        assert_eq!(path(&c.liveness_probe).as_deref(), Some("/healthz"));
+        assert_eq!(plain("MACP_AUTH_SHUTDOWN_DELAY_SECONDS"), "5");
+        assert_eq!(ps.termination_grace_period_seconds, Some(20));
+        assert!(
+            ps.termination_grace_period_seconds.unwrap()
+                > SHUTDOWN_DELAY_SECONDS + SERVICE_DRAIN_SECONDS
+        );
+        assert!(
+            c.lifecycle.is_none(),
+            "no preStop hook: distroless has no shell"
+        );
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.read_only_root_filesystem, Some(true));
@@ -623,7 +649,7 @@ mod tests {
         ] {
             assert!(!env.contains_key(var), "{var} rendered");
         }
-        assert_eq!(env.len(), 8);
+        assert_eq!(env.len(), 9);
         let ps = pod_spec(&d);
         assert!(ps.volumes.is_none());
         assert!(ps.containers[0].volume_mounts.is_none());

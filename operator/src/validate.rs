@@ -11,6 +11,12 @@ use crate::crd::{MIN_EMERGENCY_MAX_TTL_SECONDS, MacpAuthSpec};
 /// Highest rate-limit setting the token service accepts (it exits at startup above it).
 pub const RATE_LIMIT_MAX: u32 = 1_000_000;
 
+/// Clock leeway the MACP runtime's verifier (`macp-auth`, through
+/// `jsonwebtoken`'s default validation) grants past a token's `exp`: a token
+/// stays acceptable that long after it expires, so its key must stay
+/// published that long too.
+pub const VERIFIER_LEEWAY_SECONDS: i64 = 60;
+
 /// `Degraded` reason for a spec refused here.
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
 
@@ -38,6 +44,12 @@ pub enum SpecError {
         "callerAuth.key {0:?} is not a valid Secret key (letters, digits, '-', '_' and '.' only)"
     )]
     CallerAuthKey(String),
+    #[error(
+        "rotation.drainSeconds ({drain}) must cover maxTtlSeconds ({max_ttl}) plus the verifiers' \
+         {VERIFIER_LEEWAY_SECONDS}s clock leeway: at least {}, or unset",
+        max_ttl + VERIFIER_LEEWAY_SECONDS
+    )]
+    DrainTooShort { drain: i64, max_ttl: i64 },
     #[error("rateLimit.{field} must be between 1 and {RATE_LIMIT_MAX}, got {value}")]
     RateLimit { field: &'static str, value: u32 },
 }
@@ -78,7 +90,22 @@ pub fn validate(spec: &MacpAuthSpec) -> Vec<SpecError> {
         errors.push(SpecError::EmptyImage);
     }
     errors.extend(validate_hardening(spec));
+    errors.extend(validate_drain(spec));
     errors
+}
+
+/// The old key stays published `drainSeconds` after it stopped signing; the
+/// last token it signed may live `maxTtlSeconds` and verifiers accept it
+/// [`VERIFIER_LEEWAY_SECONDS`] past that. A shorter drain retires the key
+/// while its tokens are still valid. The emergency TTL clamp does not relax
+/// this: it bounds tokens minted during an emergency, not the ones the old
+/// key signed before a routine rotation.
+fn validate_drain(spec: &MacpAuthSpec) -> Option<SpecError> {
+    let drain = spec.rotation.drain_seconds?;
+    (drain < spec.max_ttl_seconds + VERIFIER_LEEWAY_SECONDS).then_some(SpecError::DrainTooShort {
+        drain,
+        max_ttl: spec.max_ttl_seconds,
+    })
 }
 
 /// The issue-6 settings: caller auth, rate limit and the emergency max TTL.
@@ -185,7 +212,7 @@ mod tests {
             "maxTtlSeconds": 0, "defaultTtlSeconds": 0, "jwksCacheTtlSeconds": 0,
             "rotation": {"rolloutTimeoutSeconds": 0, "drainSeconds": -1}
         })));
-        assert_eq!(errs.len(), 9, "{errs:?}");
+        assert_eq!(errs.len(), 10, "{errs:?}");
         assert!(errs.contains(&SpecError::RsaKeyBits(1024)));
         assert!(errs.contains(&SpecError::Port(70000)));
         assert!(errs.contains(&SpecError::EmptyImage));
@@ -212,6 +239,43 @@ mod tests {
             "emergency": {"maxTtlSeconds": 300}}),
         );
         assert_eq!(validate(&s), vec![]);
+    }
+
+    #[test]
+    fn drain_must_cover_max_ttl_plus_the_verifier_leeway() {
+        let errs = validate(&spec(
+            serde_json::json!({"maxTtlSeconds": 600, "rotation": {"drainSeconds": 600}}),
+        ));
+        assert_eq!(
+            errs,
+            vec![SpecError::DrainTooShort {
+                drain: 600,
+                max_ttl: 600
+            }]
+        );
+        let msg = message(&errs);
+        assert!(msg.contains("rotation.drainSeconds (600)"), "{msg}");
+        assert!(msg.contains("maxTtlSeconds (600)"), "{msg}");
+        assert!(msg.contains("at least 660"), "{msg}");
+        let ok = spec(serde_json::json!({"maxTtlSeconds": 600, "rotation": {"drainSeconds": 660}}));
+        assert_eq!(validate(&ok), vec![]);
+        // Unset means maxTtlSeconds + 60, which always covers it.
+        let unset = spec(serde_json::json!({"maxTtlSeconds": 7200}));
+        assert_eq!(validate(&unset), vec![]);
+        assert_eq!(
+            unset.effective_drain_seconds(),
+            7200 + VERIFIER_LEEWAY_SECONDS
+        );
+        // The emergency clamp shortens emergency tokens, not a routine drain.
+        let clamped = spec(serde_json::json!({"maxTtlSeconds": 600,
+            "emergency": {"maxTtlSeconds": 60}, "rotation": {"drainSeconds": 120}}));
+        assert_eq!(
+            validate(&clamped),
+            vec![SpecError::DrainTooShort {
+                drain: 120,
+                max_ttl: 600
+            }]
+        );
     }
 
     #[test]

@@ -3,10 +3,16 @@
 //! Pods, its first port's `targetPort`), from either the simulated cluster's
 //! store or a real cluster's API. The proxy and the load generator take any
 //! [`EndpointSource`], so the end-to-end scenarios run unchanged on both.
+//!
+//! On a real cluster kube-proxy learns that a pod became ready, or started
+//! terminating, some time after it happened (EndpointSlice controller, API
+//! watch, iptables sync): [`LaggedEndpoints`] replays any source that late,
+//! [`DEFAULT_ENDPOINT_LAG`] by default.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams};
@@ -21,8 +27,21 @@ pub trait EndpointSource: Send + Sync + 'static {
     fn endpoints(&self) -> Vec<SocketAddr>;
 }
 
+/// How late the simulated kube-proxy follows the endpoints by default.
+pub const DEFAULT_ENDPOINT_LAG: Duration = Duration::from_secs(1);
+
 /// The ready endpoints of `service` (a Service object) among `pods`.
 pub fn ready_endpoints(service: &Value, pods: &[Value]) -> Vec<SocketAddr> {
+    service_endpoints(service, pods, true)
+}
+
+/// Every pod of `service` that has an IP, ready or not, terminating or not:
+/// whatever can still answer a connection.
+pub fn all_endpoints(service: &Value, pods: &[Value]) -> Vec<SocketAddr> {
+    service_endpoints(service, pods, false)
+}
+
+fn service_endpoints(service: &Value, pods: &[Value], ready_only: bool) -> Vec<SocketAddr> {
     let Some(selector) = service.pointer("/spec/selector").and_then(Value::as_object) else {
         return Vec::new();
     };
@@ -37,7 +56,7 @@ pub fn ready_endpoints(service: &Value, pods: &[Value]) -> Vec<SocketAddr> {
                 .iter()
                 .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
         })
-        .filter(|p| is_ready_endpoint(p))
+        .filter(|p| !ready_only || is_ready_endpoint(p))
         .filter_map(|p| {
             let ip = p.pointer("/status/podIP")?.as_str()?.parse().ok()?;
             let port = match target {
@@ -99,7 +118,7 @@ impl EndpointSource for StoreEndpoints {
 /// Endpoints read through a Kubernetes API (a real cluster), refreshed in the
 /// background every `period`; the last good answer stays while a refresh fails.
 pub struct ApiEndpoints {
-    current: Arc<Mutex<Vec<SocketAddr>>>,
+    current: Arc<Mutex<(Vec<SocketAddr>, Vec<SocketAddr>)>>,
     task: JoinHandle<()>,
 }
 
@@ -116,7 +135,7 @@ impl ApiEndpoints {
         service: &str,
         period: Duration,
     ) -> Self {
-        let current = Arc::new(Mutex::new(Vec::new()));
+        let current = Arc::new(Mutex::new((Vec::new(), Vec::new())));
         let services: Api<Service> = Api::namespaced(client.clone(), namespace);
         let pods: Api<Pod> = Api::namespaced(client, namespace);
         let service = service.to_string();
@@ -143,7 +162,7 @@ impl ApiEndpoints {
                     ) else {
                         return;
                     };
-                    *lock(&current) = ready_endpoints(&svc, &pods);
+                    *lock(&current) = (ready_endpoints(&svc, &pods), all_endpoints(&svc, &pods));
                 }
             }
         };
@@ -158,9 +177,70 @@ impl ApiEndpoints {
     }
 }
 
+impl ApiEndpoints {
+    /// Every pod of the Service with an IP, terminating ones included.
+    pub fn all_pods(&self) -> Vec<SocketAddr> {
+        lock(&self.current).1.clone()
+    }
+}
+
 impl EndpointSource for ApiEndpoints {
     fn endpoints(&self) -> Vec<SocketAddr> {
-        lock(&self.current).clone()
+        lock(&self.current).0.clone()
+    }
+}
+
+/// Another source's endpoints as they were `lag` ago, sampled every `period`:
+/// what a kube-proxy that learns changes late routes to.
+pub struct LaggedEndpoints {
+    history: Arc<Mutex<VecDeque<(Instant, Vec<SocketAddr>)>>>,
+    lag: Duration,
+    task: JoinHandle<()>,
+}
+
+impl LaggedEndpoints {
+    /// Starts sampling `inner`; until `lag` has passed it answers with the first sample.
+    pub fn start(inner: Arc<dyn EndpointSource>, lag: Duration, period: Duration) -> Self {
+        let history = Arc::new(Mutex::new(VecDeque::from([(
+            Instant::now(),
+            inner.endpoints(),
+        )])));
+        let h = history.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let now = Instant::now();
+                let eps = inner.endpoints();
+                let mut h = lock(&h);
+                if h.back().is_none_or(|(_, last)| *last != eps) {
+                    h.push_back((now, eps));
+                }
+                // Keep the newest sample older than the lag and everything after it.
+                while h.len() > 1 && h[1].0 + lag <= now {
+                    h.pop_front();
+                }
+            }
+        });
+        Self { history, lag, task }
+    }
+}
+
+impl EndpointSource for LaggedEndpoints {
+    fn endpoints(&self) -> Vec<SocketAddr> {
+        let h = lock(&self.history);
+        let cutoff = Instant::now().checked_sub(self.lag);
+        h.iter()
+            .rev()
+            .find(|(at, _)| cutoff.is_some_and(|c| *at <= c))
+            .or(h.front())
+            .map(|(_, eps)| eps.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for LaggedEndpoints {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -204,5 +284,35 @@ mod tests {
         let no_target = json!({"spec": {"selector": {"app": "auth"}, "ports": [{"port": 3300}]}});
         assert_eq!(ready_endpoints(&no_target, &pods)[0].port(), 3300);
         assert!(ready_endpoints(&json!({"spec": {}}), &pods).is_empty());
+        assert_eq!(
+            all_endpoints(&numeric, &pods).len(),
+            3,
+            "the unready pod too"
+        );
+    }
+
+    struct Fixed(Mutex<Vec<SocketAddr>>);
+    impl EndpointSource for Fixed {
+        fn endpoints(&self) -> Vec<SocketAddr> {
+            lock(&self.0).clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn lagged_endpoints_follow_late() {
+        let a: SocketAddr = "127.0.0.2:3200".parse().unwrap();
+        let b: SocketAddr = "127.0.0.3:3200".parse().unwrap();
+        let src = Arc::new(Fixed(Mutex::new(vec![a])));
+        let lagged = LaggedEndpoints::start(
+            src.clone(),
+            Duration::from_millis(300),
+            Duration::from_millis(10),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        *lock(&src.0) = vec![b];
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(lagged.endpoints(), vec![a], "not learnt yet");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(lagged.endpoints(), vec![b]);
     }
 }

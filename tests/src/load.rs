@@ -1,18 +1,28 @@
-//! Load generator and verifier: mints tokens continuously, round-robin over the
-//! ready pods of a Service, and verifies each one at once with the MACP runtime's
-//! own verifier (`macp_auth`'s `JwtBearerResolver::from_url`), which fetches and
-//! caches the JWKS through the [`ServiceProxy`] exactly as a runtime in the
-//! cluster would.
+//! Load generator and token holders: mints tokens continuously through a
+//! Service (one connection per mint, so kube-proxy spreads them over the pods),
+//! verifies each one at once, and keeps a sample of them to re-verify at
+//! random moments until they expire, the way users hold tokens for minutes.
 //!
-//! Because the verifier is the proxy's only JWKS client, the latest JWKS the
-//! proxy served is the verifier's cache; each token records whether its kid was
-//! in it when the token was verified.
+//! Verification uses the MACP runtime's own verifier
+//! (`macp_auth`'s `JwtBearerResolver::from_url`), several of them: each is a
+//! runtime on its own node, with its own JWKS cache refreshing on its own TTL
+//! and its own keep-alive connection through its own [`ServiceProxy`] (so it
+//! sticks to one pod until that connection closes). Because a verifier is its
+//! proxy's only JWKS client, the latest JWKS that proxy served is the
+//! verifier's cache; each verification records whether the token's kid was in
+//! it.
+//!
+//! The sample always holds every token minted with the longest lifetime asked
+//! for (and a share of the others), and re-verifies each once in its last
+//! second of life: the moment a drain that retires the old key too early
+//! shows, for the tokens the old key signed just before it stopped signing.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use macp_auth::auth::resolver::AuthResolver;
@@ -20,20 +30,15 @@ use macp_auth::auth::resolvers::jwt_bearer::{JwtBearerResolver, JwtConfig};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use crate::apiserver::ApiHandle;
-use crate::endpoints::{EndpointSource, StoreEndpoints};
-use crate::proxy::ServiceProxy;
+use crate::proxy::{ENDPOINT_HEADER, ServiceProxy};
 
 /// What to mint and how to verify.
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
-    pub namespace: String,
-    /// The Service whose ready pods are minted through (round-robin).
-    pub service: String,
     pub issuer: String,
     pub audience: String,
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
-    /// The verifier's JWKS cache TTL (`MACP_AUTH_JWKS_TTL_SECS`).
+    /// The verifiers' JWKS cache TTL (`MACP_AUTH_JWKS_TTL_SECS`).
     pub jwks_cache_ttl_secs: u64,
     /// Concurrent mint-and-verify loops.
     pub workers: usize,
@@ -46,15 +51,24 @@ pub struct LoadConfig {
     /// Caller token sent as `Authorization: Bearer` on every mint (the
     /// service's `MACP_AUTH_MINT_TOKENS_FILE`), when set.
     pub caller_token: Option<String>,
+    /// Independent verifiers (runtimes), each with its own cache and connection.
+    pub verifiers: usize,
+    /// Lifetimes asked for, in turn (`ttl_seconds`); empty: the service's default.
+    pub ttls: Vec<u64>,
+    /// Share of the tokens with a shorter lifetime than the longest in `ttls`
+    /// that are held and re-verified; the longest-lived ones always are.
+    pub hold_fraction: f64,
+    /// Re-verifications of a held token at random moments of its life, on top
+    /// of the one in its last second.
+    pub rechecks: usize,
 }
 
 impl LoadConfig {
-    /// Defaults matching the service's defaults: RS256, issuer `macp-auth-service`,
-    /// audience `macp-runtime`, 2 workers, 5 ms pause, 60 s / 100,000 tokens.
-    pub fn new(namespace: &str, service: &str, jwks_cache_ttl_secs: u64) -> Self {
+    /// Defaults matching the service's defaults: RS256 or ES256, issuer
+    /// `macp-auth-service`, audience `macp-runtime`, 2 workers, 20 ms pause,
+    /// 4 verifiers, 60 s / 100,000 tokens, the service's default TTL.
+    pub fn new(jwks_cache_ttl_secs: u64) -> Self {
         Self {
-            namespace: namespace.to_string(),
-            service: service.to_string(),
             issuer: "macp-auth-service".into(),
             audience: "macp-runtime".into(),
             algorithms: vec![
@@ -63,24 +77,47 @@ impl LoadConfig {
             ],
             jwks_cache_ttl_secs,
             workers: 2,
-            pause: Duration::from_millis(5),
+            pause: Duration::from_millis(20),
             max_duration: Duration::from_secs(60),
             max_tokens: 100_000,
             caller_token: None,
+            verifiers: 4,
+            ttls: Vec::new(),
+            hold_fraction: 0.2,
+            rechecks: 2,
         }
     }
 }
 
-/// One minted token's fate.
+/// One minted token's fate at the moment it was minted.
 #[derive(Clone, Debug)]
 pub struct TokenRecord {
     /// Since the generator started.
     pub at: Duration,
     pub kid: String,
-    pub endpoint: SocketAddr,
+    /// The pod that minted it, as the Service proxy reported.
+    pub endpoint: Option<SocketAddr>,
+    /// Lifetime granted (`expires_in_seconds`).
+    pub ttl: u64,
+    /// Which verifier checked it.
+    pub verifier: usize,
     pub verified: bool,
-    /// Whether the verifier's cached JWKS held the kid when it verified.
+    /// Whether that verifier's cached JWKS held the kid when it verified.
     pub kid_known: bool,
+    pub error: Option<String>,
+}
+
+/// One re-verification of a held token before it expired.
+#[derive(Clone, Debug)]
+pub struct LateCheck {
+    pub kid: String,
+    /// When the token was minted, since the generator started.
+    pub minted_at: Duration,
+    pub ttl: u64,
+    /// Lifetime left when the check started.
+    pub remaining: Duration,
+    pub verifier: usize,
+    pub ok: bool,
     pub error: Option<String>,
 }
 
@@ -90,13 +127,16 @@ pub struct KidCounts {
     pub minted: u64,
     pub verify_failures: u64,
     pub unknown_at_verify: u64,
+    /// Time of the last mint with this kid, since the generator started.
+    pub last_minted_ms: u64,
 }
 
 /// Totals of a run.
 #[derive(Clone, Debug, Default)]
 pub struct LoadReport {
     pub minted: u64,
-    /// Mint requests that did not yield a token (no endpoint, HTTP error, ...).
+    /// Mint requests that did not yield a token (no endpoint, connection
+    /// error, non-2xx answer, ...).
     pub mint_errors: u64,
     pub mint_error_reasons: BTreeMap<String, u64>,
     pub verified: u64,
@@ -106,32 +146,75 @@ pub struct LoadReport {
     /// Tokens whose kid the verifier's cache did not hold when verifying.
     pub unknown_kid_at_verify: u64,
     pub records: Vec<TokenRecord>,
+    /// Re-verifications of held tokens before they expired.
+    pub late_checks: u64,
+    /// Held tokens that failed a re-verification while still unexpired.
+    pub late_verify_failures: u64,
+    pub late_failure_reasons: BTreeMap<String, u64>,
+    /// Re-verifications that started too late (after expiry) and were not counted.
+    pub late_checks_missed: u64,
+    pub late: Vec<LateCheck>,
     pub elapsed: Duration,
 }
 
 impl LoadReport {
-    /// `e2e <scenario>: minted=<n> verify_failures=<n> mint_errors=<n> unknown_kid=<n> kids=<kid:count,...>`
+    /// `e2e <scenario>: minted=<n> verify_failures=<n> late_verify_failures=<n> mint_errors=<n> ...`
     pub fn summary_line(&self, scenario: &str) -> String {
+        self.summary_line_with(scenario, "")
+    }
+
+    /// [`Self::summary_line`] with `extra` (e.g. `cutoff_s=<x>`) right after `mint_errors`.
+    pub fn summary_line_with(&self, scenario: &str, extra: &str) -> String {
         let kids: Vec<String> = self
             .per_kid
             .iter()
             .map(|(k, c)| format!("{k}:{}", c.minted))
             .collect();
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(" {extra}")
+        };
         format!(
-            "e2e {scenario}: minted={} verify_failures={} mint_errors={} unknown_kid={} elapsed_s={:.1} kids={}",
+            "e2e {scenario}: minted={} verify_failures={} late_verify_failures={} mint_errors={}{extra} unknown_kid={} late_checks={} elapsed_s={:.1} kids={}",
             self.minted,
             self.verify_failures,
+            self.late_verify_failures,
             self.mint_errors,
             self.unknown_kid_at_verify,
+            self.late_checks,
             self.elapsed.as_secs_f64(),
             kids.join(",")
         )
+    }
+
+    /// Re-verifications, in the last `last` of their life, of tokens `kid`
+    /// signed with the longest lifetime granted within `window` before its
+    /// last mint: the old key's final tokens, checked just before they expire.
+    pub fn final_tokens_checked_at_end_of_life(
+        &self,
+        kid: &str,
+        window: Duration,
+        last: Duration,
+    ) -> usize {
+        let Some(counts) = self.per_kid.get(kid) else {
+            return 0;
+        };
+        let last_mint = Duration::from_millis(counts.last_minted_ms);
+        let max_ttl = self.late.iter().map(|c| c.ttl).max().unwrap_or(0);
+        self.late
+            .iter()
+            .filter(|c| c.kid == kid && c.ttl == max_ttl)
+            .filter(|c| c.minted_at + window >= last_mint)
+            .filter(|c| c.remaining <= last)
+            .count()
     }
 
     fn record(&mut self, r: TokenRecord) {
         self.minted += 1;
         let kid = self.per_kid.entry(r.kid.clone()).or_default();
         kid.minted += 1;
+        kid.last_minted_ms = kid.last_minted_ms.max(r.at.as_millis() as u64);
         if !r.kid_known {
             kid.unknown_at_verify += 1;
             self.unknown_kid_at_verify += 1;
@@ -147,84 +230,141 @@ impl LoadReport {
         self.records.push(r);
     }
 
+    fn late_check(&mut self, c: LateCheck) {
+        self.late_checks += 1;
+        if !c.ok {
+            self.late_verify_failures += 1;
+            let reason = format!("{}: {}", c.kid, c.error.clone().unwrap_or_default());
+            *self.late_failure_reasons.entry(reason).or_default() += 1;
+        }
+        self.late.push(c);
+    }
+
     fn mint_error(&mut self, reason: String) {
         self.mint_errors += 1;
         *self.mint_error_reasons.entry(reason).or_default() += 1;
     }
 }
 
+/// A runtime's verifier: its own cache, its own path through the Service.
+struct Verifier {
+    resolver: JwtBearerResolver,
+    proxy: ServiceProxy,
+}
+
+/// A token held until it expires.
+struct Held {
+    token: String,
+    kid: String,
+    ttl: u64,
+    minted_at: Duration,
+    expires: Instant,
+}
+
 struct Shared {
     config: LoadConfig,
-    endpoints: Arc<dyn EndpointSource>,
-    proxy: ServiceProxy,
-    resolver: JwtBearerResolver,
+    service: ServiceProxy,
+    verifiers: Vec<Verifier>,
     http: reqwest::Client,
     start: Instant,
-    next: AtomicUsize,
     stop: AtomicBool,
     report: Mutex<LoadReport>,
+    held: Mutex<Vec<Held>>,
+    /// (due, index into `held`), earliest first.
+    due: Mutex<BinaryHeap<Reverse<(Instant, usize)>>>,
+    next_ttl: AtomicUsize,
 }
 
 /// A running load generator.
 pub struct LoadGenerator {
     shared: Arc<Shared>,
-    workers: Vec<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn claims(token: &str, part: usize) -> Option<Value> {
+    let p = token.split('.').nth(part)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(p)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// The `kid` of a compact JWS header, if readable.
 pub fn token_kid(token: &str) -> Option<String> {
-    let header = token.split('.').next()?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(header)
-        .ok()?;
-    let v: Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("kid")?.as_str().map(str::to_string)
+    claims(token, 0)?.get("kid")?.as_str().map(str::to_string)
+}
+
+/// The token's `exp` as an [`Instant`] on this machine's clock.
+fn expiry(token: &str) -> Option<Instant> {
+    let exp = claims(token, 1)?.get("exp")?.as_f64()?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
+    let left = exp - now.as_secs_f64();
+    Some(Instant::now() + Duration::from_secs_f64(left.max(0.0)))
+}
+
+/// When to re-verify a token that expires at `expires`: `n` random moments of
+/// its life and one in its last second.
+fn schedule(now: Instant, expires: Instant, n: usize) -> Vec<Instant> {
+    let life = expires.saturating_duration_since(now);
+    if life <= Duration::from_millis(200) {
+        return Vec::new();
+    }
+    let mut out: Vec<Instant> = (0..n)
+        .map(|_| now + life.mul_f64(rand::random_range(0.05..0.9)))
+        .collect();
+    let last = life.min(Duration::from_secs(1));
+    out.push(expires - last.mul_f64(rand::random_range(0.15..0.85)));
+    out
 }
 
 impl LoadGenerator {
-    /// Starts the workers, minting on the simulated cluster's ready pods. The
-    /// verifier fetches the JWKS from `proxy`.
-    pub fn start(api: ApiHandle, proxy: ServiceProxy, config: LoadConfig) -> Self {
-        let endpoints = Arc::new(StoreEndpoints::new(api, &config.namespace, &config.service));
-        Self::start_with(endpoints, proxy, config)
-    }
-
-    /// Starts the workers, minting round-robin on `endpoints`.
-    pub fn start_with(
-        endpoints: Arc<dyn EndpointSource>,
-        proxy: ServiceProxy,
-        config: LoadConfig,
-    ) -> Self {
+    /// Starts minting through `service` (a Service proxy) and verifying with
+    /// `config.verifiers` verifiers, each through a proxy of its own onto the
+    /// same endpoints.
+    pub async fn start(service: ServiceProxy, config: LoadConfig) -> std::io::Result<Self> {
         let jwt = JwtConfig {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             algorithms: config.algorithms.clone(),
         };
-        let resolver =
-            JwtBearerResolver::from_url(jwt, proxy.jwks_url(), config.jwks_cache_ttl_secs);
+        let mut verifiers = Vec::new();
+        for _ in 0..config.verifiers.max(1) {
+            let proxy = ServiceProxy::start_with(service.endpoint_source()).await?;
+            let resolver = JwtBearerResolver::from_url(
+                jwt.clone(),
+                proxy.jwks_url(),
+                config.jwks_cache_ttl_secs,
+            );
+            verifiers.push(Verifier { resolver, proxy });
+        }
+        // One connection per mint: kube-proxy balances connections, so this
+        // spreads the mints over every pod the Service routes to.
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(0)
             .build()
-            .unwrap_or_default();
+            .map_err(std::io::Error::other)?;
         let shared = Arc::new(Shared {
             config,
-            endpoints,
-            proxy,
-            resolver,
+            service,
+            verifiers,
             http,
             start: Instant::now(),
-            next: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             report: Mutex::new(LoadReport::default()),
+            held: Mutex::new(Vec::new()),
+            due: Mutex::new(BinaryHeap::new()),
+            next_ttl: AtomicUsize::new(0),
         });
-        let workers = (0..shared.config.workers.max(1))
+        let mut tasks: Vec<JoinHandle<()>> = (0..shared.config.workers.max(1))
             .map(|i| tokio::spawn(worker(shared.clone(), i)))
             .collect();
-        Self { shared, workers }
+        tasks.extend((0..2).map(|_| tokio::spawn(holder(shared.clone()))));
+        Ok(Self { shared, tasks })
     }
 
     /// Counts so far (records included).
@@ -234,20 +374,50 @@ impl LoadGenerator {
         r
     }
 
-    /// Whether the generator stopped by itself (time or token bound reached).
-    pub fn finished(&self) -> bool {
-        self.workers.iter().all(JoinHandle::is_finished)
+    /// The number of verifiers.
+    pub fn verifiers(&self) -> usize {
+        self.shared.verifiers.len()
     }
 
-    /// Stops the workers (each finishes its current token) and returns the report.
+    /// Verifies `token` with verifier `i` (its cache, its connection).
+    pub async fn verify_with(&self, i: usize, token: &str) -> Result<(), String> {
+        let v = &self.shared.verifiers[i % self.shared.verifiers.len()];
+        verify(&v.resolver, token).await
+    }
+
+    /// Verifier `i`'s own Service proxy (its node's kube-proxy).
+    pub fn verifier_proxy(&self, i: usize) -> &ServiceProxy {
+        &self.shared.verifiers[i % self.shared.verifiers.len()].proxy
+    }
+
+    /// The Service the mints go through.
+    pub fn service(&self) -> &ServiceProxy {
+        &self.shared.service
+    }
+
+    /// Stops minting and re-verifying (each loop finishes its current token)
+    /// and returns the report; checks of tokens still alive are dropped.
     pub async fn stop(self) -> LoadReport {
         self.shared.stop.store(true, Ordering::SeqCst);
-        for w in self.workers {
-            let _ = w.await;
+        for t in self.tasks {
+            let _ = t.await;
         }
         let mut r = lock(&self.shared.report).clone();
         r.elapsed = self.shared.start.elapsed();
         r
+    }
+}
+
+async fn verify(resolver: &JwtBearerResolver, token: &str) -> Result<(), String> {
+    let mut md = tonic::metadata::MetadataMap::new();
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| "token is not a header value".to_string())?;
+    md.insert("authorization", value);
+    match resolver.resolve(&md).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("resolver ignored the token".into()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -258,21 +428,28 @@ impl Shared {
             || lock(&self.report).minted as usize >= self.config.max_tokens
     }
 
-    /// Round-robin over the ready endpoints, in a stable order.
-    fn pick(&self) -> Option<SocketAddr> {
-        let eps = self.endpoints.endpoints();
-        if eps.is_empty() {
+    fn ttl(&self) -> Option<u64> {
+        let ttls = &self.config.ttls;
+        if ttls.is_empty() {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        Some(eps[i % eps.len()])
+        Some(ttls[self.next_ttl.fetch_add(1, Ordering::Relaxed) % ttls.len()])
     }
 
-    async fn mint(&self, ep: SocketAddr, worker: usize) -> Result<String, String> {
+    /// Mints through the Service: the token, its lifetime and the pod that minted it.
+    async fn mint(
+        &self,
+        worker: usize,
+        ttl: Option<u64>,
+    ) -> Result<(String, u64, Option<SocketAddr>), String> {
+        let mut body = json!({"sender": format!("load-{worker}"), "scopes": {}});
+        if let Some(ttl) = ttl {
+            body["ttl_seconds"] = json!(ttl);
+        }
         let mut req = self
             .http
-            .post(format!("http://{ep}/tokens"))
-            .json(&json!({"sender": format!("load-{worker}"), "scopes": {}}));
+            .post(format!("{}/tokens", self.service.url()))
+            .json(&body);
         if let Some(token) = &self.config.caller_token {
             req = req.bearer_auth(token);
         }
@@ -287,60 +464,127 @@ impl Shared {
             )
         })?;
         let status = resp.status();
+        let endpoint = resp
+            .headers()
+            .get(ENDPOINT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let body: Value = resp.json().await.map_err(|e| format!("body: {e}"))?;
         if !status.is_success() {
             return Err(format!("HTTP {status}: {body}"));
         }
-        body.get("token")
+        let token = body
+            .get("token")
             .and_then(Value::as_str)
             .map(str::to_string)
-            .ok_or_else(|| "no token in response".to_string())
+            .ok_or_else(|| "no token in response".to_string())?;
+        let granted = body
+            .get("expires_in_seconds")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        Ok((token, granted, endpoint))
     }
 
-    async fn verify(&self, token: &str) -> Result<(), String> {
-        let mut md = tonic::metadata::MetadataMap::new();
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| "token is not a header value".to_string())?;
-        md.insert("authorization", value);
-        match self.resolver.resolve(&md).await {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err("resolver ignored the token".into()),
-            Err(e) => Err(e.to_string()),
+    fn hold(&self, token: String, kid: String, ttl: u64, minted_at: Duration) {
+        let longest = self.config.ttls.iter().copied().max().unwrap_or(ttl);
+        if ttl < longest && rand::random::<f64>() >= self.config.hold_fraction {
+            return;
+        }
+        let Some(expires) = expiry(&token) else {
+            return;
+        };
+        let checks = schedule(Instant::now(), expires, self.config.rechecks);
+        let idx = {
+            let mut held = lock(&self.held);
+            held.push(Held {
+                token,
+                kid,
+                ttl,
+                minted_at,
+                expires,
+            });
+            held.len() - 1
+        };
+        let mut due = lock(&self.due);
+        for at in checks {
+            due.push(Reverse((at, idx)));
         }
     }
 }
 
 async fn worker(shared: Arc<Shared>, id: usize) {
     while !shared.done() {
-        let Some(ep) = shared.pick() else {
-            lock(&shared.report).mint_error("no ready endpoints".into());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        };
-        match shared.mint(ep, id).await {
-            Ok(token) => {
+        let ttl = shared.ttl();
+        match shared.mint(id, ttl).await {
+            Ok((token, granted, endpoint)) => {
+                let at = shared.start.elapsed();
                 let kid = token_kid(&token).unwrap_or_default();
-                let verdict = shared.verify(&token).await;
-                let kid_known = shared
-                    .proxy
-                    .last_jwks_kids()
-                    .is_some_and(|k| k.contains(&kid));
+                let vi = rand::random_range(0..shared.verifiers.len());
+                let v = &shared.verifiers[vi];
+                let verdict = verify(&v.resolver, &token).await;
+                let kid_known = v.proxy.last_jwks_kids().is_some_and(|k| k.contains(&kid));
                 let record = TokenRecord {
-                    at: shared.start.elapsed(),
-                    kid,
-                    endpoint: ep,
+                    at,
+                    kid: kid.clone(),
+                    endpoint,
+                    ttl: granted,
+                    verifier: vi,
                     verified: verdict.is_ok(),
                     kid_known,
                     error: verdict.err(),
                 };
                 lock(&shared.report).record(record);
+                shared.hold(token, kid, granted, at);
             }
             Err(reason) => lock(&shared.report).mint_error(reason),
         }
         if !shared.config.pause.is_zero() {
             tokio::time::sleep(shared.config.pause).await;
         }
+    }
+}
+
+/// Re-verifies held tokens when they are due, with a random verifier each time.
+async fn holder(shared: Arc<Shared>) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        let next = {
+            let mut due = lock(&shared.due);
+            match due.peek() {
+                Some(Reverse((at, _))) if *at <= Instant::now() => due.pop().map(|Reverse(x)| x),
+                _ => None,
+            }
+        };
+        let Some((_, idx)) = next else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let (token, kid, ttl, minted_at, expires) = {
+            let held = lock(&shared.held);
+            let h = &held[idx];
+            (
+                h.token.clone(),
+                h.kid.clone(),
+                h.ttl,
+                h.minted_at,
+                h.expires,
+            )
+        };
+        let started = Instant::now();
+        if started >= expires {
+            lock(&shared.report).late_checks_missed += 1;
+            continue;
+        }
+        let vi = rand::random_range(0..shared.verifiers.len());
+        let verdict = verify(&shared.verifiers[vi].resolver, &token).await;
+        lock(&shared.report).late_check(LateCheck {
+            kid,
+            minted_at,
+            ttl,
+            remaining: expires - started,
+            verifier: vi,
+            ok: verdict.is_ok(),
+            error: verdict.err(),
+        });
     }
 }
 
@@ -360,19 +604,50 @@ mod tests {
     }
 
     #[test]
+    fn expiry_and_schedule() {
+        let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let now_s = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let token = format!(
+            "{}.{}.sig",
+            b64("{}"),
+            b64(&format!("{{\"exp\":{}}}", now_s + 10))
+        );
+        let exp = expiry(&token).unwrap();
+        let left = exp.saturating_duration_since(Instant::now());
+        assert!(
+            left > Duration::from_secs(8) && left <= Duration::from_secs(10),
+            "{left:?}"
+        );
+        let now = Instant::now();
+        let s = schedule(now, now + Duration::from_secs(10), 2);
+        assert_eq!(s.len(), 3);
+        assert!(
+            s.iter()
+                .all(|t| *t > now && *t < now + Duration::from_secs(10))
+        );
+        // The last check falls in the token's last second.
+        assert!(s[2] >= now + Duration::from_secs(9));
+        assert!(schedule(now, now + Duration::from_millis(100), 2).is_empty());
+    }
+
+    #[test]
     fn report_counts() {
         let mut r = LoadReport::default();
-        let ep: SocketAddr = "127.0.0.2:3200".parse().unwrap();
-        let rec = |kid: &str, ok: bool, known: bool| TokenRecord {
-            at: Duration::ZERO,
+        let rec = |kid: &str, ok: bool, known: bool, at: u64| TokenRecord {
+            at: Duration::from_millis(at),
             kid: kid.into(),
-            endpoint: ep,
+            endpoint: None,
+            ttl: 6,
+            verifier: 0,
             verified: ok,
             kid_known: known,
             error: (!ok).then(|| "bad".to_string()),
         };
-        r.record(rec("a", true, true));
-        r.record(rec("b", false, false));
+        r.record(rec("a", true, true, 100));
+        r.record(rec("b", false, false, 200));
         r.mint_error("x".into());
         assert_eq!(
             (
@@ -388,13 +663,31 @@ mod tests {
             KidCounts {
                 minted: 1,
                 verify_failures: 1,
-                unknown_at_verify: 1
+                unknown_at_verify: 1,
+                last_minted_ms: 200,
             }
         );
         assert_eq!(r.failure_reasons["bad"], 1);
-        assert!(
-            r.summary_line("s")
-                .starts_with("e2e s: minted=2 verify_failures=1 ")
+        let check = |ok: bool, minted_ms: u64, remaining_ms: u64| LateCheck {
+            kid: "a".into(),
+            minted_at: Duration::from_millis(minted_ms),
+            ttl: 6,
+            remaining: Duration::from_millis(remaining_ms),
+            verifier: 1,
+            ok,
+            error: (!ok).then(|| "gone".to_string()),
+        };
+        r.late_check(check(true, 90, 500));
+        r.late_check(check(false, 50, 3000));
+        assert_eq!((r.late_checks, r.late_verify_failures), (2, 1));
+        let n = r.final_tokens_checked_at_end_of_life(
+            "a",
+            Duration::from_secs(1),
+            Duration::from_secs(1),
         );
+        assert_eq!(n, 1);
+        assert!(r.summary_line_with("s", "cutoff_s=1.0").starts_with(
+            "e2e s: minted=2 verify_failures=1 late_verify_failures=1 mint_errors=1 cutoff_s=1.0 "
+        ));
     }
 }

@@ -1,24 +1,36 @@
-//! A tiny stand-in for a ClusterIP Service and kube-proxy: an HTTP listener on
-//! 127.0.0.1 that forwards each request to a random ready endpoint of a Service
-//! (its `spec.selector` over the stored Pods, its first port's `targetPort`), read
-//! from the store at every request, the way kube-proxy follows EndpointSlices.
+//! A stand-in for a ClusterIP Service and kube-proxy: a listener on 127.0.0.1
+//! that picks a random endpoint of the Service **per connection**, as kube-proxy
+//! does, and keeps every request of that connection on that pod. A keep-alive
+//! client (the MACP runtime's JWKS fetcher is one) therefore sticks to one pod
+//! until the connection closes: when the pod's process closes it (shutdown,
+//! exit), the client's connection is closed too, and its next request opens a
+//! new connection to whatever the endpoint list holds then, a list that may lag
+//! the cluster (see [`crate::endpoints::LaggedEndpoints`]). A connection to an
+//! endpoint that refuses it is reset, as a DNAT to a dead pod would be.
 //!
-//! It also records every JWKS it serves, so a test can tell which keys a verifier
-//! fetching through it knew at any moment (see [`crate::load`]).
+//! It records every JWKS it serves, so a test can tell which keys a verifier
+//! fetching through it knew at any moment (see [`crate::load`]), and every
+//! response carries the answering pod in [`ENDPOINT_HEADER`].
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::apiserver::ApiHandle;
 use crate::endpoints::{EndpointSource, StoreEndpoints};
+
+/// Response header naming the pod (`ip:port`) that answered.
+pub const ENDPOINT_HEADER: &str = "x-e2e-endpoint";
 
 /// One JWKS response served through the proxy.
 #[derive(Clone, Debug)]
@@ -29,10 +41,21 @@ pub struct JwksServed {
     pub kids: Vec<String>,
 }
 
+/// A connection the proxy reset instead of forwarding.
+#[derive(Clone, Debug)]
+pub struct Reset {
+    pub at: Instant,
+    /// The endpoint it was meant for, when one was picked.
+    pub endpoint: Option<SocketAddr>,
+    pub why: String,
+}
+
 struct ProxyState {
     endpoints: Arc<dyn EndpointSource>,
-    http: reqwest::Client,
     jwks: Mutex<Vec<JwksServed>>,
+    resets: Mutex<Vec<Reset>>,
+    /// Connections to reset on purpose before any other is forwarded.
+    reset_next: AtomicUsize,
 }
 
 struct StopOnDrop(watch::Sender<bool>);
@@ -64,30 +87,32 @@ impl ServiceProxy {
     /// Listens on `127.0.0.1:<random>` and forwards to `endpoints` (e.g. the
     /// ready pods of a real cluster, read through its API).
     pub async fn start_with(endpoints: Arc<dyn EndpointSource>) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(5))
-            .build()
-            .map_err(std::io::Error::other)?;
         let state = Arc::new(ProxyState {
             endpoints,
-            http,
             jwks: Mutex::new(Vec::new()),
+            resets: Mutex::new(Vec::new()),
+            reset_next: AtomicUsize::new(0),
         });
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let app = axum::Router::new()
-            .fallback(forward)
-            .with_state(state.clone());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let accept_state = state.clone();
         tokio::spawn(async move {
-            let stop = async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::warn!(error = %e, "service proxy stopped");
+            let stopped = stopped(stop_rx.clone());
+            tokio::pin!(stopped);
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => {
+                            tokio::spawn(connection(accept_state.clone(), stream, stop_rx.clone()));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "service proxy accept");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    },
+                    _ = &mut stopped => return,
+                }
             }
         });
         Ok(Self {
@@ -107,7 +132,7 @@ impl ServiceProxy {
         format!("{}/.well-known/jwks.json", self.url())
     }
 
-    /// The current ready endpoints.
+    /// The current endpoints, as this proxy sees them.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
         self.state.endpoints.endpoints()
     }
@@ -126,48 +151,111 @@ impl ServiceProxy {
     pub fn last_jwks_kids(&self) -> Option<Vec<String>> {
         lock(&self.state.jwks).last().map(|j| j.kids.clone())
     }
+
+    /// Resets the next `n` connections instead of forwarding them: what a
+    /// client sees when kube-proxy still sends it to a pod that was just killed.
+    pub fn reset_next_connections(&self, n: usize) {
+        self.state.reset_next.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// Every connection reset so far (injected or refused by the endpoint).
+    pub fn resets(&self) -> Vec<Reset> {
+        lock(&self.state.resets).clone()
+    }
 }
 
-fn error(code: StatusCode, message: &str) -> Response {
-    (
-        code,
-        [(header::CONTENT_TYPE, "application/json")],
-        json!({"error": message}).to_string(),
-    )
-        .into_response()
+/// Resolves once the proxy is stopped.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn reset(state: &ProxyState, client: TcpStream, endpoint: Option<SocketAddr>, why: String) {
+    tracing::debug!(?endpoint, %why, "service proxy resets a connection");
+    // Linger 0: close with RST, as a connection to a dead pod ends. (The
+    // deprecation is about blocking on drop, which a zero linger never does.)
+    #[allow(deprecated)]
+    let _ = client.set_linger(Some(Duration::ZERO));
+    drop(client);
+    lock(&state.resets).push(Reset {
+        at: Instant::now(),
+        endpoint,
+        why,
+    });
+}
+
+/// One client connection, pinned to one endpoint for its whole life.
+async fn connection(state: Arc<ProxyState>, client: TcpStream, stop: watch::Receiver<bool>) {
+    let injected = state
+        .reset_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if injected {
+        return reset(&state, client, None, "injected".into());
+    }
+    let eps = state.endpoints.endpoints();
+    if eps.is_empty() {
+        return reset(&state, client, None, "no endpoints".into());
+    }
+    let ep = eps[rand::random_range(0..eps.len())];
+    let backend = match TcpStream::connect(ep).await {
+        Ok(b) => b,
+        Err(e) => return reset(&state, client, Some(ep), format!("connect: {e}")),
+    };
+    let _ = client.set_nodelay(true);
+    let _ = backend.set_nodelay(true);
+    let Ok((sender, backend_conn)) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(backend)).await
+    else {
+        return reset(&state, client, Some(ep), "handshake".into());
+    };
+    let sender = Arc::new(tokio::sync::Mutex::new(sender));
+    let svc_state = state.clone();
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let sender = sender.clone();
+        let state = svc_state.clone();
+        async move { forward(&state, &sender, ep, req).await }
+    });
+    let server = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(client), svc);
+    let stopped = stopped(stop);
+    tokio::pin!(server);
+    tokio::pin!(backend_conn);
+    tokio::pin!(stopped);
+    let mut backend_open = true;
+    loop {
+        tokio::select! {
+            _ = &mut server => return,
+            // The pod closed its side (shutdown, exit): close the client's too,
+            // after the request in flight, as a TCP passthrough would.
+            _ = &mut backend_conn, if backend_open => {
+                backend_open = false;
+                server.as_mut().graceful_shutdown();
+            }
+            _ = &mut stopped => return,
+        }
+    }
 }
 
 async fn forward(
-    State(state): State<Arc<ProxyState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let eps = state.endpoints.endpoints();
-    if eps.is_empty() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoints");
-    }
-    let ep = eps[rand::random_range(0..eps.len())];
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut req = state
-        .http
-        .request(method, format!("http://{ep}{path}"))
-        .body(body);
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        req = req.header(header::CONTENT_TYPE, ct);
-    }
-    let resp = match req.send().await {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_GATEWAY, &format!("endpoint {ep}: {e}")),
+    state: &ProxyState,
+    sender: &tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+    ep: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let jwks = parts.uri.path() == "/.well-known/jwks.json";
+    let resp = {
+        let mut sender = sender.lock().await;
+        sender.ready().await?;
+        sender
+            .send_request(Request::from_parts(parts, Full::new(body)))
+            .await?
     };
-    let status = resp.status();
-    let ct = resp.headers().get(header::CONTENT_TYPE).cloned();
-    let bytes = match resp.bytes().await {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_GATEWAY, &format!("endpoint {ep}: {e}")),
-    };
-    if uri.path() == "/.well-known/jwks.json" && status.is_success() {
+    let (mut parts, body) = resp.into_parts();
+    let bytes = body.collect().await?.to_bytes();
+    if jwks && parts.status == StatusCode::OK {
         let kids = serde_json::from_slice::<Value>(&bytes)
             .ok()
             .and_then(|v| v.get("keys").and_then(Value::as_array).cloned())
@@ -181,9 +269,8 @@ async fn forward(
             kids,
         });
     }
-    let mut out = (status, bytes).into_response();
-    if let Some(ct) = ct {
-        out.headers_mut().insert(header::CONTENT_TYPE, ct);
+    if let Ok(v) = HeaderValue::from_str(&ep.to_string()) {
+        parts.headers.insert(ENDPOINT_HEADER, v);
     }
-    out
+    Ok(Response::from_parts(parts, Full::new(bytes)))
 }

@@ -11,6 +11,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use macp_auth_e2e::apiserver::FakeApiServer;
 use macp_auth_e2e::binary::service_binary_async;
 use macp_auth_e2e::cluster::{Cluster, ClusterConfig};
+use macp_auth_e2e::endpoints::{DEFAULT_ENDPOINT_LAG, LaggedEndpoints, StoreEndpoints};
 use macp_auth_e2e::load::{LoadConfig, LoadGenerator};
 use macp_auth_e2e::proxy::ServiceProxy;
 use macp_auth_service::keys::{Alg, generate_private_jwk};
@@ -39,19 +40,33 @@ fn setup_objects(server: &FakeApiServer, name: &str) {
 }
 
 fn deployment(name: &str, roll: &str, progress_deadline: u64) -> Deployment {
+    let safe =
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}});
+    deployment_with(name, roll, progress_deadline, 2, safe)
+}
+
+/// A Deployment of `replicas` with `strategy` (`null`: the defaults, 25%/25%).
+fn deployment_with(
+    name: &str,
+    roll: &str,
+    progress_deadline: u64,
+    replicas: usize,
+    strategy: serde_json::Value,
+) -> Deployment {
     serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": NS},
         "spec": {
-            "replicas": 2,
+            "replicas": replicas,
             "progressDeadlineSeconds": progress_deadline,
             "selector": {"matchLabels": {"app": name}},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "strategy": strategy,
             "template": {
                 "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{
+                "spec": {"terminationGracePeriodSeconds": 10, "containers": [{
                     "name": "auth", "image": "macp-auth-service:test",
                     "ports": [{"containerPort": 3200}],
+                    "readinessProbe": {"httpGet": {"path": "/healthz", "port": 3200}, "periodSeconds": 1},
                     "env": [
                         {"name": "PORT", "value": "3200"},
                         {"name": "MACP_AUTH_SIGNING_ALG", "value": "ES256"},
@@ -70,6 +85,7 @@ fn roll_patch(roll: &str) -> Patch<serde_json::Value> {
     Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{
         "name": "auth", "image": "macp-auth-service:test",
         "ports": [{"containerPort": 3200}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": 3200}, "periodSeconds": 1},
         "env": [
             {"name": "PORT", "value": "3200"},
             {"name": "MACP_AUTH_SIGNING_ALG", "value": "ES256"},
@@ -89,11 +105,32 @@ async fn start() -> (FakeApiServer, Cluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_runs_rolls_and_serves_verifiable_tokens() {
+    let safe =
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}});
+    rolls_under_load(2, safe, 2, 3).await;
+}
+
+/// The default strategy (25%/25%: with 4 replicas one surge pod and one
+/// unavailable) rolls too, never below 3 ready pods nor above 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_strategy_rolls_within_its_bounds() {
+    rolls_under_load(4, serde_json::Value::Null, 3, 5).await;
+}
+
+async fn rolls_under_load(
+    replicas: usize,
+    strategy: serde_json::Value,
+    want_min_ready: usize,
+    want_max_pods: usize,
+) {
     let (server, cluster) = start().await;
     setup_objects(&server, "auth");
     let deployments: Api<Deployment> = Api::namespaced(server.client(), NS);
     deployments
-        .create(&PostParams::default(), &deployment("auth", "1", 600))
+        .create(
+            &PostParams::default(),
+            &deployment_with("auth", "1", 600, replicas, strategy),
+        )
         .await
         .unwrap();
     cluster
@@ -103,7 +140,7 @@ async fn deployment_runs_rolls_and_serves_verifiable_tokens() {
 
     // Pods are processes on their own addresses, and the store says so.
     let pods = cluster.ready_pods(NS, "auth");
-    assert_eq!(pods.len(), 2);
+    assert_eq!(pods.len(), replicas);
     assert_ne!(pods[0].ip, pods[1].ip);
     for p in &pods {
         let stored = server.get("", "pods", Some(NS), &p.name).unwrap();
@@ -124,19 +161,22 @@ async fn deployment_runs_rolls_and_serves_verifiable_tokens() {
         .unwrap()
         .status
         .unwrap();
-    assert_eq!(
-        (status.ready_replicas, status.updated_replicas),
-        (Some(2), Some(2))
-    );
+    let n = Some(replicas as i32);
+    assert_eq!((status.ready_replicas, status.updated_replicas), (n, n));
     assert_eq!(status.observed_generation, Some(1));
 
-    // Load through the pods, verifier through the Service.
-    let proxy = ServiceProxy::start(server.handle(), NS, "auth")
-        .await
-        .unwrap();
-    let mut config = LoadConfig::new(NS, "auth", 1);
+    // Load and verifiers through a Service whose endpoints lag.
+    let endpoints = Arc::new(StoreEndpoints::new(server.handle(), NS, "auth"));
+    let lagged = Arc::new(LaggedEndpoints::start(
+        endpoints,
+        DEFAULT_ENDPOINT_LAG,
+        Duration::from_millis(50),
+    ));
+    let proxy = ServiceProxy::start_with(lagged).await.unwrap();
+    let mut config = LoadConfig::new(1);
     config.max_duration = Duration::from_secs(120);
-    let load = LoadGenerator::start(server.handle(), proxy.clone(), config);
+    config.ttls = vec![2, 4];
+    let load = LoadGenerator::start(proxy.clone(), config).await.unwrap();
 
     // Sample the rollout: ready pods never drop below 2, pods never exceed 3.
     let sampling = Arc::new(AtomicBool::new(true));
@@ -187,14 +227,14 @@ async fn deployment_runs_rolls_and_serves_verifiable_tokens() {
     );
 
     let new_pods = cluster.ready_pods(NS, "auth");
-    assert_eq!(new_pods.len(), 2);
+    assert_eq!(new_pods.len(), replicas);
     assert!(new_pods.iter().all(|p| p.template_hash != old_hash));
     assert!(
-        min_ready.load(Ordering::SeqCst) >= 2,
-        "a moment with fewer than 2 ready pods"
+        min_ready.load(Ordering::SeqCst) >= want_min_ready,
+        "a moment with fewer than {want_min_ready} ready pods"
     );
     assert!(
-        max_pods.load(Ordering::SeqCst) <= 3,
+        max_pods.load(Ordering::SeqCst) <= want_max_pods,
         "more than replicas + maxSurge pods"
     );
     assert!(
@@ -203,6 +243,12 @@ async fn deployment_runs_rolls_and_serves_verifiable_tokens() {
         report.summary_line("cluster-rollout")
     );
     assert_eq!(report.verify_failures, 0, "{:?}", report.failure_reasons);
+    assert_eq!(
+        report.late_verify_failures, 0,
+        "{:?}",
+        report.late_failure_reasons
+    );
+    assert!(report.late_checks > 0, "no held token re-verified");
     assert_eq!(report.unknown_kid_at_verify, 0);
     assert_eq!(report.per_kid.keys().collect::<Vec<_>>(), ["auth-k1"]);
     assert!(!proxy.jwks_served().is_empty());

@@ -15,7 +15,7 @@ use super::schedule::{add, add_secs, automatic_not_before, next_rotation, parse_
 use super::verify::{Verdict, verify};
 use super::{
     Action, Decision, Event, HISTORY_LIMIT, Inputs, KeysetPlan, KeysetView, MAX_BACKOFF, POLL,
-    ProbePlan, RETRY_AFTER_ROLLBACK,
+    PROPAGATION_SLACK_SECONDS, ProbePlan, RETRY_AFTER_ROLLBACK,
 };
 
 use RotationPhase::*;
@@ -492,10 +492,11 @@ impl Machine<'_> {
                 format!("publishing {new} next to the active key {old}"),
             ),
             Propagating => (
-                add_secs(now, spec.jwks_cache_ttl_seconds),
+                add_secs(now, spec.jwks_cache_ttl_seconds + PROPAGATION_SLACK_SECONDS),
                 false,
                 format!(
-                    "every pod serves {new}; waiting {}s for verifier caches",
+                    "every pod serves {new}; waiting {}s (cache TTL {}s + slack) for verifier caches",
+                    spec.jwks_cache_ttl_seconds + PROPAGATION_SLACK_SECONDS,
                     spec.jwks_cache_ttl_seconds
                 ),
             ),

@@ -52,7 +52,7 @@
 //! |---|---|---|---|---|---|
 //! | KeyGenerated | K | - | K' | - | K' is in the Secret |
 //! | Publishing | K | K' | K' | - | rollout done, every pod serves {K, K'} |
-//! | Propagating | K | K' | K' | - | `jwksCacheTtlSeconds` after that |
+//! | Propagating | K | K' | K' | - | `jwksCacheTtlSeconds` + [`PROPAGATION_SLACK_SECONDS`] after that |
 //! | Activating | K' | K | - | K | rollout done, every pod serves {K', K} and mints with K' |
 //! | Draining | K' | K | - | K | `drainSeconds` after that |
 //! | Retiring | K' | - | - | K | rollout done, every pod serves {K'} only; then `previous` is deleted |
@@ -154,6 +154,14 @@ pub use verify::{Verdict, verify};
 /// How often a rollout phase re-checks pods while it waits (the controller
 /// also reconciles on every owned Deployment change).
 pub const POLL: Duration = Duration::from_secs(2);
+/// Added to `jwksCacheTtlSeconds` in `Propagating`: a verifier whose cache
+/// expires at the very end of the wait still has to fetch the new JWKS (fetch
+/// latency), and its first refresh may fail, e.g. on a pod that was just
+/// killed; `macp-auth` then keeps its stale keys and retries on the next
+/// verification, with a 5 s fetch timeout. Ten seconds cover one failed
+/// refresh that times out plus the one after it. Not a spec field: it models
+/// the verifier, not the cluster.
+pub const PROPAGATION_SLACK_SECONDS: i64 = 10;
 /// Upper bound of the retry backoff of a stalled emergency, rollback or retirement.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// How long the schedule and a signing-kind change wait after a rolled-back rotation.

@@ -1,6 +1,11 @@
 //! The simulated kubelet: runs one pod as a child process of the service binary,
-//! probes its readiness, restarts it with backoff when it exits, and stops it
-//! gracefully (SIGTERM, grace period, SIGKILL) when the Pod is deleted.
+//! probes its readiness the way the pod spec says (path, port, period and
+//! failure threshold, periods scaled by [`super::ClusterConfig::probe_scale`]),
+//! restarts it with backoff when it exits, and stops it like the kubelet when
+//! the Pod is deleted: SIGTERM at once (no preStop hook), SIGKILL after the
+//! pod's `terminationGracePeriodSeconds`. The process keeps serving whatever
+//! it serves until it exits; whether callers still reach it is the Service
+//! proxy's business (its endpoints lag, see [`crate::endpoints`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
@@ -33,7 +38,48 @@ pub(super) struct PodRun {
     pub volumes: Value,
     pub ip: PodIp,
     pub port: u16,
+    /// SIGTERM to SIGKILL: the pod's `terminationGracePeriodSeconds`.
+    pub grace: Duration,
     pub logs: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// The readiness probe of the container, as the kubelet runs it.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct ReadinessProbe {
+    pub path: String,
+    pub initial_delay: Duration,
+    pub period: Duration,
+    pub failure_threshold: u32,
+}
+
+/// The container's `readinessProbe.httpGet`, with Kubernetes' defaults
+/// (period 10 s, failure threshold 3) and its periods multiplied by `scale`;
+/// `None` when it has none (the pod is ready once its process runs).
+pub(super) fn readiness_probe(container: &Value, scale: f64) -> Option<ReadinessProbe> {
+    let probe = container.get("readinessProbe")?;
+    let path = probe
+        .pointer("/httpGet/path")
+        .and_then(Value::as_str)
+        .unwrap_or("/")
+        .to_string();
+    let secs = |field: &str, default: f64| {
+        let s = probe
+            .get(field)
+            .and_then(Value::as_f64)
+            .unwrap_or(default)
+            .max(0.0);
+        Duration::from_secs_f64(s * scale)
+    };
+    Some(ReadinessProbe {
+        path,
+        initial_delay: secs("initialDelaySeconds", 0.0),
+        period: secs("periodSeconds", 10.0).max(Duration::from_millis(10)),
+        failure_threshold: probe
+            .get("failureThreshold")
+            .and_then(Value::as_u64)
+            .unwrap_or(3)
+            .max(1) as u32,
+    })
 }
 
 enum Outcome {
@@ -124,10 +170,17 @@ pub(super) async fn run_pod(inner: Arc<Inner>, run: PodRun, mut stop: watch::Rec
             status = child.wait() => Outcome::Exited(status.ok().and_then(|s| s.code())),
             _ = stop.wait_for(|s| *s) => Outcome::Stop,
             _ = shutdown.wait_for(|s| *s) => Outcome::Shutdown,
-            _ = readiness(&inner, &run, ip, never_ready, || report(&running, true, restarts, last_exit)) => {
+            _ = readiness(&inner, &run, ip, never_ready, |ready| report(&running, ready, restarts, last_exit)) => {
                 Outcome::Shutdown
             }
         };
+        if matches!(outcome, Outcome::Exited(_))
+            && let Some(e) = lock(&inner.state)
+                .pods
+                .get_mut(&(run.namespace.clone(), run.name.clone()))
+        {
+            e.pid = None;
+        }
         match outcome {
             Outcome::Exited(code) => {
                 restarts += 1;
@@ -149,10 +202,10 @@ pub(super) async fn run_pod(inner: Arc<Inner>, run: PodRun, mut stop: watch::Rec
             Outcome::Stop => {
                 set_ready(&inner, &run, false, None);
                 report(&running, false, restarts, last_exit);
-                // Endpoint propagation: callers stop picking the pod before it stops
-                // listening (what a preStop sleep buys in a real cluster).
-                tokio::time::sleep(inner.config.endpoint_delay).await;
-                terminate(&mut child, inner.config.termination_grace).await;
+                // No preStop hook: SIGTERM at once. The Service still sends the
+                // pod connections until its endpoints catch up; the process
+                // bridges that with its own shutdown delay, or callers fail.
+                terminate(&mut child, run.grace).await;
                 break Outcome::Stop;
             }
             Outcome::Shutdown => {
@@ -241,6 +294,12 @@ fn spawn(
         .spawn()
         .map_err(|e| format!("starting {}: {e}", inner.config.service_bin.display()))?;
     tracing::debug!(pod = %run.name, %ip, port = run.port, never_ready, pid = ?child.id(), "pod process started");
+    if let Some(e) = lock(&inner.state)
+        .pods
+        .get_mut(&(run.namespace.clone(), run.name.clone()))
+    {
+        e.pid = child.id();
+    }
     if let Some(out) = child.stdout.take() {
         pipe_logs(out, run.logs.clone());
     }
@@ -267,19 +326,29 @@ fn push_log(logs: &Mutex<VecDeque<String>>, line: String) {
     l.push_back(line);
 }
 
-/// Probes `GET /healthz` until it answers 200, then reports ready and waits forever.
-/// A pod chosen to never become ready is never probed successfully.
+/// Runs the container's readiness probe for as long as the process lives:
+/// ready after one success, unready after `failureThreshold` failures in a
+/// row; without a probe, ready at once. A pod chosen to never become ready is
+/// never probed successfully.
 async fn readiness(
     inner: &Inner,
     run: &PodRun,
     ip: Ipv4Addr,
     never_ready: bool,
-    on_ready: impl Fn(),
+    on_change: impl Fn(bool),
 ) {
     if never_ready {
         return std::future::pending().await;
     }
-    let url = format!("http://{ip}:{}/healthz", run.port);
+    let Some(probe) = readiness_probe(&run.container, inner.config.probe_scale) else {
+        if set_ready(inner, run, true, None) {
+            on_change(true);
+        }
+        return std::future::pending().await;
+    };
+    let url = format!("http://{ip}:{}{}", run.port, probe.path);
+    tokio::time::sleep(probe.initial_delay).await;
+    let (mut ready, mut failures) = (false, 0u32);
     loop {
         let ok = inner
             .http
@@ -288,14 +357,21 @@ async fn readiness(
             .await
             .is_ok_and(|r| r.status().is_success());
         if ok {
-            break;
+            failures = 0;
+            if !ready && set_ready(inner, run, true, None) {
+                ready = true;
+                on_change(true);
+            }
+        } else {
+            failures += 1;
+            if ready && failures >= probe.failure_threshold {
+                ready = false;
+                set_ready(inner, run, false, None);
+                on_change(false);
+            }
         }
-        tokio::time::sleep(inner.config.readiness_period).await;
+        tokio::time::sleep(probe.period).await;
     }
-    if set_ready(inner, run, true, None) {
-        on_ready();
-    }
-    std::future::pending().await
 }
 
 /// Updates the controller's view; false when the pod is already terminating.

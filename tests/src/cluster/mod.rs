@@ -12,11 +12,16 @@
 //!   `configMapKeyRef`, `fieldRef` name/namespace/podIP, `envFrom`), an empty parent
 //!   environment, `MACP_AUTH_BIND=<pod IP>` and `PORT` (from the env, else the first
 //!   `containerPort`, else 3200).
-//! - Readiness: `GET /healthz` = 200. A process that exits is restarted in place with
-//!   exponential backoff (`CrashLoopBackOff`, `restartCount`). Deleting a Pod (by the
-//!   controller, GC, or a test) marks it terminating and unready, waits
-//!   [`ClusterConfig::endpoint_delay`], sends SIGTERM, SIGKILL after the grace period,
-//!   then releases the Pod object.
+//! - Readiness: the container's `readinessProbe.httpGet` (path; `periodSeconds`,
+//!   `initialDelaySeconds` and `failureThreshold` with Kubernetes' defaults, the
+//!   periods multiplied by [`ClusterConfig::probe_scale`]), probed for the whole
+//!   life of the process; no probe means ready once running. A process that exits
+//!   is restarted in place with exponential backoff (`CrashLoopBackOff`,
+//!   `restartCount`). Deleting a Pod (by the controller, GC, or a test) marks it
+//!   terminating and unready and sends SIGTERM at once, SIGKILL after the pod's
+//!   `terminationGracePeriodSeconds` (default 30), then releases the Pod object.
+//!   The process keeps answering until it exits: what reaches it meanwhile is up
+//!   to the Service proxy, whose endpoints lag ([`crate::endpoints`]).
 //! - Pod objects (`<deployment>-<hash>-<suffix>`, template labels plus
 //!   `pod-template-hash`, `status.podIP`, `phase`, `Ready`/`ContainersReady`
 //!   conditions, `containerStatuses`) and Deployment status (`observedGeneration`,
@@ -26,16 +31,21 @@
 //!
 //! # Simplifications vs a real cluster
 //! - No ReplicaSets: Pods are owned by their Deployment directly.
-//! - Only the first container runs; image, command, args, probes' details, resources,
-//!   security context and volumes are ignored (secrets reach the service through env).
+//! - Only the first container runs; image, command, args, liveness and startup
+//!   probes, resources and security context are ignored.
+//! - Of volumes only Secret volumes exist: written once at container start to a
+//!   directory of their own, with env values under the mount path rewritten to it;
+//!   a changed Secret is not refreshed in a running pod.
 //! - Pods carry the finalizer [`podspec::KUBELET_FINALIZER`] so a deleted Pod stays
 //!   `Terminating` until its process has stopped, as a kubelet-confirmed deletion would.
+//! - A delete's own grace period (`gracePeriodSeconds`) is not honoured; the pod
+//!   spec's is. [`Cluster::kill_pod`] is the way to kill a process at once.
 //! - `minReadySeconds` is ignored: ready means available.
 //! - Store access is direct (not through HTTP), so the harness never appears in the
 //!   API server's request log.
 
 mod addr;
-mod env;
+pub mod env;
 mod kubelet;
 pub mod podspec;
 pub mod rollout;
@@ -66,12 +76,12 @@ pub(crate) fn now() -> String {
 pub struct ClusterConfig {
     /// The token service executable each pod runs (see [`crate::binary::service_binary`]).
     pub service_bin: PathBuf,
-    /// Interval between readiness probes of a starting pod.
-    pub readiness_period: Duration,
-    /// Between a pod turning unready on deletion and its SIGTERM (a preStop sleep).
-    pub endpoint_delay: Duration,
-    /// SIGTERM to SIGKILL.
-    pub termination_grace: Duration,
+    /// Multiplies the probe periods of the pod spec, so that a 5 s readiness
+    /// period of a real Deployment probes every second here: scaled like the
+    /// scenarios' other times, never every few milliseconds.
+    pub probe_scale: f64,
+    /// SIGTERM to SIGKILL when the pod spec sets no `terminationGracePeriodSeconds`.
+    pub default_termination_grace: Duration,
     /// Ceiling of the restart backoff of a crashing pod (starts at 250 ms, doubles).
     pub max_restart_backoff: Duration,
     /// Controller resync period, on top of waking on every store change.
@@ -82,9 +92,8 @@ impl ClusterConfig {
     pub fn new(service_bin: PathBuf) -> Self {
         Self {
             service_bin,
-            readiness_period: Duration::from_millis(50),
-            endpoint_delay: Duration::from_millis(300),
-            termination_grace: Duration::from_secs(12),
+            probe_scale: 0.2,
+            default_termination_grace: Duration::from_secs(30),
             max_restart_backoff: Duration::from_secs(5),
             resync: Duration::from_millis(200),
         }
@@ -131,6 +140,8 @@ pub enum ClusterError {
 
 struct PodEntry {
     info: PodInfo,
+    /// The running process, once started.
+    pid: Option<u32>,
     owner_uid: String,
     seq: u64,
     stop: watch::Sender<bool>,
@@ -216,6 +227,26 @@ impl Cluster {
         lock(&self.inner.state).rules.push(Arc::new(rule));
     }
 
+    /// Kills the pod's process at once (SIGKILL), as a node or OOM kill would:
+    /// its connections break, and the kubelet restarts it with backoff. False
+    /// when there is no such running process.
+    pub fn kill_pod(&self, namespace: &str, name: &str) -> bool {
+        let st = lock(&self.inner.state);
+        let Some(pid) = st
+            .pods
+            .get(&(namespace.to_string(), name.to_string()))
+            .and_then(|e| e.pid)
+            .and_then(|p| i32::try_from(p).ok())
+        else {
+            return false;
+        };
+        // SAFETY: kill(2) on the pid of a child process this cluster started.
+        // The pod task clears `pid` right after reaping an exited process and
+        // removes the entry after a stopped one, so a recycled pid could only
+        // be hit if the kernel wrapped its pid space within that instant.
+        unsafe { libc::kill(pid, libc::SIGKILL) == 0 }
+    }
+
     /// Every pod started from now on never becomes ready.
     pub fn never_ready_from_now(&self) {
         self.never_ready_when(|_| true);
@@ -270,7 +301,7 @@ impl Cluster {
             e.stop.send_replace(true);
         }
         let deadline =
-            Instant::now() + self.inner.config.termination_grace + Duration::from_secs(2);
+            Instant::now() + self.inner.config.default_termination_grace + Duration::from_secs(2);
         while !lock(&self.inner.state).pods.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -481,6 +512,11 @@ fn start_pod(inner: &Arc<Inner>, st: &mut State, d: &Value, template: &Value, ha
         .cloned()
         .unwrap_or(Value::Null);
     let port = env::port(&container);
+    let grace = template
+        .pointer("/spec/terminationGracePeriodSeconds")
+        .and_then(Value::as_u64)
+        .map(Duration::from_secs)
+        .unwrap_or(inner.config.default_termination_grace);
     let Some(ip) = addr::allocate(port) else {
         tracing::warn!(%deployment, port, "no free loopback address for a pod");
         return;
@@ -509,6 +545,7 @@ fn start_pod(inner: &Arc<Inner>, st: &mut State, d: &Value, template: &Value, ha
                 terminating: false,
                 never_ready: false,
             },
+            pid: None,
             owner_uid: meta(d, "uid").to_string(),
             seq: st.seq,
             stop: stop_tx,
@@ -524,6 +561,7 @@ fn start_pod(inner: &Arc<Inner>, st: &mut State, d: &Value, template: &Value, ha
         volumes,
         ip,
         port,
+        grace,
         logs,
     };
     tokio::spawn(kubelet::run_pod(inner.clone(), run, stop_rx));

@@ -17,7 +17,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::crd::{EMERGENCY_ROTATE_ANNOTATION, ROTATE_ANNOTATION, RotationPhase, RotationTrigger};
-use crate::rotation::{Action, Decision, probe_plan};
+use crate::rotation::{Action, Decision, PROPAGATION_SLACK_SECONDS, probe_plan};
 
 const REPLICAS: usize = 2;
 
@@ -442,10 +442,12 @@ impl World {
         for kid in signing.difference(&self.t.signing.clone()) {
             if !self.t.first_signed.contains_key(kid) {
                 self.t.first_signed.insert(kid.clone(), self.now);
-                // Invariant 1: a prepublished key signs only after every pod served it for the cache TTL.
+                // Invariant 1: a prepublished key signs only after every pod served it for
+                // the cache TTL plus the propagation slack.
                 if self.t.prepublished.contains(kid) {
                     let since = self.t.all_serve_since.get(kid).copied();
-                    if since.is_none_or(|s| s > self.now - Secs::seconds(TTL)) {
+                    let wait = TTL + PROPAGATION_SLACK_SECONDS;
+                    if since.is_none_or(|s| s > self.now - Secs::seconds(wait)) {
                         self.fail(&format!(
                             "{kid} signs at {} but every pod served it only since {since:?}",
                             self.now

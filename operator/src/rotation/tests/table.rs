@@ -8,7 +8,7 @@ use crate::crd::{
     RotationStatus, RotationTrigger,
 };
 use crate::rotation::plan::desired;
-use crate::rotation::{Action, POLL, ProbePlan, probe_plan};
+use crate::rotation::{Action, POLL, PROPAGATION_SLACK_SECONDS, ProbePlan, probe_plan};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Setup {
@@ -601,8 +601,10 @@ fn waits_are_timestamps_and_requeues_match_them() {
     let f = fixture(Setup::Publishing, Stimulus::Complete);
     let d = f.decide();
     let rot = d.status.rotation.unwrap();
-    assert_eq!(rot.wait_until, Some(f.now + Secs::seconds(TTL)));
-    assert_eq!(d.requeue_after, Some(Duration::from_secs(TTL as u64)));
+    // The cache TTL plus the slack a real verifier needs.
+    let wait = TTL + PROPAGATION_SLACK_SECONDS;
+    assert_eq!(rot.wait_until, Some(f.now + Secs::seconds(wait)));
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(wait as u64)));
 
     let mut f = fixture(Setup::Propagating, Stimulus::Waiting);
     f.now = at(30);

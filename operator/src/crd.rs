@@ -13,6 +13,13 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// CEL rule on the root of the CRD schema: the name must be a DNS-1035 label
+/// (at most 63 characters), what the owned Service and labels need.
+pub const NAME_RULE: &str =
+    "size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
+/// The message of [`NAME_RULE`].
+pub const NAME_RULE_MESSAGE: &str = "metadata.name must be a DNS-1035 label (at most 63 lower-case letters, digits and '-', starting with a letter and ending with a letter or digit): the Service and the app.kubernetes.io/instance label carry it";
+
 /// Annotation whose new value requests a routine rotation.
 pub const ROTATE_ANNOTATION: &str = "macp.io/rotate";
 /// Annotation whose new value requests an emergency rotation.
@@ -32,7 +39,11 @@ pub const EMERGENCY_ROTATE_ANNOTATION: &str = "macp.io/emergency-rotate";
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.rotation.phase"}"#,
     printcolumn = r#"{"name":"Active Kid","type":"string","jsonPath":".status.activeKid"}"#,
     printcolumn = r#"{"name":"Last Rotation","type":"date","jsonPath":".status.lastRotationTime"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // The Service is named after the MacpAuth (a DNS-1035 label) and the name is
+    // the app.kubernetes.io/instance label value: refused at `kubectl apply` time
+    // rather than by a 422 on the Service (validate::validate_name checks it too).
+    validation = kube::core::Rule::new(NAME_RULE).message(NAME_RULE_MESSAGE)
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MacpAuthSpec {
@@ -385,4 +396,23 @@ pub struct RotationRecord {
     pub outcome: RotationOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod name_rule_tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    #[test]
+    fn the_crd_refuses_names_the_owned_objects_cannot_carry() {
+        let crd = serde_json::to_value(MacpAuth::crd()).unwrap();
+        let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        assert_eq!(
+            root["x-kubernetes-validations"],
+            serde_json::json!([{"rule": NAME_RULE, "message": NAME_RULE_MESSAGE}])
+        );
+        // The same rule as the reconciler's check, which covers servers without CEL.
+        assert!(NAME_RULE.contains("<= 63"));
+        assert!(NAME_RULE.contains("^[a-z]([-a-z0-9]*[a-z0-9])?$"));
+    }
 }

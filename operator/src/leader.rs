@@ -14,11 +14,17 @@
 //! The decision (given the lease, my identity and the time: create, acquire,
 //! renew or wait) is the pure [`decide`]; the I/O is in [`Elector`] and [`run`].
 //!
-//! Expiry compares the holder's `renewTime` plus `leaseDurationSeconds` with the
-//! local wall clock, so it assumes node clocks agree to well under a lease
-//! duration (NTP). The leader itself times its deadline on the monotonic clock
-//! from the start of its last successful renewal and gives up one renew interval
-//! before the lease could expire, leaving that margin to stop its controllers.
+//! Expiry is judged as client-go does, on this instance's own monotonic clock:
+//! a lease is expired when this instance has seen it unchanged for
+//! `leaseDurationSeconds`, counted from when it last saw it change (a renewal
+//! changes `renewTime`). The holder's `renewTime` is never compared with the
+//! local wall clock, so clock skew between nodes cannot make a live lease look
+//! expired (or an expired one live); the cost is that a fresh standby waits a
+//! full lease duration before taking over an abandoned lease. The leader
+//! itself times its deadline on the monotonic clock from the start of its last
+//! successful renewal and gives up one renew interval before the lease could
+//! expire, leaving that margin to stop its controllers. [`Clock`] is injected
+//! so tests can run instances whose wall clocks disagree.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,7 +32,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
@@ -71,21 +77,13 @@ impl LeaseRecord {
         }
     }
 
-    /// When the holder's claim ends; `None` when there is no live claim to respect
-    /// (no holder, or a holder with no time to measure from).
-    pub fn expires_at(&self, default_duration: Duration) -> Option<Timestamp> {
-        self.holder.as_ref()?;
-        let renewed = self.renewed?;
-        // A missing or non-positive duration falls back to ours: waiting is the safe side.
-        let secs = match self.duration_seconds {
-            Some(s) if s > 0 => i64::from(s),
-            _ => i64::try_from(default_duration.as_secs()).unwrap_or(i64::MAX),
-        };
-        Some(
-            renewed
-                .saturating_add(SignedDuration::from_secs(secs))
-                .unwrap_or(Timestamp::MAX),
-        )
+    /// How long the holder's claim lasts after this instance saw it change. A
+    /// missing or non-positive duration falls back to ours: waiting is the safe side.
+    pub fn duration(&self, default_duration: Duration) -> Duration {
+        match self.duration_seconds {
+            Some(s) if s > 0 => Duration::from_secs(u64::from(s.unsigned_abs())),
+            _ => default_duration,
+        }
     }
 }
 
@@ -98,31 +96,41 @@ pub enum Decision {
     Acquire,
     /// Mine and (still) valid in my eyes: renew it.
     Renew,
-    /// Someone else holds a live lease.
+    /// Someone else holds a live lease: it expires in `expires_in` unless it changes.
     Wait {
         holder: String,
-        expires_at: Timestamp,
+        expires_in: Duration,
     },
 }
 
-/// The leader-election decision. `None` means no Lease object exists.
+/// The leader-election decision. `None` means no Lease object exists;
+/// `unchanged_for` is how long, on this instance's monotonic clock, it has seen
+/// the lease exactly as it is now.
 pub fn decide(
     lease: Option<&LeaseRecord>,
     me: &str,
-    now: Timestamp,
+    unchanged_for: Duration,
     default_duration: Duration,
 ) -> Decision {
     let Some(lease) = lease else {
         return Decision::Create;
     };
-    match (&lease.holder, lease.expires_at(default_duration)) {
-        (Some(holder), _) if holder == me => Decision::Renew,
-        (Some(holder), Some(expires_at)) if now < expires_at => Decision::Wait {
+    let duration = lease.duration(default_duration);
+    match &lease.holder {
+        Some(holder) if holder == me => Decision::Renew,
+        Some(holder) if unchanged_for < duration => Decision::Wait {
             holder: holder.clone(),
-            expires_at,
+            expires_in: duration - unchanged_for,
         },
         _ => Decision::Acquire,
     }
+}
+
+/// The lease as this instance last saw it change, and when (monotonic).
+#[derive(Clone, Debug)]
+struct Observed {
+    record: LeaseRecord,
+    at: Instant,
 }
 
 /// The lease spec to write for `decision` (`None` for [`Decision::Wait`]).
@@ -233,17 +241,68 @@ pub enum Attempt {
     Standby { holder: String },
 }
 
+/// The clocks of one instance: the wall clock for the times it writes into
+/// the lease, a monotonic one for measuring how long things took. Injected so
+/// tests can run instances whose wall clocks disagree.
+pub trait Clock: Send + Sync {
+    fn wall(&self) -> Timestamp;
+    fn monotonic(&self) -> Instant;
+}
+
+/// The process's own clocks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn wall(&self) -> Timestamp {
+        Timestamp::now()
+    }
+
+    fn monotonic(&self) -> Instant {
+        Instant::now()
+    }
+}
+
 /// Reads and writes one Lease.
 pub struct Elector {
     api: Api<Lease>,
     cfg: LeaderElection,
+    clock: Arc<dyn Clock>,
+    observed: std::sync::Mutex<Option<Observed>>,
 }
 
 impl Elector {
     pub fn new(client: Client, cfg: LeaderElection) -> Self {
+        Self::with_clock(client, cfg, Arc::new(SystemClock))
+    }
+
+    pub fn with_clock(client: Client, cfg: LeaderElection, clock: Arc<dyn Clock>) -> Self {
         Self {
             api: Api::namespaced(client, &cfg.namespace),
             cfg,
+            clock,
+            observed: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Records the lease as seen at `now` and returns how long it has been
+    /// seen unchanged (zero when it just changed, or was never seen).
+    fn observe(&self, record: Option<&LeaseRecord>, now: Instant) -> Duration {
+        // A poisoned lock only holds the last observation: keep using it.
+        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        match (record, observed.as_ref()) {
+            (None, _) => {
+                *observed = None;
+                Duration::ZERO
+            }
+            (Some(r), Some(o)) if o.record == *r => now.saturating_duration_since(o.at),
+            (Some(r), _) => {
+                *observed = Some(Observed {
+                    record: r.clone(),
+                    at: now,
+                });
+                Duration::ZERO
+            }
         }
     }
 
@@ -279,9 +338,10 @@ impl Elector {
         let record = lease
             .as_ref()
             .map(|l| LeaseRecord::from_spec(l.spec.as_ref()));
-        let now = Timestamp::now();
+        let unchanged_for = self.observe(record.as_ref(), self.clock.monotonic());
+        let now = self.clock.wall();
         let me = &self.cfg.identity;
-        let decision = decide(record.as_ref(), me, now, self.cfg.lease_duration);
+        let decision = decide(record.as_ref(), me, unchanged_for, self.cfg.lease_duration);
         let current = lease
             .as_ref()
             .and_then(|l| l.spec.clone())
@@ -342,7 +402,7 @@ impl Elector {
             return Ok(false);
         }
         let current = lease.spec.take().unwrap_or_default();
-        lease.spec = Some(released_spec(&current, Timestamp::now()));
+        lease.spec = Some(released_spec(&current, self.clock.wall()));
         self.api
             .replace(&lease.name_any(), &Self::params(), &lease)
             .await
@@ -382,7 +442,7 @@ impl Elector {
         let mut last_error: Option<String> = None;
         loop {
             sleep(next_delay(&self.cfg, last_error.is_some())).await;
-            let started = Instant::now();
+            let started = self.clock.monotonic();
             let left = deadline.saturating_sub(started.duration_since(last_renewal));
             match self
                 .attempt_within(left.max(Duration::from_millis(1)))
@@ -398,7 +458,7 @@ impl Elector {
                     last_error = Some(e.to_string());
                 }
             }
-            let since = last_renewal.elapsed();
+            let since = self.clock.monotonic().duration_since(last_renewal);
             if since >= deadline {
                 return LostReason::RenewalFailed {
                     since,
@@ -427,7 +487,29 @@ pub async fn run(
     cfg: LeaderElection,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ElectionError> {
-    let elector = Elector::new(client.clone(), cfg);
+    run_with_clock(
+        client,
+        settings,
+        prober,
+        state,
+        cfg,
+        Arc::new(SystemClock),
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`] on the given clocks.
+pub async fn run_with_clock(
+    client: Client,
+    settings: Settings,
+    prober: Arc<dyn PodProber>,
+    state: State,
+    cfg: LeaderElection,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ElectionError> {
+    let elector = Elector::with_clock(client.clone(), cfg, clock);
     let lease = elector.lease_ref();
     let mut shutdown = Box::pin(shutdown);
     info!(lease = %lease, identity = %elector.cfg.identity, duration = ?elector.cfg.lease_duration,
@@ -475,7 +557,7 @@ where
     let cfg = &elector.cfg;
     let mut seen_holder: Option<String> = None;
     loop {
-        let started = Instant::now();
+        let started = elector.clock.monotonic();
         let attempt = tokio::select! {
             () = &mut *shutdown => {
                 // An attempt cut short may have taken the lease: give it back if so.
@@ -574,36 +656,47 @@ mod tests {
         }
     }
 
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
     #[test]
     fn no_lease_object_is_created() {
-        assert_eq!(decide(None, "me", at(0), SECS), Decision::Create);
+        assert_eq!(decide(None, "me", secs(0), SECS), Decision::Create);
     }
 
     #[test]
     fn my_lease_is_renewed_even_when_expired() {
         // Same identity means the same pod: its previous process is gone.
         assert_eq!(
-            decide(Some(&held("me", 0, 10)), "me", at(5), SECS),
+            decide(Some(&held("me", 0, 10)), "me", secs(5), SECS),
             Decision::Renew
         );
         assert_eq!(
-            decide(Some(&held("me", 0, 10)), "me", at(50), SECS),
+            decide(Some(&held("me", 0, 10)), "me", secs(50), SECS),
             Decision::Renew
         );
     }
 
     #[test]
-    fn a_live_lease_of_another_is_respected_until_it_expires() {
-        let lease = held("other", 0, 10);
+    fn a_live_lease_of_another_is_respected_until_seen_unchanged_for_its_duration() {
+        // renewTime plays no part: only how long this instance has seen it unchanged.
+        let lease = held("other", -1_000_000, 10);
         assert_eq!(
-            decide(Some(&lease), "me", at(9), SECS),
+            decide(Some(&lease), "me", secs(9), SECS),
             Decision::Wait {
                 holder: "other".into(),
-                expires_at: at(10)
+                expires_in: secs(1)
             }
         );
-        assert_eq!(decide(Some(&lease), "me", at(10), SECS), Decision::Acquire);
-        assert_eq!(decide(Some(&lease), "me", at(99), SECS), Decision::Acquire);
+        assert_eq!(
+            decide(Some(&lease), "me", secs(10), SECS),
+            Decision::Acquire
+        );
+        assert_eq!(
+            decide(Some(&lease), "me", secs(99), SECS),
+            Decision::Acquire
+        );
     }
 
     #[test]
@@ -618,7 +711,7 @@ mod tests {
         )));
         assert_eq!(released.holder, None);
         assert_eq!(
-            decide(Some(&released), "me", at(0), SECS),
+            decide(Some(&released), "me", secs(0), SECS),
             Decision::Acquire
         );
         let blank = LeaseRecord::from_spec(Some(&LeaseSpec {
@@ -626,38 +719,37 @@ mod tests {
             renew_time: Some(MicroTime(at(0))),
             ..LeaseSpec::default()
         }));
-        assert_eq!(decide(Some(&blank), "me", at(0), SECS), Decision::Acquire);
+        assert_eq!(decide(Some(&blank), "me", secs(0), SECS), Decision::Acquire);
         let empty = LeaseRecord::from_spec(None);
-        assert_eq!(decide(Some(&empty), "me", at(0), SECS), Decision::Acquire);
+        assert_eq!(decide(Some(&empty), "me", secs(0), SECS), Decision::Acquire);
     }
 
     #[test]
-    fn a_missing_duration_falls_back_to_mine_and_a_missing_time_to_acquire_time() {
+    fn a_missing_duration_falls_back_to_mine_and_an_untimed_holder_is_still_respected() {
         let mut lease = held("other", 0, 0);
         lease.duration_seconds = None;
         assert!(matches!(
-            decide(Some(&lease), "me", at(14), SECS),
+            decide(Some(&lease), "me", secs(14), SECS),
             Decision::Wait { .. }
         ));
-        assert_eq!(decide(Some(&lease), "me", at(15), SECS), Decision::Acquire);
-
-        let spec = LeaseSpec {
-            holder_identity: Some("other".into()),
-            acquire_time: Some(MicroTime(at(0))),
-            lease_duration_seconds: Some(10),
-            ..LeaseSpec::default()
-        };
-        let record = LeaseRecord::from_spec(Some(&spec));
-        assert!(matches!(
-            decide(Some(&record), "me", at(5), SECS),
-            Decision::Wait { .. }
-        ));
-        // A holder with no time at all cannot be timed out, so it is not respected.
+        assert_eq!(
+            decide(Some(&lease), "me", secs(15), SECS),
+            Decision::Acquire
+        );
+        // Expiry is measured from when it was seen, so a holder with no time
+        // at all is respected for a duration like any other.
         let untimed = LeaseRecord {
             renewed: None,
             ..held("other", 0, 10)
         };
-        assert_eq!(decide(Some(&untimed), "me", at(0), SECS), Decision::Acquire);
+        assert!(matches!(
+            decide(Some(&untimed), "me", secs(0), SECS),
+            Decision::Wait { .. }
+        ));
+        assert_eq!(
+            decide(Some(&untimed), "me", secs(10), SECS),
+            Decision::Acquire
+        );
     }
 
     #[test]
@@ -695,7 +787,7 @@ mod tests {
         assert_eq!(created.lease_transitions, Some(0));
         let wait = Decision::Wait {
             holder: "other".into(),
-            expires_at: at(1),
+            expires_in: secs(1),
         };
         assert_eq!(next_spec(&wait, &current, "me", at(0), SECS), None);
     }

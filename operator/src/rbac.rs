@@ -1,9 +1,9 @@
 //! The one list of Kubernetes API permissions the operator uses.
 //!
 //! The Helm chart's RBAC is asserted equal to this list, and the reconciler
-//! tests assert that every request the operator sends to the (in-memory) API
-//! server is covered by it, so a new API call without a rule fails a test
-//! instead of failing in a user's cluster.
+//! and leader-election tests run against an API server that enforces it
+//! ([`grants`], in both [`Mode`]s), so a new API call without a rule fails a
+//! test with 403 instead of failing in a user's cluster.
 
 /// One RBAC rule: an API group, a resource (with `/subresource` where relevant) and verbs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +16,10 @@ pub struct Rule {
 /// Server-side apply of an object that does not exist yet is authorised as `create`,
 /// so every applied kind carries both `create` and `patch`.
 const OWNED: &[&str] = &["get", "list", "watch", "create", "patch"];
+
+/// Secrets are written exactly (create, then update with a resourceVersion
+/// precondition), never applied: see `reconcile`.
+const SECRETS: &[&str] = &["get", "list", "watch", "create", "patch", "update"];
 
 const RULES: &[Rule] = &[
     Rule {
@@ -31,7 +35,7 @@ const RULES: &[Rule] = &[
     Rule {
         group: "",
         resource: "secrets",
-        verbs: OWNED,
+        verbs: SECRETS,
     },
     Rule {
         group: "",
@@ -77,6 +81,47 @@ pub fn required_rules(leader_election: bool) -> Vec<Rule> {
     rules
 }
 
+/// How the rules are bound, as the Helm chart renders them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// A ClusterRole + ClusterRoleBinding: every namespace (`watchNamespaces` empty).
+    ClusterWide,
+    /// A Role + RoleBinding in each watched namespace, nothing cluster-wide.
+    Namespaced(Vec<String>),
+}
+
+/// One binding of rules: cluster-wide (`namespace: None`) or in one namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub namespace: Option<String>,
+    pub rules: Vec<Rule>,
+}
+
+/// The bindings the chart creates for `mode`; with leader election
+/// (`lease_namespace`), the lease rules in that namespace only.
+pub fn grants(mode: &Mode, lease_namespace: Option<&str>) -> Vec<Grant> {
+    let mut out = match mode {
+        Mode::ClusterWide => vec![Grant {
+            namespace: None,
+            rules: required_rules(false),
+        }],
+        Mode::Namespaced(namespaces) => namespaces
+            .iter()
+            .map(|ns| Grant {
+                namespace: Some(ns.clone()),
+                rules: required_rules(false),
+            })
+            .collect(),
+    };
+    if let Some(ns) = lease_namespace {
+        out.push(Grant {
+            namespace: Some(ns.to_string()),
+            rules: LEADER_ELECTION_RULES.to_vec(),
+        });
+    }
+    out
+}
+
 /// Whether `verb` on `group`/`resource` is granted by `rules`.
 pub fn allows(rules: &[Rule], group: &str, resource: &str, verb: &str) -> bool {
     rules
@@ -103,6 +148,31 @@ mod tests {
             assert!(!r.verbs.contains(&"delete"), "{r:?}");
             assert!(!r.verbs.contains(&"deletecollection"), "{r:?}");
         }
+    }
+
+    #[test]
+    fn namespaced_mode_binds_the_same_rules_per_namespace_and_leases_apart() {
+        let g = grants(&Mode::Namespaced(vec!["a".into(), "b".into()]), Some("ops"));
+        assert_eq!(g.len(), 3);
+        assert_eq!(g[0].namespace.as_deref(), Some("a"));
+        assert_eq!(g[1].rules, required_rules(false));
+        assert_eq!(g[2].namespace.as_deref(), Some("ops"));
+        assert!(allows(
+            &g[2].rules,
+            "coordination.k8s.io",
+            "leases",
+            "update"
+        ));
+        assert!(!allows(&g[2].rules, "", "secrets", "get"));
+        let c = grants(&Mode::ClusterWide, None);
+        assert_eq!(
+            c,
+            vec![Grant {
+                namespace: None,
+                rules: required_rules(false)
+            }]
+        );
+        assert!(allows(&c[0].rules, "", "secrets", "update"));
     }
 
     #[test]

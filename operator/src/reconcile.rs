@@ -2,16 +2,29 @@
 //!
 //! Order of one round (each write is skipped when the live object already
 //! matches, so an unchanged resource costs reads only):
-//! 1. validate the spec; an invalid one is reported and nothing is touched;
+//! 0. read the `MacpAuth` itself: the controller's copy comes from a watch
+//!    cache that may be a write or two behind, and a decision taken from a
+//!    stale status would repeat an action already done;
+//! 1. validate the name and the spec; an invalid one is reported and nothing
+//!    is touched (no key is generated for a name the objects cannot carry);
 //! 2. read the signing-keys Secret: create the first key when it is absent
 //!    (written, then read back and confirmed before anything refers to it),
 //!    adopt a valid one, refuse (Degraded) an unusable one without writing it;
-//! 3. apply the Secret's metadata, the Deployment for the keyset in the
-//!    Secret, the Service and the verifier ConfigMap;
+//! 3. write the Secret's metadata, and apply the Deployment for the keyset in
+//!    the Secret, the Service and the verifier ConfigMap;
 //! 4. observe the rollout and probe the ready pods of the current template;
 //! 5. run the rotation state machine and execute its action (a Secret write,
 //!    confirmed by reading it back, then the Deployment for the new keyset);
-//! 6. patch the status if it changed, then emit events.
+//! 6. patch the status if it changed, conditional on the resourceVersion read
+//!    in step 0 (a 409 means someone wrote meanwhile: the round's status and
+//!    events are dropped and the round runs again), then emit events.
+//!
+//! The Secret is never applied: server-side apply leaves keys that another
+//! field manager owns (a Secret made with `kubectl create secret`), so a key
+//! the plan drops could survive. It is created, then replaced whole with the
+//! resourceVersion it was read at: what it holds is exactly what was decided.
+//! The other objects are applied; keys, list items and defaults that others
+//! own or the server adds are no drift ([`diff::matches_live`]).
 //!
 //! The emergency TTL clamp ([`ttl_clamp`]) is decided from the status: the
 //! objects of step 3 use the persisted one, and when the rotation machine's
@@ -25,7 +38,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
@@ -55,6 +68,7 @@ pub const REASON_MISSING_SIGNING_KEY: &str = "MissingSigningKey";
 pub const REASON_PROGRESS_DEADLINE: &str = "ProgressDeadlineExceeded";
 const OWN_DEGRADED_REASONS: &[&str] = &[
     validate::REASON_INVALID_SPEC,
+    validate::REASON_INVALID_NAME,
     REASON_INVALID_SIGNING_KEY,
     REASON_MISSING_SIGNING_KEY,
     REASON_PROGRESS_DEADLINE,
@@ -64,6 +78,8 @@ const OWN_DEGRADED_REASONS: &[&str] = &[
 const NOT_READY_REQUEUE: Duration = Duration::from_secs(5);
 /// How soon to look again at a Secret a human must fix (it may not be watched: no labels yet).
 const BROKEN_SECRET_REQUEUE: Duration = Duration::from_secs(30);
+/// How soon to run a round again whose status write lost a race.
+pub const CONFLICT_REQUEUE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -194,7 +210,7 @@ where
 {
     let desired = diff::with_applied_hash(serde_json::to_value(desired)?);
     if let Some(live) = live
-        && diff::is_subset(&desired, &serde_json::to_value(live)?)
+        && diff::matches_live(&desired, &serde_json::to_value(live)?, MANAGER)
     {
         return Ok(live.clone());
     }
@@ -233,7 +249,18 @@ struct Round<'a> {
     notes: Vec<Note>,
 }
 
-async fn reconcile_one(mauth: &MacpAuth, ctx: &Context) -> Result<Requeue, Error> {
+async fn reconcile_one(cached: &MacpAuth, ctx: &Context) -> Result<Requeue, Error> {
+    // The cached copy may be behind the API server: decide from the current one.
+    let mauths: Api<MacpAuth> =
+        Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
+    let Some(mauth) = mauths.get_opt(&cached.name_any()).await? else {
+        return Ok(Requeue::await_change());
+    };
+    if mauth.resource_version() != cached.resource_version() {
+        debug!(name = %mauth.name_any(), cached = ?cached.resource_version(),
+               current = ?mauth.resource_version(), "the cache is behind; using the current object");
+    }
+    let mauth = &mauth;
     if mauth.meta().deletion_timestamp.is_some() {
         ctx.metrics
             .forget(&mauth.namespace().unwrap_or_default(), &mauth.name_any());
@@ -255,7 +282,9 @@ async fn reconcile_one(mauth: &MacpAuth, ctx: &Context) -> Result<Requeue, Error
     // A failed round writes no status (the next round redoes the step); one
     // that stopped early because something is Degraded does.
     let requeue = round.run().await?;
-    round.finish().await?;
+    if !round.finish().await? {
+        return Ok(Requeue::requeue(CONFLICT_REQUEUE));
+    }
     ctx.metrics.observe_rotation(
         &round.owner.namespace,
         &round.owner.name,
@@ -326,6 +355,23 @@ impl Round<'_> {
     async fn run(&mut self) -> Result<Requeue, Error> {
         self.status.observed_generation = self.generation;
 
+        let name_errors = validate::validate_name(&self.owner.name);
+        if !name_errors.is_empty() {
+            let message = name_errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            self.degrade(validate::REASON_INVALID_NAME, &message);
+            self.set(
+                READY,
+                false,
+                validate::REASON_INVALID_NAME,
+                "the owned objects cannot be named after this MacpAuth; nothing was created",
+            );
+            return Ok(Requeue::await_change());
+        }
+
         let errors = validate::validate(self.spec());
         if !errors.is_empty() {
             let message = validate::message(&errors);
@@ -367,15 +413,7 @@ impl Round<'_> {
         };
 
         // Metadata (owner reference, labels) and a published.jwks.json for adopted Secrets.
-        let mut live_secret = Some(
-            apply(
-                &self.apis.secrets,
-                live_secret.as_ref(),
-                &resources::secret(&self.owner, &keyset),
-                &self.ctx.metrics,
-            )
-            .await?,
-        );
+        let mut live_secret = Some(self.write_secret(&keyset, live_secret.as_ref()).await?);
         let clamp_before = ttl_clamp::clamp_at(self.spec(), &self.status, self.now);
         let deployment = self
             .apply_children(&keyset, self.ttl(clamp_before.as_ref()))
@@ -555,19 +593,39 @@ impl Round<'_> {
             })
     }
 
+    /// Makes the Secret hold exactly `keys`, with our labels and owner
+    /// reference: created when absent, else replaced with the resourceVersion
+    /// it was read at (409 if anyone wrote since), unless it already is so.
+    async fn write_secret(&self, keys: &Keyset, live: Option<&Secret>) -> Result<Secret, Error> {
+        let desired = resources::secret(&self.owner, keys);
+        let pp = PostParams {
+            field_manager: Some(MANAGER.to_string()),
+            ..PostParams::default()
+        };
+        let Some(live) = live else {
+            debug!(name = %self.owner.secret_name(), "creating the Secret");
+            self.ctx.metrics.wrote("secrets");
+            return Ok(self.apis.secrets.create(&pp, &desired).await?);
+        };
+        let Some(next) = resources::exact_secret(live, &desired) else {
+            return Ok(live.clone());
+        };
+        debug!(name = %self.owner.secret_name(), rv = ?live.resource_version(), "replacing the Secret");
+        self.ctx.metrics.wrote("secrets");
+        Ok(self
+            .apis
+            .secrets
+            .replace(&self.owner.secret_name(), &pp, &next)
+            .await?)
+    }
+
     /// Writes `keys` to the Secret and reads it back.
     async fn write_keyset(
         &self,
         keys: &Keyset,
         live: Option<&Secret>,
     ) -> Result<(Keyset, Secret), Error> {
-        apply(
-            &self.apis.secrets,
-            live,
-            &resources::secret(&self.owner, keys),
-            &self.ctx.metrics,
-        )
-        .await?;
+        self.write_secret(keys, live).await?;
         let back = self.apis.secrets.get(&self.owner.secret_name()).await?;
         let parsed = Keyset::from_secret_data(&back.data.clone().unwrap_or_default())
             .map_err(|e| Error::NotConfirmed(e.to_string()))?;
@@ -767,19 +825,33 @@ impl Round<'_> {
     }
 
     /// Patches the status when it changed, then emits the round's events.
-    async fn finish(&mut self) -> Result<(), Error> {
+    /// `Ok(false)`: the MacpAuth changed since this round read it (409), so
+    /// neither the status nor the events are written; run the round again.
+    async fn finish(&mut self) -> Result<bool, Error> {
         let old = self.mauth.status.clone().unwrap_or_default();
-        if let Some(patch) = status::status_patch(&old, &self.status)? {
+        let rv = self.mauth.resource_version();
+        if let Some(patch) = status::status_patch(&old, &self.status, rv.as_deref())? {
             debug!(name = %self.owner.name, %patch, "patching status");
             self.ctx.metrics.wrote("macpauths/status");
             let pp = PatchParams {
                 field_manager: Some(MANAGER.to_string()),
                 ..PatchParams::default()
             };
-            self.apis
+            match self
+                .apis
                 .mauths
                 .patch_status(&self.owner.name, &pp, &Patch::Merge(&patch))
-                .await?;
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    info!(name = %self.owner.name, namespace = %self.owner.namespace,
+                          "the MacpAuth changed during the round; its status is decided again");
+                    self.notes.clear();
+                    return Ok(false);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         let reference = self.mauth.object_ref(&());
         for n in self.notes.drain(..) {
@@ -799,7 +871,7 @@ impl Round<'_> {
                 warn!(name = %self.owner.name, error = %e, reason = %event.reason, "publishing event failed");
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -125,6 +125,34 @@ pub fn secret(owner: &Owner, keys: &Keyset) -> Secret {
     }
 }
 
+/// The Secret to write so that `live` becomes `desired` exactly: `desired`'s
+/// data (no other key survives) and type, our labels and owner reference
+/// added to what is there, `live`'s resourceVersion kept as the precondition
+/// of the replace. `None` when `live` already is that.
+pub fn exact_secret(live: &Secret, desired: &Secret) -> Option<Secret> {
+    let mut next = live.clone();
+    next.data.clone_from(&desired.data);
+    next.string_data = None;
+    if next.type_.is_none() {
+        next.type_.clone_from(&desired.type_);
+    }
+    let labels = next.metadata.labels.get_or_insert_with(BTreeMap::new);
+    for (k, v) in desired.metadata.labels.iter().flatten() {
+        labels.insert(k.clone(), v.clone());
+    }
+    let owners = next.metadata.owner_references.get_or_insert_with(Vec::new);
+    for o in desired.metadata.owner_references.iter().flatten() {
+        if !owners.iter().any(|x| x.uid == o.uid) {
+            owners.push(o.clone());
+        }
+    }
+    // Echoing the ownership back would only repeat it; the server keeps its own.
+    next.metadata.managed_fields = None;
+    let mut unchanged = live.clone();
+    unchanged.metadata.managed_fields = None;
+    (next != unchanged).then_some(next)
+}
+
 fn alg_name(alg: SigningAlg) -> &'static str {
     match alg {
         SigningAlg::RS256 => "RS256",

@@ -84,13 +84,23 @@ pub fn merge_diff(old: &Value, new: &Value) -> Option<Value> {
     }
 }
 
-/// The `/status` merge patch from `old` to `new`, or `None` when nothing changed.
+/// The `/status` merge patch from `old` to `new`, or `None` when nothing
+/// changed. With `resource_version` (the one `old` was read at) the API
+/// server applies it only if the object is still at that version, else 409:
+/// a status decided from a stale read never overwrites a newer one.
 pub fn status_patch(
     old: &MacpAuthStatus,
     new: &MacpAuthStatus,
+    resource_version: Option<&str>,
 ) -> Result<Option<Value>, serde_json::Error> {
     let (o, n) = (serde_json::to_value(old)?, serde_json::to_value(new)?);
-    Ok(merge_diff(&o, &n).map(|p| serde_json::json!({ "status": p })))
+    Ok(merge_diff(&o, &n).map(|p| {
+        let mut patch = serde_json::json!({ "status": p });
+        if let Some(rv) = resource_version {
+            patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
+        }
+        patch
+    }))
 }
 
 #[cfg(test)]
@@ -175,12 +185,18 @@ mod tests {
             active_kid: Some("k".into()),
             ..Default::default()
         };
-        assert_eq!(status_patch(&s, &s.clone()).unwrap(), None);
+        assert_eq!(status_patch(&s, &s.clone(), Some("7")).unwrap(), None);
         let old = s.clone();
         s.observed_generation = Some(3);
         assert_eq!(
-            status_patch(&old, &s).unwrap(),
+            status_patch(&old, &s, None).unwrap(),
             Some(json!({"status": {"observedGeneration": 3}}))
+        );
+        assert_eq!(
+            status_patch(&old, &s, Some("7")).unwrap(),
+            Some(
+                json!({"metadata": {"resourceVersion": "7"}, "status": {"observedGeneration": 3}})
+            )
         );
     }
 }

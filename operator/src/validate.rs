@@ -155,6 +155,67 @@ fn validate_hardening(spec: &MacpAuthSpec) -> Vec<SpecError> {
     errors
 }
 
+/// `Degraded` reason for a `MacpAuth` name its owned objects cannot carry.
+pub const REASON_INVALID_NAME: &str = "InvalidName";
+
+/// Longest name of an object of most kinds (DNS-1123 subdomain).
+const MAX_SUBDOMAIN: usize = 253;
+/// Longest Service name (DNS-1035 label) and label value.
+const MAX_LABEL: usize = 63;
+
+/// Why the objects named after a `MacpAuth` cannot be created. A real API
+/// server refuses them with 422 Invalid; the operator refuses first, before
+/// any key is generated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error(
+        "metadata.name {0:?} cannot name the Service: a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character"
+    )]
+    ServiceName(String),
+    #[error(
+        "metadata.name {name:?} is {len} characters: the Service name and the label value app.kubernetes.io/instance must be no more than {MAX_LABEL} characters"
+    )]
+    TooLong { name: String, len: usize },
+    #[error(
+        "the derived name {derived:?} is {len} characters: object names must be no more than {MAX_SUBDOMAIN} characters"
+    )]
+    Derived { derived: String, len: usize },
+}
+
+/// The rules the owned objects put on a `MacpAuth` name: the Service is named
+/// after it (DNS-1035 label), it is the `app.kubernetes.io/instance` label
+/// value (at most 63 characters), and `<name>-signing-keys` and
+/// `<name>-verifier-config` must be object names. The CRD schema repeats the
+/// first two as a CEL rule; this check covers API servers that skipped it.
+pub fn validate_name(name: &str) -> Vec<NameError> {
+    let mut errors = Vec::new();
+    let lower_alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let dns1035 = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.ends_with(lower_alnum)
+        && name.chars().all(|c| lower_alnum(c) || c == '-');
+    if !dns1035 {
+        errors.push(NameError::ServiceName(name.to_string()));
+    }
+    if name.len() > MAX_LABEL {
+        errors.push(NameError::TooLong {
+            name: name.to_string(),
+            len: name.len(),
+        });
+    }
+    for derived in [
+        crate::resources::secret_name(name),
+        crate::resources::config_map_name(name),
+    ] {
+        if derived.len() > MAX_SUBDOMAIN {
+            errors.push(NameError::Derived {
+                len: derived.len(),
+                derived,
+            });
+        }
+    }
+    errors
+}
+
 /// One message for all problems, for the `Degraded` condition.
 pub fn message(errors: &[SpecError]) -> String {
     errors
@@ -328,5 +389,52 @@ mod tests {
             serde_json::json!({"callerAuth": {"secretName": "s", "key": ""}}),
         ));
         assert_eq!(message(&errs), "callerAuth.key must not be empty");
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn names_the_owned_objects_cannot_carry_are_refused() {
+        for ok in ["a", "prod", "auth-1", &"a".repeat(63)] {
+            assert_eq!(validate_name(ok), vec![], "{ok}");
+        }
+        assert_eq!(
+            validate_name("a.b"),
+            vec![NameError::ServiceName("a.b".into())]
+        );
+        assert_eq!(
+            validate_name("1auth"),
+            vec![NameError::ServiceName("1auth".into())]
+        );
+        assert_eq!(
+            validate_name("auth-"),
+            vec![NameError::ServiceName("auth-".into())]
+        );
+        let long = "a".repeat(64);
+        assert_eq!(
+            validate_name(&long),
+            vec![NameError::TooLong {
+                name: long.clone(),
+                len: 64
+            }]
+        );
+        let huge = "a".repeat(240);
+        let errs = validate_name(&huge);
+        assert!(!errs.contains(&NameError::Derived {
+            derived: format!("{huge}-signing-keys"),
+            len: 253
+        }));
+        assert!(errs.contains(&NameError::Derived {
+            derived: format!("{huge}-verifier-config"),
+            len: 256
+        }));
+        assert!(
+            NameError::ServiceName("a.b".into())
+                .to_string()
+                .contains("DNS-1035 label")
+        );
     }
 }

@@ -4,6 +4,11 @@
 //! replaced within the lease duration; a gracefully stopped one hands over at once;
 //! a leader that cannot renew, or whose lease is taken, stops and says so.
 //!
+//! Every instance authenticates as the operator's service account against an
+//! API server that enforces the operator's RBAC (`rbac::grants`), in the
+//! namespace-scoped or the cluster-wide mode, so a request the chart does not
+//! grant fails with 403 here as on a cluster.
+//!
 //! Handover times are printed (`cargo test --test leader -- --nocapture`); the
 //! asserted bounds are loose on purpose, for a loaded two-core machine.
 
@@ -12,11 +17,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
-use macp_auth_e2e::apiserver::FakeApiServer;
+use macp_auth_e2e::apiserver::{FakeApiServer, PolicyRule, RbacScope};
 use macp_auth_operator::config::LeaderElection;
 use macp_auth_operator::crd::MacpAuth;
-use macp_auth_operator::leader::{self, ElectionError, LostReason};
+use macp_auth_operator::leader::{self, Clock, ElectionError, LostReason, SystemClock};
 use macp_auth_operator::{PodProber, ProbeError, Settings, State, rbac};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -51,11 +57,78 @@ struct Instance {
     task: JoinHandle<Result<(), ElectionError>>,
 }
 
+/// A wall clock running `ahead` of the real one (the monotonic clock is the real one).
+struct Ahead(Duration);
+
+impl Clock for Ahead {
+    fn wall(&self) -> Timestamp {
+        let ahead = SignedDuration::try_from(self.0).unwrap();
+        Timestamp::now().checked_add(ahead).unwrap()
+    }
+
+    fn monotonic(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// How the operator's RBAC is bound on the test server.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    ClusterWide,
+    Namespaced,
+}
+
+impl Mode {
+    fn rbac(self) -> rbac::Mode {
+        match self {
+            Mode::ClusterWide => rbac::Mode::ClusterWide,
+            Mode::Namespaced => rbac::Mode::Namespaced(vec![NS.to_string()]),
+        }
+    }
+}
+
+/// Enforces the operator's RBAC in `mode`, leases in the lease namespace.
+fn enforce(server: &FakeApiServer, mode: Mode) {
+    for g in rbac::grants(&mode.rbac(), Some(LEASE_NS)) {
+        let rules = g
+            .rules
+            .iter()
+            .map(|r| PolicyRule::new(r.group, r.resource, r.verbs));
+        let scope = match g.namespace {
+            None => RbacScope::Cluster,
+            Some(ns) => RbacScope::Namespace(ns),
+        };
+        server.enforce_rbac(rules, scope);
+    }
+}
+
 impl Instance {
     fn start(server: &FakeApiServer, name: &'static str, lease: Duration, renew: Duration) -> Self {
+        Self::start_with(
+            server,
+            name,
+            lease,
+            renew,
+            Mode::Namespaced,
+            Arc::new(SystemClock),
+        )
+    }
+
+    fn start_with(
+        server: &FakeApiServer,
+        name: &'static str,
+        lease: Duration,
+        renew: Duration,
+        mode: Mode,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let settings = Settings {
             service_image: IMAGE.to_string(),
             pod_name: Some(name.to_string()),
+            watch_namespaces: match mode {
+                Mode::ClusterWide => Vec::new(),
+                Mode::Namespaced => vec![NS.to_string()],
+            },
             ..Settings::default()
         };
         let cfg = LeaderElection {
@@ -67,12 +140,13 @@ impl Instance {
         };
         let state = State::default();
         let (stop, mut rx) = watch::channel(false);
-        let task = tokio::spawn(leader::run(
-            server.client(),
+        let task = tokio::spawn(leader::run_with_clock(
+            server.operator_client().unwrap(),
             settings,
             Arc::new(NoPods),
             state.clone(),
             cfg,
+            clock,
             async move {
                 let _ = rx.wait_for(|s| *s).await;
             },
@@ -134,10 +208,15 @@ async fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Dur
 }
 
 /// Starts two instances and returns (leader, standby) once one leads and has reconciled.
-async fn two_instances(server: &FakeApiServer, lease: Duration) -> (Instance, Instance) {
+async fn two_instances(
+    server: &FakeApiServer,
+    lease: Duration,
+    mode: Mode,
+) -> (Instance, Instance) {
     let renew = Duration::from_millis(500);
-    let a = Instance::start(server, "operator-a", lease, renew);
-    let b = Instance::start(server, "operator-b", lease, renew);
+    let clock = || -> Arc<dyn Clock> { Arc::new(SystemClock) };
+    let a = Instance::start_with(server, "operator-a", lease, renew, mode, clock());
+    let b = Instance::start_with(server, "operator-b", lease, renew, mode, clock());
     within(Duration::from_secs(20), "a leader", || {
         a.leading() || b.leading()
     })
@@ -152,22 +231,32 @@ async fn two_instances(server: &FakeApiServer, lease: Duration) -> (Instance, In
     (leader, standby)
 }
 
-fn assert_rbac_covers_requests(server: &FakeApiServer) {
-    let rules = rbac::required_rules(true);
-    for r in server.requests() {
-        assert!(
-            rbac::allows(&rules, &r.group, &r.resource, &r.verb),
-            "request not covered by rbac::required_rules(true): {r:?}"
-        );
-    }
+/// RBAC was enforced all along: nothing the instances sent was refused.
+fn assert_nothing_forbidden(server: &FakeApiServer) {
+    assert_eq!(
+        server.forbidden(),
+        vec![],
+        "requests refused by the operator's RBAC"
+    );
+    assert!(!server.requests().is_empty());
 }
 
 #[tokio::test]
 async fn exactly_one_instance_reconciles_and_a_crashed_leader_is_replaced_within_the_lease() {
+    crash_handover(Mode::Namespaced).await;
+}
+
+#[tokio::test]
+async fn crash_handover_with_cluster_wide_rbac() {
+    crash_handover(Mode::ClusterWide).await;
+}
+
+async fn crash_handover(mode: Mode) {
     let server = FakeApiServer::start().await.unwrap();
+    enforce(&server, mode);
     create_macpauth(&server).await;
     let lease = Duration::from_secs(2);
-    let (leader, standby) = two_instances(&server, lease).await;
+    let (leader, standby) = two_instances(&server, lease, mode).await;
     within(Duration::from_secs(20), "the Secret and Deployment", || {
         server
             .get("", "secrets", Some(NS), "a-signing-keys")
@@ -227,17 +316,18 @@ async fn exactly_one_instance_reconciles_and_a_crashed_leader_is_replaced_within
     );
     assert_eq!(holder(&server).as_deref(), Some(standby.name));
     assert_eq!(transitions(&server), before + 1);
-    assert_rbac_covers_requests(&server);
+    assert_nothing_forbidden(&server);
     standby.task.abort();
 }
 
 #[tokio::test]
 async fn a_graceful_shutdown_releases_the_lease_for_an_immediate_handover() {
     let server = FakeApiServer::start().await.unwrap();
+    enforce(&server, Mode::Namespaced);
     create_macpauth(&server).await;
     // A long lease: a handover well under it can only come from the release.
     let lease = Duration::from_secs(15);
-    let (leader, standby) = two_instances(&server, lease).await;
+    let (leader, standby) = two_instances(&server, lease, Mode::Namespaced).await;
 
     let start = Instant::now();
     leader.stop.send(true).unwrap();
@@ -265,7 +355,7 @@ async fn a_graceful_shutdown_releases_the_lease_for_an_immediate_handover() {
         "handover took {handover:?}: the lease was not released"
     );
     assert_eq!(holder(&server).as_deref(), Some(standby.name));
-    assert_rbac_covers_requests(&server);
+    assert_nothing_forbidden(&server);
 
     // The new leader stops gracefully too and leaves the lease free.
     standby.stop.send(true).unwrap();
@@ -276,6 +366,7 @@ async fn a_graceful_shutdown_releases_the_lease_for_an_immediate_handover() {
 #[tokio::test]
 async fn a_leader_that_cannot_renew_stops_with_an_error() {
     let server = FakeApiServer::start().await.unwrap();
+    enforce(&server, Mode::Namespaced);
     let lease = Duration::from_secs(2);
     let one = Instance::start(&server, "operator-a", lease, Duration::from_millis(500));
     within(Duration::from_secs(20), "leading", || one.leading()).await;
@@ -302,6 +393,7 @@ async fn a_leader_that_cannot_renew_stops_with_an_error() {
 #[tokio::test]
 async fn a_leader_whose_lease_is_taken_stops_with_an_error() {
     let server = FakeApiServer::start().await.unwrap();
+    enforce(&server, Mode::Namespaced);
     let one = Instance::start(
         &server,
         "operator-a",
@@ -335,4 +427,110 @@ async fn a_leader_whose_lease_is_taken_stops_with_an_error() {
     assert_eq!(one.state.leader.leader.get(), 0);
     // It did not take the lease back on its way out.
     assert_eq!(holder(&server).as_deref(), Some("intruder"));
+}
+
+/// Lease expiry is judged on the standby's own monotonic clock, from when it
+/// last saw the lease change, as client-go does: a standby whose wall clock is
+/// 12 s ahead must not read a live 15 s lease as expired. (Comparing the
+/// holder's `renewTime` with its own wall clock, it would see every renewal
+/// expire 3 s after it was written.)
+#[tokio::test]
+async fn a_standby_12s_ahead_never_makes_a_second_leader_of_a_15s_lease() {
+    let server = FakeApiServer::start().await.unwrap();
+    enforce(&server, Mode::Namespaced);
+    create_macpauth(&server).await;
+    let lease = Duration::from_secs(15);
+    let on_time = Instance::start_with(
+        &server,
+        "operator-a",
+        lease,
+        Duration::from_secs(5),
+        Mode::Namespaced,
+        Arc::new(SystemClock),
+    );
+    within(Duration::from_secs(20), "a leader", || on_time.leading()).await;
+    // The standby looks every second, so it sees every age of the lease.
+    let ahead = Instance::start_with(
+        &server,
+        "operator-b",
+        lease,
+        Duration::from_secs(1),
+        Mode::Namespaced,
+        Arc::new(Ahead(Duration::from_secs(12))),
+    );
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        assert!(
+            !(on_time.leading() && ahead.leading()),
+            "two leaders after {:?}",
+            start.elapsed()
+        );
+        assert!(
+            !ahead.leading(),
+            "the standby took a live lease after {:?}",
+            start.elapsed()
+        );
+        assert_eq!(holder(&server).as_deref(), Some("operator-a"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(on_time.leading());
+    assert_eq!(ahead.reconciles(), 0);
+
+    // And it still takes over a crashed leader within the lease (plus a renew
+    // interval of the old leader and one poll), skewed clock or not.
+    on_time.task.abort();
+    let _ = on_time.task.await;
+    let handover = within(Duration::from_secs(30), "the standby to lead", || {
+        ahead.leading()
+    })
+    .await;
+    eprintln!("skewed standby: took over {handover:?} after the crash (lease {lease:?})");
+    assert!(handover < lease + Duration::from_secs(7), "{handover:?}");
+    assert_nothing_forbidden(&server);
+    ahead.task.abort();
+}
+
+/// The control for namespace scope: the operator watching every namespace
+/// with only namespaced Roles is refused (a cluster-wide list needs a
+/// ClusterRole), and says so with the API server's Forbidden.
+#[tokio::test]
+async fn a_cluster_wide_operator_under_namespaced_roles_is_forbidden() {
+    let server = FakeApiServer::start().await.unwrap();
+    enforce(&server, Mode::Namespaced);
+    create_macpauth(&server).await;
+    let one = Instance::start_with(
+        &server,
+        "operator-a",
+        Duration::from_secs(2),
+        Duration::from_millis(500),
+        Mode::ClusterWide,
+        Arc::new(SystemClock),
+    );
+    within(Duration::from_secs(20), "a refused request", || {
+        !server.forbidden().is_empty()
+    })
+    .await;
+    let refused = server.forbidden();
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.namespace.is_none() && matches!(r.verb.as_str(), "list" | "watch")),
+        "{refused:?}"
+    );
+    assert_eq!(one.reconciles(), 0);
+    // The message a user would see.
+    let client = server.operator_client().unwrap();
+    let all: Api<MacpAuth> = Api::all(client);
+    match all.list(&Default::default()).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"));
+            assert_eq!(
+                s.message,
+                "macpauths.macp.io is forbidden: User \"system:serviceaccount:macp-system:macp-auth-operator\" \
+                 cannot list resource \"macpauths\" in API group \"macp.io\" at the cluster scope"
+            );
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    one.task.abort();
 }

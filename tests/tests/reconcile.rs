@@ -744,6 +744,11 @@ async fn the_controller_survives_a_restart_with_cluster_wide_rbac() {
 
 async fn controller_restart(mode: Mode) {
     let h = Harness::with_mode(mode).await;
+    if let Mode::ClusterWide = mode {
+        // A lagging informer cache: every watch event arrives 300 ms late, so
+        // rounds start from MacpAuths a write or two old.
+        h.server.set_watch_delay(Duration::from_millis(300));
+    }
     let start = |state: State| {
         let client = h.server.operator_client().unwrap();
         let prober = h.prober.clone();

@@ -57,6 +57,11 @@ pub fn list_keys(field: &str, item: &Value) -> Option<&'static [&'static str]> {
     })
 }
 
+/// How a set member is named in a path (`v:<json>`).
+fn set_member(v: &Value) -> String {
+    v.to_string()
+}
+
 fn is_set(field: &str) -> bool {
     field == "finalizers"
 }
@@ -243,12 +248,12 @@ pub fn remove(obj: &mut Value, path: &[Pe]) -> bool {
         (Pe::Field(f), Value::Object(m)) => m.remove(f).is_some(),
         (Pe::Key(k), Value::Array(items)) => {
             let before = items.len();
-            items.retain(|it| !list_keys(field, it).is_some_and(|ks| item_key(ks, it) == *k));
+            items.retain(|it| list_keys(field, it).is_none_or(|ks| item_key(ks, it) != *k));
             items.len() != before
         }
         (Pe::Value(v), Value::Array(items)) => {
             let before = items.len();
-            items.retain(|it| it.to_string() != *v);
+            items.retain(|it| set_member(it) != *v);
             items.len() != before
         }
         _ => false,

@@ -21,14 +21,25 @@
 //! - Failures as `Status` JSON, so kube returns `kube::Error::Api` with the code.
 //! - Discovery (`/version`, `/api`, `/apis`, `/api/v1`, `/apis/{g}/{v}`).
 //!
+//! - Server-side apply with field ownership per manager and `managedFields`
+//!   ([`fields`]), conflicts unless forced; canonical Quantities, the defaults
+//!   of the operator's built-in types, and name/label validation with 422
+//!   ([`admission`]); RBAC from rule lists with 403 Forbidden ([`rbac`],
+//!   [`ApiHandle::enforce_rbac`], [`FakeApiServer::operator_client`]); a
+//!   configurable watch delay ([`ApiHandle::set_watch_delay`]).
+//!
 //! # Simplifications vs a real API server (documented in tests/README.md too)
-//! - Server-side apply assumes one field manager per object (see [`patch`] module
-//!   docs): top-level fields are replaced wholesale, labels/annotations merged by
-//!   key; no `managedFields`, no conflicts, `force` is ignored.
+//! - Keyed lists are known by field name, not from the OpenAPI schema; CRD
+//!   list markers are not read; direct store writes belong to no manager.
 //! - Strategic merge patch is a JSON merge patch (lists replaced, not merged by key).
-//! - No authentication, authorization, admission, defaulting or schema validation;
-//!   namespaces need not exist; `dryRun` is ignored (the write happens).
-//! - List ignores `limit`/`continue` (always one complete page).
+//! - Validation of names, labels and annotation keys only: no other field
+//!   validation, immutability, CRD schema/CEL evaluation or webhooks; defaults
+//!   only for the fields listed in [`admission`]; namespaces need not exist;
+//!   `dryRun` is ignored (the write happens).
+//! - RBAC without `resourceNames`, aggregation or impersonation; discovery is
+//!   open; the unauthenticated client is an admin.
+//! - List ignores `limit`/`continue` (always one complete page); the watch
+//!   delay is one delay for all watches, lists are never stale.
 //! - Garbage collection is synchronous; foreground deletion behaves like background.
 //! - Pods, Namespaces, Deployments, ReplicaSets and MacpAuths have a status
 //!   subresource; only Deployments, ReplicaSets and custom resources keep `generation`.

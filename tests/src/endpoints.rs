@@ -190,10 +190,13 @@ impl EndpointSource for ApiEndpoints {
     }
 }
 
+/// Samples of a source's endpoints, oldest first.
+type History = VecDeque<(Instant, Vec<SocketAddr>)>;
+
 /// Another source's endpoints as they were `lag` ago, sampled every `period`:
 /// what a kube-proxy that learns changes late routes to.
 pub struct LaggedEndpoints {
-    history: Arc<Mutex<VecDeque<(Instant, Vec<SocketAddr>)>>>,
+    history: Arc<Mutex<History>>,
     lag: Duration,
     task: JoinHandle<()>,
 }

@@ -216,6 +216,7 @@ async fn rolls_under_load(
     tokio::time::sleep(Duration::from_secs(1)).await;
     sampling.store(false, Ordering::SeqCst);
     sampler.await.unwrap();
+    let verifier_proxy = load.verifier_proxy(0).clone();
     let report = load.stop().await;
     println!("{}", report.summary_line("cluster-rollout"));
     println!(
@@ -251,7 +252,16 @@ async fn rolls_under_load(
     assert!(report.late_checks > 0, "no held token re-verified");
     assert_eq!(report.unknown_kid_at_verify, 0);
     assert_eq!(report.per_kid.keys().collect::<Vec<_>>(), ["auth-k1"]);
-    assert!(!proxy.jwks_served().is_empty());
+    assert!(!verifier_proxy.jwks_served().is_empty());
+    // These pods have no shutdown delay: once SIGTERM stops their listener,
+    // the Service still sends them connections for the endpoint lag, and
+    // those mints fail. The simulation is as unkind as a real cluster here;
+    // the operator's pods bridge it with MACP_AUTH_SHUTDOWN_DELAY_SECONDS.
+    assert!(
+        report.mint_errors > 0,
+        "no mint failed on pods that stop at SIGTERM: {:?}",
+        report.mint_error_reasons
+    );
     let status = deployments
         .get_status("auth")
         .await

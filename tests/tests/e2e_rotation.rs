@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use macp_auth_e2e::apiserver::FakeApiServer;
+use macp_auth_e2e::apiserver::{FakeApiServer, PolicyRule, RbacScope};
 use macp_auth_e2e::binary::service_binary_async;
 use macp_auth_e2e::cluster::{Cluster, ClusterConfig};
 use macp_auth_e2e::endpoints::{
@@ -52,7 +52,7 @@ use macp_auth_operator::crd::{
 };
 use macp_auth_operator::rotation::PROPAGATION_SLACK_SECONDS;
 use macp_auth_operator::validate::VERIFIER_LEEWAY_SECONDS;
-use macp_auth_operator::{HttpProber, Settings, resources};
+use macp_auth_operator::{HttpProber, Settings, rbac, resources};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -75,17 +75,45 @@ const PATIENCE: Duration = Duration::from_secs(300);
 
 // ------------------------------------------------------------------ harness
 
+/// How the simulated API server binds the operator's RBAC (operator/src/rbac.rs):
+/// every request outside the rules gets 403, as on a real cluster.
+#[derive(Clone, Copy, Debug)]
+enum RbacMode {
+    /// A ClusterRole: the operator watches every namespace.
+    ClusterWide,
+    /// A Role in the scenario's namespace only, which the operator watches.
+    Namespaced,
+}
+
+impl RbacMode {
+    fn rbac(self) -> rbac::Mode {
+        match self {
+            RbacMode::ClusterWide => rbac::Mode::ClusterWide,
+            RbacMode::Namespaced => rbac::Mode::Namespaced(vec![SIM_NS.to_string()]),
+        }
+    }
+
+    fn watch_namespaces(self) -> Vec<String> {
+        match self {
+            RbacMode::ClusterWide => Vec::new(),
+            RbacMode::Namespaced => vec![SIM_NS.to_string()],
+        }
+    }
+}
+
 /// The operator running in-process, restartable (abort = crash, no cleanup).
 struct Operator {
     client: kube::Client,
+    mode: RbacMode,
     task: Option<JoinHandle<()>>,
     starts: u32,
 }
 
 impl Operator {
-    fn start(client: kube::Client) -> Self {
+    fn start(client: kube::Client, mode: RbacMode) -> Self {
         let mut op = Self {
             client,
+            mode,
             task: None,
             starts: 0,
         };
@@ -97,6 +125,7 @@ impl Operator {
         let settings = Settings {
             service_image: "registry.test/macp-auth-service:e2e".into(),
             probe_timeout: Duration::from_secs(1),
+            watch_namespaces: self.mode.watch_namespaces(),
             ..Settings::default()
         };
         let prober = Arc::new(HttpProber::new(settings.probe_timeout).expect("prober"));
@@ -128,11 +157,24 @@ struct Sim {
 }
 
 impl Sim {
-    async fn start() -> Self {
+    /// The operator's client is held to its RBAC rules in `mode`.
+    async fn start(mode: RbacMode) -> Self {
         let bin = service_binary_async().await.expect("service binary");
         let server = FakeApiServer::start().await.expect("API server");
+        for g in rbac::grants(&mode.rbac(), None) {
+            let rules = g
+                .rules
+                .iter()
+                .map(|r| PolicyRule::new(r.group, r.resource, r.verbs));
+            let scope = match g.namespace {
+                None => RbacScope::Cluster,
+                Some(ns) => RbacScope::Namespace(ns),
+            };
+            server.enforce_rbac(rules, scope);
+        }
         let cluster = Cluster::start(server.handle(), ClusterConfig::new(bin));
-        let operator = Operator::start(server.client());
+        let client = server.operator_client().expect("operator client");
+        let operator = Operator::start(client, mode);
         Self {
             server,
             cluster,
@@ -165,8 +207,9 @@ struct Env {
 }
 
 impl Env {
-    /// The backend the environment asks for (see the module docs).
-    async fn start() -> Self {
+    /// The backend the environment asks for (see the module docs); in the
+    /// simulation the operator's RBAC is enforced in `mode`.
+    async fn start(mode: RbacMode) -> Self {
         match std::env::var_os("MACP_E2E_KUBECONFIG") {
             Some(path) => {
                 let ns = std::env::var("MACP_E2E_NAMESPACE").unwrap_or_else(|_| "macp-e2e".into());
@@ -179,7 +222,7 @@ impl Env {
                 eprintln!(
                     "e2e: simulated cluster (MACP_E2E_KUBECONFIG is unset; docs/testing.md explains the real-cluster run)"
                 );
-                let sim = Sim::start().await;
+                let sim = Sim::start(mode).await;
                 Self {
                     client: sim.server.client(),
                     ns: SIM_NS.into(),
@@ -639,7 +682,7 @@ async fn routine(env: &mut Env, scenario: &str, prepublish: bool) -> (LoadReport
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn e2e_1_routine_rotation_with_prepublish_fails_no_verification() {
-    let mut env = Env::start().await;
+    let mut env = Env::start(RbacMode::Namespaced).await;
     let (report, old_kid) = routine(&mut env, "routine_prepublish", true).await;
     env.shutdown().await;
     assert_clean_run("routine_prepublish", &report);
@@ -653,7 +696,7 @@ async fn e2e_1_routine_rotation_with_prepublish_fails_no_verification() {
 /// new-key token, so failures are certain, not lucky.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn e2e_2_routine_rotation_without_prepublish_measures_the_gap() {
-    let mut env = Env::start().await;
+    let mut env = Env::start(RbacMode::ClusterWide).await;
     let (report, _) = routine(&mut env, "routine_no_prepublish", false).await;
     env.shutdown().await;
     assert!(
@@ -675,7 +718,7 @@ async fn e2e_2_routine_rotation_without_prepublish_measures_the_gap() {
 /// suspect key never comes back to any pod's JWKS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn e2e_3_emergency_rotation_cuts_off_the_suspect_key() {
-    let mut env = Env::start().await;
+    let mut env = Env::start(RbacMode::Namespaced).await;
     let name = env.create("emergency", spec("ES256", true)).await;
     let before = env.wait_ready(&name).await;
     let suspect = before.active_kid.clone().expect("active kid");
@@ -828,7 +871,7 @@ async fn e2e_3_emergency_rotation_cuts_off_the_suspect_key() {
 /// seen, in order) or repeated (one new key, one history entry).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn e2e_4_operator_killed_in_every_phase_completes_the_rotation() {
-    let mut env = Env::start().await;
+    let mut env = Env::start(RbacMode::ClusterWide).await;
     let name = env.create("restarts", spec("ES256", true)).await;
     let before = env.wait_ready(&name).await;
     let old_kid = before.active_kid.clone().expect("active kid");
@@ -891,7 +934,7 @@ async fn e2e_4_operator_killed_in_every_phase_completes_the_rotation() {
 /// the old key keeps signing, and history says `RolledBack`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn e2e_5_new_key_never_ready_rolls_back() {
-    let mut env = Env::start().await;
+    let mut env = Env::start(RbacMode::Namespaced).await;
     if env.is_real() {
         eprintln!(
             "e2e rollback: SKIPPED on a real cluster: making only the new key's pods never ready needs the simulated kubelet"
@@ -961,7 +1004,7 @@ async fn e2e_5_new_key_never_ready_rolls_back() {
 /// new kind, with the same zero-failure guarantee (verifiers accept both algs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn e2e_6_signing_alg_change_is_a_zero_failure_rotation() {
-    let mut env = Env::start().await;
+    let mut env = Env::start(RbacMode::ClusterWide).await;
     let name = env.create("algchange", spec("RS256", true)).await;
     let before = env.wait_ready(&name).await;
     let old_kid = before.active_kid.clone().expect("active kid");
@@ -1004,7 +1047,7 @@ async fn e2e_6_signing_alg_change_is_a_zero_failure_rotation() {
 /// zero failed verifications), and `paused` stops the schedule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn e2e_7_scheduled_rotation_and_pause() {
-    let mut env = Env::start().await;
+    let mut env = Env::start(RbacMode::Namespaced).await;
     let mut s = spec("ES256", true);
     s["rotation"]["interval"] = json!("8s");
     let name = env.create("scheduled", s).await;
@@ -1059,7 +1102,7 @@ async fn e2e_7_scheduled_rotation_and_pause() {
 /// fails no verification.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn e2e_8_caller_auth_and_audit_reach_the_pods() {
-    let mut env = Env::start().await;
+    let mut env = Env::start(RbacMode::ClusterWide).await;
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns);
     let callers = format!("callers-{:04x}", rand::random::<u16>());
     let secret: Secret = serde_json::from_value(json!({
@@ -1139,7 +1182,7 @@ async fn e2e_8_caller_auth_and_audit_reach_the_pods() {
 /// `drainSeconds` have passed the operator restores the normal one by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn e2e_9_emergency_ttl_clamp_is_applied_and_lifted() {
-    let mut env = Env::start().await;
+    let mut env = Env::start(RbacMode::Namespaced).await;
     // The clamp's floor is a minute, so this scenario's max TTL is just above it,
     // and its drain (which the clamp lasts after the emergency) covers it.
     let (max, clamp) = (61u64, 60u64);
@@ -1229,7 +1272,7 @@ async fn e2e_9_emergency_ttl_clamp_is_applied_and_lifted() {
 /// still fails no verification, at mint time or later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn e2e_10_failed_jwks_refresh_during_propagating_fails_nothing() {
-    let mut env = Env::start().await;
+    let mut env = Env::start(RbacMode::ClusterWide).await;
     let name = env.create("refresh", spec("ES256", true)).await;
     let before = env.wait_ready(&name).await;
     let old_kid = before.active_kid.clone().expect("active kid");
@@ -1270,7 +1313,10 @@ async fn e2e_10_failed_jwks_refresh_during_propagating_fails_nothing() {
 
     let rec = after.history.last().expect("history entry");
     assert_eq!(rec.outcome, RotationOutcome::Succeeded, "{rec:?}");
-    assert!(killed.is_some(), "no pod to kill (verifier 0 last used {ep})");
+    assert!(
+        killed.is_some(),
+        "no pod to kill (verifier 0 last used {ep})"
+    );
     let activating = log
         .0
         .iter()
@@ -1342,7 +1388,7 @@ async fn mint_ttl(base: &str, ttl: u64) -> Option<u64> {
 /// scenario 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn e2e_real_cluster_backend_through_a_kubeconfig() {
-    let sim = Sim::start().await;
+    let sim = Sim::start(RbacMode::ClusterWide).await;
     let dir = std::env::temp_dir().join(format!("macp-e2e-kubeconfig-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let kubeconfig = dir.join("config");

@@ -48,6 +48,21 @@ pub struct Settings {
     #[arg(long, env = "MACP_OPERATOR_RESYNC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
 
+    /// Reconciles running at once, per controller (one for all namespaces, or
+    /// one per namespace of --watch-namespaces). Each waits mostly on the API
+    /// server and pod probes, so this bounds the load one operator puts on the
+    /// API server rather than its CPU use.
+    #[arg(long, env = "MACP_OPERATOR_MAX_CONCURRENT_RECONCILES", default_value_t = DEFAULT_MAX_CONCURRENT_RECONCILES,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
+
+    /// Signing keys generated at once, each on a blocking thread: RSA 4096
+    /// takes seconds of CPU, and a storm of them must not starve the reconciles
+    /// of other MacpAuths.
+    #[arg(long, env = "MACP_OPERATOR_MAX_CONCURRENT_KEYGENS", default_value_t = DEFAULT_MAX_CONCURRENT_KEYGENS,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_keygens: u16,
+
     /// This operator's pod name (downward API), reported as the events' reporting instance
     /// and used as the leader-election identity.
     #[arg(long, env = "MACP_OPERATOR_POD_NAME")]
@@ -83,6 +98,11 @@ pub struct Settings {
     #[arg(long, env = "MACP_OPERATOR_LEADER_ELECTION_RENEW_INTERVAL", value_parser = humantime::parse_duration)]
     pub leader_election_renew_interval: Option<Duration>,
 }
+
+/// Default of `--max-concurrent-reconciles`.
+pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 16;
+/// Default of `--max-concurrent-keygens`: the chart requests one CPU at most.
+pub const DEFAULT_MAX_CONCURRENT_KEYGENS: u16 = 2;
 
 /// Default name of the leader-election Lease (the chart passes its release name).
 pub const DEFAULT_LEASE_NAME: &str = "macp-auth-operator";
@@ -195,6 +215,8 @@ impl Default for Settings {
             listen_address: SocketAddr::from(([0, 0, 0, 0], 8080)),
             probe_timeout: Duration::from_secs(2),
             resync_interval: Duration::from_secs(300),
+            max_concurrent_reconciles: DEFAULT_MAX_CONCURRENT_RECONCILES,
+            max_concurrent_keygens: DEFAULT_MAX_CONCURRENT_KEYGENS,
             pod_name: None,
             pod_namespace: None,
             leader_election: false,
@@ -249,6 +271,27 @@ mod tests {
         assert_eq!(s.probe_timeout, Duration::from_millis(500));
         assert!(Cli::try_parse_from(["x", "--log-format", "xml"]).is_err());
         assert!(Cli::try_parse_from(["x", "--listen-address", "nope"]).is_err());
+    }
+
+    #[test]
+    fn concurrency_bounds_parse_and_refuse_zero() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--max-concurrent-reconciles",
+            "64",
+            "--max-concurrent-keygens",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(cli.settings.max_concurrent_reconciles, 64);
+        assert_eq!(cli.settings.max_concurrent_keygens, 1);
+        for flag in ["--max-concurrent-reconciles", "--max-concurrent-keygens"] {
+            let err = Cli::try_parse_from(["x", flag, "0"])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains(flag), "{err}");
+        }
     }
 
     fn with_le(args: &[&str]) -> Settings {

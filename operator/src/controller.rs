@@ -8,16 +8,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State as AxumState;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
+use macp_auth_service::exposition;
 use prometheus_client::encoding::text;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -67,8 +69,8 @@ impl State {
     }
 }
 
-/// `macp_operator_leader`: 1 while this process holds the lease (and, without
-/// leader election, never set: 0).
+/// `macp_operator_leader`: 1 while this process holds the lease; without
+/// leader election `main` sets it to 1, since that process reconciles alone.
 #[derive(Clone)]
 pub struct LeaderMetrics {
     pub leader: Gauge,
@@ -125,16 +127,13 @@ pub fn router(state: State) -> Router {
         )
         .route(
             "/metrics",
-            get(|AxumState(s): AxumState<State>| async move {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    s.render_metrics(),
-                )
-                    .into_response()
-            }),
+            get(
+                |AxumState(s): AxumState<State>, headers: HeaderMap| async move {
+                    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+                    let (content_type, body) = exposition::negotiate(accept, s.render_metrics());
+                    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+                },
+            ),
         )
         .with_state(state)
 }
@@ -199,7 +198,9 @@ pub async fn run_with_state(
     let mut stores = Vec::new();
     let mut runs = Vec::new();
     for ns in scopes {
-        let controller = controller_for(&client, ns.as_deref());
+        let controller = controller_for(&client, ns.as_deref()).with_config(
+            ControllerConfig::default().concurrency(settings.max_concurrent_reconciles),
+        );
         stores.push(controller.store());
         let mut rx = stop_rx.clone();
         let ctx = ctx.clone();

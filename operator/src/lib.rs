@@ -19,6 +19,7 @@ pub mod rbac;
 pub mod reconcile;
 pub mod resources;
 pub mod rotation;
+pub mod spread;
 pub mod status;
 pub mod telemetry;
 pub mod ttl_clamp;

@@ -58,6 +58,7 @@ use crate::observe::{self, PodTarget, RolloutState};
 use crate::probe::PodProber;
 use crate::resources::{self, BuildError, MANAGER, Owner};
 use crate::rotation::{self, Action, Observed, PodView, Rollout};
+use crate::spread::spread;
 use crate::status::{self, DEGRADED, READY};
 use crate::ttl_clamp::{self, Clamp, TtlLimits};
 use crate::validate;
@@ -120,6 +121,10 @@ pub struct Context {
     pub metrics: Metrics,
     /// Consecutive failures per object, for the retry backoff.
     failures: Mutex<HashMap<ObjectRef<MacpAuth>, u32>>,
+    /// Key generations allowed at once (`--max-concurrent-keygens`): they
+    /// run on blocking threads, and a storm of RSA-4096 keys must neither
+    /// take every core nor hold the async workers other objects need.
+    keygens: tokio::sync::Semaphore,
 }
 
 impl Context {
@@ -132,6 +137,9 @@ impl Context {
     ) -> Self {
         Self {
             client,
+            keygens: tokio::sync::Semaphore::new(usize::from(
+                settings.max_concurrent_keygens.max(1),
+            )),
             settings,
             prober,
             recorder,
@@ -288,6 +296,7 @@ async fn reconcile_one(cached: &MacpAuth, ctx: &Context) -> Result<Requeue, Erro
     ctx.metrics.observe_rotation(
         &round.owner.namespace,
         &round.owner.name,
+        &mauth.spec.rotation,
         &round.status,
         round.now,
     );
@@ -506,7 +515,12 @@ impl Round<'_> {
             decision.requeue_after,
             ready_requeue,
             ttl_clamp::requeue_after(clamp_after.as_ref(), self.now),
-            Some(self.ctx.settings.resync_interval),
+            // Spread per object, so objects created together do not all
+            // resync in the same second.
+            Some(spread(
+                self.ctx.settings.resync_interval,
+                &format!("{}/{}", self.owner.namespace, self.owner.name),
+            )),
         ]
         .into_iter()
         .flatten()
@@ -581,6 +595,16 @@ impl Round<'_> {
         bits: u32,
     ) -> Result<PrivateKey, Error> {
         let k = kid.clone();
+        // Never closed, so acquiring only waits for a free slot.
+        let _slot = self
+            .ctx
+            .keygens
+            .acquire()
+            .await
+            .map_err(|e| Error::KeyGeneration {
+                kid: kid.clone(),
+                message: e.to_string(),
+            })?;
         tokio::task::spawn_blocking(move || PrivateKey::generate(alg, &k, bits))
             .await
             .map_err(|e| Error::KeyGeneration {

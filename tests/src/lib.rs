@@ -8,7 +8,9 @@
 //! - [`endpoints`]: a Service's ready endpoints, from the simulated store or a real cluster's API.
 //! - [`proxy`]: a Service stand-in that forwards to ready pods.
 //! - [`load`]: a load generator that verifies every token with the MACP runtime's verifier.
+//! - [`standin`]: a kubelet stand-in for benchmarks: pods as in-process token services, rolled out at once.
 //! - [`binary`]: finds (or builds) the service executable the pods run.
+//! - [`helm`]: the real helm binary run on the chart, its output parsed.
 //!
 //! See `tests/README.md` for what is simulated and how it differs from a real cluster.
 
@@ -16,5 +18,7 @@ pub mod apiserver;
 pub mod binary;
 pub mod cluster;
 pub mod endpoints;
+pub mod helm;
 pub mod load;
 pub mod proxy;
+pub mod standin;

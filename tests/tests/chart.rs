@@ -12,7 +12,8 @@ use std::fs;
 use std::process::Command;
 
 use macp_auth_e2e::helm::{
-    RELEASE, RELEASE_NS, helm, kind, one, parse_docs, render, repo_root, template_raw, values_file,
+    CHART, RELEASE, RELEASE_NS, helm, kind, one, parse_docs, render, repo_root, template_raw,
+    values_file,
 };
 use macp_auth_operator::resources;
 use serde_json::{Value, json};

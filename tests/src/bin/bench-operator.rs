@@ -1,0 +1,422 @@
+//! `bench-operator`: the real operator binary, as a process, against the
+//! in-process API server, with N MacpAuths in several namespaces. Deployments
+//! are rolled out and marked ready by the harness's stand-in (in-process token
+//! services per pod, see `macp_auth_e2e::standin`), so the figures are the
+//! operator's, not a simulated kubelet's.
+//!
+//! Prints one line per N (`scripts/bench-operator` wraps it):
+//! `bench-operator n=<N> ready_s=<x> requests_per_object=<x> steady_writes_per_min=<x> ...`
+//! Nothing here asserts a timing; docs/performance.md records the figures.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use macp_auth_e2e::apiserver::{FakeApiServer, RecordedRequest};
+use macp_auth_e2e::standin::StandIn;
+use macp_auth_operator::crd::{MacpAuth, RotationTrigger};
+use macp_auth_operator::rotation::PROPAGATION_SLACK_SECONDS;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+#[derive(Parser, Debug)]
+#[command(about = "Measures the operator's cost from 10 to 1000 MacpAuths")]
+struct Args {
+    /// Numbers of MacpAuths, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+    sizes: Vec<usize>,
+    /// Namespaces the MacpAuths are spread over.
+    #[arg(long, default_value_t = 10)]
+    namespaces: usize,
+    /// Seconds of steady state in which requests and writes are counted.
+    #[arg(long, default_value_t = 30)]
+    steady_seconds: u64,
+    /// The operator binary (a release build for figures worth keeping).
+    #[arg(long, default_value = "target/release/macp-auth-operator")]
+    operator_bin: PathBuf,
+    /// Skip the rotation storm (it lasts the drain, over a minute).
+    #[arg(long)]
+    no_storm: bool,
+    /// Seconds to wait for any one step before giving up.
+    #[arg(long, default_value_t = 600)]
+    timeout_seconds: u64,
+}
+
+/// Scaled-down but valid rotation settings: the storm's waits are the cache
+/// TTL plus slack, then the drain (which must cover maxTtl plus the verifier
+/// leeway).
+const JWKS_CACHE_TTL_SECONDS: i64 = 2;
+const MAX_TTL_SECONDS: i64 = 1;
+const DRAIN_SECONDS: i64 = 61;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    raise_fd_limit();
+    if !args.operator_bin.is_file() {
+        bail!(
+            "operator binary {} not found: cargo build --release -p macp-auth-operator",
+            args.operator_bin.display()
+        );
+    }
+    println!(
+        "bench-operator: Deployments are rolled out and marked ready by the harness stand-in \
+         (pods are in-process token services, no kubelet); keys ES256; {} namespaces",
+        args.namespaces
+    );
+    for &n in &args.sizes {
+        let line = run_one(&args, n).await.with_context(|| format!("n={n}"))?;
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn raise_fd_limit() {
+    // Each pod stand-in holds a listener; a thousand of them need more than
+    // the usual soft limit of 1024 descriptors.
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+struct Operator {
+    child: Child,
+    pid: u32,
+    dir: PathBuf,
+}
+
+impl Operator {
+    async fn start(bin: &Path, api_url: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("bench-operator-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: bench\n  cluster:\n    server: {api_url}\nusers:\n- name: bench\n  user: {{}}\ncontexts:\n- name: bench\n  context:\n    cluster: bench\n    user: bench\ncurrent-context: bench\n"
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("operator.log"))?;
+        let port = free_port()?;
+        let child = Command::new(bin)
+            .args([
+                "run",
+                "--listen-address",
+                &format!("127.0.0.1:{port}"),
+                "--service-image",
+                "bench/macp-auth-service:0",
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let pid = child.id().context("operator pid")?;
+        let ready = format!("http://127.0.0.1:{port}/readyz");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if reqwest::get(&ready)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("operator not ready; log in {}", dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Self { child, pid, dir })
+    }
+
+    /// Peak resident set (MiB) and CPU seconds so far, from /proc.
+    fn usage(&self) -> anyhow::Result<(f64, f64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let hwm_kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("VmHWM")?;
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let rest = stat.rsplit_once(')').context("stat")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields
+            .get(11)
+            .zip(fields.get(12))
+            .and_then(|(u, s)| Some(u.parse::<f64>().ok()? + s.parse::<f64>().ok()?))
+            .context("utime/stime")?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Ok((hwm_kib / 1024.0, ticks / hz))
+    }
+
+    async fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGTERM);
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn namespace_of(i: usize, namespaces: usize) -> String {
+    format!("bench-{}", i % namespaces.max(1))
+}
+
+fn macpauth(name: &str, ns: &str) -> Value {
+    json!({
+        "apiVersion": "macp.io/v1alpha1",
+        "kind": "MacpAuth",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "signingAlg": "ES256",
+            "replicas": 1,
+            "maxTtlSeconds": MAX_TTL_SECONDS,
+            "defaultTtlSeconds": MAX_TTL_SECONDS,
+            "jwksCacheTtlSeconds": JWKS_CACHE_TTL_SECONDS,
+            "rotation": {"drainSeconds": DRAIN_SECONDS, "prepublish": true},
+        }
+    })
+}
+
+fn all(server: &FakeApiServer) -> anyhow::Result<Vec<MacpAuth>> {
+    server
+        .list_as::<MacpAuth>(None)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
+fn is_ready(m: &MacpAuth) -> bool {
+    m.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+async fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> anyhow::Result<(usize, usize)>,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let mut last_report = Instant::now();
+    loop {
+        let (ok, total) = done()?;
+        if ok == total {
+            return Ok(start.elapsed());
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            eprintln!(
+                "bench-operator:   {what}: {ok}/{total} after {:.0?}",
+                start.elapsed()
+            );
+            last_report = Instant::now();
+        }
+        if start.elapsed() > timeout {
+            bail!("{what}: only {ok}/{total} after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn by_verb(requests: &[RecordedRequest], n: usize) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in requests {
+        *counts.entry(r.verb.as_str()).or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|(verb, c)| format!("{verb}={:.2}", *c as f64 / n as f64))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn run_one(args: &Args, n: usize) -> anyhow::Result<String> {
+    let timeout = Duration::from_secs(args.timeout_seconds);
+    let server = FakeApiServer::start()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let standin = StandIn::start(server.handle());
+    let operator = Operator::start(&args.operator_bin, &server.url()).await?;
+    eprintln!("bench-operator: n={n}: creating");
+    server.reset_log();
+
+    let created = Utc::now();
+    for i in 0..n {
+        let ns = namespace_of(i, args.namespaces);
+        server
+            .create(
+                "macp.io",
+                "macpauths",
+                macpauth(&format!("auth-{i:04}"), &ns),
+            )
+            .map_err(|e| anyhow::anyhow!("create: {e:?}"))?;
+    }
+    let ready = wait_for("Ready", timeout, || {
+        let list = all(&server)?;
+        Ok((list.iter().filter(|m| is_ready(m)).count(), n))
+    })
+    .await?;
+    let to_ready = server.requests();
+
+    // Steady state: nothing changes, so the operator should write nothing.
+    server.reset_log();
+    tokio::time::sleep(Duration::from_secs(args.steady_seconds)).await;
+    let steady = server.requests();
+    let per_min = 60.0 / args.steady_seconds as f64;
+    let steady_writes = steady.iter().filter(|r| r.is_write()).count() as f64 * per_min;
+    let steady_requests = steady.len() as f64 * per_min;
+
+    let storm = if args.no_storm {
+        String::from("storm_s=skipped storm_max_delay_s=skipped")
+    } else {
+        storm(&server, n, created, timeout).await?
+    };
+    let (rss, cpu) = operator.usage()?;
+    operator.stop().await;
+    standin.shutdown().await;
+    Ok(format!(
+        "bench-operator n={n} ready_s={:.1} requests_per_object={:.2} steady_writes_per_min={steady_writes:.1} \
+         peak_rss_mib={rss:.1} cpu_s={cpu:.1} {storm} steady_requests_per_min={steady_requests:.1} \
+         requests_by_verb_per_object={}",
+        ready.as_secs_f64(),
+        to_ready.len() as f64 / n as f64,
+        by_verb(&to_ready, n),
+    ))
+}
+
+/// Every MacpAuth's `rotation.interval` made due at the same moment: the
+/// interval is set just below the age of the youngest key, so all are overdue
+/// at once; once each has started, the interval goes back out of reach so
+/// nothing rotates twice.
+async fn storm(
+    server: &FakeApiServer,
+    n: usize,
+    created: DateTime<Utc>,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let list = all(server)?;
+    let youngest = list
+        .iter()
+        .filter_map(|m| {
+            m.status
+                .as_ref()?
+                .history
+                .iter()
+                .map(|r| r.finished_at)
+                .max()
+        })
+        .max()
+        .unwrap_or(created);
+    let interval = (Utc::now() - youngest).num_seconds() - 1;
+    if interval < 1 {
+        bail!("keys too young for a storm; raise --steady-seconds");
+    }
+    eprintln!("bench-operator: n={n}: rotation storm (interval {interval}s, all due now)");
+    let due = Utc::now();
+    for m in &list {
+        let ns = m.metadata.namespace.clone().unwrap_or_default();
+        let name = m.metadata.name.clone().unwrap_or_default();
+        server
+            .modify("macp.io", "macpauths", Some(&ns), &name, |obj| {
+                obj["spec"]["rotation"]["interval"] = json!(format!("{interval}s"));
+            })
+            .map_err(|e| anyhow::anyhow!("set interval: {e:?}"))?;
+    }
+    let scheduled_since = |m: &MacpAuth| {
+        m.status.as_ref().is_some_and(|s| {
+            s.rotation
+                .as_ref()
+                .is_some_and(|r| r.started_at.is_some_and(|t| t >= youngest))
+                || s.history
+                    .iter()
+                    .any(|r| r.trigger == RotationTrigger::Scheduled && r.started_at >= youngest)
+        })
+    };
+    // As soon as one has started, its interval goes back out of reach, so a
+    // short interval never brings a second rotation into the measurement.
+    let mut reset = std::collections::HashSet::new();
+    wait_for("rotations started", timeout, || {
+        for m in all(server)?.iter().filter(|m| scheduled_since(m)) {
+            let ns = m.metadata.namespace.clone().unwrap_or_default();
+            let name = m.metadata.name.clone().unwrap_or_default();
+            if reset.insert(format!("{ns}/{name}")) {
+                server
+                    .modify("macp.io", "macpauths", Some(&ns), &name, |obj| {
+                        obj["spec"]["rotation"]["interval"] = json!("8760h");
+                    })
+                    .map_err(|e| anyhow::anyhow!("reset interval: {e:?}"))?;
+            }
+        }
+        Ok((reset.len(), n))
+    })
+    .await?;
+    let finished = |m: &MacpAuth| {
+        m.status.as_ref().and_then(|s| {
+            s.history
+                .iter()
+                .find(|r| r.trigger == RotationTrigger::Scheduled && r.started_at >= youngest)
+                .map(|r| (r.started_at, r.finished_at, format!("{:?}", r.outcome)))
+        })
+    };
+    wait_for("rotations finished", timeout, || {
+        Ok((
+            all(server)?
+                .iter()
+                .filter(|m| finished(m).is_some())
+                .count(),
+            n,
+        ))
+    })
+    .await?;
+    let waits = (JWKS_CACHE_TTL_SECONDS + PROPAGATION_SLACK_SECONDS + DRAIN_SECONDS) as f64;
+    let mut storm_s: f64 = 0.0;
+    let mut max_delay: f64 = 0.0;
+    let mut max_start: f64 = 0.0;
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    for m in all(server)? {
+        let Some((started, done, outcome)) = finished(&m) else {
+            continue;
+        };
+        let total = (done - due).num_milliseconds() as f64 / 1000.0;
+        storm_s = storm_s.max(total);
+        max_delay = max_delay.max(total - waits);
+        max_start = max_start.max((started - due).num_milliseconds() as f64 / 1000.0);
+        *outcomes.entry(outcome).or_default() += 1;
+    }
+    let outcomes = outcomes
+        .iter()
+        .map(|(o, c)| format!("{o}:{c}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(format!(
+        "storm_s={storm_s:.1} storm_max_delay_s={max_delay:.1} storm_max_start_s={max_start:.1} storm_waits_s={waits:.0} storm_outcomes={outcomes}"
+    ))
+}

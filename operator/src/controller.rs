@@ -352,6 +352,39 @@ mod tests {
         assert_eq!(http_limits(300).max_connections, 236);
     }
 
+    #[tokio::test]
+    async fn the_endpoint_is_served_by_the_hardened_listener() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = free.local_addr().unwrap();
+        drop(free);
+        let state = State::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_http(addr, state.clone(), async move {
+            let _ = stopped.await;
+        }));
+        let mut stream = loop {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(stream) => break stream,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        };
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        // The listener counts the very connection that asked.
+        assert!(
+            text.contains("\nmacp_operator_http_connections_open 1\n"),
+            "{text}"
+        );
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
     #[test]
     fn a_standby_is_ready_and_so_is_a_synced_leader() {
         let state = State::default();

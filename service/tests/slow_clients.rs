@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -167,14 +166,18 @@ async fn metric(addr: SocketAddr, series: &str) -> u64 {
         .unwrap()
 }
 
-/// Waits until the peer closes `stream` (EOF or reset), discarding what it sends.
+/// Waits until the peer closes `stream` (EOF or reset), discarding what it
+/// sends; gives up after 15 s (every close these tests expect comes sooner).
 async fn until_closed(stream: &mut TcpStream) {
     let mut buf = [0u8; 512];
-    while let Ok(n) = stream.read(&mut buf).await {
-        if n == 0 {
-            break;
+    let closed = async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
         }
-    }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(15), closed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,8 +62,10 @@ pub const RESERVED_DESCRIPTORS: u64 = 64;
 /// default cap stays near 64 MiB however high the descriptor limit is.
 pub const DEFAULT_MAX_CONNECTIONS_CEILING: usize = 4096;
 /// How long the accept loop waits for an evicted connection to give back its
-/// slot before it sheds the new one instead.
-const EVICTION_WAIT: Duration = Duration::from_millis(100);
+/// slot before it sheds the new one instead: normally microseconds, generous
+/// for a CPU-starved process. The loop itself waits (rather than a task per
+/// new connection) so that no other new connection can take the freed slot.
+const EVICTION_WAIT: Duration = Duration::from_millis(250);
 /// Handlers that watch [`RequestDeadline`] answer on their own at the
 /// deadline; the listener's own 408 comes this much later, as a backstop.
 const BACKSTOP_GRACE: Duration = Duration::from_millis(250);

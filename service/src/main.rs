@@ -241,7 +241,7 @@ async fn serve(
     descriptors: Descriptors,
 ) -> ExitCode {
     let addr = SocketAddr::new(config.bind, config.port);
-    let listener = match tokio::net::TcpListener::bind(addr).await {
+    let listener = match bind(addr) {
         Ok(listener) => listener,
         Err(e) => {
             return fatal(format_args!(
@@ -325,6 +325,23 @@ async fn serve(
 }
 
 /// Resolves on SIGTERM or SIGINT with the signal's name.
+/// Connections the kernel may queue before `accept`. std's 128 (tokio's
+/// 1024) overflows under a connection flood: the kernel then drops handshakes
+/// and clients retry after a second or more, even legitimate ones. The kernel
+/// caps it at `net.core.somaxconn` (4096 by default since Linux 5.4).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std's TcpListener::bind does: restart without waiting out TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 async fn wait_for_stop_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {

@@ -20,6 +20,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
 use macp_auth_service::exposition;
+use macp_auth_service::listener::{self, ConnectionMetrics, Limits};
 use prometheus_client::encoding::text;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -42,6 +43,8 @@ pub struct State {
     /// Leader-election metrics. Kept out of [`Metrics`] (the reconciler's) and
     /// appended to its output: only processes with leader election change them.
     pub leader: LeaderMetrics,
+    /// The HTTP endpoint's connection counters (the service's listener).
+    pub http: HttpMetrics,
 }
 
 impl State {
@@ -63,10 +66,45 @@ impl State {
         self.ready.store(false, Ordering::SeqCst);
     }
 
-    /// OpenMetrics text of the reconciler's and the leader-election metrics.
+    /// OpenMetrics text of the reconciler's, the leader-election and the
+    /// HTTP endpoint's metrics.
     pub fn render_metrics(&self) -> String {
-        join_openmetrics(&self.metrics.render(), &self.leader.registry)
+        let with_leader = join_openmetrics(&self.metrics.render(), &self.leader.registry);
+        join_openmetrics(&with_leader, &self.http.registry)
     }
+}
+
+/// `macp_operator_http_connections_*`: the endpoint's shed, evicted and
+/// timed-out connections.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    pub connections: ConnectionMetrics,
+    registry: Arc<Registry>,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        let connections = ConnectionMetrics::default();
+        let mut registry = Registry::with_prefix("macp_operator_http");
+        connections.register(&mut registry);
+        Self {
+            connections,
+            registry: Arc::new(registry),
+        }
+    }
+}
+
+/// Connections the endpoint serves at once: probes and a scraper need a
+/// handful, and the operator's own API-server connections share its
+/// descriptors.
+pub const HTTP_MAX_CONNECTIONS: usize = 256;
+
+/// The service's listener limits for the endpoint: its default timeouts and
+/// a cap of [`HTTP_MAX_CONNECTIONS`] (less under a tiny descriptor limit).
+pub fn http_limits(nofile: u64) -> Limits {
+    let mut limits = Limits::defaults(nofile);
+    limits.max_connections = limits.max_connections.min(HTTP_MAX_CONNECTIONS);
+    limits
 }
 
 /// `macp_operator_leader`: 1 while this process holds the lease; without
@@ -138,17 +176,31 @@ pub fn router(state: State) -> Router {
         .with_state(state)
 }
 
-/// Serves [`router`] on `addr` until `shutdown` resolves.
+/// Serves [`router`] on `addr` until `shutdown` resolves, with the token
+/// service's protections against slow and abusive clients (header and request
+/// timeouts, a connection cap; see [`listener`]).
 pub async fn serve_http(
     addr: SocketAddr,
     state: State,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    info!(%addr, "serving /healthz, /readyz, /metrics");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let nofile = match listener::raise_nofile_limit() {
+        Ok(limit) => limit.soft,
+        Err(e) => {
+            warn!(error = %e, "cannot raise the open-file limit (RLIMIT_NOFILE)");
+            listener::current_nofile_limit()
+        }
+    };
+    let limits = http_limits(nofile);
+    info!(
+        %addr,
+        max_connections = limits.max_connections,
+        open_file_limit = nofile,
+        "serving /healthz, /readyz, /metrics"
+    );
+    let metrics = state.http.connections.clone();
+    listener::serve(listener, router(state), limits, metrics, shutdown).await
 }
 
 /// Runs the controllers until `shutdown` resolves (then finishes in-flight
@@ -280,8 +332,58 @@ mod tests {
         assert!(text.contains("macp_operator_reconciles_total 1"), "{text}");
         assert!(text.contains("# TYPE macp_operator_leader gauge"), "{text}");
         assert!(text.contains("\nmacp_operator_leader 1\n"), "{text}");
+        assert!(
+            text.contains("\nmacp_operator_http_connections_shed_total 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"macp_operator_http_connections_timed_out_total{stage="headers"} 0"#),
+            "{text}"
+        );
         assert_eq!(text.matches("# EOF").count(), 1, "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn the_endpoint_gets_the_service_timeouts_and_a_small_cap() {
+        let limits = http_limits(1 << 20);
+        assert_eq!(limits.header_timeout, listener::DEFAULT_HEADER_TIMEOUT);
+        assert_eq!(limits.request_timeout, listener::DEFAULT_REQUEST_TIMEOUT);
+        assert_eq!(limits.max_connections, HTTP_MAX_CONNECTIONS);
+        assert_eq!(http_limits(300).max_connections, 236);
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_is_served_by_the_hardened_listener() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = free.local_addr().unwrap();
+        drop(free);
+        let state = State::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_http(addr, state.clone(), async move {
+            let _ = stopped.await;
+        }));
+        let mut stream = loop {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(stream) => break stream,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        };
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        // The listener counts the very connection that asked.
+        assert!(
+            text.contains("\nmacp_operator_http_connections_open 1\n"),
+            "{text}"
+        );
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
     }
 
     #[test]

@@ -101,6 +101,30 @@ pub struct MacpAuthSpec {
     /// Settings that apply only around an emergency rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub emergency: Option<EmergencySpec>,
+    /// The service's defences against slow and abusive clients; each unset
+    /// field keeps the service's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_limits: Option<ConnectionLimitsSpec>,
+}
+
+/// `MACP_AUTH_HEADER_TIMEOUT_SECONDS`, `MACP_AUTH_REQUEST_TIMEOUT_SECONDS` and
+/// `MACP_AUTH_MAX_CONNECTIONS`; the operator sets only the ones given here.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionLimitsSpec {
+    /// Request headers, and the next request on an idle keep-alive
+    /// connection, must arrive within this; the service's default is 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub header_timeout_seconds: Option<u32>,
+    /// A request's body must have arrived within this (else 408); the service's default is 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub request_timeout_seconds: Option<u32>,
+    /// Open connections per pod; the service sizes it from its open-file limit when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_connections: Option<u32>,
 }
 
 /// A user-created Secret whose `key` holds the accepted caller bearer tokens,

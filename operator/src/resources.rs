@@ -183,9 +183,6 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
-/// The token service's variable for its shutdown delay (service default 0).
-pub const SHUTDOWN_DELAY_ENV: &str = "MACP_AUTH_SHUTDOWN_DELAY_SECONDS";
-
 /// How long a terminating pod keeps serving after SIGTERM, with `/readyz`
 /// already 503: kube-proxy on every node learns about the termination a while
 /// after it started and keeps sending new connections meanwhile. distroless
@@ -297,7 +294,7 @@ fn service_env(
             &secret,
             keyset::PUBLISHED,
         ),
-        env(SHUTDOWN_DELAY_ENV, SHUTDOWN_DELAY_SECONDS),
+        env(service_env::SHUTDOWN_DELAY, SHUTDOWN_DELAY_SECONDS),
     ];
     if spec.caller_auth.is_some() {
         vars.push(env(service_env::MINT_TOKENS_FILE, caller_tokens_path()));
@@ -310,6 +307,17 @@ fn service_env(
     }
     if spec.audit.as_ref().is_some_and(|a| a.enabled) {
         vars.push(env(service_env::AUDIT_LOG, "stdout"));
+    }
+    if let Some(limits) = &spec.connection_limits {
+        for (name, value) in [
+            (service_env::HEADER_TIMEOUT, limits.header_timeout_seconds),
+            (service_env::REQUEST_TIMEOUT, limits.request_timeout_seconds),
+            (service_env::MAX_CONNECTIONS, limits.max_connections),
+        ] {
+            if let Some(value) = value {
+                vars.push(env(name, value));
+            }
+        }
     }
     vars
 }
@@ -754,6 +762,43 @@ mod tests {
         assert_eq!(
             env["MACP_AUTH_RATE_LIMIT_BURST"].value.as_deref(),
             Some("40")
+        );
+    }
+
+    #[test]
+    fn connection_limits_map_to_the_service_variables_only_when_set() {
+        const LIMIT_VARS: [&str; 3] = [
+            "MACP_AUTH_HEADER_TIMEOUT_SECONDS",
+            "MACP_AUTH_REQUEST_TIMEOUT_SECONDS",
+            "MACP_AUTH_MAX_CONNECTIONS",
+        ];
+        for json in [
+            serde_json::json!({}),
+            serde_json::json!({"connectionLimits": {}}),
+        ] {
+            let env = spec_env(&mauth(json).spec);
+            for name in LIMIT_VARS {
+                assert!(!env.contains_key(name), "{name} set without a spec field");
+            }
+        }
+        let spec = mauth(serde_json::json!({
+            "connectionLimits": {"headerTimeoutSeconds": 5, "maxConnections": 2000}
+        }))
+        .spec;
+        let env = spec_env(&spec);
+        let value = |k: &str| env[k].value.clone().unwrap();
+        assert_eq!(value("MACP_AUTH_HEADER_TIMEOUT_SECONDS"), "5");
+        assert_eq!(value("MACP_AUTH_MAX_CONNECTIONS"), "2000");
+        assert!(!env.contains_key("MACP_AUTH_REQUEST_TIMEOUT_SECONDS"));
+        let spec = mauth(serde_json::json!({
+            "connectionLimits": {"requestTimeoutSeconds": 45}
+        }))
+        .spec;
+        assert_eq!(
+            spec_env(&spec)["MACP_AUTH_REQUEST_TIMEOUT_SECONDS"]
+                .value
+                .as_deref(),
+            Some("45")
         );
     }
 

@@ -1,6 +1,7 @@
 //! Sustained minting for `scripts/load-fault-test`: `--concurrency` workers
 //! POST /tokens with a bearer token for `--seconds`, then one JSON line with
-//! every answer classified. Connection errors are expected while the service
+//! every answer classified and the latency percentiles of all requests
+//! (answered or failed). Connection errors are expected while the service
 //! is killed; any 5xx or non-JSON answer is a failure.
 //!
 //! `load_client --url http://127.0.0.1:3299 --token-file F --seconds 20 --concurrency 8`
@@ -24,6 +25,15 @@ fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// The `q` quantile (0..=1) of sorted `values`, in milliseconds.
+fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+    (sorted[index].as_secs_f64() * 10_000.0).round() / 10.0
 }
 
 async fn one(client: &reqwest::Client, url: &str, token: &str, counts: &Counts, i: u64) {
@@ -91,20 +101,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (client.clone(), url.clone(), token.clone(), counts.clone());
         workers.push(tokio::spawn(async move {
             let mut i = w;
+            let mut latencies = Vec::new();
             while Instant::now() < deadline {
                 let before = counts.conn_refused.load(Ordering::Relaxed);
+                let sent = Instant::now();
                 one(&client, &url, &token, &counts, i).await;
                 if counts.conn_refused.load(Ordering::Relaxed) != before {
                     // Nothing listening: back off instead of spinning.
                     tokio::time::sleep(Duration::from_millis(20)).await;
+                } else {
+                    latencies.push(sent.elapsed());
                 }
                 i += concurrency;
             }
+            latencies
         }));
     }
+    let mut latencies = Vec::new();
     for w in workers {
-        w.await?;
+        latencies.extend(w.await?);
     }
+    latencies.sort_unstable();
     let elapsed = started.elapsed().as_secs_f64();
     let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
     println!(
@@ -119,6 +136,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "conn_refused": c(&counts.conn_refused),
             "conn_reset": c(&counts.conn_reset),
             "timeout": c(&counts.timeout),
+            "errors": c(&counts.client_4xx) + c(&counts.server_5xx) + c(&counts.non_json)
+                + c(&counts.conn_refused) + c(&counts.conn_reset) + c(&counts.timeout),
+            "p50_ms": quantile_ms(&latencies, 0.50),
+            "p99_ms": quantile_ms(&latencies, 0.99),
+            "max_ms": quantile_ms(&latencies, 1.0),
         })
     );
     Ok(())

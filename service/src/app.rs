@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -26,6 +27,7 @@ use crate::callers::{AuthResult, CallerAuth, CallerSet, Reload};
 use crate::config::{Config, KeySource, LoadedKeys};
 use crate::exposition;
 use crate::keys::{self, SigningKey};
+use crate::listener::{self, Limits, RequestDeadline};
 use crate::metrics::{AuthFailure, Metrics, Outcome};
 use crate::ratelimit::{self, RateLimiter};
 
@@ -58,6 +60,8 @@ pub struct AppState {
     callers: Option<CallerFile>,
     rate_limiter: Option<RateLimiter>,
     audit: Option<AuditLog>,
+    /// Set on SIGTERM: `/readyz` answers 503 from then on.
+    stopping: AtomicBool,
 }
 
 /// Caller authentication state: the live token set and where it comes from.
@@ -92,7 +96,18 @@ impl AppState {
                 .rate_limit
                 .map(|r| RateLimiter::new(r.per_second, r.burst)),
             audit: None,
+            stopping: AtomicBool::new(false),
         }
+    }
+
+    /// Turns `/readyz` to 503 for good (the process is shutting down); every
+    /// other endpoint keeps serving.
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 
     /// Turns on caller authentication with `set`, re-reading `path` every
@@ -180,11 +195,13 @@ pub fn effective_ttl(requested: Option<&Value>, default: u64, max: u64) -> Optio
     }
 }
 
-/// Builds the router: `/healthz`, `/.well-known/jwks.json`, `/tokens`,
-/// `/metrics`, with JSON 404 and 405 for everything else.
+/// Builds the router: `/healthz` (liveness), `/readyz` (readiness),
+/// `/.well-known/jwks.json`, `/tokens`, `/metrics`, with JSON 404 and 405 for
+/// everything else.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/tokens", post(mint))
         .route("/metrics", get(metrics_text))
@@ -193,11 +210,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Serves `router(state)` on `listener` until `shutdown` resolves, then stops
-/// accepting and waits for in-flight requests (graceful shutdown).
+/// Serves `router(state)` on `listener` under `limits` (see
+/// [`crate::listener`]) until `shutdown` resolves, then stops accepting and
+/// waits for in-flight requests (graceful shutdown).
 pub async fn serve<F>(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
+    limits: Limits,
     shutdown: F,
 ) -> std::io::Result<()>
 where
@@ -207,12 +226,8 @@ where
         .callers
         .is_some()
         .then(|| tokio::spawn(poll_callers(state.clone())));
-    let result = axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let metrics = state.metrics.connections().clone();
+    let result = listener::serve(listener, router(state), limits, metrics, shutdown).await;
     if let Some(poller) = poller {
         poller.abort();
     }
@@ -245,6 +260,16 @@ fn error(status: StatusCode, message: &'static str) -> Response {
 
 async fn healthz() -> Response {
     json_bytes(StatusCode::OK, Bytes::from_static(br#"{"ok":true}"#))
+}
+
+/// Readiness: 503 from SIGTERM on, so that load balancers stop sending new
+/// connections during the shutdown delay while `/healthz` stays 200.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.is_stopping() {
+        error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    } else {
+        json_bytes(StatusCode::OK, Bytes::from_static(br#"{"ready":true}"#))
+    }
 }
 
 async fn jwks(State(state): State<Arc<AppState>>) -> Response {
@@ -307,9 +332,23 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Reads at most [`MAX_BODY_BYTES`]; a larger body (declared or streamed) is
-/// [`Rejection::TooLarge`] after a bounded drain.
-async fn read_body(mut body: Body, declared: Option<u64>) -> Result<Bytes, Rejection> {
+/// Reads at most [`MAX_BODY_BYTES`] by `deadline`; a larger body (declared or
+/// streamed) is [`Rejection::TooLarge`] after a bounded drain, a late one
+/// [`Rejection::Timeout`].
+async fn read_body(
+    body: Body,
+    declared: Option<u64>,
+    deadline: Option<RequestDeadline>,
+) -> Result<Bytes, Rejection> {
+    match deadline {
+        Some(RequestDeadline(at)) => tokio::time::timeout_at(at, read_body_inner(body, declared))
+            .await
+            .unwrap_or(Err(Rejection::Timeout)),
+        None => read_body_inner(body, declared).await,
+    }
+}
+
+async fn read_body_inner(mut body: Body, declared: Option<u64>) -> Result<Bytes, Rejection> {
     if let Some(len) = declared.filter(|len| *len > MAX_BODY_BYTES as u64) {
         if len <= DRAIN_BYTES as u64 {
             drain(body, DRAIN_BYTES).await;
@@ -375,6 +414,8 @@ pub enum Rejection {
     RateLimited(u64),
     ContentType,
     TooLarge,
+    /// The body did not arrive within the request timeout.
+    Timeout,
     Json,
     Sender,
     Scopes,
@@ -389,6 +430,7 @@ impl Rejection {
             Rejection::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Rejection::ContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Rejection::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::Timeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::Json | Rejection::Sender | Rejection::Scopes | Rejection::Ttl => {
                 StatusCode::BAD_REQUEST
             }
@@ -402,6 +444,7 @@ impl Rejection {
             Rejection::RateLimited(_) => "rate limit exceeded",
             Rejection::ContentType => "content-type must be application/json",
             Rejection::TooLarge => "request body too large",
+            Rejection::Timeout => "request timeout",
             Rejection::Json => "invalid JSON body",
             Rejection::Sender => "sender is required",
             Rejection::Scopes => "scopes must be an object",
@@ -416,6 +459,7 @@ impl Rejection {
             Rejection::RateLimited(_) => Outcome::rate_limited,
             Rejection::ContentType => Outcome::unsupported_content_type,
             Rejection::TooLarge => Outcome::body_too_large,
+            Rejection::Timeout => Outcome::request_timeout,
             Rejection::Json => Outcome::invalid_json,
             Rejection::Sender => Outcome::invalid_sender,
             Rejection::Scopes => Outcome::invalid_scopes,
@@ -436,6 +480,12 @@ impl Rejection {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            Rejection::Timeout => {
+                // The rest of the body is never read: the connection closes.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }
@@ -611,7 +661,8 @@ async fn mint_inner(
     if !is_json_content_type(&parts.headers) {
         return Err(Rejection::ContentType);
     }
-    let bytes = read_body(body, declared_length(&parts.headers)).await?;
+    let deadline = parts.extensions.get::<RequestDeadline>().copied();
+    let bytes = read_body(body, declared_length(&parts.headers), deadline).await?;
     let request = parse_mint_request(&bytes, state.default_ttl_seconds, state.max_ttl_seconds)?;
     let response = issue(state, &request);
     attempt.request = Some(request);

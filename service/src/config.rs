@@ -10,11 +10,13 @@ use std::fmt;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::callers::CallerSet;
 use crate::keys::{self, Alg, KeyError, SigningKey};
+use crate::listener;
 
 pub const PORT: &str = "PORT";
 pub const BIND: &str = "MACP_AUTH_BIND";
@@ -30,9 +32,13 @@ pub const MINT_TOKENS_FILE: &str = "MACP_AUTH_MINT_TOKENS_FILE";
 pub const RATE_LIMIT_PER_SECOND: &str = "MACP_AUTH_RATE_LIMIT_PER_SECOND";
 pub const RATE_LIMIT_BURST: &str = "MACP_AUTH_RATE_LIMIT_BURST";
 pub const AUDIT_LOG: &str = "MACP_AUTH_AUDIT_LOG";
+pub const HEADER_TIMEOUT: &str = "MACP_AUTH_HEADER_TIMEOUT_SECONDS";
+pub const REQUEST_TIMEOUT: &str = "MACP_AUTH_REQUEST_TIMEOUT_SECONDS";
+pub const MAX_CONNECTIONS: &str = "MACP_AUTH_MAX_CONNECTIONS";
+pub const SHUTDOWN_DELAY: &str = "MACP_AUTH_SHUTDOWN_DELAY_SECONDS";
 
 /// Every variable the service reads, for `main` to collect from the environment.
-pub const VARIABLES: [&str; 14] = [
+pub const VARIABLES: [&str; 18] = [
     PORT,
     BIND,
     ISSUER,
@@ -47,6 +53,10 @@ pub const VARIABLES: [&str; 14] = [
     RATE_LIMIT_PER_SECOND,
     RATE_LIMIT_BURST,
     AUDIT_LOG,
+    HEADER_TIMEOUT,
+    REQUEST_TIMEOUT,
+    MAX_CONNECTIONS,
+    SHUTDOWN_DELAY,
 ];
 
 pub const DEFAULT_PORT: u16 = 3200;
@@ -64,6 +74,12 @@ pub const TTL_CEILING_SECONDS: u64 = 10 * 365 * 24 * 3600;
 /// Upper bound on `MACP_AUTH_RATE_LIMIT_PER_SECOND` and `_BURST`: far above
 /// what one replica can sign, so larger values are typos.
 pub const RATE_LIMIT_CEILING: u32 = 1_000_000;
+/// Upper bound on the timeout and delay settings: an hour. Longer values
+/// defeat their purpose and are usually milliseconds pasted as seconds.
+pub const TIMEOUT_CEILING_SECONDS: u64 = 3600;
+/// Upper bound on `MACP_AUTH_MAX_CONNECTIONS` before the descriptor limit is
+/// known (`main` then checks it against the limit).
+pub const MAX_CONNECTIONS_CEILING: usize = 1_000_000;
 
 /// `MACP_AUTH_RATE_LIMIT_*`: a token bucket per caller.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -147,6 +163,16 @@ pub struct Config {
     pub rate_limit: Option<RateLimit>,
     /// `MACP_AUTH_AUDIT_LOG=stdout`.
     pub audit_log: bool,
+    /// `MACP_AUTH_HEADER_TIMEOUT_SECONDS`: request headers (and the wait for
+    /// the next request on a keep-alive connection) must arrive within it.
+    pub header_timeout: Duration,
+    /// `MACP_AUTH_REQUEST_TIMEOUT_SECONDS`: a request must be complete within it.
+    pub request_timeout: Duration,
+    /// `MACP_AUTH_MAX_CONNECTIONS`; unset: sized from the descriptor limit.
+    pub max_connections: Option<usize>,
+    /// `MACP_AUTH_SHUTDOWN_DELAY_SECONDS`: how long to keep serving, with
+    /// `/readyz` at 503, between SIGTERM and the drain.
+    pub shutdown_delay: Duration,
 }
 
 /// The keys the service runs with.
@@ -196,6 +222,78 @@ fn parse_ttl(vars: &HashMap<String, String>, name: &str, default: u64) -> Result
         ));
     }
     Ok(value)
+}
+
+/// Whole seconds from `min` to [`TIMEOUT_CEILING_SECONDS`]; `default` when unset.
+fn parse_seconds(
+    vars: &HashMap<String, String>,
+    name: &str,
+    min: u64,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(raw) = non_empty(vars, name) else {
+        return Ok(default);
+    };
+    raw.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|s| (min..=TIMEOUT_CEILING_SECONDS).contains(s))
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            ConfigError::new(
+                name,
+                format!(
+                    "must be a whole number of seconds from {min} to {TIMEOUT_CEILING_SECONDS}, got {raw:?}"
+                ),
+            )
+        })
+}
+
+fn parse_max_connections(vars: &HashMap<String, String>) -> Result<Option<usize>, ConfigError> {
+    let Some(raw) = non_empty(vars, MAX_CONNECTIONS) else {
+        return Ok(None);
+    };
+    raw.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_CONNECTIONS_CEILING).contains(n))
+        .map(Some)
+        .ok_or_else(|| {
+            ConfigError::new(
+                MAX_CONNECTIONS,
+                format!("must be a whole number from 1 to {MAX_CONNECTIONS_CEILING}, got {raw:?}"),
+            )
+        })
+}
+
+impl Config {
+    /// The connection cap for a soft descriptor limit of `nofile`: the
+    /// configured one, which must leave the listener's reserve free, or the
+    /// default sized from the limit.
+    pub fn max_connections_for(&self, nofile: u64) -> Result<usize, ConfigError> {
+        let allowed = listener::max_connections_allowed(nofile);
+        match self.max_connections {
+            None => Ok(listener::default_max_connections(nofile)),
+            Some(n) if n <= allowed => Ok(n),
+            Some(n) => Err(ConfigError::new(
+                MAX_CONNECTIONS,
+                format!(
+                    "{n} does not fit the open-file limit of {nofile}: at most {allowed} \
+                     ({} descriptors stay reserved); lower it or raise the limit",
+                    listener::RESERVED_DESCRIPTORS
+                ),
+            )),
+        }
+    }
+
+    /// The listener limits for a soft descriptor limit of `nofile`.
+    pub fn listener_limits(&self, nofile: u64) -> Result<listener::Limits, ConfigError> {
+        Ok(listener::Limits {
+            header_timeout: self.header_timeout,
+            request_timeout: self.request_timeout,
+            max_connections: self.max_connections_for(nofile)?,
+        })
+    }
 }
 
 fn parse_rate_limit(vars: &HashMap<String, String>) -> Result<Option<RateLimit>, ConfigError> {
@@ -359,6 +457,13 @@ impl Config {
             }
         };
 
+        let header_timeout =
+            parse_seconds(&vars, HEADER_TIMEOUT, 1, listener::DEFAULT_HEADER_TIMEOUT)?;
+        let request_timeout =
+            parse_seconds(&vars, REQUEST_TIMEOUT, 1, listener::DEFAULT_REQUEST_TIMEOUT)?;
+        let max_connections = parse_max_connections(&vars)?;
+        let shutdown_delay = parse_seconds(&vars, SHUTDOWN_DELAY, 0, Duration::ZERO)?;
+
         Ok(Config {
             port,
             bind,
@@ -372,6 +477,10 @@ impl Config {
             mint_tokens_file,
             rate_limit,
             audit_log,
+            header_timeout,
+            request_timeout,
+            max_connections,
+            shutdown_delay,
         })
     }
 

@@ -20,6 +20,7 @@ use macp_auth_service::app::{self, AppState};
 use macp_auth_service::audit::AuditLog;
 use macp_auth_service::config::{self, Config, ConfigError, KeySource};
 use macp_auth_service::keys::{self, Alg};
+use macp_auth_service::listener::{self, Limits};
 use tracing_subscriber::EnvFilter;
 
 /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
@@ -134,6 +135,10 @@ fn run_service() -> ExitCode {
         Ok(config) => config,
         Err(e) => return fatal(e),
     };
+    let (limits, descriptors) = match listener_limits(&config) {
+        Ok(limits) => limits,
+        Err(e) => return fatal(e),
+    };
     let callers = match config.load_callers(|path| std::fs::read_to_string(path)) {
         Ok(callers) => callers,
         Err(e) => return fatal(e),
@@ -181,12 +186,62 @@ fn run_service() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fatal(format_args!("cannot start the async runtime: {e}")),
     };
-    runtime.block_on(serve(config, state))
+    runtime.block_on(serve(config, state, limits, descriptors))
 }
 
-async fn serve(config: Config, state: Arc<AppState>) -> ExitCode {
+/// The open-file limit as found and as raised (or why it was not raised).
+type Descriptors = Result<listener::DescriptorLimit, (std::io::Error, u64)>;
+
+/// Raises the soft open-file limit to the hard one and sizes the connection
+/// cap from the result. Logs nothing: a fatal error must stay the only line.
+fn listener_limits(config: &Config) -> Result<(Limits, Descriptors), ConfigError> {
+    let descriptors =
+        listener::raise_nofile_limit().map_err(|e| (e, listener::current_nofile_limit()));
+    let soft = match &descriptors {
+        Ok(limit) => limit.soft,
+        Err((_, soft)) => *soft,
+    };
+    Ok((config.listener_limits(soft)?, descriptors))
+}
+
+/// One line with the open-file limit before and after raising it and the
+/// limits the listener runs with.
+fn log_limits(limits: &Limits, descriptors: &Descriptors) {
+    let (max_connections, header_timeout_secs, request_timeout_secs) = (
+        limits.max_connections,
+        limits.header_timeout.as_secs(),
+        limits.request_timeout.as_secs(),
+    );
+    match descriptors {
+        Ok(limit) => tracing::info!(
+            soft_before = limit.soft_before,
+            soft = limit.soft,
+            hard = limit.hard,
+            max_connections,
+            header_timeout_secs,
+            request_timeout_secs,
+            "open-file limit (RLIMIT_NOFILE) raised to the hard limit"
+        ),
+        // Not fatal: the cap is sized for the limit the process has.
+        Err((error, soft)) => tracing::warn!(
+            %error,
+            soft,
+            max_connections,
+            header_timeout_secs,
+            request_timeout_secs,
+            "cannot raise the open-file limit (RLIMIT_NOFILE); keeping the soft limit"
+        ),
+    }
+}
+
+async fn serve(
+    config: Config,
+    state: Arc<AppState>,
+    limits: Limits,
+    descriptors: Descriptors,
+) -> ExitCode {
     let addr = SocketAddr::new(config.bind, config.port);
-    let listener = match tokio::net::TcpListener::bind(addr).await {
+    let listener = match bind(addr) {
         Ok(listener) => listener,
         Err(e) => {
             return fatal(format_args!(
@@ -220,13 +275,32 @@ async fn serve(config: Config, state: Arc<AppState>) -> ExitCode {
         published = ?state.published_kids,
         "token service started"
     );
+    log_limits(&limits, &descriptors);
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let delay = config.shutdown_delay;
+    let signalled = state.clone();
     let shutdown = async move {
-        wait_for_stop_signal().await;
+        let name = wait_for_stop_signal().await;
+        signalled.set_stopping();
+        if !delay.is_zero() {
+            // Load balancers and kube-proxy keep sending new connections for
+            // a while after a pod starts terminating: serve them until they
+            // have seen /readyz fail.
+            tracing::info!(
+                signal = name,
+                delay_secs = delay.as_secs(),
+                "stopping: /readyz answers 503; serving on for the shutdown delay"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        tracing::info!(
+            signal = name,
+            "stopping: no new connections, draining in-flight requests"
+        );
         let _ = stopping_tx.send(());
     };
-    let server = app::serve(listener, state, shutdown);
+    let server = app::serve(listener, state, limits, shutdown);
     let deadline = async move {
         if stopping_rx.await.is_ok() {
             tokio::time::sleep(DRAIN_TIMEOUT).await;
@@ -250,24 +324,37 @@ async fn serve(config: Config, state: Arc<AppState>) -> ExitCode {
     }
 }
 
-async fn wait_for_stop_signal() {
+/// Resolves on SIGTERM or SIGINT with the signal's name.
+/// Connections the kernel may queue before `accept`. std's 128 (tokio's
+/// 1024) overflows under a connection flood: the kernel then drops handshakes
+/// and clients retry after a second or more, even legitimate ones. The kernel
+/// caps it at `net.core.somaxconn` (4096 by default since Linux 5.4).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std's TcpListener::bind does: restart without waiting out TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+async fn wait_for_stop_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot install the SIGTERM handler");
-            std::future::pending::<()>().await;
-            return;
+            return std::future::pending().await;
         }
     };
-    let name = tokio::select! {
+    tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = tokio::signal::ctrl_c() => "SIGINT",
-    };
-    tracing::info!(
-        signal = name,
-        "stopping: no new connections, draining in-flight requests"
-    );
+    }
 }
 
 /// Minimal HTTP/1.0 GET of `/healthz`; no client library needed for one request.

@@ -14,6 +14,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::keys::Alg;
+use crate::listener::ConnectionMetrics;
 
 /// How a `POST /tokens` ended.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -29,9 +30,11 @@ pub enum Outcome {
     signing_failed,
     unauthorized,
     rate_limited,
+    /// The body did not arrive within `MACP_AUTH_REQUEST_TIMEOUT_SECONDS`.
+    request_timeout,
 }
 
-const OUTCOMES: usize = 10;
+const OUTCOMES: usize = 11;
 
 impl Outcome {
     const ALL: [Outcome; OUTCOMES] = [
@@ -45,6 +48,7 @@ impl Outcome {
         Outcome::signing_failed,
         Outcome::unauthorized,
         Outcome::rate_limited,
+        Outcome::request_timeout,
     ];
 }
 
@@ -98,6 +102,7 @@ pub struct Metrics {
     caller_reloads: [Counter; 2],
     key_age: Gauge,
     key_loaded: std::time::Instant,
+    connections: ConnectionMetrics,
 }
 
 impl Metrics {
@@ -200,6 +205,9 @@ impl Metrics {
             reload_family,
         );
 
+        let connections = ConnectionMetrics::default();
+        connections.register(&mut registry);
+
         Metrics {
             registry,
             mints,
@@ -210,7 +218,13 @@ impl Metrics {
             caller_reloads,
             key_age,
             key_loaded: std::time::Instant::now(),
+            connections,
         }
+    }
+
+    /// The listener's connection counters, registered in this registry.
+    pub fn connections(&self) -> &ConnectionMetrics {
+        &self.connections
     }
 
     pub fn record_auth_failure(&self, reason: AuthFailure) {
@@ -300,6 +314,13 @@ mod tests {
             r#"macp_auth_caller_token_reloads_total{result="ok"} 1"#,
             r#"macp_auth_caller_token_reloads_total{result="failed"} 1"#,
             r#"macp_auth_mints_total{outcome="unauthorized",alg="ES256"} 0"#,
+            r#"macp_auth_mints_total{outcome="request_timeout",alg="ES256"} 0"#,
+            "macp_auth_connections_open 0",
+            "macp_auth_connections_shed_total 0",
+            "macp_auth_connections_evicted_total 0",
+            r#"macp_auth_connections_timed_out_total{stage="headers"} 0"#,
+            r#"macp_auth_connections_timed_out_total{stage="request"} 0"#,
+            "macp_auth_accept_errors_total 0",
         ] {
             assert!(text.contains(line), "{line} missing in {text}");
         }

@@ -331,6 +331,22 @@ fn every_bad_configuration_class_exits_1_naming_the_variable() {
             vec![("MACP_AUTH_AUDIT_LOG", "syslog")],
             "MACP_AUTH_AUDIT_LOG",
         ),
+        (
+            vec![("MACP_AUTH_HEADER_TIMEOUT_SECONDS", "0")],
+            "MACP_AUTH_HEADER_TIMEOUT_SECONDS",
+        ),
+        (
+            vec![("MACP_AUTH_REQUEST_TIMEOUT_SECONDS", "30s")],
+            "MACP_AUTH_REQUEST_TIMEOUT_SECONDS",
+        ),
+        (
+            vec![("MACP_AUTH_MAX_CONNECTIONS", "-1")],
+            "MACP_AUTH_MAX_CONNECTIONS",
+        ),
+        (
+            vec![("MACP_AUTH_SHUTDOWN_DELAY_SECONDS", "1.5")],
+            "MACP_AUTH_SHUTDOWN_DELAY_SECONDS",
+        ),
     ];
     for (vars, variable) in cases {
         assert_fatal(&vars, variable);

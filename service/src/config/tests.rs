@@ -453,3 +453,80 @@ fn tokens_file_unreadable_or_empty_is_fatal() {
     let err = cfg.load_callers(|_| Ok("short\n".to_string())).unwrap_err();
     assert!(err.message.contains("line 1"), "{err}");
 }
+
+#[test]
+fn connection_limits_default_and_parse() {
+    let cfg = parse(&[]).unwrap();
+    assert_eq!(cfg.header_timeout, Duration::from_secs(10));
+    assert_eq!(cfg.request_timeout, Duration::from_secs(30));
+    assert_eq!(cfg.max_connections, None);
+    assert_eq!(cfg.shutdown_delay, Duration::ZERO);
+    // The default cap follows the descriptor limit.
+    assert_eq!(cfg.max_connections_for(1024).unwrap(), 960);
+    assert_eq!(cfg.max_connections_for(1 << 20).unwrap(), 4096);
+
+    let cfg = parse(&[
+        (HEADER_TIMEOUT, "3"),
+        (REQUEST_TIMEOUT, " 7 "),
+        (MAX_CONNECTIONS, "500"),
+        (SHUTDOWN_DELAY, "0"),
+    ])
+    .unwrap();
+    let limits = cfg.listener_limits(1024).unwrap();
+    assert_eq!(limits.header_timeout, Duration::from_secs(3));
+    assert_eq!(limits.request_timeout, Duration::from_secs(7));
+    assert_eq!(limits.max_connections, 500);
+    assert_eq!(cfg.shutdown_delay, Duration::ZERO);
+    let cfg = parse(&[(SHUTDOWN_DELAY, "5"), (MAX_CONNECTIONS, "")]).unwrap();
+    assert_eq!(cfg.shutdown_delay, Duration::from_secs(5));
+    assert_eq!(cfg.max_connections, None);
+}
+
+#[test]
+fn connection_limits_fatal() {
+    for (vars, variable, needle) in [
+        (
+            vec![(HEADER_TIMEOUT, "0")],
+            HEADER_TIMEOUT,
+            "from 1 to 3600",
+        ),
+        (
+            vec![(HEADER_TIMEOUT, "1.5")],
+            HEADER_TIMEOUT,
+            "whole number",
+        ),
+        (vec![(HEADER_TIMEOUT, "10s")], HEADER_TIMEOUT, "\"10s\""),
+        (vec![(REQUEST_TIMEOUT, "3601")], REQUEST_TIMEOUT, "from 1"),
+        (
+            vec![(REQUEST_TIMEOUT, "-1")],
+            REQUEST_TIMEOUT,
+            "whole number",
+        ),
+        (vec![(MAX_CONNECTIONS, "0")], MAX_CONNECTIONS, "from 1"),
+        (
+            vec![(MAX_CONNECTIONS, "many")],
+            MAX_CONNECTIONS,
+            "whole number",
+        ),
+        (
+            vec![(MAX_CONNECTIONS, "1000001")],
+            MAX_CONNECTIONS,
+            "1000000",
+        ),
+        (
+            vec![(SHUTDOWN_DELAY, "-5")],
+            SHUTDOWN_DELAY,
+            "from 0 to 3600",
+        ),
+        (vec![(SHUTDOWN_DELAY, "5000")], SHUTDOWN_DELAY, "from 0"),
+    ] {
+        assert_fatal(&vars, variable, needle);
+    }
+    // A cap the descriptor limit cannot hold is fatal too, naming the variable.
+    let cfg = parse(&[(MAX_CONNECTIONS, "961")]).unwrap();
+    let err = cfg.listener_limits(1024).unwrap_err();
+    assert_eq!(err.variable, MAX_CONNECTIONS);
+    assert!(err.message.contains("at most 960"), "{err}");
+    assert!(!err.to_string().contains('\n'));
+    assert_eq!(cfg.max_connections_for(1025).unwrap(), 961);
+}

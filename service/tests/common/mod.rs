@@ -45,7 +45,8 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app::serve(listener, state, async move {
+        let limits = macp_auth_service::listener::Limits::defaults(1024);
+        let task = tokio::spawn(app::serve(listener, state, limits, async move {
             let _ = stopped.await;
         }));
         TestServer {

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use macp_auth_e2e::apiserver::{FakeApiServer, PolicyRule, RbacScope};
+use macp_auth_e2e::apiserver::FakeApiServer;
 use macp_auth_e2e::binary::service_binary_async;
 use macp_auth_e2e::cluster::{Cluster, ClusterConfig};
 use macp_auth_e2e::endpoints::{
@@ -161,17 +161,7 @@ impl Sim {
     async fn start(mode: RbacMode) -> Self {
         let bin = service_binary_async().await.expect("service binary");
         let server = FakeApiServer::start().await.expect("API server");
-        for g in rbac::grants(&mode.rbac(), None) {
-            let rules = g
-                .rules
-                .iter()
-                .map(|r| PolicyRule::new(r.group, r.resource, r.verbs));
-            let scope = match g.namespace {
-                None => RbacScope::Cluster,
-                Some(ns) => RbacScope::Namespace(ns),
-            };
-            server.enforce_rbac(rules, scope);
-        }
+        server.enforce_operator_rbac(&mode.rbac(), None);
         let cluster = Cluster::start(server.handle(), ClusterConfig::new(bin));
         let client = server.operator_client().expect("operator client");
         let operator = Operator::start(client, mode);

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
-use macp_auth_e2e::apiserver::{FakeApiServer, PolicyRule, RbacScope};
+use macp_auth_e2e::apiserver::FakeApiServer;
 use macp_auth_operator::config::LeaderElection;
 use macp_auth_operator::crd::MacpAuth;
 use macp_auth_operator::leader::{self, Clock, ElectionError, LostReason, SystemClock};
@@ -89,17 +89,7 @@ impl Mode {
 
 /// Enforces the operator's RBAC in `mode`, leases in the lease namespace.
 fn enforce(server: &FakeApiServer, mode: Mode) {
-    for g in rbac::grants(&mode.rbac(), Some(LEASE_NS)) {
-        let rules = g
-            .rules
-            .iter()
-            .map(|r| PolicyRule::new(r.group, r.resource, r.verbs));
-        let scope = match g.namespace {
-            None => RbacScope::Cluster,
-            Some(ns) => RbacScope::Namespace(ns),
-        };
-        server.enforce_rbac(rules, scope);
-    }
+    server.enforce_operator_rbac(&mode.rbac(), Some(LEASE_NS));
 }
 
 impl Instance {

@@ -18,7 +18,7 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Recorder, Reporter};
-use macp_auth_e2e::apiserver::{FakeApiServer, PolicyRule, RbacScope, RecordedRequest};
+use macp_auth_e2e::apiserver::{FakeApiServer, RecordedRequest};
 use macp_auth_operator::crd::{
     EMERGENCY_ROTATE_ANNOTATION, MacpAuth, MacpAuthStatus, ROTATE_ANNOTATION, RotationPhase,
     RotationTrigger, SigningAlg, TtlClampStatus,
@@ -125,17 +125,7 @@ impl Harness {
 
     async fn with_mode(mode: Mode) -> Self {
         let server = FakeApiServer::start().await.unwrap();
-        for g in rbac::grants(&mode.rbac(), None) {
-            let rules = g
-                .rules
-                .iter()
-                .map(|r| PolicyRule::new(r.group, r.resource, r.verbs));
-            let scope = match g.namespace {
-                None => RbacScope::Cluster,
-                Some(ns) => RbacScope::Namespace(ns),
-            };
-            server.enforce_rbac(rules, scope);
-        }
+        server.enforce_operator_rbac(&mode.rbac(), None);
         let prober = Arc::new(FakeProber::default());
         let client = server.operator_client().unwrap();
         let recorder = Recorder::new(

@@ -305,6 +305,26 @@ impl ApiHandle {
         self.grant(OPERATOR_USER, rules, scope);
     }
 
+    /// Holds the operator's client to exactly what the chart binds in `mode`
+    /// (`operator/src/rbac.rs`), with the lease rules in `lease_namespace`.
+    pub fn enforce_operator_rbac(
+        &self,
+        mode: &macp_auth_operator::rbac::Mode,
+        lease_namespace: Option<&str>,
+    ) {
+        for g in macp_auth_operator::rbac::grants(mode, lease_namespace) {
+            let rules = g
+                .rules
+                .iter()
+                .map(|r| PolicyRule::new(r.group, r.resource, r.verbs));
+            let scope = match g.namespace {
+                None => RbacScope::Cluster,
+                Some(ns) => RbacScope::Namespace(ns),
+            };
+            self.enforce_rbac(rules, scope);
+        }
+    }
+
     /// Grants `rules` to `user` (see [`FakeApiServer::client_as`]).
     pub fn grant(&self, user: &str, rules: impl IntoIterator<Item = PolicyRule>, scope: RbacScope) {
         lock(&self.shared.grants).push(rbac::Grant {

@@ -56,6 +56,13 @@ pub struct Settings {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_reconciles: u16,
 
+    /// How long a MacpAuth's reconcile waits for more watch events before it
+    /// runs, so that the events of one round's own writes (Secret, Deployment,
+    /// status) bring one more reconcile instead of one each. Every wait of a
+    /// rotation is seconds or longer, so this costs nothing noticeable.
+    #[arg(long, env = "MACP_OPERATOR_RECONCILE_DEBOUNCE", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub reconcile_debounce: Duration,
+
     /// Signing keys generated at once, each on a blocking thread: RSA 4096
     /// takes seconds of CPU, and a storm of them must not starve the reconciles
     /// of other MacpAuths.
@@ -217,6 +224,7 @@ impl Default for Settings {
             resync_interval: Duration::from_secs(300),
             max_concurrent_reconciles: DEFAULT_MAX_CONCURRENT_RECONCILES,
             max_concurrent_keygens: DEFAULT_MAX_CONCURRENT_KEYGENS,
+            reconcile_debounce: Duration::from_millis(500),
             pod_name: None,
             pod_namespace: None,
             leader_election: false,
@@ -281,8 +289,11 @@ mod tests {
             "64",
             "--max-concurrent-keygens",
             "1",
+            "--reconcile-debounce",
+            "2s",
         ])
         .unwrap();
+        assert_eq!(cli.settings.reconcile_debounce, Duration::from_secs(2));
         assert_eq!(cli.settings.max_concurrent_reconciles, 64);
         assert_eq!(cli.settings.max_concurrent_keygens, 1);
         for flag in ["--max-concurrent-reconciles", "--max-concurrent-keygens"] {

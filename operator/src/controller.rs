@@ -251,7 +251,9 @@ pub async fn run_with_state(
     let mut runs = Vec::new();
     for ns in scopes {
         let controller = controller_for(&client, ns.as_deref()).with_config(
-            ControllerConfig::default().concurrency(settings.max_concurrent_reconciles),
+            ControllerConfig::default()
+                .concurrency(settings.max_concurrent_reconciles)
+                .debounce(settings.reconcile_debounce),
         );
         stores.push(controller.store());
         let mut rx = stop_rx.clone();

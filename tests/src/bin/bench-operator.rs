@@ -263,6 +263,24 @@ fn by_verb(requests: &[RecordedRequest], n: usize) -> String {
         .join(",")
 }
 
+/// `verb:resource=count` of a request log, for what steady state still asks.
+fn by_resource(requests: &[RecordedRequest]) -> String {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for r in requests {
+        *counts
+            .entry(format!("{}:{}", r.verb, r.resource))
+            .or_default() += 1;
+    }
+    if counts.is_empty() {
+        return "none".into();
+    }
+    counts
+        .iter()
+        .map(|(k, c)| format!("{k}={c}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 async fn run_one(args: &Args, n: usize) -> anyhow::Result<String> {
     let timeout = Duration::from_secs(args.timeout_seconds);
     let harness_cpu_before = cpu_seconds("self")?;
@@ -314,10 +332,11 @@ async fn run_one(args: &Args, n: usize) -> anyhow::Result<String> {
     Ok(format!(
         "bench-operator n={n} ready_s={:.1} requests_per_object={:.2} steady_writes_per_min={steady_writes:.1} \
          peak_rss_mib={rss:.1} cpu_s={cpu:.1} {storm} steady_requests_per_min={steady_requests:.1} \
-         requests_by_verb_per_object={} harness_cpu_s={harness_cpu:.1}",
+         requests_by_verb_per_object={} steady_requests={} harness_cpu_s={harness_cpu:.1}",
         ready.as_secs_f64(),
         to_ready.len() as f64 / n as f64,
         by_verb(&to_ready, n),
+        by_resource(&steady),
     ))
 }
 

@@ -132,6 +132,11 @@ impl ApiError {
         .with_details(group, resource.split('/').next().unwrap_or(resource), name.unwrap_or_default())
     }
 
+    /// A 404 with a message of its own (e.g. a pod's logs that no source has).
+    pub fn not_found_message(message: impl Into<String>) -> Self {
+        Self::new(404, "NotFound", message)
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }

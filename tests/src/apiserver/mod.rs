@@ -48,6 +48,7 @@ pub mod admission;
 mod error;
 pub mod fields;
 mod instrument;
+mod logs;
 pub mod patch;
 mod path;
 pub mod rbac;
@@ -68,6 +69,7 @@ use tokio::sync::watch;
 
 pub use error::ApiError;
 pub use instrument::RecordedRequest;
+pub use logs::{LogOptions, PodLogs};
 pub use rbac::{OPERATOR_USER, PolicyRule, RbacScope};
 pub use resources::{Registry, ResourceType};
 pub use selector::{FieldSelector, LabelSelector};
@@ -208,6 +210,22 @@ impl ApiHandle {
     /// Serves every served version of a CRD, with its status subresource if declared.
     pub fn register_crd(&self, crd: &CustomResourceDefinition) {
         self.shared.write(|s| s.registry.register_crd(crd));
+    }
+
+    /// Serves `GET .../pods/{name}/log` from `source` (replacing any earlier
+    /// one). Without a source every log request is a 404 Status.
+    pub fn set_pod_logs(&self, source: Arc<dyn PodLogs>) {
+        *lock(&self.shared.pod_logs) = Some(source);
+    }
+
+    /// With `true`, creating a namespaced object (create, or a server-side
+    /// apply that creates) in a namespace that does not exist is a 404
+    /// `namespaces "x" not found`, as on a real server. Default `false`: the
+    /// existing tests write into namespaces they never create.
+    pub fn set_strict_namespaces(&self, strict: bool) {
+        self.shared
+            .strict_namespaces
+            .store(strict, std::sync::atomic::Ordering::Relaxed);
     }
 
     // ---- instrumentation -------------------------------------------------

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::error::ApiError;
 use super::instrument::{Fault, RecordedRequest, take_fault};
+use super::logs::{self, PodLogs};
 use super::patch::PatchKind;
 use super::path::{self, ResourcePath, Target};
 use super::rbac::{self, Grant};
@@ -39,6 +40,10 @@ pub(crate) struct Shared {
     pub grants: Mutex<Vec<Grant>>,
     /// Requests RBAC refused.
     pub forbidden: Mutex<Vec<RecordedRequest>>,
+    /// Where `pods/{name}/log` reads from (none: every log request is 404).
+    pub pod_logs: Mutex<Option<Arc<dyn PodLogs>>>,
+    /// Whether a namespaced object may only be created in an existing namespace.
+    pub strict_namespaces: std::sync::atomic::AtomicBool,
 }
 
 /// Locks ignoring poisoning: a panicking test thread must not wedge the server.
@@ -59,6 +64,8 @@ impl Shared {
             watch_delay: Mutex::new(Duration::ZERO),
             grants: Mutex::new(Vec::new()),
             forbidden: Mutex::new(Vec::new()),
+            pod_logs: Mutex::new(None),
+            strict_namespaces: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -188,6 +195,9 @@ async fn serve_resource(
     let sub = match rp.subresource.as_deref() {
         None => Sub::Main,
         Some("status") if rt.has_status => Sub::Status,
+        Some("log") if rt.group.is_empty() && rt.resource == "pods" && *method == Method::GET => {
+            return pod_log(shared, rp, headers, query);
+        }
         Some(other) => {
             return Err(ApiError::unknown_path(&format!("{}/{other}", rt.resource)));
         }
@@ -229,6 +239,9 @@ async fn serve_resource(
         )));
     }
     let name = rp.name.clone().unwrap_or_default();
+    if matches!(verb, "create" | "patch") {
+        namespace_must_exist(shared, &rt, &ns, &name)?;
+    }
     match verb {
         "get" => {
             let obj = shared
@@ -291,6 +304,66 @@ async fn serve_resource(
         }
         other => Err(ApiError::method_not_allowed(other.to_string())),
     }
+}
+
+/// In strict mode a namespaced object can only be created in a namespace that
+/// exists (a patch of an absent object may create it through apply).
+fn namespace_must_exist(
+    shared: &Shared,
+    rt: &ResourceType,
+    ns: &str,
+    name: &str,
+) -> Result<(), ApiError> {
+    if !rt.namespaced
+        || !shared
+            .strict_namespaces
+            .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Ok(());
+    }
+    let Some(ns_rt) = shared.read(|s| s.registry.find("", "v1", "namespaces").cloned()) else {
+        return Ok(());
+    };
+    let (ns_exists, obj_exists) = shared.read(|s| {
+        (
+            s.get(&ns_rt, "", ns).is_some(),
+            !name.is_empty() && s.get(rt, ns, name).is_some(),
+        )
+    });
+    if ns_exists || obj_exists {
+        return Ok(());
+    }
+    Err(ApiError::not_found("", "namespaces", ns))
+}
+
+/// `pods/{name}/log`: logged and authorized as `get` on `pods/log`; the pod
+/// must exist (404 like a real server otherwise), then the hook answers.
+fn pod_log(
+    shared: &Arc<Shared>,
+    rp: &ResourcePath,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let rt = shared
+        .read(|s| s.registry.find("", "v1", "pods").cloned())
+        .ok_or_else(|| ApiError::unknown_path("pods"))?;
+    let ns = rp.namespace.clone().unwrap_or_default();
+    let name = rp.name.clone().unwrap_or_default();
+    let recorded = RecordedRequest {
+        verb: "get".to_string(),
+        group: String::new(),
+        resource: "pods/log".to_string(),
+        namespace: rp.namespace.clone(),
+        name: rp.name.clone(),
+    };
+    lock(&shared.log).push(recorded.clone());
+    if let Some(user) = rbac::user_of(headers) {
+        authorize(shared, &user, &rt, rp, "get", headers, "pods/log", recorded)?;
+    }
+    if shared.read(|s| s.get(&rt, &ns, &name)).is_none() {
+        return Err(ApiError::not_found("", "pods", &name));
+    }
+    logs::serve(shared, &ns, &name, query)
 }
 
 /// The field manager of a write: `fieldManager`, else the User-Agent's product

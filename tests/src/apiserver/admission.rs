@@ -360,6 +360,14 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value, old: Option<&Value>) {
                 default(m, "type", json!("Opaque"));
             }
         }
+        // A namespace is Active from creation until it is deleted (`kubectl
+        // get ns` shows the phase); its finalizer is the namespace controller's.
+        ("", "namespaces") => {
+            if let Some(m) = obj.as_object_mut() {
+                default(m, "spec", json!({"finalizers": ["kubernetes"]}));
+                default(m, "status", json!({"phase": "Active"}));
+            }
+        }
         _ => {}
     }
 }

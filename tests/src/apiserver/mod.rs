@@ -45,17 +45,25 @@
 //!   subresource; only Deployments, ReplicaSets and custom resources keep `generation`.
 
 pub mod admission;
+mod crds;
+mod discovery;
 mod error;
+mod events;
 pub mod fields;
 mod instrument;
+mod jsonpath;
 mod logs;
+pub mod openapi;
 pub mod patch;
 mod path;
+mod protobuf;
 pub mod rbac;
 mod resources;
 mod selector;
 mod server;
 mod store;
+mod strategic;
+mod table;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -207,9 +215,18 @@ impl ApiHandle {
         self.shared.write(|s| s.registry.register(rt));
     }
 
-    /// Serves every served version of a CRD, with its status subresource if declared.
+    /// Serves every served version of a CRD, with its status subresource if
+    /// declared, and stores the CRD object (printer columns, OpenAPI schema)
+    /// unless one of that name exists.
     pub fn register_crd(&self, crd: &CustomResourceDefinition) {
         self.shared.write(|s| s.registry.register_crd(crd));
+        if let Ok(obj) = serde_json::to_value(crd) {
+            match self.create(crds::GROUP, crds::RESOURCE, obj) {
+                Ok(_) => {}
+                Err(e) if e.code == 409 => {}
+                Err(e) => tracing::warn!(error = %e, "storing the CRD object"),
+            }
+        }
     }
 
     /// Serves `GET .../pods/{name}/log` from `source` (replacing any earlier
@@ -222,10 +239,23 @@ impl ApiHandle {
     /// apply that creates) in a namespace that does not exist is a 404
     /// `namespaces "x" not found`, as on a real server. Default `false`: the
     /// existing tests write into namespaces they never create.
+    /// Strict mode also creates the namespaces every cluster has (`default`,
+    /// `kube-system`, `kube-public`) when missing.
     pub fn set_strict_namespaces(&self, strict: bool) {
         self.shared
             .strict_namespaces
             .store(strict, std::sync::atomic::Ordering::Relaxed);
+        if strict {
+            for ns in ["default", "kube-system", "kube-public"] {
+                let obj = serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": ns}});
+                match self.create("", "namespaces", obj) {
+                    Ok(_) => {}
+                    Err(e) if e.code == 409 => {}
+                    Err(e) => tracing::warn!(error = %e, ns, "creating a standard namespace"),
+                }
+            }
+        }
     }
 
     // ---- instrumentation -------------------------------------------------
@@ -380,29 +410,43 @@ impl ApiHandle {
 
     /// Objects of a type in one namespace, or in all with `None`.
     pub fn list(&self, group: &str, resource: &str, ns: Option<&str>) -> Vec<Value> {
-        let Ok(rt) = self.resource_type(group, resource) else {
-            return Vec::new();
-        };
-        self.shared
-            .read(|s| s.list(&rt, ns))
+        self.list_shared(group, resource, ns)
             .into_iter()
             .map(|v| (*v).clone())
             .collect()
+    }
+
+    /// [`list`](Self::list) without copying the objects: for harness loops
+    /// that look at every object often and change few (the pod stand-in scans
+    /// every Deployment after each change).
+    pub fn list_shared(&self, group: &str, resource: &str, ns: Option<&str>) -> Vec<Arc<Value>> {
+        let Ok(rt) = self.resource_type(group, resource) else {
+            return Vec::new();
+        };
+        self.shared.read(|s| s.list(&rt, ns))
     }
 
     /// Creates an object (namespace from its metadata, else `default`); keeps `.status`.
     pub fn create(&self, group: &str, resource: &str, obj: Value) -> Result<Value, ApiError> {
         let rt = self.resource_type(group, resource)?;
         let ns = Store::object_namespace(&rt, &obj);
-        self.shared
+        let created = self
+            .shared
             .write(|s| s.create(&rt, &ns, obj, false))
-            .map(|v| (*v).clone())
+            .map(|v| (*v).clone())?;
+        crds::after_write(&self.shared, &rt, &created);
+        Ok(created)
     }
 
     /// Creates or replaces an object whole (status included), no resourceVersion check.
     pub fn put(&self, group: &str, resource: &str, obj: Value) -> Result<Value, ApiError> {
         let rt = self.resource_type(group, resource)?;
-        self.shared.write(|s| s.put(&rt, obj)).map(|v| (*v).clone())
+        let stored = self
+            .shared
+            .write(|s| s.put(&rt, obj))
+            .map(|v| (*v).clone())?;
+        crds::after_write(&self.shared, &rt, &stored);
+        Ok(stored)
     }
 
     /// Atomic read-modify-write; a change that leaves the object equal is a no-op.

@@ -22,6 +22,12 @@ pub struct ResourceType {
     /// Whether `metadata.generation` is maintained. Real built-in types differ
     /// (ConfigMaps and Secrets have none); CRDs and workloads have one.
     pub has_generation: bool,
+    /// Discovery's `shortNames` (`kubectl get deploy`).
+    pub short_names: Vec<String>,
+    /// Discovery's `categories` (`kubectl get all`).
+    pub categories: Vec<String>,
+    /// Discovery's `singularName`.
+    pub singular: String,
 }
 
 impl ResourceType {
@@ -43,7 +49,22 @@ impl ResourceType {
             namespaced,
             has_status,
             has_generation: has_status,
+            short_names: Vec::new(),
+            categories: Vec::new(),
+            singular: kind.to_lowercase(),
         }
+    }
+
+    /// With discovery short names (what `kubectl get <short>` resolves).
+    pub fn short(mut self, names: &[&str]) -> Self {
+        self.short_names = names.iter().map(|n| n.to_string()).collect();
+        self
+    }
+
+    /// With discovery categories (`all` makes `kubectl get all` include it).
+    pub fn in_categories(mut self, categories: &[&str]) -> Self {
+        self.categories = categories.iter().map(|c| c.to_string()).collect();
+        self
     }
 
     /// `v1` for the core group, `group/version` otherwise.
@@ -65,25 +86,98 @@ pub struct Registry {
 impl Default for Registry {
     fn default() -> Self {
         let t = ResourceType::new;
-        let mut pods = t("", "v1", "pods", "Pod", true, true);
+        let mut pods = t("", "v1", "pods", "Pod", true, true)
+            .short(&["po"])
+            .in_categories(&["all"]);
         // Pods have no generation in the versions this project targets.
         pods.has_generation = false;
-        let mut namespaces = t("", "v1", "namespaces", "Namespace", false, true);
+        let mut namespaces = t("", "v1", "namespaces", "Namespace", false, true).short(&["ns"]);
         namespaces.has_generation = false;
+        // The real CRD type keeps a generation and has a status subresource,
+        // which the server itself writes (Established) when a CRD is stored.
+        let mut crds = t(
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
+            false,
+            true,
+        )
+        .short(&["crd", "crds"]);
+        crds.has_generation = true;
         Self {
             types: vec![
                 t("", "v1", "secrets", "Secret", true, false),
-                t("", "v1", "configmaps", "ConfigMap", true, false),
-                t("", "v1", "services", "Service", true, false),
+                t("", "v1", "configmaps", "ConfigMap", true, false).short(&["cm"]),
+                t("", "v1", "services", "Service", true, false)
+                    .short(&["svc"])
+                    .in_categories(&["all"]),
                 pods,
-                t("", "v1", "events", "Event", true, false),
+                t("", "v1", "events", "Event", true, false).short(&["ev"]),
                 namespaces,
-                t("", "v1", "serviceaccounts", "ServiceAccount", true, false),
-                t("apps", "v1", "deployments", "Deployment", true, true),
-                t("apps", "v1", "replicasets", "ReplicaSet", true, true),
+                t("", "v1", "serviceaccounts", "ServiceAccount", true, false).short(&["sa"]),
+                t("", "v1", "endpoints", "Endpoints", true, false).short(&["ep"]),
+                t("apps", "v1", "deployments", "Deployment", true, true)
+                    .short(&["deploy"])
+                    .in_categories(&["all"]),
+                t("apps", "v1", "replicasets", "ReplicaSet", true, true)
+                    .short(&["rs"])
+                    .in_categories(&["all"]),
                 t("coordination.k8s.io", "v1", "leases", "Lease", true, false),
-                t("events.k8s.io", "v1", "events", "Event", true, false),
-                t("macp.io", "v1alpha1", "macpauths", "MacpAuth", true, true),
+                t("events.k8s.io", "v1", "events", "Event", true, false).short(&["ev"]),
+                t("macp.io", "v1alpha1", "macpauths", "MacpAuth", true, true).short(&["macpauth"]),
+                crds,
+                // What the chart installs (helm needs every kind it renders served).
+                t(
+                    "rbac.authorization.k8s.io",
+                    "v1",
+                    "roles",
+                    "Role",
+                    true,
+                    false,
+                ),
+                t(
+                    "rbac.authorization.k8s.io",
+                    "v1",
+                    "rolebindings",
+                    "RoleBinding",
+                    true,
+                    false,
+                ),
+                t(
+                    "rbac.authorization.k8s.io",
+                    "v1",
+                    "clusterroles",
+                    "ClusterRole",
+                    false,
+                    false,
+                ),
+                t(
+                    "rbac.authorization.k8s.io",
+                    "v1",
+                    "clusterrolebindings",
+                    "ClusterRoleBinding",
+                    false,
+                    false,
+                ),
+                t(
+                    "policy",
+                    "v1",
+                    "poddisruptionbudgets",
+                    "PodDisruptionBudget",
+                    true,
+                    true,
+                )
+                .short(&["pdb"]),
+                t(
+                    "networking.k8s.io",
+                    "v1",
+                    "networkpolicies",
+                    "NetworkPolicy",
+                    true,
+                    false,
+                )
+                .short(&["netpol"]),
             ],
         }
     }
@@ -126,8 +220,19 @@ impl Registry {
                 has_status,
             );
             rt.has_generation = true;
+            rt.short_names = spec.names.short_names.clone().unwrap_or_default();
+            rt.categories = spec.names.categories.clone().unwrap_or_default();
+            if let Some(singular) = &spec.names.singular {
+                rt.singular = singular.clone();
+            }
             self.register(rt);
         }
+    }
+
+    /// Stops serving every version of `group/resource` (a deleted CRD).
+    pub fn unregister(&mut self, group: &str, resource: &str) {
+        self.types
+            .retain(|t| !(t.group == group && t.resource == resource));
     }
 
     /// All served types, for discovery.

@@ -12,17 +12,24 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
+use super::crds;
+use super::discovery;
 use super::error::ApiError;
+use super::events;
 use super::instrument::{Fault, RecordedRequest, take_fault};
 use super::logs::{self, PodLogs};
+use super::openapi;
 use super::patch::PatchKind;
 use super::path::{self, ResourcePath, Target};
+use super::protobuf;
 use super::rbac::{self, Grant};
 use super::resources::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
 use super::store::{
     DeleteOpts, Deleted, EventType, Ownership, Propagation, Store, StoredEvent, Sub,
 };
+use super::strategic;
+use super::table;
 
 /// State shared by the HTTP handlers and the test-facing handle.
 pub(crate) struct Shared {
@@ -132,13 +139,16 @@ pub(crate) async fn handle(
     if !wait_unpaused(&shared).await {
         return error_response(&ApiError::unavailable("the API server is shutting down"));
     }
+    if uri.path() == "/openapi/v3" || uri.path().starts_with("/openapi/") {
+        return openapi_response(&shared, uri.path());
+    }
     let target = match path::parse(uri.path()) {
         Ok(t) => t,
         Err(e) => return error_response(&e),
     };
     let rp = match target {
         Target::Resource(rp) => rp,
-        other => return discovery(&shared, &other),
+        other => return discovery_response(&shared, &other, &headers),
     };
     match serve_resource(&shared, &method, &rp, &query, &headers, &body).await {
         Ok(r) => r,
@@ -242,26 +252,58 @@ async fn serve_resource(
     if matches!(verb, "create" | "patch") {
         namespace_must_exist(shared, &rt, &ns, &name)?;
     }
+    let dry = match query.get("dryRun").map(String::as_str) {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid dryRun value {other:?}: supported values: \"All\""
+            )));
+        }
+    };
     match verb {
         "get" => {
             let obj = shared
-                .read(|s| s.get(&rt, &ns, &name))
+                .read(|s| get_viewed(s, &rt, &ns, &name))
                 .ok_or_else(|| ApiError::not_found(&rt.group, &rt.resource, &name))?;
-            Ok(json_response(StatusCode::OK, &obj))
+            match table_view(shared, &rt, headers, query) {
+                Some((cols, include)) => {
+                    let rv = obj
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    let t = table::table(&cols, &[obj], include, &rv, true);
+                    Ok(json_response(StatusCode::OK, &t))
+                }
+                None => Ok(json_response(StatusCode::OK, &obj)),
+            }
         }
-        "list" => list(shared, &rt, rp.namespace.as_deref(), query),
-        "watch" => watch_response(shared, rt, rp.namespace.clone(), query),
+        "list" => list(shared, &rt, rp.namespace.as_deref(), query, headers),
+        "watch" => {
+            let view = table_view(shared, &rt, headers, query).map(|(c, i)| (Arc::new(c), i));
+            watch_response(shared, rt, rp.namespace.clone(), query, view)
+        }
         "create" => {
-            let obj = parse_json(body)?;
+            let obj = parse_body(headers, body)?;
             let manager = field_manager(query, headers);
-            let created =
-                shared.write(|s| s.create_by(&rt, &ns, obj, true, Ownership::Update(manager)))?;
+            let created = dry_or_write(shared, dry, |s| {
+                s.create_by(&rt, &ns, obj, true, Ownership::Update(manager))
+            })?;
+            if !dry {
+                crds::after_write(shared, &rt, &created);
+            }
             Ok(json_response(StatusCode::CREATED, &created))
         }
         "update" => {
-            let obj = parse_json(body)?;
+            let obj = parse_body(headers, body)?;
             let manager = field_manager(query, headers);
-            let updated = shared.write(|s| s.update_by(&rt, &ns, &name, obj, sub, &manager))?;
+            let updated = dry_or_write(shared, dry, |s| {
+                s.update_by(&rt, &ns, &name, obj, sub, &manager)
+            })?;
+            if !dry {
+                crds::after_write(shared, &rt, &updated);
+            }
             Ok(json_response(StatusCode::OK, &updated))
         }
         "patch" => {
@@ -279,8 +321,41 @@ async fn serve_resource(
             }
             let manager = field_manager(query, headers);
             let force = query.get("force").is_some_and(|f| f == "true");
-            let (obj, created) = shared
-                .write(|s| s.patch_with(&rt, &ns, &name, kind, &patch, &manager, force, sub))?;
+            let schema = match kind {
+                PatchKind::Strategic => Some(
+                    openapi::builtin_schema(&rt.group, &rt.kind)
+                        .ok_or_else(|| ApiError::unsupported_media_type(ct))?,
+                ),
+                _ => None,
+            };
+            let (obj, created) = dry_or_write(shared, dry, |s| {
+                match &schema {
+                    // The store knows merge patches only: the strategic result is
+                    // computed here under the same lock and stored as a whole-object
+                    // JSON patch (same resourceVersion check, same field manager).
+                    Some((root, defs)) => {
+                        let old = s
+                            .get(&rt, &ns, &name)
+                            .ok_or_else(|| ApiError::not_found(&rt.group, &rt.resource, &name))?;
+                        let new = strategic::apply(strategic::Ctx::new(defs, root), &old, &patch)?;
+                        let replace = json!([{"op": "replace", "path": "", "value": new}]);
+                        s.patch_with(
+                            &rt,
+                            &ns,
+                            &name,
+                            PatchKind::Json,
+                            &replace,
+                            &manager,
+                            force,
+                            sub,
+                        )
+                    }
+                    None => s.patch_with(&rt, &ns, &name, kind, &patch, &manager, force, sub),
+                }
+            })?;
+            if !dry {
+                crds::after_write(shared, &rt, &obj);
+            }
             let code = if created {
                 StatusCode::CREATED
             } else {
@@ -290,9 +365,12 @@ async fn serve_resource(
         }
         "delete" => {
             let opts = delete_opts(body, query)?;
-            match shared.write(|s| s.delete(&rt, &ns, &name, &opts))? {
+            match dry_or_write(shared, dry, |s| s.delete(&rt, &ns, &name, &opts))? {
                 Deleted::Pending(obj) => Ok(json_response(StatusCode::OK, &obj)),
                 Deleted::Gone(obj) => {
+                    if !dry {
+                        crds::after_delete(shared, &rt, &obj);
+                    }
                     let uid = obj.pointer("/metadata/uid").cloned().unwrap_or(Value::Null);
                     let status = json!({
                         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
@@ -435,6 +513,79 @@ fn authorize(
     }
 }
 
+/// An object as the type `rt` shows it: core/v1 events also find
+/// events.k8s.io ones (the same storage on a real server).
+fn get_viewed(s: &Store, rt: &ResourceType, ns: &str, name: &str) -> Option<Value> {
+    if let Some(o) = s.get(rt, ns, name) {
+        return Some((*o).clone());
+    }
+    if events::is_core_events(rt) {
+        let new = s
+            .registry
+            .find_any_version("events.k8s.io", "events")?
+            .clone();
+        return s.get(&new, ns, name).map(|o| events::to_core(&o));
+    }
+    None
+}
+
+/// Every object of `rt` in scope, events.k8s.io events included for core events.
+fn list_viewed(s: &Store, rt: &ResourceType, ns: Option<&str>) -> Vec<Value> {
+    let mut out: Vec<Value> = s.list(rt, ns).into_iter().map(|o| (*o).clone()).collect();
+    if events::is_core_events(rt)
+        && let Some(new) = s
+            .registry
+            .find_any_version("events.k8s.io", "events")
+            .cloned()
+    {
+        out.extend(s.list(&new, ns).into_iter().map(|o| events::to_core(&o)));
+    }
+    out
+}
+
+/// The table columns and `includeObject` when the client asked for a Table.
+fn table_view(
+    shared: &Shared,
+    rt: &ResourceType,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Option<(Vec<table::Column>, table::Include)> {
+    let accept = headers.get(header::ACCEPT)?.to_str().ok()?;
+    if !table::wants_table(accept) {
+        return None;
+    }
+    let crd = shared.read(|s| crds::find(s, &rt.group, &rt.resource));
+    let version = crd.as_ref().and_then(|c| crds::version_of(c, &rt.version));
+    let cols = table::columns(rt, version);
+    Some((
+        cols,
+        table::Include::from_query(query.get("includeObject").map(String::as_str)),
+    ))
+}
+
+/// Runs a write on the store, or for `dryRun=All` on a copy of it: the
+/// answer is what the write would return, and nothing is stored or watched.
+fn dry_or_write<T>(shared: &Shared, dry: bool, f: impl FnOnce(&mut Store) -> T) -> T {
+    if dry {
+        let mut copy = shared.read(Store::clone);
+        f(&mut copy)
+    } else {
+        shared.write(f)
+    }
+}
+
+/// A create/update body: JSON, or protobuf (see [`protobuf`]).
+fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if ct.starts_with(protobuf::CONTENT_TYPE) {
+        return protobuf::decode(body);
+    }
+    parse_json(body)
+}
+
 fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
@@ -506,17 +657,20 @@ fn list(
     rt: &ResourceType,
     ns: Option<&str>,
     query: &HashMap<String, String>,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let sel = Selectors::from_query(query)?;
     let (items, rv) = shared.read(|s| {
-        let items: Vec<Value> = s
-            .list(rt, ns)
+        let items: Vec<Value> = list_viewed(s, rt, ns)
             .into_iter()
             .filter(|o| sel.matches(o))
-            .map(|o| (*o).clone())
             .collect();
         (items, s.current_rv())
     });
+    if let Some((cols, include)) = table_view(shared, rt, headers, query) {
+        let t = table::table(&cols, &items, include, &rv.to_string(), true);
+        return Ok(json_response(StatusCode::OK, &t));
+    }
     let body = json!({
         "kind": format!("{}List", rt.kind),
         "apiVersion": rt.api_version(),
@@ -534,6 +688,27 @@ struct WatchSpec {
     timeout: Duration,
     bookmarks: bool,
     send_initial: bool,
+    /// Events carry one-row Tables (`kubectl get -w`).
+    table: Option<(Arc<Vec<table::Column>>, table::Include)>,
+}
+
+impl WatchSpec {
+    /// The watch line of one event: the object itself or its one-row Table
+    /// (column definitions only in the first, as the real server sends them).
+    fn line(&self, event_type: &str, object: &Value, first: &mut bool) -> Bytes {
+        match &self.table {
+            Some((cols, include)) if event_type != "BOOKMARK" && event_type != "ERROR" => {
+                let rv = object
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let t = table::table(cols, std::slice::from_ref(object), *include, rv, *first);
+                *first = false;
+                line(event_type, &t)
+            }
+            _ => line(event_type, object),
+        }
+    }
 }
 
 fn watch_response(
@@ -541,6 +716,7 @@ fn watch_response(
     rt: ResourceType,
     namespace: Option<String>,
     query: &HashMap<String, String>,
+    table: Option<(Arc<Vec<table::Column>>, table::Include)>,
 ) -> Result<Response, ApiError> {
     let start = match query.get("resourceVersion").map(String::as_str) {
         None | Some("") => None,
@@ -563,6 +739,7 @@ fn watch_response(
             .get("allowWatchBookmarks")
             .is_some_and(|b| b == "true"),
         send_initial: query.get("sendInitialEvents").is_some_and(|b| b == "true"),
+        table,
     };
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     tokio::spawn(run_watch(shared.clone(), spec, tx));
@@ -597,8 +774,14 @@ fn bookmark(rt: &ResourceType, rv: u64, initial_end: bool) -> Bytes {
 /// Translates a stored event for one watcher, including selector transitions:
 /// an object that starts matching arrives as ADDED, one that stops as DELETED.
 /// Returns the line with the time the event happened.
-fn translate(spec: &WatchSpec, ev: &StoredEvent) -> Option<(tokio::time::Instant, Bytes)> {
-    if ev.group != spec.rt.group || ev.resource != spec.rt.resource {
+fn translate(
+    spec: &WatchSpec,
+    ev: &StoredEvent,
+    first: &mut bool,
+) -> Option<(tokio::time::Instant, Bytes)> {
+    let converted =
+        events::is_core_events(&spec.rt) && events::is_new_events(&ev.group, &ev.resource);
+    if !converted && (ev.group != spec.rt.group || ev.resource != spec.rt.resource) {
         return None;
     }
     if spec.rt.namespaced
@@ -607,12 +790,23 @@ fn translate(spec: &WatchSpec, ev: &StoredEvent) -> Option<(tokio::time::Instant
     {
         return None;
     }
-    let now = spec.sel.matches(&ev.object);
+    let view = |o: &Value| {
+        if converted {
+            events::to_core(o)
+        } else {
+            o.clone()
+        }
+    };
+    let object = view(&ev.object);
+    let now = spec.sel.matches(&object);
     let t = match ev.kind {
         EventType::Added => now.then_some("ADDED"),
         EventType::Deleted => now.then_some("DELETED"),
         EventType::Modified => {
-            let before = ev.old.as_deref().is_some_and(|o| spec.sel.matches(o));
+            let before = ev
+                .old
+                .as_deref()
+                .is_some_and(|o| spec.sel.matches(&view(o)));
             match (before, now) {
                 (true, true) => Some("MODIFIED"),
                 (false, true) => Some("ADDED"),
@@ -621,7 +815,7 @@ fn translate(spec: &WatchSpec, ev: &StoredEvent) -> Option<(tokio::time::Instant
             }
         }
     }?;
-    Some((ev.at, line(t, &ev.object)))
+    Some((ev.at, spec.line(t, &object, first)))
 }
 
 /// Streams one watch until timeout, client disconnect, pause or shutdown.
@@ -634,13 +828,13 @@ async fn run_watch(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Bytes>
     let delay = *lock(&shared.watch_delay);
     changes.borrow_and_update();
 
+    let mut first = true;
     let (mut cursor, initial) = shared.read(|s| match spec.start {
         None | Some(0) => {
-            let lines: Vec<Bytes> = s
-                .list(&spec.rt, spec.namespace.as_deref())
+            let lines: Vec<Bytes> = list_viewed(s, &spec.rt, spec.namespace.as_deref())
                 .into_iter()
                 .filter(|o| spec.sel.matches(o))
-                .map(|o| line("ADDED", &o))
+                .map(|o| spec.line("ADDED", &o, &mut first))
                 .collect();
             (s.current_rv(), Ok(lines))
         }
@@ -668,8 +862,9 @@ async fn run_watch(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Bytes>
         changes.borrow_and_update();
         let batch = shared.read(|s| {
             let events = s.events_after(cursor)?;
-            let lines: Vec<(tokio::time::Instant, Bytes)> =
-                events.filter_map(|e| translate(&spec, e)).collect();
+            let lines: Vec<(tokio::time::Instant, Bytes)> = events
+                .filter_map(|e| translate(&spec, e, &mut first))
+                .collect();
             Ok::<_, ApiError>((lines, s.current_rv().max(cursor)))
         });
         match batch {
@@ -708,65 +903,47 @@ async fn run_watch(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Bytes>
     }
 }
 
-/// Discovery documents, generated from the registry.
-fn discovery(shared: &Shared, target: &Target) -> Response {
-    let types = shared.read(|s| s.registry.all().to_vec());
-    let body = match target {
-        Target::Version => json!({
-            "major": "1", "minor": "33", "gitVersion": "v1.33.0-macp-fake", "gitCommit": "0",
-            "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24",
-            "compiler": "gc", "platform": "linux/amd64",
-        }),
-        Target::CoreVersions => json!({
-            "kind": "APIVersions", "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
-        }),
-        Target::Groups => {
-            let mut groups: Vec<(String, String)> = types
-                .iter()
-                .filter(|t| !t.group.is_empty())
-                .map(|t| (t.group.clone(), t.version.clone()))
-                .collect();
-            groups.sort();
-            groups.dedup();
-            let groups: Vec<Value> = groups
-                .iter()
-                .map(|(g, v)| {
-                    let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
-                    json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
-                })
-                .collect();
-            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
-        }
-        Target::ResourceList { group, version } => {
-            let verbs = json!([
-                "create", "delete", "get", "list", "patch", "update", "watch"
-            ]);
-            let mut resources = Vec::new();
-            for t in types
-                .iter()
-                .filter(|t| t.group == *group && t.version == *version)
-            {
-                resources.push(
-                    json!({"name": t.resource, "singularName": t.kind.to_lowercase(),
-                    "namespaced": t.namespaced, "kind": t.kind, "verbs": verbs}),
-                );
-                if t.has_status {
-                    resources.push(json!({"name": format!("{}/status", t.resource), "singularName": "",
-                        "namespaced": t.namespaced, "kind": t.kind, "verbs": ["get", "patch", "update"]}));
-                }
-            }
-            if resources.is_empty() {
-                return error_response(&ApiError::unknown_path(&format!("{group}/{version}")));
-            }
-            let gv = if group.is_empty() {
-                version.clone()
-            } else {
-                format!("{group}/{version}")
-            };
-            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
-        }
-        Target::Resource(_) => return error_response(&ApiError::unknown_path("resource")),
+/// `/openapi/v3` and its group-version documents (see [`openapi`]); v2 is
+/// not served (kubectl then uses its compiled-in types).
+fn openapi_response(shared: &Shared, path: &str) -> Response {
+    let body = if path.trim_end_matches('/') == "/openapi/v3" {
+        Some(shared.read(openapi::index))
+    } else {
+        openapi::parse_path(path).and_then(|(g, v)| shared.read(|s| openapi::document(s, &g, &v)))
     };
-    json_response(StatusCode::OK, &body)
+    match body {
+        Some(b) => json_response(StatusCode::OK, &b),
+        None => error_response(&ApiError::unknown_path(path)),
+    }
+}
+
+/// Discovery documents (see [`discovery`]): aggregated when the client asks
+/// for it on `/api` and `/apis`, legacy otherwise.
+fn discovery_response(shared: &Shared, target: &Target, headers: &HeaderMap) -> Response {
+    let types = shared.read(|s| s.registry.all().to_vec());
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let core = match target {
+        Target::CoreVersions => Some(true),
+        Target::Groups => Some(false),
+        _ => None,
+    };
+    if let Some(core) = core
+        && discovery::wants_aggregated(accept)
+    {
+        let body = discovery::aggregated(&types, core);
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, discovery::AGGREGATED)],
+            body.to_string(),
+        )
+            .into_response();
+    }
+    match discovery::legacy(&types, target) {
+        Some(Ok(body)) => json_response(StatusCode::OK, &body),
+        Some(Err(e)) => error_response(&e),
+        None => error_response(&ApiError::unknown_path("resource")),
+    }
 }

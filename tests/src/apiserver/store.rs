@@ -75,6 +75,8 @@ pub enum Deleted {
 /// Oldest events are dropped beyond this; a watch from before them gets 410 Gone.
 const MAX_HISTORY: usize = 200_000;
 
+// Clone: a `dryRun=All` write runs on a copy (server.rs).
+#[derive(Clone)]
 pub struct Store {
     pub registry: Registry,
     objects: BTreeMap<ObjKey, Arc<Value>>,

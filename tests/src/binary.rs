@@ -1,14 +1,16 @@
-//! Locating the token service executable the simulated pods run.
+//! Locating the executables the simulated pods run: the token service, and the
+//! operator (the sandbox runs the chart's operator image as a pod).
 //!
 //! Cargo builds a package's binaries for its own integration tests only, and the
-//! service lives in another package (artifact dependencies are unstable). So:
-//! 1. `MACP_AUTH_SERVICE_BIN`, when set, names the executable (CI may prebuild it,
-//!    and a scenario can test any build);
-//! 2. otherwise the harness runs `cargo build -p macp-auth-service --bin
-//!    macp-auth-service` once per test process, into the target directory and
-//!    profile of the running test executable, and uses
-//!    `<target>/<profile>/macp-auth-service`. Cargo makes that a no-op when the
-//!    binary is fresh, and a stale binary can never be picked up by accident.
+//! service and operator live in other packages (artifact dependencies are
+//! unstable). So, for each:
+//! 1. `MACP_AUTH_SERVICE_BIN` / `MACP_AUTH_OPERATOR_BIN`, when set, names the
+//!    executable (CI may prebuild it, and a scenario can test any build);
+//! 2. otherwise the harness runs `cargo build -p <package> --bin <package>` once
+//!    per process, into the target directory and profile of the running
+//!    executable, and uses `<target>/<profile>/<package>`. Cargo makes that a
+//!    no-op when the binary is fresh, and a stale binary can never be picked
+//!    up by accident.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,17 +18,22 @@ use std::sync::OnceLock;
 
 /// Env var naming a prebuilt service executable.
 pub const SERVICE_BIN_ENV: &str = "MACP_AUTH_SERVICE_BIN";
+/// Env var naming a prebuilt operator executable.
+pub const OPERATOR_BIN_ENV: &str = "MACP_AUTH_OPERATOR_BIN";
 
-/// Why the service executable is unavailable.
+/// Why an executable is unavailable.
 #[derive(Clone, Debug, thiserror::Error)]
-#[error("the macp-auth-service executable is unavailable: {0}")]
+#[error("an executable the simulated cluster runs is unavailable: {0}")]
 pub struct BinaryError(String);
 
-static BUILT: OnceLock<Result<PathBuf, BinaryError>> = OnceLock::new();
+static SERVICE: OnceLock<Result<PathBuf, BinaryError>> = OnceLock::new();
+static OPERATOR: OnceLock<Result<PathBuf, BinaryError>> = OnceLock::new();
 
 /// The service executable, building it first when needed (blocking; see the module docs).
 pub fn service_binary() -> Result<PathBuf, BinaryError> {
-    BUILT.get_or_init(locate_or_build).clone()
+    SERVICE
+        .get_or_init(|| locate_or_build("macp-auth-service", SERVICE_BIN_ENV))
+        .clone()
 }
 
 /// [`service_binary`] off the async runtime's worker threads.
@@ -36,14 +43,28 @@ pub async fn service_binary_async() -> Result<PathBuf, BinaryError> {
         .map_err(|e| BinaryError(format!("build task failed: {e}")))?
 }
 
-fn locate_or_build() -> Result<PathBuf, BinaryError> {
-    if let Some(p) = std::env::var_os(SERVICE_BIN_ENV) {
+/// The operator executable, building it first when needed (blocking).
+pub fn operator_binary() -> Result<PathBuf, BinaryError> {
+    OPERATOR
+        .get_or_init(|| locate_or_build("macp-auth-operator", OPERATOR_BIN_ENV))
+        .clone()
+}
+
+/// [`operator_binary`] off the async runtime's worker threads.
+pub async fn operator_binary_async() -> Result<PathBuf, BinaryError> {
+    tokio::task::spawn_blocking(operator_binary)
+        .await
+        .map_err(|e| BinaryError(format!("build task failed: {e}")))?
+}
+
+fn locate_or_build(package: &str, env_var: &str) -> Result<PathBuf, BinaryError> {
+    if let Some(p) = std::env::var_os(env_var) {
         let p = PathBuf::from(p);
         return if p.is_file() {
             Ok(p)
         } else {
             Err(BinaryError(format!(
-                "{SERVICE_BIN_ENV}={} is not a file",
+                "{env_var}={} is not a file",
                 p.display()
             )))
         };
@@ -61,7 +82,7 @@ fn locate_or_build() -> Result<PathBuf, BinaryError> {
     cmd.arg("build")
         .arg("--manifest-path")
         .arg(workspace.join("Cargo.toml"))
-        .args(["-p", "macp-auth-service", "--bin", "macp-auth-service"])
+        .args(["-p", package, "--bin", package])
         .arg("--target-dir")
         .arg(&target_dir);
     match profile.as_str() {
@@ -73,20 +94,17 @@ fn locate_or_build() -> Result<PathBuf, BinaryError> {
             cmd.args(["--profile", other]);
         }
     }
-    tracing::info!(
-        ?cmd,
-        "building the service binary for the simulated cluster"
-    );
+    tracing::info!(?cmd, "building {package} for the simulated cluster");
     let out = cmd
         .output()
         .map_err(|e| BinaryError(format!("running cargo: {e}")))?;
     if !out.status.success() {
         return Err(BinaryError(format!(
-            "cargo build -p macp-auth-service failed: {}",
+            "cargo build -p {package} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         )));
     }
-    let bin = target_dir.join(&profile).join("macp-auth-service");
+    let bin = target_dir.join(&profile).join(package);
     if bin.is_file() {
         Ok(bin)
     } else {

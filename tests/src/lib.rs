@@ -8,6 +8,7 @@
 //! - [`endpoints`]: a Service's ready endpoints, from the simulated store or a real cluster's API.
 //! - [`proxy`]: a Service stand-in that forwards to ready pods.
 //! - [`load`]: a load generator that verifies every token with the MACP runtime's verifier.
+//! - [`sandbox`]: the API server and the simulated cluster as one local cluster for `kubectl` and `helm`.
 //! - [`standin`]: a kubelet stand-in for benchmarks: pods as in-process token services, rolled out at once.
 //! - [`binary`]: finds (or builds) the service executable the pods run.
 //! - [`helm`]: the real helm binary run on the chart, its output parsed.
@@ -21,4 +22,5 @@ pub mod endpoints;
 pub mod helm;
 pub mod load;
 pub mod proxy;
+pub mod sandbox;
 pub mod standin;

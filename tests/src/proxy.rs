@@ -87,7 +87,16 @@ impl ServiceProxy {
     /// Listens on `127.0.0.1:<random>` and forwards to `endpoints` (e.g. the
     /// ready pods of a real cluster, read through its API).
     pub async fn start_with(endpoints: Arc<dyn EndpointSource>) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), endpoints).await
+    }
+
+    /// Listens on `addr` (the sandbox gives each Service a local address of its
+    /// own) and forwards to `endpoints`.
+    pub async fn start_on(
+        addr: SocketAddr,
+        endpoints: Arc<dyn EndpointSource>,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(ProxyState {
             endpoints,

@@ -1,4 +1,5 @@
-//! The simulated kubelet: runs one pod as a child process of the service binary,
+//! The simulated kubelet: runs one pod as a child process of the executable its
+//! image maps to ([`super::images`]),
 //! probes its readiness the way the pod spec says (path, port, period and
 //! failure threshold, periods scaled by [`super::ClusterConfig::probe_scale`]),
 //! restarts it with backoff when it exits, and stops it like the kubelet when
@@ -9,6 +10,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,11 +23,12 @@ use tokio::sync::watch;
 use super::addr::PodIp;
 use super::env::{self, PodFacts, Source};
 use super::podspec::{self, ContainerState, KUBELET_FINALIZER};
+use super::process;
 use super::volumes;
 use super::{Inner, PodStart, lock, now};
 
 /// Lines of output kept per pod, like a container log.
-const LOG_LINES: usize = 2000;
+pub(super) const LOG_LINES: usize = 5000;
 
 /// Everything a pod task needs.
 pub(super) struct PodRun {
@@ -40,6 +43,8 @@ pub(super) struct PodRun {
     pub port: u16,
     /// SIGTERM to SIGKILL: the pod's `terminationGracePeriodSeconds`.
     pub grace: Duration,
+    /// The pod template's `spec` (service account token mount).
+    pub pod_spec: Value,
     pub logs: Arc<Mutex<VecDeque<String>>>,
 }
 
@@ -97,6 +102,7 @@ pub(super) async fn run_pod(inner: Arc<Inner>, run: PodRun, mut stop: watch::Rec
     let mut restarts = 0u32;
     let mut last_exit = None;
     let mut backoff = Duration::from_millis(250);
+    let mut pull_failures = 0u32;
     let container_name = run
         .container
         .get("name")
@@ -133,6 +139,29 @@ pub(super) async fn run_pod(inner: Arc<Inner>, run: PodRun, mut stop: watch::Rec
             reason: reason.to_string(),
             message,
         };
+        let program = match inner.config.images.binary_for(&image) {
+            Ok(p) => p.to_path_buf(),
+            Err(message) => {
+                // The first failure is ErrImagePull, later ones ImagePullBackOff,
+                // as a real kubelet reports a pull that keeps failing.
+                let reason = if pull_failures == 0 {
+                    "ErrImagePull"
+                } else {
+                    "ImagePullBackOff"
+                };
+                pull_failures += 1;
+                if pull_failures == 1 {
+                    tracing::warn!(pod = %run.name, %image, "image cannot be pulled");
+                    push_log(&run.logs, format!("[kubelet] {message}"));
+                }
+                report(&waiting(reason, message), false, restarts, last_exit);
+                if wait_or_stop(&mut stop, &mut shutdown, backoff).await {
+                    break Outcome::Stop;
+                }
+                backoff = (backoff * 2).min(inner.config.max_restart_backoff);
+                continue;
+            }
+        };
         let child = resolve_env(&inner, &run, &ip_text).and_then(|env| {
             let never_ready = {
                 let start = PodStart {
@@ -148,7 +177,7 @@ pub(super) async fn run_pod(inner: Arc<Inner>, run: PodRun, mut stop: watch::Rec
                 }
                 never
             };
-            spawn(&inner, &run, env, ip, never_ready)
+            spawn(&inner, &run, &program, env, ip, never_ready)
                 .map(|c| (c, never_ready))
                 .map_err(|e| ("RunContainerError", e))
         });
@@ -261,11 +290,14 @@ fn resolve_env(
     let mounts = volumes::secret_mounts(&run.container, &run.volumes, secret)
         .map_err(|e| ("FailedMount", e))?;
     if !mounts.is_empty() {
-        let root = std::env::temp_dir().join("macp-e2e-volumes").join(format!(
-            "{}-{}",
-            std::process::id(),
-            run.name
-        ));
+        let base = inner
+            .config
+            .state_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        let root =
+            base.join("macp-e2e-volumes")
+                .join(format!("{}-{}", std::process::id(), run.name));
         let pairs = volumes::write_mounts(&root, &mounts)
             .map_err(|e| ("FailedMount", format!("writing {}: {e}", root.display())))?;
         volumes::rewrite_paths(&mut vars, &pairs);
@@ -279,20 +311,38 @@ fn resolve_env(
 fn spawn(
     inner: &Inner,
     run: &PodRun,
+    program: &Path,
     env: BTreeMap<String, String>,
     ip: Ipv4Addr,
     never_ready: bool,
 ) -> Result<Child, String> {
-    let mut cmd = Command::new(&inner.config.service_bin);
-    cmd.env_clear()
+    let env = process::process_env(env, ip, inner.config.kubeconfig.as_deref(), &run.pod_spec);
+    let mut cmd = Command::new(program);
+    cmd.args(process::container_args(&run.container, ip))
+        .env_clear()
         .envs(&env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        // Its own process group, as a container has: Ctrl-C in the terminal
+        // running the harness reaches the harness, which stops pods like a
+        // kubelet, not every pod at once.
+        .process_group(0);
+    // A pod must not outlive the cluster even when the harness itself is
+    // killed (SIGKILL, a crash): the kernel kills the child when the thread
+    // that started it ends, and these are the runtime's long-lived threads.
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(2) is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     let mut child = cmd
         .spawn()
-        .map_err(|e| format!("starting {}: {e}", inner.config.service_bin.display()))?;
+        .map_err(|e| format!("starting {}: {e}", program.display()))?;
     tracing::debug!(pod = %run.name, %ip, port = run.port, never_ready, pid = ?child.id(), "pod process started");
     if let Some(e) = lock(&inner.state)
         .pods

@@ -7,11 +7,16 @@
 //!   resyncs every 200 ms) and rolls them like the real controller: the pod template
 //!   hash identifies a revision; `maxSurge`/`maxUnavailable` (ints or percentages,
 //!   default 25%/25%) bound a rolling update; `Recreate` stops old pods first.
-//! - Each pod is a child process of the service binary with the container's env
-//!   resolved at start like the kubelet (`value`, `valueFrom.secretKeyRef`,
-//!   `configMapKeyRef`, `fieldRef` name/namespace/podIP, `envFrom`), an empty parent
-//!   environment, `MACP_AUTH_BIND=<pod IP>` and `PORT` (from the env, else the first
-//!   `containerPort`, else 3200).
+//! - Each pod is a child process of the executable its image maps to
+//!   ([`images`]: the token service, and the operator when configured; any other
+//!   image waits in `ErrImagePull`/`ImagePullBackOff`), run with the container's
+//!   `args` and its env resolved at start like the kubelet (`value`,
+//!   `valueFrom.secretKeyRef`, `configMapKeyRef`, `fieldRef`
+//!   name/namespace/podIP, `envFrom`), an empty parent environment,
+//!   `MACP_AUTH_BIND=<pod IP>`, `PORT` (from the env, else the first
+//!   `containerPort`, else 3200), wildcard listen addresses narrowed to the pod
+//!   IP and `KUBECONFIG` when configured ([`process`]). Its stdout and stderr
+//!   are the pod's log ([`Cluster::pod_logs`]).
 //! - Readiness: the container's `readinessProbe.httpGet` (path; `periodSeconds`,
 //!   `initialDelaySeconds` and `failureThreshold` with Kubernetes' defaults, the
 //!   periods multiplied by [`ClusterConfig::probe_scale`]), probed for the whole
@@ -31,8 +36,10 @@
 //!
 //! # Simplifications vs a real cluster
 //! - No ReplicaSets: Pods are owned by their Deployment directly.
-//! - Only the first container runs; image, command, args, liveness and startup
-//!   probes, resources and security context are ignored.
+//! - Only the first container runs; its image selects an executable by name
+//!   only (no registry, no tag or digest check); `command`, liveness and
+//!   startup probes, resources and security context are ignored; the probe's
+//!   port is the container's port whatever the probe names.
 //! - Of volumes only Secret volumes exist: written once at container start to a
 //!   directory of their own, with env values under the mount path rewritten to it;
 //!   a changed Secret is not refreshed in a running pod.
@@ -46,8 +53,11 @@
 
 mod addr;
 pub mod env;
+pub mod images;
 mod kubelet;
+mod logs;
 pub mod podspec;
+pub mod process;
 pub mod rollout;
 pub mod volumes;
 
@@ -61,6 +71,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::apiserver::ApiHandle;
+pub use images::ImageMap;
 use rollout::PodView;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -74,8 +85,15 @@ pub(crate) fn now() -> String {
 /// Timings of the simulated cluster.
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
-    /// The token service executable each pod runs (see [`crate::binary::service_binary`]).
-    pub service_bin: PathBuf,
+    /// The executables the pods' images run (see [`images`]); by default only
+    /// the token service (see [`crate::binary::service_binary`]).
+    pub images: ImageMap,
+    /// Given to every pod as `KUBECONFIG` (unless its spec sets
+    /// `automountServiceAccountToken: false`): how the processes of the
+    /// operator's image reach the API server ([`process`]).
+    pub kubeconfig: Option<PathBuf>,
+    /// Where Secret volumes are written; the system temporary directory when unset.
+    pub state_dir: Option<PathBuf>,
     /// Multiplies the probe periods of the pod spec, so that a 5 s readiness
     /// period of a real Deployment probes every second here: scaled like the
     /// scenarios' other times, never every few milliseconds.
@@ -91,7 +109,9 @@ pub struct ClusterConfig {
 impl ClusterConfig {
     pub fn new(service_bin: PathBuf) -> Self {
         Self {
-            service_bin,
+            images: ImageMap::new().with(images::SERVICE_IMAGE, service_bin),
+            kubeconfig: None,
+            state_dir: None,
             probe_scale: 0.2,
             default_termination_grace: Duration::from_secs(30),
             max_restart_backoff: Duration::from_secs(5),
@@ -145,6 +165,8 @@ struct PodEntry {
     owner_uid: String,
     seq: u64,
     stop: watch::Sender<bool>,
+    /// The name of the container that runs (the first), for log requests.
+    container_name: String,
     logs: Arc<Mutex<VecDeque<String>>>,
 }
 
@@ -212,7 +234,15 @@ impl Cluster {
             .collect()
     }
 
-    /// The pod's captured stdout and stderr lines (last 2000).
+    /// Serves the pods' output as `kubectl logs` reads it, from the API
+    /// server this cluster runs on.
+    pub fn serve_logs(&self) {
+        self.inner
+            .api
+            .set_pod_logs(Arc::new(logs::ClusterLogs(Arc::downgrade(&self.inner))));
+    }
+
+    /// The pod's captured stdout and stderr lines (the last ones; see [`logs`]).
     pub fn pod_logs(&self, namespace: &str, name: &str) -> Vec<String> {
         lock(&self.inner.state)
             .pods
@@ -549,6 +579,7 @@ fn start_pod(inner: &Arc<Inner>, st: &mut State, d: &Value, template: &Value, ha
             owner_uid: meta(d, "uid").to_string(),
             seq: st.seq,
             stop: stop_tx,
+            container_name: podspec::container_field(template, "name"),
             logs: logs.clone(),
         },
     );
@@ -562,6 +593,7 @@ fn start_pod(inner: &Arc<Inner>, st: &mut State, d: &Value, template: &Value, ha
         ip,
         port,
         grace,
+        pod_spec: template.get("spec").cloned().unwrap_or(Value::Null),
         logs,
     };
     tokio::spawn(kubelet::run_pod(inner.clone(), run, stop_rx));

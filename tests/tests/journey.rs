@@ -1,0 +1,653 @@
+//! The user journey (issue 12): the sandbox driven only through the real
+//! `helm` and `kubectl` (scripts/install-tools) and plain HTTP to the
+//! Services' local addresses, as a person would drive it:
+//!
+//! 1. helm install;
+//! 2. kubectl apply both samples;
+//! 3. wait Ready;
+//! 4. mint a token and verify it with macp-auth;
+//! 5. `macp.io/rotate` under load until the history says `Succeeded`, with 0
+//!    failed verifications;
+//! 6. `macp.io/emergency-rotate`: the suspect key leaves the JWKS;
+//! 7. helm upgrade with a changed value;
+//! 8. helm uninstall: the signing-key Secrets stay and the token services
+//!    still serve;
+//! 9. kubectl delete of the MacpAuths: garbage collection removes what they
+//!    owned.
+//!
+//! The sandbox runs in this process (so the test needs no port of its own)
+//! but nothing here touches its store: every step is a client command or an
+//! HTTP request. Each prints the command and what it printed; a failure names
+//! the step and shows the client's output.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use macp_auth::auth::resolver::AuthResolver as _;
+use macp_auth::auth::resolvers::jwt_bearer::{JwtBearerResolver, JwtConfig};
+use macp_auth_e2e::binary::{operator_binary_async, service_binary_async};
+use macp_auth_e2e::endpoints::EndpointSource;
+use macp_auth_e2e::helm::{repo_root, tool_path};
+use macp_auth_e2e::load::{LoadConfig, LoadGenerator, token_kid};
+use macp_auth_e2e::proxy::ServiceProxy;
+use macp_auth_e2e::sandbox::{Sandbox, SandboxConfig};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::Command;
+
+const NS: &str = "macp";
+const RELEASE: &str = "macp-auth-operator";
+const RELEASE_NS: &str = "macp-system";
+
+/// The minimal sample, with lifetimes scaled down so that a routine rotation
+/// (cache TTL + 10 s of propagation, then maxTtl + 60 s of drain) takes about
+/// a minute and a half instead of an hour.
+const MAX_TTL: u64 = 5;
+const CACHE_TTL: u64 = 2;
+
+/// A client command's outcome.
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// The journey's state: which step runs, and the clients' environment.
+struct Journey {
+    step: String,
+    kubeconfig: PathBuf,
+    helm_home: PathBuf,
+    started: Instant,
+}
+
+impl Journey {
+    fn step(&mut self, name: &str) {
+        self.step = name.to_string();
+        println!(
+            "\n=== step {name} (t={:.0}s) ===",
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    fn fail(&self, what: &str) -> ! {
+        panic!("journey step {:?} failed: {what}", self.step)
+    }
+
+    fn command(&self, tool: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(tool_path(tool));
+        cmd.args(args)
+            .current_dir(repo_root())
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CONFIG_HOME", self.helm_home.join("config"))
+            .env("HELM_CACHE_HOME", self.helm_home.join("cache"))
+            .env("HELM_DATA_HOME", self.helm_home.join("data"))
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs `tool args`, printing the command line and its output.
+    async fn run(&self, tool: &str, args: &[&str]) -> Out {
+        println!("$ {tool} {}", shell_words(args));
+        let out = match self.command(tool, args).output().await {
+            Ok(o) => o,
+            Err(e) => self.fail(&format!("cannot run {tool}: {e}")),
+        };
+        let out = Out {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        print!("{}", indent(&out.stdout));
+        print!("{}", indent(&out.stderr));
+        out
+    }
+
+    /// [`run`](Self::run) that must succeed; returns stdout.
+    async fn ok(&self, tool: &str, args: &[&str]) -> String {
+        let out = self.run(tool, args).await;
+        if !out.ok {
+            self.fail(&format!(
+                "`{tool} {}` failed:\n{}{}",
+                shell_words(args),
+                out.stdout,
+                out.stderr
+            ));
+        }
+        out.stdout
+    }
+
+    async fn kubectl(&self, args: &[&str]) -> String {
+        self.ok("kubectl", args).await
+    }
+
+    async fn helm(&self, args: &[&str]) -> String {
+        self.ok("helm", args).await
+    }
+
+    /// `kubectl get -o json` of one object, parsed.
+    async fn get_json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", "json"]);
+        let out = self.command("kubectl", &a).output().await;
+        let out = match out {
+            Ok(o) if o.status.success() => o,
+            Ok(o) => self.fail(&format!(
+                "`kubectl {}` failed:\n{}",
+                shell_words(&a),
+                String::from_utf8_lossy(&o.stderr)
+            )),
+            Err(e) => self.fail(&format!("cannot run kubectl: {e}")),
+        };
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| self.fail(&format!("`kubectl {}`: not JSON: {e}", shell_words(&a))))
+    }
+}
+
+fn shell_words(args: &[&str]) -> String {
+    args.iter()
+        .map(|a| {
+            if a.is_empty() || a.contains([' ', '\'', '"', '{', '$', '*', '[']) {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            } else {
+                a.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+/// The local address of a Service, as the sandbox printed it.
+struct Fixed(SocketAddr);
+
+impl EndpointSource for Fixed {
+    fn endpoints(&self) -> Vec<SocketAddr> {
+        vec![self.0]
+    }
+}
+
+fn jwt_config(issuer: &str, audience: &str) -> JwtConfig {
+    JwtConfig {
+        issuer: issuer.into(),
+        audience: audience.into(),
+        algorithms: vec![
+            jsonwebtoken::Algorithm::RS256,
+            jsonwebtoken::Algorithm::ES256,
+        ],
+    }
+}
+
+/// `curl -s <url>/tokens -d '{"sender": ...}'`: the token, or what went wrong.
+async fn mint(http: &reqwest::Client, url: &str) -> Result<String, String> {
+    let resp = http
+        .post(format!("{url}/tokens"))
+        .json(&json!({"sender": "agent://journey", "scopes": {}}))
+        .send()
+        .await
+        .map_err(|e| format!("POST {url}/tokens: {e}"))?;
+    let status = resp.status();
+    let body: Value = resp
+        .json()
+        .await
+        .map_err(|e| format!("POST {url}/tokens: body: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("POST {url}/tokens: {status} {body}"));
+    }
+    body.get("token")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| format!("POST {url}/tokens: no token in {body}"))
+}
+
+/// Verifies with the MACP runtime's verifier against `url`'s JWKS.
+async fn verify(url: &str, token: &str) -> Result<(), String> {
+    let resolver = JwtBearerResolver::from_url(
+        jwt_config("macp-auth-service", "macp-runtime"),
+        format!("{url}/.well-known/jwks.json"),
+        CACHE_TTL,
+    );
+    let mut md = tonic::metadata::MetadataMap::new();
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| "token is not a header value".to_string())?;
+    md.insert("authorization", value);
+    match resolver.resolve(&md).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("the resolver ignored the token".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The kids of the JWKS `url` serves (one new connection per call: the
+/// Service address picks a pod per connection).
+async fn jwks_kids(url: &str) -> Result<Vec<String>, String> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let body: Value = http
+        .get(format!("{url}/.well-known/jwks.json"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(body
+        .get("keys")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k.get("kid").and_then(Value::as_str).map(str::to_string))
+        .collect())
+}
+
+fn write_samples(dir: &Path) -> (PathBuf, PathBuf) {
+    let minimal = dir.join("minimal.yaml");
+    let text = std::fs::read_to_string(repo_root().join("config/samples/minimal.yaml"))
+        .expect("read config/samples/minimal.yaml");
+    let scaled = text.replace(
+        "spec: {}",
+        &format!(
+            "spec:\n  maxTtlSeconds: {MAX_TTL}\n  defaultTtlSeconds: {MAX_TTL}\n  jwksCacheTtlSeconds: {CACHE_TTL}"
+        ),
+    );
+    assert_ne!(
+        scaled, text,
+        "config/samples/minimal.yaml no longer ends in `spec: {{}}`"
+    );
+    std::fs::write(&minimal, scaled).expect("write the scaled sample");
+    (minimal, repo_root().join("config/samples/es256.yaml"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_user_journey_through_helm_and_kubectl() {
+    let service_bin = service_binary_async().await.expect("service binary");
+    let operator_bin = operator_binary_async().await.expect("operator binary");
+    let sandbox = Sandbox::start(
+        SandboxConfig {
+            api_addr: "127.0.0.1:0".parse().expect("address"),
+            run_operator: false,
+            service_bin,
+            operator_bin,
+        },
+        None,
+    )
+    .await
+    .expect("sandbox starts");
+    let mut j = Journey {
+        step: "start".into(),
+        kubeconfig: sandbox.kubeconfig().to_path_buf(),
+        helm_home: sandbox.dir().join("helm"),
+        started: Instant::now(),
+    };
+    println!(
+        "sandbox (--no-operator) at {}\n$ export KUBECONFIG={}",
+        sandbox.api_url(),
+        j.kubeconfig.display()
+    );
+    let (minimal, es256) = write_samples(sandbox.dir());
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("http client");
+
+    j.step("1 helm install");
+    j.helm(&[
+        "install",
+        RELEASE,
+        "charts/macp-auth-operator",
+        "-n",
+        RELEASE_NS,
+        "--create-namespace",
+    ])
+    .await;
+    j.kubectl(&[
+        "rollout",
+        "status",
+        "-n",
+        RELEASE_NS,
+        "deploy/macp-auth-operator",
+        "--timeout=120s",
+    ])
+    .await;
+    j.kubectl(&["get", "pods", "-n", RELEASE_NS]).await;
+
+    j.step("2 kubectl apply both samples");
+    println!(
+        "(config/samples/minimal.yaml with maxTtlSeconds {MAX_TTL} and jwksCacheTtlSeconds {CACHE_TTL}, \
+         so that a routine rotation takes about 90 s instead of an hour; es256.yaml as it is)"
+    );
+    j.kubectl(&["create", "namespace", NS]).await;
+    let (m, e) = (minimal.display().to_string(), es256.display().to_string());
+    j.kubectl(&["apply", "-f", &m, "-f", &e]).await;
+
+    j.step("3 wait Ready");
+    j.kubectl(&[
+        "wait",
+        "-n",
+        NS,
+        "macpauth/auth",
+        "macpauth/auth-es256",
+        "--for=condition=Ready",
+        "--timeout=180s",
+    ])
+    .await;
+    j.kubectl(&["get", "macpauths", "-n", NS]).await;
+    j.kubectl(&["get", "deploy,svc,pods", "-n", NS, "-o", "wide"])
+        .await;
+
+    j.step("4 mint a token and verify it with macp-auth");
+    let url = match sandbox.service_url(NS, "auth") {
+        Some(u) => u,
+        None => j.fail("the sandbox gave Service macp/auth no local address"),
+    };
+    println!(
+        "$ curl -s {url}/tokens -H 'content-type: application/json' -d '{{\"sender\":\"agent://journey\"}}'"
+    );
+    let token = mint(&http, &url).await.unwrap_or_else(|e| j.fail(&e));
+    println!("  {{\"token\":\"{}...\"}}", &token[..token.len().min(40)]);
+    match verify(&url, &token).await {
+        Ok(()) => println!(
+            "  verified by macp-auth's JwtBearerResolver against {url}/.well-known/jwks.json"
+        ),
+        Err(e) => j.fail(&format!("macp-auth refused the token: {e}")),
+    }
+
+    j.step("5 macp.io/rotate under load until the history says Succeeded");
+    let addr: SocketAddr = url
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap_or_else(|e| j.fail(&format!("{url}: {e}")));
+    let service = ServiceProxy::start_with(Arc::new(Fixed(addr)))
+        .await
+        .unwrap_or_else(|e| j.fail(&format!("proxy to {url}: {e}")));
+    let mut load_config = LoadConfig::new(CACHE_TTL);
+    load_config.ttls = vec![2, MAX_TTL];
+    load_config.max_duration = Duration::from_secs(600);
+    let load = LoadGenerator::start(service, load_config)
+        .await
+        .unwrap_or_else(|e| j.fail(&format!("load: {e}")));
+    let before = j.get_json(&["macpauth", "-n", NS, "auth"]).await;
+    let old_kid = before
+        .pointer("/status/activeKid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    // What a person watching sees; its output goes on the transcript.
+    let mut watch = j.command(
+        "kubectl",
+        &[
+            "get",
+            "macpauth",
+            "-n",
+            NS,
+            "auth",
+            "-w",
+            "--output-watch-events",
+        ],
+    );
+    println!("$ kubectl get macpauth -n {NS} auth -w --output-watch-events &");
+    let watcher = watch
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ok()
+        .map(|mut child| {
+            let out = child.stdout.take();
+            let err = child.stderr.take();
+            let printer = tokio::spawn(async move {
+                let mut lines = Vec::new();
+                if let Some(o) = out {
+                    let mut r = BufReader::new(o).lines();
+                    while let Ok(Some(l)) = r.next_line().await {
+                        println!("  [watch] {l}");
+                        lines.push(l);
+                    }
+                }
+                if let Some(e) = err {
+                    let mut r = BufReader::new(e).lines();
+                    while let Ok(Some(l)) = r.next_line().await {
+                        println!("  [watch stderr] {l}");
+                    }
+                }
+                lines
+            });
+            (child, printer)
+        });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    j.kubectl(&[
+        "annotate",
+        "-n",
+        NS,
+        "macpauth/auth",
+        "macp.io/rotate=journey-1",
+        "--overwrite",
+    ])
+    .await;
+    j.kubectl(&[
+        "wait",
+        "-n",
+        NS,
+        "macpauth/auth",
+        "--for=jsonpath={.status.history[?(@.requestId==\"journey-1\")].outcome}=Succeeded",
+        "--timeout=300s",
+    ])
+    .await;
+    // Tokens minted just before the end are re-verified until they expire.
+    tokio::time::sleep(Duration::from_secs(MAX_TTL + 1)).await;
+    let report = load.stop().await;
+    if let Some((mut child, printer)) = watcher {
+        let _ = child.kill().await;
+        let lines = printer.await.unwrap_or_default();
+        if lines.is_empty() {
+            println!("  (kubectl get -w printed nothing)");
+        }
+    }
+    j.kubectl(&[
+        "get",
+        "macpauth",
+        "-n",
+        NS,
+        "auth",
+        "-o",
+        "jsonpath={.status.history}",
+    ])
+    .await;
+    println!();
+    println!("{}", report.summary_line("journey rotate"));
+    let after = j.get_json(&["macpauth", "-n", NS, "auth"]).await;
+    let new_kid = after
+        .pointer("/status/activeKid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if new_kid == old_kid || new_kid.is_empty() {
+        j.fail(&format!(
+            "activeKid {old_kid:?} -> {new_kid:?}: no new key signs"
+        ));
+    }
+    if report.minted == 0 || report.verify_failures + report.late_verify_failures > 0 {
+        j.fail(&format!(
+            "expected tokens minted and 0 failed verifications: {} {:?} {:?}",
+            report.summary_line("journey rotate"),
+            report.failure_reasons,
+            report.late_failure_reasons
+        ));
+    }
+    if !report.per_kid.contains_key(&new_kid) || !report.per_kid.contains_key(&old_kid) {
+        j.fail(&format!(
+            "the load did not see both keys sign: {:?}",
+            report.per_kid.keys()
+        ));
+    }
+
+    j.step("6 macp.io/emergency-rotate: the suspect key leaves the JWKS");
+    let suspect = new_kid;
+    j.kubectl(&[
+        "annotate",
+        "-n",
+        NS,
+        "macpauth/auth",
+        "macp.io/emergency-rotate=INC-journey",
+        "--overwrite",
+    ])
+    .await;
+    j.kubectl(&[
+        "wait",
+        "-n",
+        NS,
+        "macpauth/auth",
+        "--for=jsonpath={.status.history[?(@.requestId==\"INC-journey\")].outcome}=Succeeded",
+        "--timeout=180s",
+    ])
+    .await;
+    j.kubectl(&["get", "macpauth", "-n", NS, "auth"]).await;
+    for i in 0..6 {
+        println!(
+            "$ curl -s {url}/.well-known/jwks.json   # connection {}",
+            i + 1
+        );
+        let kids = jwks_kids(&url).await.unwrap_or_else(|e| j.fail(&e));
+        println!("  kids: {kids:?}");
+        if kids.contains(&suspect) {
+            j.fail(&format!(
+                "the suspect key {suspect} is still published: {kids:?}"
+            ));
+        }
+        if kids.is_empty() {
+            j.fail("the JWKS is empty");
+        }
+    }
+
+    j.step("7 helm upgrade with a changed value");
+    j.helm(&[
+        "upgrade",
+        RELEASE,
+        "charts/macp-auth-operator",
+        "-n",
+        RELEASE_NS,
+        "--set",
+        "logLevel=debug",
+    ])
+    .await;
+    j.kubectl(&[
+        "rollout",
+        "status",
+        "-n",
+        RELEASE_NS,
+        "deploy/macp-auth-operator",
+        "--timeout=120s",
+    ])
+    .await;
+    let level = j
+        .kubectl(&[
+            "get",
+            "deploy",
+            "-n",
+            RELEASE_NS,
+            "macp-auth-operator",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].env[?(@.name==\"RUST_LOG\")].value}",
+        ])
+        .await;
+    if level.trim() != "debug" {
+        j.fail(&format!(
+            "RUST_LOG after the upgrade is {level:?}, not debug"
+        ));
+    }
+    j.helm(&["status", RELEASE, "-n", RELEASE_NS]).await;
+    j.kubectl(&[
+        "wait",
+        "-n",
+        NS,
+        "macpauth/auth",
+        "macpauth/auth-es256",
+        "--for=condition=Ready",
+        "--timeout=120s",
+    ])
+    .await;
+
+    j.step("8 helm uninstall: the signing keys stay and the token services serve");
+    j.helm(&["uninstall", RELEASE, "-n", RELEASE_NS]).await;
+    j.kubectl(&[
+        "wait",
+        "--for=delete",
+        "pod",
+        "-n",
+        RELEASE_NS,
+        "-l",
+        "app.kubernetes.io/name=macp-auth-operator",
+        "--timeout=60s",
+    ])
+    .await;
+    j.kubectl(&["get", "deploy,pods", "-n", RELEASE_NS]).await;
+    let secrets = j.kubectl(&["get", "secrets", "-n", NS]).await;
+    for name in ["auth-signing-keys", "auth-es256-signing-keys"] {
+        if !secrets
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(name))
+        {
+            j.fail(&format!("Secret {name} is gone after helm uninstall"));
+        }
+    }
+    for svc in ["auth", "auth-es256"] {
+        let Some(u) = sandbox.service_url(NS, svc) else {
+            j.fail(&format!("Service {NS}/{svc} has no local address"));
+        };
+        println!("$ curl -s {u}/tokens ...   # then verify with macp-auth");
+        let token = mint(&http, &u).await.unwrap_or_else(|e| j.fail(&e));
+        if let Err(e) = verify(&u, &token).await {
+            j.fail(&format!(
+                "{svc}: macp-auth refused a token without the operator: {e}"
+            ));
+        }
+        println!(
+            "  minted and verified (kid {})",
+            token_kid(&token).unwrap_or_default()
+        );
+    }
+
+    j.step("9 kubectl delete the MacpAuths: garbage collection removes what they owned");
+    j.kubectl(&["get", "deploy,svc,secrets,configmaps", "-n", NS])
+        .await;
+    j.kubectl(&["delete", "-n", NS, "macpauth/auth", "macpauth/auth-es256"])
+        .await;
+    j.kubectl(&[
+        "wait",
+        "--for=delete",
+        "pod",
+        "-n",
+        NS,
+        "-l",
+        "app.kubernetes.io/managed-by=macp-auth-operator",
+        "--timeout=60s",
+    ])
+    .await;
+    let left = j
+        .kubectl(&[
+            "get",
+            "deploy,svc,secrets,configmaps,pods",
+            "-n",
+            NS,
+            "-o",
+            "name",
+        ])
+        .await;
+    let owned: Vec<&str> = left.lines().filter(|l| l.contains("/auth")).collect();
+    if !owned.is_empty() {
+        j.fail(&format!("left after deleting the MacpAuths: {owned:?}"));
+    }
+    println!(
+        "\njourney complete in {:.0} s",
+        j.started.elapsed().as_secs_f64()
+    );
+    sandbox.shutdown().await;
+}

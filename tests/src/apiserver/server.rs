@@ -364,7 +364,7 @@ async fn serve_resource(
             Ok(json_response(code, &obj))
         }
         "delete" => {
-            let opts = delete_opts(body, query)?;
+            let opts = delete_opts(headers, body, query)?;
             match dry_or_write(shared, dry, |s| s.delete(&rt, &ns, &name, &opts))? {
                 Deleted::Pending(obj) => Ok(json_response(StatusCode::OK, &obj)),
                 Deleted::Gone(obj) => {
@@ -591,11 +591,15 @@ fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-fn delete_opts(body: &Bytes, query: &HashMap<String, String>) -> Result<DeleteOpts, ApiError> {
+fn delete_opts(
+    headers: &HeaderMap,
+    body: &Bytes,
+    query: &HashMap<String, String>,
+) -> Result<DeleteOpts, ApiError> {
     let v: Value = if body.is_empty() {
         json!({})
     } else {
-        parse_json(body)?
+        parse_body(headers, body)?
     };
     let policy = v
         .get("propagationPolicy")

@@ -495,6 +495,41 @@ async fn server_side_apply_dry_run_annotate_label_and_delete() {
         .await;
     assert_eq!(out.trim(), "macpauth.macp.io/auth");
 
+    // kubectl leaves validation to the server (fieldValidation=Strict): a
+    // typo is the real strict decoding error, for a CRD and a built-in type.
+    let typo = k.write(
+        "typo.yaml",
+        &std::fs::read_to_string(&changed)
+            .unwrap()
+            .replace("replicas", "replcas"),
+    );
+    let r = k.kubectl(&["apply", "-f", &typo]).await;
+    assert!(!r.ok, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("MacpAuth in version \"v1alpha1\" cannot be handled as a MacpAuth: strict decoding error: unknown field \"spec.replcas\""),
+        "{}",
+        r.stderr
+    );
+    let typo = k.write(
+        "typo-deploy.yaml",
+        &DEPLOYMENT.replace("containerPort", "containerPrt"),
+    );
+    let r = k.kubectl(&["apply", "--server-side", "-f", &typo]).await;
+    assert!(
+        !r.ok && r.stderr.contains("strict decoding error: unknown field \"spec.template.spec.containers[0].ports[0].containerPrt\""),
+        "{}",
+        r.stderr
+    );
+    let r = k.kubectl(&["apply", "--validate=warn", "-f", &typo]).await;
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "Warning: unknown field \"spec.template.spec.containers[0].ports[0].containerPrt\""
+        ),
+        "{}",
+        r.stderr
+    );
+
     let out = k.ok(&["delete", "macpauth", "auth", "-n", "macp"]).await;
     assert!(out.contains("macpauth.macp.io \"auth\" deleted"), "{out}");
     assert!(
@@ -756,8 +791,9 @@ async fn logs_come_from_the_pod_log_hook() {
     let r = k.kubectl(&["logs", "web-9"]).await;
     assert!(!r.ok, "{}", r.stdout);
     assert!(
-        r.stderr
-            .contains("Error from server (NotFound): no logs for container \"web\" in pod \"web-9\""),
+        r.stderr.contains(
+            "Error from server (NotFound): no logs for container \"web\" in pod \"web-9\""
+        ),
         "{}",
         r.stderr
     );

@@ -64,6 +64,7 @@ mod server;
 mod store;
 mod strategic;
 mod table;
+mod validation;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

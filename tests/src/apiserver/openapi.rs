@@ -429,6 +429,20 @@ pub fn builtin_schema(group: &str, kind: &str) -> Option<(String, Map<String, Va
     entry.as_ref().map(|e| (e.0.clone(), e.1.clone()))
 }
 
+/// The schema of any served kind: built-in, else the CRD's (with `ObjectMeta`).
+pub fn schema_for(store: &Store, rt: &ResourceType) -> Option<(String, Map<String, Value>)> {
+    if let Some(s) = builtin_schema(&rt.group, &rt.kind) {
+        return Some(s);
+    }
+    let schema = crd_schema(store, rt)?;
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    generator.subschema_for::<ObjectMeta>();
+    let mut defs: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    let name = crd_schema_name(rt);
+    defs.insert(name.clone(), schema);
+    Some((name, defs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -320,7 +320,12 @@ mod tests {
         assert_eq!(ns["metadata"]["name"], "macp");
         assert_eq!(ns["metadata"]["labels"]["team"], "a");
         let data = [ld(1, b"k"), ld(2, b"\x00\x01")].concat();
-        let raw = [ld(1, &ld(1, b"s")), ld(2, &data), ld(3, b"helm.sh/release.v1")].concat();
+        let raw = [
+            ld(1, &ld(1, b"s")),
+            ld(2, &data),
+            ld(3, b"helm.sh/release.v1"),
+        ]
+        .concat();
         let type_meta = [ld(1, b"v1"), ld(2, b"Secret")].concat();
         let body = [MAGIC.to_vec(), ld(1, &type_meta), ld(2, &raw)].concat();
         let s = decode(&body).unwrap();

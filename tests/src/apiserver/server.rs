@@ -30,6 +30,7 @@ use super::store::{
 };
 use super::strategic;
 use super::table;
+use super::validation;
 
 /// State shared by the HTTP handlers and the test-facing handle.
 pub(crate) struct Shared {
@@ -252,6 +253,22 @@ async fn serve_resource(
     if matches!(verb, "create" | "patch") {
         namespace_must_exist(shared, &rt, &ns, &name)?;
     }
+    let validation =
+        validation::Mode::from_query(query.get("fieldValidation").map(String::as_str))?;
+    let mut warnings = Vec::new();
+    if validation != validation::Mode::Ignore
+        && matches!(verb, "create" | "update" | "patch")
+        && let Some(obj) = body_for_validation(headers, body, verb)
+        && let Some((root, defs)) = shared.read(|s| openapi::schema_for(s, &rt))
+    {
+        let unknown = validation::unknown_fields(&defs, &root, &obj);
+        if !unknown.is_empty() {
+            if validation == validation::Mode::Strict {
+                return Err(validation::strict_error(&rt.kind, &rt.version, &unknown));
+            }
+            warnings.extend(unknown.iter().map(|f| format!("unknown field \"{f}\"")));
+        }
+    }
     let dry = match query.get("dryRun").map(String::as_str) {
         None | Some("") => false,
         Some("All") => true,
@@ -261,7 +278,7 @@ async fn serve_resource(
             )));
         }
     };
-    match verb {
+    let response = match verb {
         "get" => {
             let obj = shared
                 .read(|s| get_viewed(s, &rt, &ns, &name))
@@ -381,6 +398,33 @@ async fn serve_resource(
             }
         }
         other => Err(ApiError::method_not_allowed(other.to_string())),
+    };
+    response.map(|mut r| {
+        for w in warnings {
+            if let Ok(v) = header::HeaderValue::from_str(&format!("299 - {w:?}")) {
+                r.headers_mut().append(header::WARNING, v);
+            }
+        }
+        r
+    })
+}
+
+/// The object (or patch) whose field names `fieldValidation` checks: the
+/// body of a create, update, apply, merge or strategic patch; a JSON patch
+/// is a list of operations and is not checked.
+fn body_for_validation(headers: &HeaderMap, body: &Bytes, verb: &str) -> Option<Value> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    match verb {
+        "patch" => {
+            let kind = PatchKind::from_content_type(ct).ok()?;
+            (kind != PatchKind::Json)
+                .then(|| kind.parse_body(body).ok())
+                .flatten()
+        }
+        _ => parse_body(headers, body).ok(),
     }
 }
 

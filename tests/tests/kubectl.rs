@@ -226,7 +226,12 @@ async fn api_resources_and_explain_read_discovery_and_openapi() {
     let r = k.kubectl(&["get", "deploy", "-v=6"]).await;
     assert!(r.ok, "{}", r.stderr);
     assert!(
-        !r.stderr.contains("/apis/apps/v1 200") && !r.stderr.contains("/api/v1 200"),
+        r.stderr.contains("/api?timeout=32s\" status=\"200 OK\""),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("/apis/apps/v1?timeout") && !r.stderr.contains("/api/v1?timeout"),
         "kubectl fell back to legacy discovery:\n{}",
         r.stderr
     );

@@ -735,7 +735,8 @@ async fn rollout_status_follows_the_deployment_status() {
 }
 
 /// A fixed log per pod, as the simulated kubelet would keep the output.
-struct FakeLogs;
+/// The output so far; the test appends to it to see `logs -f` follow.
+struct FakeLogs(std::sync::Mutex<Vec<u8>>);
 
 impl PodLogs for FakeLogs {
     fn logs(
@@ -746,14 +747,17 @@ impl PodLogs for FakeLogs {
         _: &LogOptions,
     ) -> Option<Vec<u8>> {
         (namespace == "default" && pod == "web-1" && container.is_none_or(|c| c == "web"))
-            .then(|| b"line 1\nline 2\nline 3\n".to_vec())
+            .then(|| self.0.lock().unwrap().clone())
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_come_from_the_pod_log_hook() {
     let k = Kube::start().await;
-    k.server.set_pod_logs(Arc::new(FakeLogs));
+    let logs = Arc::new(FakeLogs(std::sync::Mutex::new(
+        b"line 1\nline 2\nline 3\n".to_vec(),
+    )));
+    k.server.set_pod_logs(logs.clone());
     k.server
         .create(
             "apps",
@@ -783,6 +787,27 @@ async fn logs_come_from_the_pod_log_hook() {
         "{}",
         r.stderr
     );
+    // `logs -f` streams what the container prints later.
+    let mut follow = k.spawn(&["logs", "-f", "--tail=1", "web-1"]);
+    let stdout = follow.stdout.take().expect("piped stdout");
+    let reader = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .take(2)
+            .map(|l| l.unwrap_or_default())
+            .collect::<Vec<_>>()
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    logs.0.lock().unwrap().extend_from_slice(b"line 4\n");
+    let followed = tokio::time::timeout(Duration::from_secs(20), reader).await;
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(
+        followed.expect("logs -f printed the new line").unwrap(),
+        ["line 3", "line 4"]
+    );
+
     // A pod the log source does not know: the server's 404 Status.
     k.server
         .create(

@@ -1,11 +1,14 @@
 //! An in-process Kubernetes API server for tests: a real HTTP/1.1 server on
 //! `127.0.0.1:<random port>` that kube's `Client`, `Api<K>`, `watcher` and
-//! `Controller` talk to exactly as they would to a cluster.
+//! `Controller` talk to exactly as they would to a cluster, and that the real
+//! `kubectl` (v1.35) and `helm` (v4) binaries drive unmodified
+//! (`tests/tests/kubectl.rs`).
 //!
 //! # What it implements
 //! - `/api/v1/...` and `/apis/{group}/{version}/...`, namespaced and cluster-wide
 //!   (all-namespaces list/watch), for the types in [`Registry`] (add more with
-//!   [`FakeApiServer::register`] / [`FakeApiServer::register_crd`]); unknown types are 404.
+//!   [`ApiHandle::register`] / [`ApiHandle::register_crd`], or by storing
+//!   a CustomResourceDefinition object); unknown types are 404.
 //! - get, list (label selectors with `=,==,!=,in,notin,exists,!exists`; field
 //!   selectors `path=value`/`!=` on any dotted JSON path), watch (replay from a
 //!   `resourceVersion`, or the current state as ADDED events when absent/`0`,
@@ -13,14 +16,13 @@
 //!   `sendInitialEvents` with the `k8s.io/initial-events-end` bookmark, 410 Gone for
 //!   compacted history, selector transitions as ADDED/DELETED), create (409
 //!   `AlreadyExists`, `generateName`), update (409 `Conflict` on a stale
-//!   `resourceVersion`), patch (apply, merge, strategic-as-merge, JSON patch),
-//!   delete (finalizers, `propagationPolicy`, preconditions, owner-reference GC).
+//!   `resourceVersion`), patch (apply, merge, strategic, JSON patch), delete
+//!   (finalizers, `propagationPolicy`, preconditions, owner-reference GC);
+//!   `dryRun=All` on every write (run on a copy of the store).
 //! - `/status` subresources, uid, creationTimestamp, a global resourceVersion,
 //!   `generation` (bumped on changes outside metadata and status), Secret
 //!   `stringData`, and no-op writes that keep the resourceVersion and emit no event.
 //! - Failures as `Status` JSON, so kube returns `kube::Error::Api` with the code.
-//! - Discovery (`/version`, `/api`, `/apis`, `/api/v1`, `/apis/{g}/{v}`).
-//!
 //! - Server-side apply with field ownership per manager and `managedFields`
 //!   ([`fields`]), conflicts unless forced; canonical Quantities, the defaults
 //!   of the operator's built-in types, and name/label validation with 422
@@ -28,21 +30,67 @@
 //!   [`ApiHandle::enforce_rbac`], [`FakeApiServer::operator_client`]); a
 //!   configurable watch delay ([`ApiHandle::set_watch_delay`]).
 //!
+//! What kubectl and helm need (issue 12):
+//! - Discovery (`discovery.rs`): `/version`, legacy `/api`, `/apis`, `/api/v1`,
+//!   `/apis/{g}/{v}`, and aggregated `apidiscovery.k8s.io/v2` lists on `/api`
+//!   and `/apis` when the client accepts them; short names, categories
+//!   (`kubectl get all`), singular names, the `status` and `pods/log` subresources.
+//! - OpenAPI v3 ([`openapi`]): the `/openapi/v3` index (with content hashes) and
+//!   one document per group-version with the operations (`x-kubernetes-group-version-kind`,
+//!   PATCH media types, the `fieldValidation` parameter) and schemas: the built-in
+//!   types' from k8s-openapi with the strategic-merge keys of [`openapi::PATCH_META`],
+//!   a CRD's own `openAPIV3Schema` (`kubectl explain`).
+//! - `fieldValidation=Strict|Warn` (`validation.rs`): unknown field names are the
+//!   real `strict decoding error` (400) or `Warning` headers.
+//! - Tables (`table.rs`) for `Accept: application/json;as=Table;...` on get, list
+//!   and watch: the columns of the built-in printers (Deployments, ReplicaSets,
+//!   Pods, Services, Secrets, ConfigMaps, Namespaces, Events, ...) with `-o wide`
+//!   priority columns, a CRD's `additionalPrinterColumns` (JSONPath evaluated,
+//!   dates as ages), NAME/AGE otherwise; `includeObject=None|Metadata|Object`.
+//! - Strategic merge patch (`strategic.rs`) for the built-in types: keyed lists
+//!   merged by their merge keys, `$patch`, `$retainKeys`, `$setElementOrder`,
+//!   `$deleteFromPrimitiveList`; 415 for custom resources, as on a real server.
+//! - CustomResourceDefinitions as objects (`crds.rs`): storing one serves its
+//!   kind and marks it `NamesAccepted`/`Established`; deleting it stops serving
+//!   the kind and deletes its objects.
+//! - events.k8s.io/v1 Events (kube's `Recorder`) also listed, read and watched
+//!   as core/v1 Events (`events.rs`), as they share storage on a real server.
+//! - Pod logs (`logs.rs`): `pods/{name}/log` from a [`PodLogs`] source
+//!   ([`ApiHandle::set_pod_logs`]) with `tailLines`, `limitBytes`, `follow`.
+//! - Namespaces that must exist ([`ApiHandle::set_strict_namespaces`]): 404
+//!   `namespaces "x" not found` on create; `default`, `kube-system`,
+//!   `kube-public` exist; a Namespace is `Active`.
+//! - Protobuf request bodies (`protobuf.rs`) for the kinds kubectl's and helm's
+//!   typed clients send that way: Namespace, Secret (helm's releases),
+//!   ConfigMap, DeleteOptions.
+//!
 //! # Simplifications vs a real API server (documented in tests/README.md too)
-//! - Keyed lists are known by field name, not from the OpenAPI schema; CRD
-//!   list markers are not read; direct store writes belong to no manager.
-//! - Strategic merge patch is a JSON merge patch (lists replaced, not merged by key).
-//! - Validation of names, labels and annotation keys only: no other field
-//!   validation, immutability, CRD schema/CEL evaluation or webhooks; defaults
-//!   only for the fields listed in [`admission`]; namespaces need not exist;
-//!   `dryRun` is ignored (the write happens).
-//! - RBAC without `resourceNames`, aggregation or impersonation; discovery is
-//!   open; the unauthenticated client is an admin.
+//! - Server-side apply knows keyed lists by field name, not from the OpenAPI
+//!   schema; CRD list markers are not read; direct store writes belong to no
+//!   manager; `managedFields` sent by clients are ignored (so kubectl's
+//!   client-side to server-side apply migration does not move ownership).
+//! - Strategic merge patch metadata is a table of the served types' keyed
+//!   lists (k8s-openapi has no Go struct tags), not every type's.
+//! - Validation of names, labels and annotation keys, and of field names under
+//!   `fieldValidation`: no value/type validation, immutability, CEL or webhooks;
+//!   defaults only for the fields listed in [`admission`]; namespaces need not
+//!   exist unless [`ApiHandle::set_strict_namespaces`] (default off: the
+//!   existing tests write into namespaces they never create).
+//! - No `/openapi/v2` (kubectl falls back to its compiled-in types); responses
+//!   are always JSON (protobuf and CBOR are not offered); protobuf bodies of
+//!   other kinds are a 415; no `deletecollection`.
+//! - Tables for the listed built-in types only (others NAME/AGE); watch Tables
+//!   carry column definitions in their first event only.
+//! - RBAC without `resourceNames`, aggregation or impersonation; discovery and
+//!   OpenAPI are open; the unauthenticated client is an admin.
 //! - List ignores `limit`/`continue` (always one complete page); the watch
 //!   delay is one delay for all watches, lists are never stale.
-//! - Garbage collection is synchronous; foreground deletion behaves like background.
-//! - Pods, Namespaces, Deployments, ReplicaSets and MacpAuths have a status
-//!   subresource; only Deployments, ReplicaSets and custom resources keep `generation`.
+//! - Garbage collection is synchronous; foreground deletion behaves like
+//!   background; deleting a namespace or CRD deletes its objects at once.
+//! - core/v1 Events are not shown as events.k8s.io ones (only the other way).
+//! - Pods, Namespaces, Deployments, ReplicaSets, CRDs, PodDisruptionBudgets and
+//!   MacpAuths have a status subresource; only Deployments, ReplicaSets, CRDs and
+//!   custom resources keep `generation`.
 
 pub mod admission;
 mod crds;

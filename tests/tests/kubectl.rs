@@ -223,7 +223,9 @@ async fn api_resources_and_explain_read_discovery_and_openapi() {
 
     // kubectl asks for aggregated discovery first: with it, no per-group
     // resource lists are fetched.
-    let r = k.kubectl(&["get", "deploy", "-v=6"]).await;
+    // (A cache of its own: the run above cached discovery.)
+    let cache = format!("--cache-dir={}", k.home.join("fresh-cache").display());
+    let r = k.kubectl(&["get", "deploy", "-v=6", &cache]).await;
     assert!(r.ok, "{}", r.stderr);
     assert!(
         r.stderr.contains("/api?timeout=32s\" status=\"200 OK\""),

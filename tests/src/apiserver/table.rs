@@ -217,6 +217,7 @@ fn event_object(e: &Value) -> Value {
 
 fn event_last_seen(e: &Value) -> Value {
     for ptr in [
+        "/series/lastObservedTime",
         "/lastTimestamp",
         "/eventTime",
         "/firstTimestamp",

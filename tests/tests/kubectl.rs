@@ -327,6 +327,17 @@ async fn get_prints_printer_columns_and_the_built_in_tables() {
             json!({"metadata": {"name": "keys", "namespace": "default"}, "data": {"a": "eA==", "b": "eQ=="}}),
         )
         .unwrap();
+    // kubectl's typed client sends this Secret as protobuf.
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "literal",
+        "--from-literal=k=v",
+    ])
+    .await;
+    let out = k.ok(&["get", "secret", "literal", "--no-headers"]).await;
+    assert_eq!(&cells(&out)[..3], ["literal", "Opaque", "1"], "{out}");
     let out = k.ok(&["get", "secrets"]).await;
     assert_eq!(
         &cells(out.lines().nth(1).unwrap_or_default())[..3],
@@ -457,6 +468,15 @@ async fn server_side_apply_dry_run_annotate_label_and_delete() {
         stored["spec"].get("replicas").is_none(),
         "a dry run wrote: {stored:#}"
     );
+    // `kubectl diff` is a dry-run apply: the change, and no new resourceVersion.
+    let r = k.kubectl(&["diff", "-f", &changed]).await;
+    assert!(
+        r.stdout.contains("+  replicas: 3"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(!r.stdout.contains("+  resourceVersion"), "{}", r.stdout);
     k.ok(&["apply", "--server-side", "-f", &changed]).await;
     let stored = k
         .server

@@ -88,13 +88,17 @@ fn bytes_entry(b: &[u8]) -> Option<(String, Vec<u8>)> {
     Some((k, v))
 }
 
-/// `metav1.Time` (seconds since the epoch) as RFC 3339.
+/// `metav1.Time` (seconds since the epoch) as RFC 3339; None for the zero
+/// time, which is how an unset timestamp is encoded.
 fn time(b: &[u8]) -> Option<String> {
     let mut secs = 0i64;
     for (n, f) in fields(b)? {
         if let (1, Field::Varint(v)) = (n, f) {
-            secs = v as i64;
+            secs = i64::try_from(v).ok()?;
         }
+    }
+    if secs == 0 {
+        return None;
     }
     chrono::DateTime::from_timestamp(secs, 0).map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
@@ -132,7 +136,9 @@ fn object_meta(b: &[u8]) -> Option<Value> {
     let (mut labels, mut annotations, mut finalizers) = (Map::new(), Map::new(), Vec::new());
     let mut owners = Vec::new();
     for (n, f) in fields(b)? {
-        if let (7, Field::Varint(g)) = (n, &f) {
+        if let (7, Field::Varint(g)) = (n, &f)
+            && *g != 0
+        {
             meta.insert("generation".into(), json!(g));
         }
         let Field::Bytes(x) = f else { continue };
@@ -153,7 +159,9 @@ fn object_meta(b: &[u8]) -> Option<Value> {
                 meta.insert("resourceVersion".into(), json!(string(x)?));
             }
             8 => {
-                meta.insert("creationTimestamp".into(), json!(time(x)?));
+                if let Some(t) = time(x) {
+                    meta.insert("creationTimestamp".into(), json!(t));
+                }
             }
             13 => owners.push(owner_reference(x)?),
             11 => {
@@ -168,6 +176,8 @@ fn object_meta(b: &[u8]) -> Option<Value> {
             _ => {}
         }
     }
+    // Go's protobuf encoder writes unset optional strings as empty ones.
+    meta.retain(|_, v| v.as_str() != Some(""));
     if !labels.is_empty() {
         meta.insert("labels".into(), Value::Object(labels));
     }
@@ -204,7 +214,7 @@ fn secret(raw: &[u8]) -> Option<Value> {
                 let (k, v) = bytes_entry(x)?;
                 data.insert(k, json!(BASE64.encode(v)));
             }
-            (3, Field::Bytes(x)) => out["type"] = json!(string(x)?),
+            (3, Field::Bytes(x)) if !x.is_empty() => out["type"] = json!(string(x)?),
             (5, Field::Varint(v)) => out["immutable"] = json!(v != 0),
             _ => {}
         }
@@ -312,13 +322,15 @@ mod tests {
     #[test]
     fn namespace_from_kubectl_create() {
         let label = [ld(1, b"team"), ld(2, b"a")].concat();
-        let meta = [ld(1, b"macp"), ld(11, &label)].concat();
+        let meta = [ld(1, b"macp"), ld(2, b""), ld(11, &label), ld(8, b"")].concat();
         let raw = ld(1, &meta);
         let type_meta = [ld(1, b"v1"), ld(2, b"Namespace")].concat();
         let body = [MAGIC.to_vec(), ld(1, &type_meta), ld(2, &raw)].concat();
         let ns = decode(&body).unwrap();
         assert_eq!(ns["metadata"]["name"], "macp");
         assert_eq!(ns["metadata"]["labels"]["team"], "a");
+        assert!(ns["metadata"].get("generateName").is_none(), "{ns}");
+        assert!(ns["metadata"].get("creationTimestamp").is_none(), "{ns}");
         let data = [ld(1, b"k"), ld(2, b"\x00\x01")].concat();
         let raw = [
             ld(1, &ld(1, b"s")),

@@ -310,7 +310,10 @@ async fn serve_resource(
             if !dry {
                 crds::after_write(shared, &rt, &created);
             }
-            Ok(json_response(StatusCode::CREATED, &created))
+            Ok(json_response(
+                StatusCode::CREATED,
+                &dry_view(shared, dry, &rt, &ns, &created),
+            ))
         }
         "update" => {
             let obj = parse_body(headers, body)?;
@@ -321,7 +324,10 @@ async fn serve_resource(
             if !dry {
                 crds::after_write(shared, &rt, &updated);
             }
-            Ok(json_response(StatusCode::OK, &updated))
+            Ok(json_response(
+                StatusCode::OK,
+                &dry_view(shared, dry, &rt, &ns, &updated),
+            ))
         }
         "patch" => {
             let ct = headers
@@ -378,7 +384,7 @@ async fn serve_resource(
             } else {
                 StatusCode::OK
             };
-            Ok(json_response(code, &obj))
+            Ok(json_response(code, &dry_view(shared, dry, &rt, &ns, &obj)))
         }
         "delete" => {
             let opts = delete_opts(headers, body, query)?;
@@ -616,6 +622,30 @@ fn dry_or_write<T>(shared: &Shared, dry: bool, f: impl FnOnce(&mut Store) -> T) 
     } else {
         shared.write(f)
     }
+}
+
+/// What a dry-run write answers: the object as it would be, with the stored
+/// resourceVersion (none for a create), since nothing was written.
+fn dry_view(shared: &Shared, dry: bool, rt: &ResourceType, ns: &str, obj: &Value) -> Value {
+    let mut out = obj.clone();
+    if !dry {
+        return out;
+    }
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let stored_rv = shared.read(|s| {
+        s.get(rt, ns, name)
+            .and_then(|o| o.pointer("/metadata/resourceVersion").cloned())
+    });
+    if let Some(meta) = out.get_mut("metadata").and_then(Value::as_object_mut) {
+        match stored_rv {
+            Some(rv) => meta.insert("resourceVersion".into(), rv),
+            None => meta.remove("resourceVersion"),
+        };
+    }
+    out
 }
 
 /// A create/update body: JSON, or protobuf (see [`protobuf`]).

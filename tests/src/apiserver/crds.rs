@@ -115,3 +115,64 @@ pub fn after_delete(shared: &Shared, rt: &ResourceType, gone: &Value) {
         s.registry.unregister(group, plural);
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::Registry;
+
+    fn widget_crd() -> Value {
+        json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {"group": "example.com", "scope": "Namespaced",
+                "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "shortNames": ["wd"]},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object"}}}]},
+        })
+    }
+
+    #[test]
+    fn a_stored_crd_is_served_established_and_its_deletion_removes_its_objects() {
+        let shared = Shared::new(Store::new(Registry::default()));
+        let rt = shared
+            .read(|s| s.registry.find(GROUP, "v1", RESOURCE).cloned())
+            .unwrap();
+        let crd = shared
+            .write(|s| s.create(&rt, "", widget_crd(), true))
+            .unwrap();
+        after_write(&shared, &rt, &crd);
+        let widgets = shared
+            .read(|s| s.registry.find("example.com", "v1", "widgets").cloned())
+            .expect("served");
+        assert_eq!(widgets.short_names, ["wd"]);
+        let stored = shared.read(|s| find(s, "example.com", "widgets")).unwrap();
+        let conditions = stored.pointer("/status/conditions").unwrap();
+        assert_eq!(conditions[1]["type"], "Established");
+        assert_eq!(conditions[1]["status"], "True");
+
+        shared
+            .write(|s| {
+                s.create(
+                    &widgets,
+                    "ns",
+                    json!({"metadata": {"name": "w1"}, "spec": {}}),
+                    true,
+                )
+            })
+            .unwrap();
+        let gone = shared
+            .write(|s| s.delete(&rt, "", "widgets.example.com", &DeleteOpts::default()))
+            .unwrap();
+        let super::super::store::Deleted::Gone(gone) = gone else {
+            panic!("a CRD without finalizers goes at once")
+        };
+        after_delete(&shared, &rt, &gone);
+        assert!(
+            shared
+                .read(|s| s.registry.find("example.com", "v1", "widgets").cloned())
+                .is_none()
+        );
+        assert!(shared.read(|s| s.get(&widgets, "ns", "w1")).is_none());
+    }
+}

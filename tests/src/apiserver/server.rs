@@ -290,7 +290,7 @@ async fn serve_resource(
                         .and_then(Value::as_str)
                         .unwrap_or_default()
                         .to_string();
-                    let t = table::table(&cols, &[obj], include, &rv, true);
+                    let t = table::table(&cols, &[(*obj).clone()], include, &rv, true);
                     Ok(json_response(StatusCode::OK, &t))
                 }
                 None => Ok(json_response(StatusCode::OK, &obj)),
@@ -565,30 +565,35 @@ fn authorize(
 
 /// An object as the type `rt` shows it: core/v1 events also find
 /// events.k8s.io ones (the same storage on a real server).
-fn get_viewed(s: &Store, rt: &ResourceType, ns: &str, name: &str) -> Option<Value> {
+fn get_viewed(s: &Store, rt: &ResourceType, ns: &str, name: &str) -> Option<Arc<Value>> {
     if let Some(o) = s.get(rt, ns, name) {
-        return Some((*o).clone());
+        return Some(o);
     }
     if events::is_core_events(rt) {
         let new = s
             .registry
             .find_any_version("events.k8s.io", "events")?
             .clone();
-        return s.get(&new, ns, name).map(|o| events::to_core(&o));
+        return s.get(&new, ns, name).map(|o| Arc::new(events::to_core(&o)));
     }
     None
 }
 
-/// Every object of `rt` in scope, events.k8s.io events included for core events.
-fn list_viewed(s: &Store, rt: &ResourceType, ns: Option<&str>) -> Vec<Value> {
-    let mut out: Vec<Value> = s.list(rt, ns).into_iter().map(|o| (*o).clone()).collect();
+/// Every object of `rt` in scope, events.k8s.io events included for core
+/// events (shared, not copied: lists and watches are hot paths).
+fn list_viewed(s: &Store, rt: &ResourceType, ns: Option<&str>) -> Vec<Arc<Value>> {
+    let mut out = s.list(rt, ns);
     if events::is_core_events(rt)
         && let Some(new) = s
             .registry
             .find_any_version("events.k8s.io", "events")
             .cloned()
     {
-        out.extend(s.list(&new, ns).into_iter().map(|o| events::to_core(&o)));
+        out.extend(
+            s.list(&new, ns)
+                .into_iter()
+                .map(|o| Arc::new(events::to_core(&o))),
+        );
     }
     out
 }
@@ -742,6 +747,7 @@ fn list(
         let items: Vec<Value> = list_viewed(s, rt, ns)
             .into_iter()
             .filter(|o| sel.matches(o))
+            .map(|o| (*o).clone())
             .collect();
         (items, s.current_rv())
     });
@@ -868,15 +874,11 @@ fn translate(
     {
         return None;
     }
-    let view = |o: &Value| {
-        if converted {
-            events::to_core(o)
-        } else {
-            o.clone()
-        }
-    };
-    let object = view(&ev.object);
-    let now = spec.sel.matches(&object);
+    // Borrowed unless converted: every watcher sees every event.
+    let view = |o: &'_ Value| -> Option<Value> { converted.then(|| events::to_core(o)) };
+    let converted_object = view(&ev.object);
+    let object = converted_object.as_ref().unwrap_or(&ev.object);
+    let now = spec.sel.matches(object);
     let t = match ev.kind {
         EventType::Added => now.then_some("ADDED"),
         EventType::Deleted => now.then_some("DELETED"),
@@ -884,7 +886,7 @@ fn translate(
             let before = ev
                 .old
                 .as_deref()
-                .is_some_and(|o| spec.sel.matches(&view(o)));
+                .is_some_and(|o| spec.sel.matches(view(o).as_ref().unwrap_or(o)));
             match (before, now) {
                 (true, true) => Some("MODIFIED"),
                 (false, true) => Some("ADDED"),
@@ -893,7 +895,7 @@ fn translate(
             }
         }
     }?;
-    Some((ev.at, spec.line(t, &object, first)))
+    Some((ev.at, spec.line(t, object, first)))
 }
 
 /// Streams one watch until timeout, client disconnect, pause or shutdown.

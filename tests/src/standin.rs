@@ -93,7 +93,7 @@ fn key(d: &Value) -> String {
 
 /// Brings every changed Deployment's pods in line with its template.
 async fn sync(api: &ApiHandle, pods: &mut Pods) {
-    for d in api.list("apps", "deployments", None) {
+    for d in api.list_shared("apps", "deployments", None) {
         let k = key(&d);
         let rv = d
             .pointer("/metadata/resourceVersion")

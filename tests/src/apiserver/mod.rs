@@ -102,6 +102,7 @@ mod instrument;
 mod jsonpath;
 mod logs;
 pub mod openapi;
+mod owners;
 pub mod patch;
 mod path;
 mod protobuf;

@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use super::admission;
 use super::error::ApiError;
 use super::fields::{Managed, Scope};
+use super::owners::{OwnerIndex, owner_uids};
 use super::patch::{self, PatchKind};
 use super::resources::{Registry, ResourceType};
 
@@ -86,6 +87,7 @@ pub struct Store {
     floor: u64,
     /// Field ownership per object (`metadata.managedFields` is rendered from it).
     managed: HashMap<ObjKey, Managed>,
+    owners: OwnerIndex,
 }
 
 impl Default for Store {
@@ -150,17 +152,6 @@ fn has_finalizers(obj: &Value) -> bool {
         .is_some_and(|f| !f.is_empty())
 }
 
-fn owner_uids(obj: &Value) -> Vec<String> {
-    obj.pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .map(|refs| {
-            refs.iter()
-                .filter_map(|r| r.get("uid").and_then(Value::as_str).map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Keeps `.status` out of main-resource writes and everything but `.status` out of
 /// `/status` writes, for types with a status subresource.
 fn scope_to_subresource(rt: &ResourceType, sub: Sub, old: &Value, new: Value) -> Value {
@@ -212,6 +203,7 @@ impl Store {
             history: VecDeque::new(),
             floor: 0,
             managed: HashMap::new(),
+            owners: OwnerIndex::default(),
         }
     }
 
@@ -236,16 +228,20 @@ impl Store {
 
     /// Objects of one type, in one namespace or all, in (namespace, name) order.
     pub fn list(&self, rt: &ResourceType, ns: Option<&str>) -> Vec<Arc<Value>> {
+        // Keys sort by (group, resource, namespace, name): one namespace is one
+        // contiguous range, so a namespaced list never walks other namespaces.
+        let ns = ns.filter(|_| rt.namespaced);
         let lo = (
             rt.group.clone(),
             rt.resource.clone(),
-            String::new(),
+            ns.unwrap_or_default().to_string(),
             String::new(),
         );
         self.objects
             .range(lo..)
-            .take_while(|(k, _)| k.0 == rt.group && k.1 == rt.resource)
-            .filter(|(k, _)| ns.is_none_or(|n| !rt.namespaced || k.2 == n))
+            .take_while(|(k, _)| {
+                k.0 == rt.group && k.1 == rt.resource && ns.is_none_or(|n| k.2 == n)
+            })
             .map(|(_, v)| v.clone())
             .collect()
     }
@@ -353,6 +349,7 @@ impl Store {
             Value::String(self.rv.to_string()),
         );
         let new = Arc::new(new);
+        self.owners.stored(&key, old.as_deref(), &new);
         self.objects.insert(key.clone(), new.clone());
         let kind = if old.is_some() {
             EventType::Modified
@@ -760,6 +757,7 @@ impl Store {
     /// Removes the object, records DELETED, and collects dependents.
     fn remove_now(&mut self, key: &ObjKey, propagation: Propagation) -> Option<Arc<Value>> {
         let old = self.objects.remove(key)?;
+        self.owners.removed(key, &old);
         self.rv += 1;
         let mut gone = (*old).clone();
         set_meta(
@@ -792,10 +790,10 @@ impl Store {
     /// both modes. A dependent with another owner that still exists is kept.
     fn collect_dependents(&mut self, uid: &str, propagation: Propagation) {
         let dependents: Vec<(ObjKey, Arc<Value>)> = self
-            .objects
-            .iter()
-            .filter(|(_, v)| owner_uids(v).iter().any(|u| u == uid))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .owners
+            .dependents_of(uid)
+            .into_iter()
+            .filter_map(|k| self.objects.get(&k).cloned().map(|v| (k, v)))
             .collect();
         for (key, obj) in dependents {
             if propagation == Propagation::Orphan {
@@ -811,7 +809,7 @@ impl Store {
             }
             let other_owner_alive = owner_uids(&obj)
                 .iter()
-                .filter(|u| *u != uid)
+                .filter(|u| **u != uid)
                 .any(|u| self.uid_exists(u));
             if !other_owner_alive {
                 self.delete_key(&key, Propagation::Background);
@@ -820,9 +818,7 @@ impl Store {
     }
 
     fn uid_exists(&self, uid: &str) -> bool {
-        self.objects
-            .values()
-            .any(|v| meta_str(v, "uid") == Some(uid))
+        self.owners.uid_exists(uid)
     }
 }
 

@@ -754,6 +754,27 @@ async fn rollout_status_follows_the_deployment_status() {
         "{}",
         r.stdout
     );
+
+    // `kubectl scale` writes the scale subresource; `rollout restart` patches
+    // the template (a new generation).
+    let out = k.ok(&["scale", "deployment/web", "--replicas=4"]).await;
+    assert!(out.contains("deployment.apps/web scaled"), "{out}");
+    let d = k
+        .server
+        .get("apps", "deployments", Some("default"), "web")
+        .unwrap();
+    assert_eq!(d["spec"]["replicas"], 4);
+    k.ok(&["rollout", "restart", "deployment/web"]).await;
+    let d = k
+        .server
+        .get("apps", "deployments", Some("default"), "web")
+        .unwrap();
+    assert!(
+        d["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+            .is_string(),
+        "{d:#}"
+    );
+    assert_eq!(d["metadata"]["generation"], 3);
 }
 
 /// A fixed log per pod, as the simulated kubelet would keep the output.

@@ -47,6 +47,9 @@ fn subresources(t: &ResourceType) -> Vec<(&'static str, Vec<&'static str>)> {
     if t.group.is_empty() && t.resource == "pods" {
         out.push(("log", vec!["get"]));
     }
+    if super::scale::has_scale(t) {
+        out.push(("scale", vec!["get", "patch", "update"]));
+    }
     out
 }
 
@@ -88,10 +91,15 @@ pub fn legacy(types: &[ResourceType], target: &Target) -> Option<Result<Value, A
                 }
                 resources.push(r);
                 for (sub, verbs) in subresources(t) {
-                    resources.push(
-                        json!({"name": format!("{}/{sub}", t.resource), "singularName": "",
-                        "namespaced": t.namespaced, "kind": t.kind, "verbs": verbs}),
-                    );
+                    let mut r = json!({"name": format!("{}/{sub}", t.resource), "singularName": "",
+                        "namespaced": t.namespaced, "kind": t.kind, "verbs": verbs});
+                    // kubectl scale learns the Scale kind from here.
+                    if sub == "scale" {
+                        r["group"] = json!("autoscaling");
+                        r["version"] = json!("v1");
+                        r["kind"] = json!("Scale");
+                    }
+                    resources.push(r);
                 }
             }
             if resources.is_empty() {
@@ -172,10 +180,10 @@ fn aggregated_resource(t: &ResourceType) -> Value {
     let subs: Vec<Value> = subresources(t)
         .into_iter()
         .map(|(sub, verbs)| {
-            let kind = if sub == "log" {
-                json!({"group": "", "version": "", "kind": ""})
-            } else {
-                kind.clone()
+            let kind = match sub {
+                "log" => json!({"group": "", "version": "", "kind": ""}),
+                "scale" => json!({"group": "autoscaling", "version": "v1", "kind": "Scale"}),
+                _ => kind.clone(),
             };
             json!({"subresource": sub, "responseKind": kind, "verbs": verbs})
         })

@@ -60,6 +60,8 @@
 //! - Namespaces that must exist ([`ApiHandle::set_strict_namespaces`]): 404
 //!   `namespaces "x" not found` on create; `default`, `kube-system`,
 //!   `kube-public` exist; a Namespace is `Active`.
+//! - The `scale` subresource of Deployments and ReplicaSets (`scale.rs`,
+//!   `kubectl scale`).
 //! - Protobuf request bodies (`protobuf.rs`) for the kinds kubectl's and helm's
 //!   typed clients send that way: Namespace, Secret (helm's releases),
 //!   ConfigMap, DeleteOptions.
@@ -78,7 +80,10 @@
 //!   existing tests write into namespaces they never create).
 //! - No `/openapi/v2` (kubectl falls back to its compiled-in types); responses
 //!   are always JSON (protobuf and CBOR are not offered); protobuf bodies of
-//!   other kinds are a 415; no `deletecollection`.
+//!   other kinds are a 415; no `deletecollection`; no `exec`, `attach`,
+//!   `portforward` or `proxy` subresources, no authorization reviews
+//!   (`kubectl auth can-i`), no metrics API (`kubectl top`); pod logs ignore
+//!   `sinceSeconds`/`sinceTime`.
 //! - Tables for the listed built-in types only (others NAME/AGE); watch Tables
 //!   carry column definitions in their first event only.
 //! - RBAC without `resourceNames`, aggregation or impersonation; discovery and
@@ -108,6 +113,7 @@ mod path;
 mod protobuf;
 pub mod rbac;
 mod resources;
+mod scale;
 mod selector;
 mod server;
 mod store;

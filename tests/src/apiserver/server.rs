@@ -24,6 +24,7 @@ use super::path::{self, ResourcePath, Target};
 use super::protobuf;
 use super::rbac::{self, Grant};
 use super::resources::ResourceType;
+use super::scale;
 use super::selector::{FieldSelector, LabelSelector};
 use super::store::{
     DeleteOpts, Deleted, EventType, Ownership, Propagation, Store, StoredEvent, Sub,
@@ -208,6 +209,9 @@ async fn serve_resource(
         Some("status") if rt.has_status => Sub::Status,
         Some("log") if rt.group.is_empty() && rt.resource == "pods" && *method == Method::GET => {
             return pod_log(shared, rp, headers, query);
+        }
+        Some("scale") if scale::has_scale(&rt) => {
+            return scale_subresource(shared, &rt, rp, method, query, headers, body);
         }
         Some(other) => {
             return Err(ApiError::unknown_path(&format!("{}/{other}", rt.resource)));
@@ -492,6 +496,79 @@ fn pod_log(
         return Err(ApiError::not_found("", "pods", &name));
     }
     logs::serve(shared, &ns, &name, query)
+}
+
+/// `deployments/{name}/scale` (see [`scale`]): logged and authorized as the
+/// verb on `<resource>/scale`; a write becomes a merge patch of `spec.replicas`.
+fn scale_subresource(
+    shared: &Arc<Shared>,
+    rt: &ResourceType,
+    rp: &ResourcePath,
+    method: &Method,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let verb = match method.as_str() {
+        "GET" => "get",
+        "PUT" => "update",
+        "PATCH" => "patch",
+        m => {
+            return Err(ApiError::method_not_allowed(format!(
+                "{m} is not supported on scale"
+            )));
+        }
+    };
+    let resource = format!("{}/scale", rt.resource);
+    let recorded = RecordedRequest {
+        verb: verb.to_string(),
+        group: rt.group.clone(),
+        resource: resource.clone(),
+        namespace: rp.namespace.clone(),
+        name: rp.name.clone(),
+    };
+    lock(&shared.log).push(recorded.clone());
+    if let Some(user) = rbac::user_of(headers) {
+        authorize(shared, &user, rt, rp, verb, headers, &resource, recorded)?;
+    }
+    let ns = rp.namespace.clone().unwrap_or_default();
+    let name = rp.name.clone().unwrap_or_default();
+    let current = shared
+        .read(|s| s.get(rt, &ns, &name))
+        .ok_or_else(|| ApiError::not_found(&rt.group, &rt.resource, &name))?;
+    if verb == "get" {
+        return Ok(json_response(StatusCode::OK, &scale::view(&current)));
+    }
+    let kind = match verb {
+        "patch" => {
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            Some(PatchKind::from_content_type(ct)?)
+        }
+        _ => None,
+    };
+    let parsed = match kind {
+        Some(k) => k.parse_body(body)?,
+        None => parse_json(body)?,
+    };
+    let replicas = scale::wanted_replicas(&current, kind, &parsed)?;
+    let manager = field_manager(query, headers);
+    let patch = json!({"spec": {"replicas": replicas}});
+    let (updated, _) = shared.write(|s| {
+        s.patch_with(
+            rt,
+            &ns,
+            &name,
+            PatchKind::Merge,
+            &patch,
+            &manager,
+            true,
+            Sub::Main,
+        )
+    })?;
+    Ok(json_response(StatusCode::OK, &scale::view(&updated)))
 }
 
 /// The field manager of a write: `fieldManager`, else the User-Agent's product

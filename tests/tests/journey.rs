@@ -319,6 +319,18 @@ async fn the_user_journey_through_helm_and_kubectl() {
     ])
     .await;
     j.kubectl(&["get", "pods", "-n", RELEASE_NS]).await;
+    let logs = j
+        .kubectl(&[
+            "logs",
+            "-n",
+            RELEASE_NS,
+            "deploy/macp-auth-operator",
+            "--tail=3",
+        ])
+        .await;
+    if !logs.contains("starting controllers") && !logs.contains("caches synced") {
+        j.fail("the operator pod's log does not show it started its controllers");
+    }
 
     j.step("2 kubectl apply both samples");
     println!(
@@ -343,6 +355,12 @@ async fn the_user_journey_through_helm_and_kubectl() {
     j.kubectl(&["get", "macpauths", "-n", NS]).await;
     j.kubectl(&["get", "deploy,svc,pods", "-n", NS, "-o", "wide"])
         .await;
+    let logs = j
+        .kubectl(&["logs", "-n", NS, "deploy/auth", "--tail=5"])
+        .await;
+    if !logs.contains("[auth-service] listening on port 3200") {
+        j.fail("the token service pod's log lacks its startup lines");
+    }
 
     j.step("4 mint a token and verify it with macp-auth");
     let url = match sandbox.service_url(NS, "auth") {
@@ -528,6 +546,17 @@ async fn the_user_journey_through_helm_and_kubectl() {
     }
 
     j.step("7 helm upgrade with a changed value");
+    let operator_pods = [
+        "get",
+        "pods",
+        "-n",
+        RELEASE_NS,
+        "-l",
+        "app.kubernetes.io/name=macp-auth-operator",
+        "-o",
+        "name",
+    ];
+    let before_upgrade = j.kubectl(&operator_pods).await;
     j.helm(&[
         "upgrade",
         RELEASE,
@@ -562,6 +591,34 @@ async fn the_user_journey_through_helm_and_kubectl() {
         j.fail(&format!(
             "RUST_LOG after the upgrade is {level:?}, not debug"
         ));
+    }
+    let after_upgrade = j.kubectl(&operator_pods).await;
+    if after_upgrade.trim().is_empty() || after_upgrade == before_upgrade {
+        j.fail("the upgrade did not replace the operator pod");
+    }
+    // Debug lines in the new pod's log show the changed value reached the
+    // process (the operator logs at debug as it reconciles and resyncs).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = j
+            .run(
+                "kubectl",
+                &[
+                    "logs",
+                    "-n",
+                    RELEASE_NS,
+                    "deploy/macp-auth-operator",
+                    "--tail=2",
+                ],
+            )
+            .await;
+        if out.ok && out.stdout.contains("DEBUG") {
+            break;
+        }
+        if Instant::now() > deadline {
+            j.fail("no DEBUG line in the upgraded operator's log");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     j.helm(&["status", RELEASE, "-n", RELEASE_NS]).await;
     j.kubectl(&[
@@ -649,5 +706,79 @@ async fn the_user_journey_through_helm_and_kubectl() {
         "\njourney complete in {:.0} s",
         j.started.elapsed().as_secs_f64()
     );
+    sandbox.shutdown().await;
+}
+
+/// An image the sandbox cannot map: the pod says so, as a node that cannot
+/// pull it would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_image_waits_in_image_pull_back_off() {
+    let service_bin = service_binary_async().await.expect("service binary");
+    let operator_bin = operator_binary_async().await.expect("operator binary");
+    let sandbox = Sandbox::start(
+        SandboxConfig {
+            api_addr: "127.0.0.1:0".parse().expect("address"),
+            run_operator: false,
+            service_bin,
+            operator_bin,
+        },
+        None,
+    )
+    .await
+    .expect("sandbox starts");
+    let mut j = Journey {
+        step: "start".into(),
+        kubeconfig: sandbox.kubeconfig().to_path_buf(),
+        helm_home: sandbox.dir().join("helm"),
+        started: Instant::now(),
+    };
+    j.step("an unmapped image");
+    // `kubectl create deployment` sends a protobuf body, which the fake API
+    // server decodes only for a few kinds (tests/README.md): apply a manifest.
+    let manifest = sandbox.dir().join("web.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n\
+         spec:\n  selector:\n    matchLabels: {app: web}\n  template:\n    \
+         metadata:\n      labels: {app: web}\n    spec:\n      containers:\n      \
+         - name: web\n        image: nginx:1.27\n",
+    )
+    .expect("write the manifest");
+    j.kubectl(&["apply", "-f", &manifest.display().to_string()])
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reason = loop {
+        let pods = j.get_json(&["pods", "-l", "app=web"]).await;
+        let waiting = pods
+            .pointer("/items/0/status/containerStatuses/0/state/waiting")
+            .cloned();
+        let field = |f: &str| {
+            waiting
+                .as_ref()
+                .and_then(|w| w.get(f))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let reason = field("reason");
+        if reason == "ImagePullBackOff" {
+            let message = field("message");
+            if !message.contains("nginx:1.27") {
+                j.fail(&format!("the message does not name the image: {message}"));
+            }
+            break reason;
+        }
+        if Instant::now() > deadline {
+            j.fail(&format!(
+                "the pod never reached ImagePullBackOff (last: {reason:?})"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    j.kubectl(&["get", "pods", "-l", "app=web"]).await;
+    let described = j.kubectl(&["describe", "pods", "-l", "app=web"]).await;
+    if !described.contains(&reason) || !described.contains("failed to pull image \"nginx:1.27\"") {
+        j.fail("kubectl describe shows neither the waiting reason nor the kubelet's event");
+    }
     sandbox.shutdown().await;
 }

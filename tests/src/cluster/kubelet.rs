@@ -153,6 +153,7 @@ pub(super) async fn run_pod(inner: Arc<Inner>, run: PodRun, mut stop: watch::Rec
                 if pull_failures == 1 {
                     tracing::warn!(pod = %run.name, %image, "image cannot be pulled");
                     push_log(&run.logs, format!("[kubelet] {message}"));
+                    pod_event(&inner, &run, "Failed", &message);
                 }
                 report(&waiting(reason, message), false, restarts, last_exit);
                 if wait_or_stop(&mut stop, &mut shutdown, backoff).await {
@@ -447,6 +448,33 @@ fn write_status(inner: &Inner, ns: &str, name: &str, make: impl FnOnce(Option<&V
     });
     if let Err(e) = r {
         tracing::debug!(pod = %name, error = %e, "pod status not written");
+    }
+}
+
+/// A Warning Event about the pod, as the kubelet records one (`kubectl
+/// describe pod` lists it).
+fn pod_event(inner: &Inner, run: &PodRun, reason: &str, message: &str) {
+    let uid = inner
+        .api
+        .get("", "pods", Some(&run.namespace), &run.name)
+        .and_then(|p| p.pointer("/metadata/uid").cloned())
+        .unwrap_or(Value::Null);
+    let at = now();
+    let event = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": format!("{}.", run.name), "namespace": run.namespace},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": run.name, "namespace": run.namespace, "uid": uid},
+        "reason": reason,
+        "message": message,
+        "type": "Warning",
+        "source": {"component": "kubelet", "host": podspec::NODE_NAME},
+        "firstTimestamp": at,
+        "lastTimestamp": at,
+        "count": 1,
+    });
+    if let Err(e) = inner.api.create("", "events", event) {
+        tracing::debug!(pod = %run.name, error = %e, "pod event not recorded");
     }
 }
 

@@ -332,7 +332,11 @@ impl Cluster {
         }
         let deadline =
             Instant::now() + self.inner.config.default_termination_grace + Duration::from_secs(2);
-        while !lock(&self.inner.state).pods.is_empty() && Instant::now() < deadline {
+        // Only processes are waited for: a pod with none (its image cannot be
+        // pulled, or it is between restarts) has nothing to stop, and the
+        // drop below ends its task.
+        let running = |st: &State| st.pods.values().any(|e| e.pid.is_some());
+        while running(&lock(&self.inner.state)) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -80,7 +80,9 @@
 //!   existing tests write into namespaces they never create).
 //! - No `/openapi/v2` (kubectl falls back to its compiled-in types); responses
 //!   are always JSON (protobuf and CBOR are not offered); protobuf bodies of
-//!   other kinds are a 415; no `deletecollection`; no `exec`, `attach`,
+//!   other kinds are a 415 (so kubectl's typed generators — `create
+//!   deployment`, `run`, `expose` — fail; `apply`/`create -f` send JSON);
+//!   no `deletecollection`; no `exec`, `attach`,
 //!   `portforward` or `proxy` subresources, no authorization reviews
 //!   (`kubectl auth can-i`), no metrics API (`kubectl top`); pod logs ignore
 //!   `sinceSeconds`/`sinceTime`.

@@ -144,6 +144,65 @@ async fn finish(child: std::process::Child) -> Run {
         .expect("join kubectl")
 }
 
+/// A long-running kubectl whose stdout lines arrive as it prints them, so a
+/// test changes the store only once kubectl is watching (no fixed sleeps).
+struct Lines {
+    child: std::process::Child,
+    rx: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn start(k: &Kube, args: &[&str]) -> Self {
+        let mut child = k.spawn(args);
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Lines {
+            child,
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (up to 30 s) for a line containing `needle`.
+    async fn until(&mut self, needle: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            while let Ok(line) = self.rx.try_recv() {
+                self.seen.push(line);
+            }
+            if self.seen.iter().any(|l| l.contains(needle)) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "kubectl never printed {needle:?}; it printed:\n{}",
+                self.seen.join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops kubectl; everything it printed.
+    fn stop(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.seen.extend(self.rx.try_iter());
+        self.seen
+    }
+}
+
 fn lines_with<'a>(out: &'a str, needle: &str) -> Vec<&'a str> {
     out.lines().filter(|l| l.contains(needle)).collect()
 }
@@ -660,14 +719,8 @@ async fn wait_and_watch_see_status_changes() {
     let k = Kube::start().await.with_crd();
     k.create_ns("macp");
     k.ok(&["apply", "-f", SAMPLE]).await;
-    let watch = k.spawn(&[
-        "get",
-        "macpauth",
-        "-n",
-        "macp",
-        "-w",
-        "--request-timeout=8s",
-    ]);
+    let mut watch = Lines::start(&k, &["get", "macpauth", "-n", "macp", "-w"]);
+    watch.until("auth").await;
     let ready = k.spawn(&[
         "wait",
         "macpauth/auth",
@@ -684,7 +737,6 @@ async fn wait_and_watch_see_status_changes() {
         "--for=jsonpath={.status.rotation.phase}=Idle",
         "--timeout=30s",
     ]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
     mark_ready(&k, "macp", "auth", "Idle");
     for (what, child) in [("condition", ready), ("jsonpath", phase)] {
         let r = finish(child).await;
@@ -695,25 +747,17 @@ async fn wait_and_watch_see_status_changes() {
             r.stdout
         );
     }
-    let r = finish(watch).await;
-    let rows = lines_with(&r.stdout, "auth");
-    assert!(
-        rows.len() >= 2,
-        "a watch row per change:\n{}\n{}",
-        r.stdout,
-        r.stderr
-    );
+    watch.until("kid-1").await;
+    let printed = watch.stop();
+    let rows: Vec<&String> = printed.iter().filter(|l| l.contains("auth")).collect();
+    assert!(rows.len() >= 2, "a watch row per change:\n{printed:?}");
     assert_eq!(
-        cells(r.stdout.lines().next().unwrap_or_default())[..3],
-        ["NAME", "READY", "PHASE"]
+        cells(&printed[0])[..3],
+        ["NAME", "READY", "PHASE"],
+        "{printed:?}"
     );
     let last = cells(rows[rows.len() - 1]);
-    assert_eq!(
-        &last[..4],
-        ["auth", "True", "Idle", "kid-1"],
-        "{}",
-        r.stdout
-    );
+    assert_eq!(&last[..4], ["auth", "True", "Idle", "kid-1"], "{printed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -726,34 +770,32 @@ async fn rollout_status_follows_the_deployment_status() {
             serde_yaml::from_str(DEPLOYMENT).unwrap(),
         )
         .unwrap();
-    let rollout = k.spawn(&["rollout", "status", "deployment/web", "--timeout=30s"]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut rollout = Lines::start(
+        &k,
+        &["rollout", "status", "deployment/web", "--timeout=30s"],
+    );
+    rollout
+        .until("Waiting for deployment spec update to be observed")
+        .await;
     k.server
         .modify("apps", "deployments", Some("default"), "web", |d| {
             d["status"] = json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 1,
                                  "readyReplicas": 1, "availableReplicas": 1});
         })
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    rollout
+        .until("Waiting for deployment \"web\" rollout to finish: 1 out of 2 new replicas have been updated...")
+        .await;
     k.server
         .modify("apps", "deployments", Some("default"), "web", |d| {
             d["status"] = json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
                                  "readyReplicas": 2, "availableReplicas": 2});
         })
         .unwrap();
-    let r = finish(rollout).await;
-    assert!(r.ok, "{}\n{}", r.stdout, r.stderr);
-    assert!(
-        r.stdout.contains("Waiting for deployment \"web\" rollout to finish: 1 out of 2 new replicas have been updated..."),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout
-            .contains("deployment \"web\" successfully rolled out"),
-        "{}",
-        r.stdout
-    );
+    rollout
+        .until("deployment \"web\" successfully rolled out")
+        .await;
+    rollout.stop();
 
     // `kubectl scale` writes the scale subresource; `rollout restart` patches
     // the template (a new generation).

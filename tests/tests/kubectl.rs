@@ -873,25 +873,11 @@ async fn logs_come_from_the_pod_log_hook() {
         r.stderr
     );
     // `logs -f` streams what the container prints later.
-    let mut follow = k.spawn(&["logs", "-f", "--tail=1", "web-1"]);
-    let stdout = follow.stdout.take().expect("piped stdout");
-    let reader = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        std::io::BufReader::new(stdout)
-            .lines()
-            .take(2)
-            .map(|l| l.unwrap_or_default())
-            .collect::<Vec<_>>()
-    });
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut follow = Lines::start(&k, &["logs", "-f", "--tail=1", "web-1"]);
+    follow.until("line 3").await;
     logs.0.lock().unwrap().extend_from_slice(b"line 4\n");
-    let followed = tokio::time::timeout(Duration::from_secs(20), reader).await;
-    let _ = follow.kill();
-    let _ = follow.wait();
-    assert_eq!(
-        followed.expect("logs -f printed the new line").unwrap(),
-        ["line 3", "line 4"]
-    );
+    follow.until("line 4").await;
+    assert_eq!(follow.stop(), ["line 3", "line 4"]);
 
     // A pod the log source does not know: the server's 404 Status.
     k.server

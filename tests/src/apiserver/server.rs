@@ -141,7 +141,7 @@ pub(crate) async fn handle(
     if !wait_unpaused(&shared).await {
         return error_response(&ApiError::unavailable("the API server is shutting down"));
     }
-    if uri.path() == "/openapi/v3" || uri.path().starts_with("/openapi/") {
+    if uri.path().starts_with("/openapi/") {
         return openapi_response(&shared, uri.path());
     }
     let target = match path::parse(uri.path()) {

@@ -403,6 +403,20 @@ async fn get_prints_printer_columns_and_the_built_in_tables() {
         ["keys", "Opaque", "2"]
     );
 
+    // Client-side apply of a changed MacpAuth: a merge patch (kubectl has no
+    // compiled-in type for it) that keeps the status the operator wrote.
+    let changed = std::fs::read_to_string(repo_root().join(SAMPLE))
+        .unwrap()
+        .replace("spec: {}", "spec: {replicas: 3}");
+    let changed = k.write("changed.yaml", &changed);
+    let out = k.ok(&["apply", "-f", &changed]).await;
+    assert!(out.contains("macpauth.macp.io/auth configured"), "{out}");
+    let stored = k
+        .server
+        .get("macp.io", "macpauths", Some("macp"), "auth")
+        .unwrap();
+    assert_eq!(stored["spec"]["replicas"], 3);
+    assert_eq!(stored["status"]["activeKid"], "kid-1");
     let out = k
         .ok(&[
             "get",

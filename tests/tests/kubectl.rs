@@ -1036,3 +1036,19 @@ async fn helm_installs_upgrades_reports_and_uninstalls_the_chart() {
     );
     roller.abort();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_works_for_a_kind_registered_without_a_crd_object() {
+    // The default registry serves MacpAuths without a stored CRD (as most
+    // harness tests use it): kubectl must still find the kind's PATCH in the
+    // OpenAPI document, or it falls back to /openapi/v2 and refuses to apply.
+    let k = Kube::start().await;
+    k.create_ns("macp");
+    let out = k.ok(&["apply", "-f", SAMPLE]).await;
+    assert!(out.contains("macpauth.macp.io/auth created"), "{out}");
+    let out = k.ok(&["get", "macpauth", "-n", "macp"]).await;
+    assert_eq!(
+        cells(out.lines().next().unwrap_or_default()),
+        ["NAME", "AGE"]
+    );
+}

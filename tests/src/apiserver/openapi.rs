@@ -339,7 +339,14 @@ pub fn document(store: &Store, group: &str, version: &str) -> Option<Value> {
         if let Some(name) = add_builtin(&mut generator, &rt.group, &rt.kind) {
             type_paths(rt, &name, true, &mut paths);
             named.push((rt, name, None));
-        } else if let Some(schema) = crd_schema(store, rt) {
+        } else {
+            // A type registered without a stored CRD still gets its paths (so
+            // kubectl sees the `fieldValidation` parameter and leaves validation
+            // here) and a schema that accepts any member.
+            let schema = crd_schema(store, rt).unwrap_or_else(|| {
+                json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true,
+                       "description": format!("{} (registered without a CRD: no schema)", rt.kind)})
+            });
             let name = crd_schema_name(rt);
             type_paths(rt, &name, false, &mut paths);
             named.push((rt, name, Some(schema)));
@@ -478,6 +485,15 @@ mod tests {
                 .as_str()
                 .unwrap()
                 .starts_with("/openapi/v3/apis/apps/v1?hash=")
+        );
+        // macpauths is registered, but no CRD object is stored: paths, no schema.
+        let doc = document(&store, "macp.io", "v1alpha1").unwrap();
+        let patch = &doc["paths"]["/apis/macp.io/v1alpha1/namespaces/{namespace}/macpauths/{name}"]
+            ["patch"];
+        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "MacpAuth");
+        assert_eq!(
+            doc["components"]["schemas"]["io.macp.v1alpha1.MacpAuth"]["x-kubernetes-preserve-unknown-fields"],
+            true
         );
         assert_eq!(
             parse_path("/openapi/v3/api/v1"),

@@ -297,6 +297,12 @@ async fn api_resources_and_explain_read_discovery_and_openapi() {
         r.stderr
     );
 
+    assert_eq!(k.ok(&["get", "--raw", "/readyz"]).await, "ok");
+    let out = k.ok(&["version", "-o", "json"]).await;
+    assert!(
+        out.contains("\"gitVersion\": \"v1.33.0-macp-fake\""),
+        "{out}"
+    );
     let out = k.ok(&["explain", "macpauth.spec.rotation"]).await;
     assert!(out.contains("KIND:       MacpAuth"), "{out}");
     assert!(out.contains("interval\t<string>"), "{out}");

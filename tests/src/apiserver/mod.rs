@@ -31,6 +31,7 @@
 //!   configurable watch delay ([`ApiHandle::set_watch_delay`]).
 //!
 //! What kubectl and helm need (issue 12):
+//! - `/healthz`, `/readyz`, `/livez` (always `ok`).
 //! - Discovery (`discovery.rs`): `/version`, legacy `/api`, `/apis`, `/api/v1`,
 //!   `/apis/{g}/{v}`, and aggregated `apidiscovery.k8s.io/v2` lists on `/api`
 //!   and `/apis` when the client accepts them; short names, categories

@@ -144,6 +144,11 @@ pub(crate) async fn handle(
     if uri.path().starts_with("/openapi/") {
         return openapi_response(&shared, uri.path());
     }
+    // Health endpoints (`kubectl get --raw /readyz`, tools that probe the
+    // server before using it): always healthy while serving.
+    if matches!(uri.path(), "/healthz" | "/readyz" | "/livez") {
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], "ok").into_response();
+    }
     let target = match path::parse(uri.path()) {
         Ok(t) => t,
         Err(e) => return error_response(&e),

@@ -1058,3 +1058,16 @@ async fn apply_works_for_a_kind_registered_without_a_crd_object() {
         ["NAME", "AGE"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_can_i_is_answered() {
+    // kubectl sends no credentials to a plain-HTTP server, so it is always the
+    // fake server's unauthenticated admin (per-user answers are unit-tested in
+    // review.rs); the review must still be answered, not stored.
+    let k = Kube::start().await;
+    let out = k
+        .ok(&["auth", "can-i", "delete", "secrets", "-n", "x"])
+        .await;
+    assert_eq!(out.trim(), "yes");
+    assert!(k.server.requests().iter().all(|r| r.verb != "create"));
+}

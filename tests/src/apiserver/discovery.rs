@@ -18,6 +18,15 @@ const VERBS: [&str; 7] = [
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
 
+/// The verbs of one type: access reviews can only be created.
+fn verbs(t: &ResourceType) -> Vec<&'static str> {
+    if t.group == super::review::GROUP && t.resource == super::review::RESOURCE {
+        vec!["create"]
+    } else {
+        VERBS.to_vec()
+    }
+}
+
 /// Whether the client accepts aggregated discovery v2 (client-go puts it first).
 pub fn wants_aggregated(accept: &str) -> bool {
     accept.split(',').any(|part| {
@@ -82,7 +91,7 @@ pub fn legacy(types: &[ResourceType], target: &Target) -> Option<Result<Value, A
                 .filter(|t| t.group == *group && t.version == *version)
             {
                 let mut r = json!({"name": t.resource, "singularName": t.singular,
-                    "namespaced": t.namespaced, "kind": t.kind, "verbs": VERBS});
+                    "namespaced": t.namespaced, "kind": t.kind, "verbs": verbs(t)});
                 if !t.short_names.is_empty() {
                     r["shortNames"] = json!(t.short_names);
                 }
@@ -169,7 +178,7 @@ fn aggregated_resource(t: &ResourceType) -> Value {
         "responseKind": kind,
         "scope": if t.namespaced { "Namespaced" } else { "Cluster" },
         "singularResource": t.singular,
-        "verbs": VERBS,
+        "verbs": verbs(t),
     });
     if !t.short_names.is_empty() {
         r["shortNames"] = json!(t.short_names);

@@ -62,7 +62,9 @@
 //!   `namespaces "x" not found` on create; `default`, `kube-system`,
 //!   `kube-public` exist; a Namespace is `Active`.
 //! - The `scale` subresource of Deployments and ReplicaSets (`scale.rs`,
-//!   `kubectl scale`).
+//!   `kubectl scale`); `SelfSubjectAccessReview` from the caller's RBAC
+//!   grants (`review.rs`, `kubectl auth can-i`; kubectl sends no credentials
+//!   to a plain-HTTP server, so it is always the admin).
 //! - Protobuf request bodies (`protobuf.rs`) for the kinds kubectl's and helm's
 //!   typed clients send that way: Namespace, Secret (helm's releases),
 //!   ConfigMap, DeleteOptions.
@@ -84,8 +86,8 @@
 //!   other kinds are a 415 (so kubectl's typed generators — `create
 //!   deployment`, `run`, `expose` — fail; `apply`/`create -f` send JSON);
 //!   no `deletecollection`; no `exec`, `attach`,
-//!   `portforward` or `proxy` subresources, no authorization reviews
-//!   (`kubectl auth can-i`), no metrics API (`kubectl top`); pod logs ignore
+//!   `portforward` or `proxy` subresources, no `SubjectAccessReview` for other
+//!   users (`kubectl auth can-i --as`: no impersonation), no metrics API (`kubectl top`); pod logs ignore
 //!   `sinceSeconds`/`sinceTime`.
 //! - Tables for the listed built-in types only (others NAME/AGE); watch Tables
 //!   carry column definitions in their first event only.
@@ -116,6 +118,7 @@ mod path;
 mod protobuf;
 pub mod rbac;
 mod resources;
+mod review;
 mod scale;
 mod selector;
 mod server;

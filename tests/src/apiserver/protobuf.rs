@@ -280,6 +280,55 @@ fn delete_options(raw: &[u8]) -> Option<Value> {
     Some(out)
 }
 
+/// A `SelfSubjectAccessReview` (`kubectl auth can-i`): its resource or
+/// non-resource attributes.
+fn access_review(raw: &[u8]) -> Option<Value> {
+    let mut spec = Map::new();
+    for (n, f) in fields(raw)? {
+        let (2, Field::Bytes(s)) = (n, f) else {
+            continue;
+        };
+        for (m, g) in fields(s)? {
+            let Field::Bytes(a) = g else { continue };
+            let names: &[&str] = match m {
+                1 => &[
+                    "namespace",
+                    "verb",
+                    "group",
+                    "version",
+                    "resource",
+                    "subresource",
+                    "name",
+                ],
+                2 => &["path", "verb"],
+                _ => continue,
+            };
+            let mut attrs = Map::new();
+            for (k, h) in fields(a)? {
+                if let (Some(name), Field::Bytes(x)) = (
+                    usize::try_from(k)
+                        .ok()
+                        .and_then(|k| names.get(k.checked_sub(1)?)),
+                    h,
+                ) && !x.is_empty()
+                {
+                    attrs.insert((*name).to_string(), json!(string(x)?));
+                }
+            }
+            let key = if m == 1 {
+                "resourceAttributes"
+            } else {
+                "nonResourceAttributes"
+            };
+            spec.insert(key.into(), Value::Object(attrs));
+        }
+    }
+    Some(
+        json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                "metadata": {}, "spec": spec}),
+    )
+}
+
 /// Decodes a protobuf request body into the JSON object it encodes.
 pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
     let bad = || ApiError::bad_request("the protobuf request body could not be decoded");
@@ -303,6 +352,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         "Secret" => secret(raw.ok_or_else(bad)?).ok_or_else(bad),
         "ConfigMap" => config_map(raw.ok_or_else(bad)?).ok_or_else(bad),
         "DeleteOptions" => delete_options(raw.ok_or_else(bad)?).ok_or_else(bad),
+        "SelfSubjectAccessReview" => access_review(raw.ok_or_else(bad)?).ok_or_else(bad),
         other => Err(ApiError::unsupported_media_type(&format!(
             "{CONTENT_TYPE} (this server decodes protobuf only for Namespace, Secret, ConfigMap and DeleteOptions, not {other:?}; send JSON)"
         ))),

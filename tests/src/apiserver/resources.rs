@@ -178,6 +178,15 @@ impl Default for Registry {
                     false,
                 )
                 .short(&["netpol"]),
+                // Answered, never stored (`review.rs`, `kubectl auth can-i`).
+                t(
+                    "authorization.k8s.io",
+                    "v1",
+                    "selfsubjectaccessreviews",
+                    "SelfSubjectAccessReview",
+                    false,
+                    false,
+                ),
             ],
         }
     }

@@ -24,6 +24,7 @@ use super::path::{self, ResourcePath, Target};
 use super::protobuf;
 use super::rbac::{self, Grant};
 use super::resources::ResourceType;
+use super::review;
 use super::scale;
 use super::selector::{FieldSelector, LabelSelector};
 use super::store::{
@@ -203,6 +204,9 @@ async fn serve_resource(
         .ok_or_else(|| {
             ApiError::unknown_path(&format!("{}/{}/{}", rp.group, rp.version, rp.resource))
         })?;
+    if rt.group == review::GROUP && rt.resource == review::RESOURCE {
+        return access_review(shared, method, headers, body);
+    }
     if rp.namespace.is_some() && !rt.namespaced {
         return Err(ApiError::unknown_path(&format!(
             "namespaced {}",
@@ -501,6 +505,26 @@ fn pod_log(
         return Err(ApiError::not_found("", "pods", &name));
     }
     logs::serve(shared, &ns, &name, query)
+}
+
+/// `POST .../selfsubjectaccessreviews` (see [`review`]): answered from the
+/// caller's grants, never stored or logged as a write.
+fn access_review(
+    shared: &Shared,
+    method: &Method,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    if *method != Method::POST {
+        return Err(ApiError::method_not_allowed(format!(
+            "{method} is not supported on selfsubjectaccessreviews"
+        )));
+    }
+    let review = parse_body(headers, body)?;
+    let user = rbac::user_of(headers);
+    let grants = lock(&shared.grants).clone();
+    let answer = review::answer(&review, user.as_deref(), &grants);
+    Ok(json_response(StatusCode::CREATED, &answer))
 }
 
 /// `deployments/{name}/scale` (see [`scale`]): logged and authorized as the

@@ -70,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
         "sandbox: a local Kubernetes API server and simulated cluster in this process.\n\
          sandbox: its state lives in memory only: stopping it (Ctrl-C) loses every object."
     );
+    println!("sandbox: finding the token service and operator binaries (cargo build when stale)");
     let service_bin = binary::service_binary_async()
         .await
         .context("the token service binary")?;

@@ -177,6 +177,13 @@ async fn run(
         }
         let report = generator.stop().await;
         done = done.plus(Totals::of(&report));
+        if let Some(r) = lock(&rates).as_mut() {
+            // The round's last counts, which the last tick may have missed.
+            r.minted = done.minted;
+            r.verified = done.verified;
+            r.verify_failures = done.verify_failures;
+            r.mint_errors = done.mint_errors;
+        }
         if *stopped.borrow() {
             return;
         }

@@ -81,6 +81,9 @@ pub fn operator_deployment() -> Value {
                         ],
                         "env": [
                             {"name": "RUST_LOG", "value": "info"},
+                            // Text logs for people reading `kubectl logs`; no
+                            // terminal colours in them.
+                            {"name": "NO_COLOR", "value": "1"},
                             {"name": "MACP_OPERATOR_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                             {"name": "MACP_OPERATOR_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                         ],

@@ -320,15 +320,9 @@ async fn the_user_journey_through_helm_and_kubectl() {
     .await;
     j.kubectl(&["get", "pods", "-n", RELEASE_NS]).await;
     let logs = j
-        .kubectl(&[
-            "logs",
-            "-n",
-            RELEASE_NS,
-            "deploy/macp-auth-operator",
-            "--tail=3",
-        ])
+        .kubectl(&["logs", "-n", RELEASE_NS, "deploy/macp-auth-operator"])
         .await;
-    if !logs.contains("starting controllers") && !logs.contains("caches synced") {
+    if !logs.contains("starting controllers") {
         j.fail("the operator pod's log does not show it started its controllers");
     }
 
@@ -355,9 +349,8 @@ async fn the_user_journey_through_helm_and_kubectl() {
     j.kubectl(&["get", "macpauths", "-n", NS]).await;
     j.kubectl(&["get", "deploy,svc,pods", "-n", NS, "-o", "wide"])
         .await;
-    let logs = j
-        .kubectl(&["logs", "-n", NS, "deploy/auth", "--tail=5"])
-        .await;
+    // The whole (short) log: stdout and stderr lines interleave in any order.
+    let logs = j.kubectl(&["logs", "-n", NS, "deploy/auth"]).await;
     if !logs.contains("[auth-service] listening on port 3200") {
         j.fail("the token service pod's log lacks its startup lines");
     }
@@ -608,7 +601,7 @@ async fn the_user_journey_through_helm_and_kubectl() {
                     "-n",
                     RELEASE_NS,
                     "deploy/macp-auth-operator",
-                    "--tail=2",
+                    "--tail=20",
                 ],
             )
             .await;

@@ -601,7 +601,7 @@ async fn the_user_journey_through_helm_and_kubectl() {
                     "-n",
                     RELEASE_NS,
                     "deploy/macp-auth-operator",
-                    "--tail=20",
+                    "--tail=3",
                 ],
             )
             .await;

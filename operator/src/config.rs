@@ -48,10 +48,10 @@ pub struct Settings {
     #[arg(long, env = "MACP_OPERATOR_RESYNC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
 
-    /// Reconciles running at once, per controller (one for all namespaces, or
-    /// one per namespace of --watch-namespaces). Each waits mostly on the API
-    /// server and pod probes, so this bounds the load one operator puts on the
-    /// API server rather than its CPU use.
+    /// Reconciles running at once, for all watched namespaces together. Each
+    /// waits mostly on the API server and pod probes, so this bounds the load
+    /// one operator puts on the API server rather than its CPU use. Rounds
+    /// beyond it wait their turn in the order they fell due.
     #[arg(long, env = "MACP_OPERATOR_MAX_CONCURRENT_RECONCILES", default_value_t = DEFAULT_MAX_CONCURRENT_RECONCILES,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_reconciles: u16,

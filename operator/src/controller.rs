@@ -236,8 +236,10 @@ pub async fn run_with_state(
     ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stopping = ctx.clone();
     tokio::spawn(async move {
         shutdown.await;
+        stopping.stop_rounds();
         let _ = stop_tx.send(true);
     });
 
@@ -251,8 +253,11 @@ pub async fn run_with_state(
     let mut runs = Vec::new();
     for ns in scopes {
         let controller = controller_for(&client, ns.as_deref()).with_config(
+            // Unbounded here (0): the bound is the fair queue in
+            // `reconcile::Context`, which keeps due order where kube's
+            // saturated runner would not.
             ControllerConfig::default()
-                .concurrency(settings.max_concurrent_reconciles)
+                .concurrency(0)
                 .debounce(settings.reconcile_debounce),
         );
         stores.push(controller.store());

@@ -125,6 +125,13 @@ pub struct Context {
     /// run on blocking threads, and a storm of RSA-4096 keys must neither
     /// take every core nor hold the async workers other objects need.
     keygens: tokio::sync::Semaphore,
+    /// Rounds allowed at once (`--max-concurrent-reconciles`). kube's runner
+    /// is left unbounded and the bound is kept here, because a saturated
+    /// runner picks its next object at random among all that are due (a
+    /// hash set), so in a storm a rotation that fell due first could wait
+    /// behind the follow-up rounds of others for a minute. This semaphore is
+    /// fair: rounds run in the order they fell due.
+    rounds: tokio::sync::Semaphore,
 }
 
 impl Context {
@@ -140,12 +147,21 @@ impl Context {
             keygens: tokio::sync::Semaphore::new(usize::from(
                 settings.max_concurrent_keygens.max(1),
             )),
+            rounds: tokio::sync::Semaphore::new(usize::from(
+                settings.max_concurrent_reconciles.max(1),
+            )),
             settings,
             prober,
             recorder,
             metrics,
             failures: Mutex::default(),
         }
+    }
+
+    /// Lets the rounds still queued for a turn end at once (on shutdown), so
+    /// that stopping does not wait for a storm's backlog to run.
+    pub fn stop_rounds(&self) {
+        self.rounds.close();
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<MacpAuth>, u32>> {
@@ -156,6 +172,11 @@ impl Context {
 
 /// Entry point for the controller.
 pub async fn reconcile(mauth: Arc<MacpAuth>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let Ok(_turn) = ctx.rounds.acquire().await else {
+        // Shutting down: the next leader or start picks this object up.
+        return Ok(Requeue::requeue(CONFLICT_REQUEUE));
+    };
+    // Timed from the turn: the metric is the round's own cost, not its wait.
     let started = Instant::now();
     let result = reconcile_one(&mauth, &ctx).await;
     ctx.metrics.reconciled(started.elapsed());

@@ -41,6 +41,10 @@ struct Args {
     /// Skip the rotation storm (it lasts the drain, over a minute).
     #[arg(long)]
     no_storm: bool,
+    /// Extra arguments for `macp-auth-operator run`, for trials of its
+    /// flags (e.g. `--operator-arg=--max-concurrent-reconciles=64`).
+    #[arg(long = "operator-arg", allow_hyphen_values = true)]
+    operator_args: Vec<String>,
     /// Seconds to wait for any one step before giving up.
     #[arg(long, default_value_t = 600)]
     timeout_seconds: u64,
@@ -100,10 +104,50 @@ struct Operator {
     child: Child,
     pid: u32,
     dir: PathBuf,
+    port: u16,
+}
+
+/// Totals from the operator's own /metrics: how many rounds ran, how long
+/// they took, and how many failed.
+#[derive(Clone, Copy, Default)]
+struct Rounds {
+    count: f64,
+    seconds: f64,
+    errors: f64,
+}
+
+impl Rounds {
+    fn parse(text: &str) -> Self {
+        let mut r = Rounds::default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(v) = value.parse::<f64>() else {
+                continue;
+            };
+            let base = name.split('{').next().unwrap_or(name);
+            match base {
+                "macp_operator_reconciles_total" => r.count += v,
+                "macp_operator_reconcile_duration_seconds_sum" => r.seconds += v,
+                "macp_operator_reconcile_errors_total" => r.errors += v,
+                _ => {}
+            }
+        }
+        r
+    }
+
+    fn since(self, before: Rounds) -> Rounds {
+        Rounds {
+            count: self.count - before.count,
+            seconds: self.seconds - before.seconds,
+            errors: self.errors - before.errors,
+        }
+    }
 }
 
 impl Operator {
-    async fn start(bin: &Path, api_url: &str) -> anyhow::Result<Self> {
+    async fn start(bin: &Path, api_url: &str, extra: &[String]) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("bench-operator-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let kubeconfig = dir.join("kubeconfig");
@@ -123,6 +167,7 @@ impl Operator {
                 "--service-image",
                 "bench/macp-auth-service:0",
             ])
+            .args(extra)
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::from(log.try_clone()?))
@@ -145,7 +190,21 @@ impl Operator {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(Self { child, pid, dir })
+        Ok(Self {
+            child,
+            pid,
+            dir,
+            port,
+        })
+    }
+
+    async fn rounds(&self) -> anyhow::Result<Rounds> {
+        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(Rounds::parse(&text))
     }
 
     /// Peak resident set (MiB) and CPU seconds so far, from /proc.
@@ -294,7 +353,7 @@ async fn run_one(args: &Args, n: usize) -> anyhow::Result<String> {
         .await
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let standin = StandIn::start(server.handle());
-    let operator = Operator::start(&args.operator_bin, &server.url()).await?;
+    let operator = Operator::start(&args.operator_bin, &server.url(), &args.operator_args).await?;
     eprintln!("bench-operator: n={n}: creating");
     server.reset_log();
 
@@ -347,7 +406,7 @@ async fn run_one(args: &Args, n: usize) -> anyhow::Result<String> {
     let storm = if args.no_storm {
         String::from("storm_s=skipped storm_max_delay_s=skipped")
     } else {
-        storm(&server, n, created, timeout).await?
+        storm(&server, &operator, n, created, timeout).await?
     };
     let (rss, cpu) = operator.usage()?;
     // The API server and the pod stand-ins share this process: their CPU
@@ -375,6 +434,7 @@ async fn run_one(args: &Args, n: usize) -> anyhow::Result<String> {
 /// nothing rotates twice.
 async fn storm(
     server: &FakeApiServer,
+    operator: &Operator,
     n: usize,
     created: DateTime<Utc>,
     timeout: Duration,
@@ -397,6 +457,7 @@ async fn storm(
         bail!("keys too young for a storm; raise --steady-seconds");
     }
     eprintln!("bench-operator: n={n}: rotation storm (interval {interval}s, all due now)");
+    let rounds_before = operator.rounds().await?;
     let due = Utc::now();
     server.reset_log();
     for m in &list {
@@ -456,11 +517,13 @@ async fn storm(
     .await?;
     // What one rotation costs the API server, next to what creation cost.
     let storm_requests = server.requests();
+    let rounds = operator.rounds().await?.since(rounds_before);
     let waits = (JWKS_CACHE_TTL_SECONDS + PROPAGATION_SLACK_SECONDS + DRAIN_SECONDS) as f64;
     let mut storm_s: f64 = 0.0;
     let mut max_delay: f64 = 0.0;
     let mut max_start: f64 = 0.0;
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut starts: Vec<f64> = Vec::with_capacity(n);
     for m in all(server)? {
         let Some((started, done, outcome)) = finished(&m) else {
             continue;
@@ -468,7 +531,9 @@ async fn storm(
         let total = (done - due).num_milliseconds() as f64 / 1000.0;
         storm_s = storm_s.max(total);
         max_delay = max_delay.max(total - waits);
-        max_start = max_start.max((started - due).num_milliseconds() as f64 / 1000.0);
+        let start = (started - due).num_milliseconds() as f64 / 1000.0;
+        max_start = max_start.max(start);
+        starts.push(start);
         *outcomes.entry(outcome).or_default() += 1;
     }
     let outcomes = outcomes
@@ -477,9 +542,30 @@ async fn storm(
         .collect::<Vec<_>>()
         .join(",");
     Ok(format!(
-        "storm_s={storm_s:.1} storm_max_delay_s={max_delay:.1} storm_max_start_s={max_start:.1} storm_waits_s={waits:.0} storm_outcomes={outcomes} \
-         storm_requests_per_object={:.2} storm_requests_by_verb_per_object={}",
+        "storm_s={storm_s:.1} storm_max_delay_s={max_delay:.1} storm_max_start_s={max_start:.1} \
+         storm_start_p50_s={:.1} storm_start_p90_s={:.1} storm_waits_s={waits:.0} storm_outcomes={outcomes} \
+         storm_requests_per_object={:.2} storm_requests_by_verb_per_object={} \
+         storm_rounds_per_object={:.2} storm_round_mean_ms={:.0} storm_round_errors={}",
+        percentile(&mut starts, 0.5),
+        percentile(&mut starts, 0.9),
         storm_requests.len() as f64 / n as f64,
         by_verb(&storm_requests, n),
+        rounds.count / n as f64,
+        if rounds.count > 0.0 {
+            rounds.seconds / rounds.count * 1000.0
+        } else {
+            0.0
+        },
+        rounds.errors,
     ))
+}
+
+/// The `q` quantile (0..=1) of `values`, nearest rank; 0 when empty.
+fn percentile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
 }

@@ -178,7 +178,9 @@ pub async fn reconcile(mauth: Arc<MacpAuth>, ctx: Arc<Context>) -> Result<Requeu
     };
     // Timed from the turn: the metric is the round's own cost, not its wait.
     let started = Instant::now();
-    let result = reconcile_one(&mauth, &ctx).await;
+    // Boxed so that a round waiting for its turn holds a few bytes, not the
+    // whole round's state (tens of KiB each, a storm queues a thousand).
+    let result = Box::pin(reconcile_one(&mauth, &ctx)).await;
     ctx.metrics.reconciled(started.elapsed());
     match &result {
         Ok(_) => {

@@ -17,6 +17,7 @@ use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use macp_auth_e2e::apiserver::{FakeApiServer, RecordedRequest};
+use macp_auth_e2e::cluster::{Cluster, ClusterConfig, rollout};
 use macp_auth_e2e::standin::StandIn;
 use macp_auth_operator::crd::{MacpAuth, RotationTrigger};
 use macp_auth_operator::rotation::PROPAGATION_SLACK_SECONDS;
@@ -77,11 +78,77 @@ async fn main() -> anyhow::Result<()> {
          (pods are in-process token services, no kubelet); keys ES256; {} namespaces",
         args.namespaces
     );
+    if !args.no_storm {
+        let rollout = one_rollout(&args)
+            .await
+            .context("one rollout on the simulated kubelet")?;
+        println!(
+            "bench-operator rollout_s={:.1} (one rollout of one MacpAuth's Deployment on the simulated \
+             kubelet: real service processes, the pod spec's probes unscaled; the storm target's bound)",
+            rollout.as_secs_f64()
+        );
+    }
     for &n in &args.sizes {
         let line = run_one(&args, n).await.with_context(|| format!("n={n}"))?;
         println!("{line}");
     }
     Ok(())
+}
+
+/// The bound of the storm target, observed rather than assumed: how long one
+/// rollout of the token service's Deployment takes where pods are real
+/// processes that must pass the operator's own readiness probe (unscaled
+/// periods) and old pods keep the shutdown delay. One MacpAuth with the
+/// operator running; the rollout is started the way `kubectl rollout restart`
+/// starts one, and lasts until only new pods are left, none terminating (what
+/// the operator's rollout check waits for).
+async fn one_rollout(args: &Args) -> anyhow::Result<Duration> {
+    let server = FakeApiServer::start()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let service_bin = macp_auth_e2e::binary::service_binary_async().await?;
+    let mut config = ClusterConfig::new(service_bin);
+    config.probe_scale = 1.0;
+    let cluster = Cluster::start(server.handle(), config);
+    let operator = Operator::start(&args.operator_bin, &server.url(), &args.operator_args).await?;
+    let result = async {
+        let (ns, name) = ("rollout", "auth-rollout");
+        server
+            .create("macp.io", "macpauths", macpauth(name, ns))
+            .map_err(|e| anyhow::anyhow!("create: {e:?}"))?;
+        let timeout = Duration::from_secs(args.timeout_seconds);
+        wait_for("Ready (rollout baseline)", timeout, READY_POLL, || {
+            Ok((usize::from(all(&server)?.iter().any(is_ready)), 1))
+        })
+        .await?;
+        let start = Instant::now();
+        server
+            .modify("apps", "deployments", Some(ns), name, |d| {
+                d["spec"]["template"]["metadata"]["annotations"]
+                    ["kubectl.kubernetes.io/restartedAt"] = json!(Utc::now().to_rfc3339());
+            })
+            .map_err(|e| anyhow::anyhow!("restart: {e:?}"))?;
+        let hash = |d: &Value| rollout::template_hash(&d["spec"]["template"]);
+        let d = server
+            .get("apps", "deployments", Some(ns), name)
+            .context("the Deployment is gone")?;
+        let want = hash(&d);
+        wait_for("rollout", timeout, Duration::from_millis(50), || {
+            let pods = cluster.pods();
+            let ours: Vec<_> = pods.iter().filter(|p| p.deployment == name).collect();
+            let done = !ours.is_empty()
+                && ours
+                    .iter()
+                    .all(|p| p.template_hash == want && p.ready && !p.terminating);
+            Ok((usize::from(done), 1))
+        })
+        .await?;
+        Ok(start.elapsed())
+    }
+    .await;
+    operator.stop().await;
+    cluster.shutdown().await;
+    result
 }
 
 fn raise_fd_limit() {

@@ -247,16 +247,25 @@ where
 /// Makes `desired` the live object, or, when `desired` is `None`, deletes
 /// the live one if this `MacpAuth` owns it (a user's object of the same name
 /// is left alone). Each write only when something differs.
+///
+/// `spec_changed`: whether the spec may have changed since a round applied
+/// the objects. When it did not and nothing is desired, that round already
+/// removed the object, so not even a read is spent on it (most MacpAuths have
+/// no autoscaler: this keeps their steady state at the reads it had).
 async fn apply_or_remove<K>(
     api: &Api<K>,
     name: &str,
     desired: Option<&K>,
     owner_uid: &str,
+    spec_changed: bool,
     metrics: &Metrics,
 ) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
+    if desired.is_none() && !spec_changed {
+        return Ok(());
+    }
     let live = api.get_opt(name).await?;
     match (desired, live) {
         (Some(desired), live) => {
@@ -867,11 +876,22 @@ impl Round<'_> {
         let desired = resources::verifier_config_map(&self.owner, spec);
         apply(&self.apis.config_maps, live.as_ref(), &desired, m).await?;
         let uid = &self.owner.owner_ref.uid;
+        // `Ready=True` of this generation is only set by a round that applied
+        // these objects (a round that stopped early, on an invalid spec or an
+        // unusable Secret, never sets it), so it proves a removal was done.
+        let applied_this_generation = self
+            .mauth
+            .status
+            .as_ref()
+            .and_then(|s| status::condition(s, READY))
+            .is_some_and(|c| c.status == status::TRUE && c.observed_generation == self.generation);
+        let spec_changed = !applied_this_generation;
         apply_or_remove(
             &self.apis.autoscalers,
             name,
             resources::horizontal_pod_autoscaler(&self.owner, spec).as_ref(),
             uid,
+            spec_changed,
             m,
         )
         .await?;
@@ -880,6 +900,7 @@ impl Round<'_> {
             name,
             resources::pod_disruption_budget(&self.owner, spec).as_ref(),
             uid,
+            spec_changed,
             m,
         )
         .await?;

@@ -1746,6 +1746,14 @@ async fn an_injected_sidecar_costs_zero_writes_per_unchanged_reconcile() {
         vec![],
         "the injector's container, volume, env, pull secret and annotation are no drift"
     );
+    // No autoscaling asked for and none removed this generation: not even a read of one.
+    let hpa_requests: Vec<_> = h
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.resource == "horizontalpodautoscalers")
+        .collect();
+    assert_eq!(hpa_requests, vec![], "steady state reads no autoscaler");
     // And a rotation still works with the sidecar in the pods.
     request_rotation(&h, "x", "r-1");
     for _ in 0..12 {

@@ -8,7 +8,10 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -19,6 +22,11 @@ pub const NAME_RULE: &str =
     "size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
 /// The message of [`NAME_RULE`].
 pub const NAME_RULE_MESSAGE: &str = "metadata.name must be a DNS-1035 label (at most 63 lower-case letters, digits and '-', starting with a letter and ending with a letter or digit): the Service and the app.kubernetes.io/instance label carry it";
+
+/// CEL rule on the spec: the mint port is a second listener, not the first one again.
+pub const MINT_PORT_RULE: &str = "!has(self.mintPort) || self.mintPort != self.port";
+/// The message of [`MINT_PORT_RULE`].
+pub const MINT_PORT_RULE_MESSAGE: &str = "mintPort must differ from port";
 
 /// Annotation whose new value requests a routine rotation.
 pub const ROTATE_ANNOTATION: &str = "macp.io/rotate";
@@ -46,6 +54,10 @@ pub const EMERGENCY_ROTATE_ANNOTATION: &str = "macp.io/emergency-rotate";
     validation = kube::core::Rule::new(NAME_RULE).message(NAME_RULE_MESSAGE)
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": MINT_PORT_RULE,
+    "message": MINT_PORT_RULE_MESSAGE
+}]))]
 pub struct MacpAuthSpec {
     /// Token service image; the operator's configured default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,6 +68,12 @@ pub struct MacpAuthSpec {
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+    /// A second port that alone serves `POST /tokens` (the service's
+    /// `MACP_AUTH_MINT_PORT`), so network policy can admit minters there and
+    /// verifiers to the JWKS on `port`. Unset: both on `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub mint_port: Option<i32>,
     #[serde(default = "default_issuer")]
     #[schemars(length(min = 1))]
     pub issuer: String,
@@ -89,6 +107,34 @@ pub struct MacpAuthSpec {
     pub pod_labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pod_annotations: BTreeMap<String, String>,
+    /// The pods' affinity (node, pod affinity and anti-affinity), as in a pod spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// The pods' topology spread constraints. Unset: with more than one
+    /// replica (or autoscaling), a best-effort spread over nodes and zones;
+    /// `[]` turns that default off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// The pods' service account (the namespace's `default` when unset). Its
+    /// token is still not mounted: the service never calls the API server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub service_account_name: Option<String>,
+    /// A HorizontalPodAutoscaler for the token service; `replicas` is then
+    /// left to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// The PodDisruptionBudget rendered when `replicas > 1` or autoscaling is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption_budget: Option<DisruptionBudgetSpec>,
     /// Caller authentication for `POST /tokens`; unset leaves minting open (the reference behaviour).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller_auth: Option<CallerAuthSpec>,
@@ -105,6 +151,56 @@ pub struct MacpAuthSpec {
     /// field keeps the service's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_limits: Option<ConnectionLimitsSpec>,
+}
+
+/// The HorizontalPodAutoscaler (autoscaling/v2) the operator owns when set.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.minReplicas <= self.maxReplicas",
+    "message": "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"
+}]))]
+pub struct AutoscalingSpec {
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1))]
+    pub min_replicas: i32,
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Average CPU use, in percent of the pods' CPU request, the autoscaler aims at.
+    #[serde(
+        default = "default_cpu_target",
+        rename = "targetCPUUtilizationPercentage"
+    )]
+    #[schemars(range(min = 1, max = 1000))]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+/// The PodDisruptionBudget's limit: at most one of the two; `maxUnavailable: 1`
+/// when neither is set.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!(has(self.maxUnavailable) && has(self.minAvailable))",
+    "message": "disruptionBudget: set maxUnavailable or minAvailable, not both"
+}]))]
+pub struct DisruptionBudgetSpec {
+    /// `false` renders no PodDisruptionBudget at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_available: Option<IntOrString>,
+}
+
+impl Default for DisruptionBudgetSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_unavailable: None,
+            min_available: None,
+        }
+    }
 }
 
 /// `MACP_AUTH_HEADER_TIMEOUT_SECONDS`, `MACP_AUTH_REQUEST_TIMEOUT_SECONDS` and
@@ -221,6 +317,21 @@ impl Default for RotationSpec {
 }
 
 impl MacpAuthSpec {
+    /// Whether the pods may number more than one: fixed replicas above one, or
+    /// autoscaling allowed to go there. Decides the default spread and the
+    /// disruption budget.
+    pub fn may_run_several(&self) -> bool {
+        match &self.autoscaling {
+            Some(a) => a.max_replicas > 1,
+            None => self.replicas > 1,
+        }
+    }
+
+    /// The port `POST /tokens` is served on.
+    pub fn effective_mint_port(&self) -> i32 {
+        self.mint_port.unwrap_or(self.port)
+    }
+
     /// The drain wait in effect: the explicit value, or every token's lifetime plus a minute.
     pub fn effective_drain_seconds(&self) -> i64 {
         self.rotation
@@ -231,6 +342,12 @@ impl MacpAuthSpec {
 
 fn default_replicas() -> i32 {
     2
+}
+fn default_min_replicas() -> i32 {
+    2
+}
+fn default_cpu_target() -> i32 {
+    80
 }
 fn default_port() -> i32 {
     3200

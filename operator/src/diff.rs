@@ -51,6 +51,8 @@ fn list_keys(field: &str, item: &Value) -> Option<&'static [&'static str]> {
         "ports" if item.get("containerPort").is_some() => &["containerPort", "protocol"],
         "ports" => &["port", "protocol"],
         "volumeMounts" => &["mountPath"],
+        // The real schema's list-map keys (x-kubernetes-list-map-keys).
+        "topologySpreadConstraints" => &["topologyKey", "whenUnsatisfiable"],
         "ownerReferences" => &["uid"],
         _ => return None,
     })
@@ -83,6 +85,16 @@ fn applied_fields<'a>(live: &'a Value, manager: &str) -> Option<&'a Value> {
                 && e.get("subresource").is_none()
         })?
         .get("fieldsV1")
+}
+
+/// Whether `manager`'s Apply entry in `live.metadata.managedFields` owns the
+/// field at `path` (object members only).
+pub fn applies_field(live: &Value, manager: &str, path: &[&str]) -> bool {
+    let mut node = applied_fields(live, manager);
+    for name in path {
+        node = node.and_then(|n| n.get(format!("f:{name}")));
+    }
+    node.is_some()
 }
 
 /// Whether the live object already is what `manager` would apply as

@@ -25,8 +25,10 @@ pub enum ProbeError {
 pub trait PodProber: Send + Sync {
     /// Kids of the pod's `/.well-known/jwks.json`, in order.
     async fn served_kids(&self, ip: &str, port: u16) -> Result<Vec<String>, ProbeError>;
-    /// Mints a probe token (`POST /tokens`) and returns the `kid` of its header.
-    async fn signing_kid(&self, ip: &str, port: u16) -> Result<String, ProbeError>;
+    /// Mints a probe token (`POST /tokens` on `mint_port`, which is `port`
+    /// unless the service has a separate mint listener) and returns the `kid`
+    /// of its header. `port` serves everything else (`/metrics`).
+    async fn signing_kid(&self, ip: &str, port: u16, mint_port: u16) -> Result<String, ProbeError>;
 }
 
 /// Kids of a JWKS document, in order.
@@ -159,8 +161,8 @@ impl PodProber for HttpProber {
         jwks_kids(&body).map_err(|message| ProbeError::Body { url, message })
     }
 
-    async fn signing_kid(&self, ip: &str, port: u16) -> Result<String, ProbeError> {
-        let url = format!("{}/tokens", base(ip, port));
+    async fn signing_kid(&self, ip: &str, port: u16, mint_port: u16) -> Result<String, ProbeError> {
+        let url = format!("{}/tokens", base(ip, mint_port));
         let req = self
             .client
             .post(&url)
@@ -237,7 +239,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         let p = HttpProber::new(Duration::from_secs(2)).unwrap();
-        assert_eq!(p.signing_kid("127.0.0.1", port).await.unwrap(), "k-3");
+        assert_eq!(p.signing_kid("127.0.0.1", port, port).await.unwrap(), "k-3");
     }
 
     #[tokio::test]
@@ -262,11 +264,50 @@ mod tests {
             p.served_kids("127.0.0.1", port).await.unwrap(),
             vec!["k-9", "k-8"]
         );
-        assert_eq!(p.signing_kid("127.0.0.1", port).await.unwrap(), "k-9");
+        assert_eq!(p.signing_kid("127.0.0.1", port, port).await.unwrap(), "k-9");
         // Nothing listens on port 1: a request error, not a panic.
         assert!(matches!(
             p.served_kids("127.0.0.1", 1).await,
             Err(ProbeError::Request { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn with_a_mint_port_the_probe_mints_there_and_reads_metrics_on_the_main_port() {
+        use axum::http::StatusCode;
+        use axum::{Json, Router, routing::get, routing::post};
+        let h = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"kid":"k-m"}"#);
+        let token = format!("{h}.e30.sig");
+        let main = Router::new()
+            .route("/tokens", post(|| async { StatusCode::NOT_FOUND }))
+            .route(
+                "/metrics",
+                get(|| async { "macp_auth_signing_key_info{kid=\"k-5\",alg=\"RS256\"} 1\n" }),
+            );
+        let mint = Router::new().route(
+            "/tokens",
+            post(move || async move { Json(json!({"token": token})) }),
+        );
+        let serve = |app: Router| async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            port
+        };
+        let (port, mint_port) = (serve(main).await, serve(mint).await);
+        let p = HttpProber::new(Duration::from_secs(2)).unwrap();
+        assert_eq!(
+            p.signing_kid("127.0.0.1", port, mint_port).await.unwrap(),
+            "k-m"
+        );
+        // The main port refuses minting: asking it there is an error, not a kid.
+        assert!(p.signing_kid("127.0.0.1", port, port).await.is_err());
+        // Caller auth on the mint port: the kid comes from the main port's metrics.
+        let locked = Router::new().route("/tokens", post(|| async { StatusCode::UNAUTHORIZED }));
+        let locked_port = serve(locked).await;
+        assert_eq!(
+            p.signing_kid("127.0.0.1", port, locked_port).await.unwrap(),
+            "k-5"
+        );
     }
 }

@@ -21,6 +21,11 @@ const OWNED: &[&str] = &["get", "list", "watch", "create", "patch"];
 /// precondition), never applied: see `reconcile`.
 const SECRETS: &[&str] = &["get", "list", "watch", "create", "patch", "update"];
 
+/// The autoscaler and the disruption budget are applied, and deleted when the
+/// spec stops asking for them. Not watched (a hand edit is reverted at the
+/// next resync, not at once), so no list or watch.
+const OPTIONAL_OWNED: &[&str] = &["get", "create", "patch", "delete"];
+
 const RULES: &[Rule] = &[
     Rule {
         group: "macp.io",
@@ -51,6 +56,16 @@ const RULES: &[Rule] = &[
         group: "apps",
         resource: "deployments",
         verbs: OWNED,
+    },
+    Rule {
+        group: "autoscaling",
+        resource: "horizontalpodautoscalers",
+        verbs: OPTIONAL_OWNED,
+    },
+    Rule {
+        group: "policy",
+        resource: "poddisruptionbudgets",
+        verbs: OPTIONAL_OWNED,
     },
     Rule {
         group: "",
@@ -142,10 +157,16 @@ mod tests {
     }
 
     #[test]
-    fn no_rule_deletes_anything() {
-        // Deleting is how keys get lost; the operator removes keys by rewriting the Secret.
+    fn only_the_optional_autoscaler_and_budget_may_be_deleted() {
+        // Deleting is how keys get lost; the operator removes keys by
+        // rewriting the Secret. It deletes only the HorizontalPodAutoscaler
+        // and PodDisruptionBudget that the spec stopped asking for.
         for r in required_rules(true) {
-            assert!(!r.verbs.contains(&"delete"), "{r:?}");
+            let optional = matches!(
+                (r.group, r.resource),
+                ("autoscaling", "horizontalpodautoscalers") | ("policy", "poddisruptionbudgets")
+            );
+            assert_eq!(r.verbs.contains(&"delete"), optional, "{r:?}");
             assert!(!r.verbs.contains(&"deletecollection"), "{r:?}");
         }
     }

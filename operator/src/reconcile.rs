@@ -37,8 +37,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
@@ -214,6 +216,8 @@ struct Apis {
     services: Api<Service>,
     config_maps: Api<ConfigMap>,
     pods: Api<Pod>,
+    autoscalers: Api<HorizontalPodAutoscaler>,
+    budgets: Api<PodDisruptionBudget>,
 }
 
 impl Apis {
@@ -225,6 +229,8 @@ impl Apis {
             services: Api::namespaced(client.clone(), ns),
             config_maps: Api::namespaced(client.clone(), ns),
             pods: Api::namespaced(client.clone(), ns),
+            autoscalers: Api::namespaced(client.clone(), ns),
+            budgets: Api::namespaced(client.clone(), ns),
         }
     }
 }
@@ -260,6 +266,103 @@ where
         )
         .await?)
 }
+
+/// Makes `desired` the live object, or, when `desired` is `None`, deletes
+/// the live one if this `MacpAuth` owns it (a user's object of the same name
+/// is left alone). Each write only when something differs.
+///
+/// `spec_changed`: whether the spec may have changed since a round applied
+/// the objects. When it did not and nothing is desired, that round already
+/// removed the object, so not even a read is spent on it (most MacpAuths have
+/// no autoscaler: this keeps their steady state at the reads it had).
+async fn apply_or_remove<K>(
+    api: &Api<K>,
+    name: &str,
+    desired: Option<&K>,
+    owner_uid: &str,
+    spec_changed: bool,
+    metrics: &Metrics,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    if desired.is_none() && !spec_changed {
+        return Ok(());
+    }
+    let live = api.get_opt(name).await?;
+    match (desired, live) {
+        (Some(desired), live) => {
+            apply(api, live.as_ref(), desired, metrics).await?;
+        }
+        (None, Some(live))
+            if live
+                .owner_references()
+                .iter()
+                .any(|o| o.uid == owner_uid && o.controller == Some(true)) =>
+        {
+            debug!(kind = %K::kind(&()), %name, "deleting, no longer wanted by the spec");
+            metrics.wrote(&K::plural(&()));
+            // Only the object we looked at: a replacement made meanwhile stays.
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: live.uid(),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match api.delete(name, &dp).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        (None, _) => {}
+    }
+    Ok(())
+}
+
+/// Hands `spec.replicas` of a live Deployment over before the first apply
+/// that leaves it out (autoscaling was just turned on).
+///
+/// Server-side apply removes a field its only owner stops applying: the
+/// Deployment would fall back to 1 replica, terminating signers until the
+/// autoscaler scales up again. A second field manager first claims the
+/// current value (the handover Kubernetes documents for autoscalers); the
+/// autoscaler's own writes then take it over.
+async fn hand_over_replicas(
+    api: &Api<Deployment>,
+    live: Option<&Deployment>,
+    metrics: &Metrics,
+) -> Result<bool, Error> {
+    let Some(live) = live else { return Ok(false) };
+    let value = serde_json::to_value(live)?;
+    if !diff::applies_field(&value, MANAGER, &["spec", "replicas"]) {
+        return Ok(false);
+    }
+    let Some(replicas) = live.spec.as_ref().and_then(|s| s.replicas) else {
+        return Ok(false);
+    };
+    let name = live.name_any();
+    let patch = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas},
+    });
+    info!(%name, replicas, "autoscaling on: handing spec.replicas over");
+    metrics.wrote("deployments");
+    api.patch(
+        &name,
+        &PatchParams::apply(REPLICAS_HANDOVER_MANAGER),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// The field manager that holds `spec.replicas` between the operator's last
+/// write of it and the autoscaler's first (see [`hand_over_replicas`]).
+pub const REPLICAS_HANDOVER_MANAGER: &str = "macp-auth-operator-replicas-handover";
 
 /// An event to emit after the status write.
 struct Note {
@@ -767,6 +870,13 @@ impl Round<'_> {
         let m = &self.ctx.metrics;
         let name = &self.owner.name;
         let live = self.apis.deployments.get_opt(name).await?;
+        let handed_over = spec.autoscaling.is_some()
+            && hand_over_replicas(&self.apis.deployments, live.as_ref(), m).await?;
+        let live = if handed_over {
+            self.apis.deployments.get_opt(name).await?
+        } else {
+            live
+        };
         let desired = resources::deployment(
             &self.owner,
             spec,
@@ -788,11 +898,41 @@ impl Round<'_> {
         let live = self.apis.config_maps.get_opt(&cm_name).await?;
         let desired = resources::verifier_config_map(&self.owner, spec);
         apply(&self.apis.config_maps, live.as_ref(), &desired, m).await?;
+        let uid = &self.owner.owner_ref.uid;
+        // `Ready=True` of this generation is only set by a round that applied
+        // these objects (a round that stopped early, on an invalid spec or an
+        // unusable Secret, never sets it), so it proves a removal was done.
+        let applied_this_generation = self
+            .mauth
+            .status
+            .as_ref()
+            .and_then(|s| status::condition(s, READY))
+            .is_some_and(|c| c.status == status::TRUE && c.observed_generation == self.generation);
+        let spec_changed = !applied_this_generation;
+        apply_or_remove(
+            &self.apis.autoscalers,
+            name,
+            resources::horizontal_pod_autoscaler(&self.owner, spec).as_ref(),
+            uid,
+            spec_changed,
+            m,
+        )
+        .await?;
+        apply_or_remove(
+            &self.apis.budgets,
+            name,
+            resources::pod_disruption_budget(&self.owner, spec).as_ref(),
+            uid,
+            spec_changed,
+            m,
+        )
+        .await?;
         Ok(deployment)
     }
 
     async fn probe(&self, targets: &[PodTarget], signing: bool) -> Vec<PodView> {
         let port = u16::try_from(self.spec().port).unwrap_or_default();
+        let mint_port = u16::try_from(self.spec().effective_mint_port()).unwrap_or_default();
         let prober = &self.ctx.prober;
         let probes = targets.iter().map(|t| async move {
             let served_kids = prober
@@ -802,7 +942,7 @@ impl Round<'_> {
             let signing_kid = if signing {
                 Some(
                     prober
-                        .signing_kid(&t.ip, port)
+                        .signing_kid(&t.ip, port, mint_port)
                         .await
                         .map_err(|e| e.to_string()),
                 )

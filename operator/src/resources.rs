@@ -6,12 +6,17 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret,
     SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -37,6 +42,17 @@ pub const CALLER_TOKENS_VOLUME: &str = "caller-tokens";
 pub const CALLER_TOKENS_DIR: &str = "/etc/macp-auth/callers";
 /// File name of the tokens inside [`CALLER_TOKENS_DIR`], whatever the Secret's key is called.
 pub const CALLER_TOKENS_FILE: &str = "tokens";
+/// Name of the main container and Service port (JWKS, health, metrics; and
+/// minting unless `spec.mintPort` moves it).
+pub const HTTP_PORT_NAME: &str = "http";
+/// Name of the container and Service port that alone serves `POST /tokens`
+/// when `spec.mintPort` is set.
+pub const MINT_PORT_NAME: &str = "mint";
+/// Topology keys of the default spread: first nodes, then zones.
+pub const HOSTNAME_TOPOLOGY_KEY: &str = "kubernetes.io/hostname";
+pub const ZONE_TOPOLOGY_KEY: &str = "topology.kubernetes.io/zone";
+/// The disruption budget's limit when the spec sets none.
+pub const DEFAULT_MAX_UNAVAILABLE: i32 = 1;
 /// Mode of the tokens file: owner and group read only (0440); the group is
 /// the pod's `fsGroup`, so the non-root service can read it and nobody else.
 pub const CALLER_TOKENS_MODE: i32 = 0o440;
@@ -308,6 +324,9 @@ fn service_env(
     if spec.audit.as_ref().is_some_and(|a| a.enabled) {
         vars.push(env(service_env::AUDIT_LOG, "stdout"));
     }
+    if let Some(mint_port) = spec.mint_port {
+        vars.push(env(service_env::MINT_PORT, mint_port));
+    }
     if let Some(limits) = &spec.connection_limits {
         for (name, value) in [
             (service_env::HEADER_TIMEOUT, limits.header_timeout_seconds),
@@ -341,16 +360,25 @@ pub fn deployment(
     let mut pod_annotations = spec.pod_annotations.clone();
     pod_annotations.insert(KEYSET_HASH_ANNOTATION.into(), keyset_hash.into());
 
+    let mut ports = vec![ContainerPort {
+        name: Some(HTTP_PORT_NAME.into()),
+        container_port: spec.port,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }];
+    if let Some(mint_port) = spec.mint_port {
+        ports.push(ContainerPort {
+            name: Some(MINT_PORT_NAME.into()),
+            container_port: mint_port,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        });
+    }
     let container = Container {
         name: CONTAINER_NAME.into(),
         image: Some(image.into()),
         image_pull_policy: Some("IfNotPresent".into()),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: spec.port,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(ports),
         env: Some(service_env(owner, spec, signing_alg, ttl)),
         volume_mounts: spec
             .caller_auth
@@ -376,7 +404,10 @@ pub fn deployment(
     Deployment {
         metadata: owner.meta(owner.name.clone()),
         spec: Some(DeploymentSpec {
-            replicas: Some(spec.replicas),
+            // With autoscaling the field is left out of the apply, so the
+            // HorizontalPodAutoscaler (through the scale subresource) is its
+            // only writer: setting it here would fight every scaling decision.
+            replicas: spec.autoscaling.is_none().then_some(spec.replicas),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(&owner.name)),
                 match_expressions: None,
@@ -420,6 +451,12 @@ pub fn deployment(
                         .map(|auth| vec![caller_tokens_volume(auth)]),
                     node_selector: non_empty(&spec.node_selector),
                     tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+                    affinity: spec.affinity.clone(),
+                    topology_spread_constraints: topology_spread(&owner.name, spec),
+                    priority_class_name: spec.priority_class_name.clone(),
+                    image_pull_secrets: (!spec.image_pull_secrets.is_empty())
+                        .then(|| spec.image_pull_secrets.clone()),
+                    service_account_name: spec.service_account_name.clone(),
                     termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
                     ..PodSpec::default()
                 }),
@@ -430,23 +467,123 @@ pub fn deployment(
     }
 }
 
+/// The pods' topology spread: the spec's constraints when given (`[]`
+/// included, which turns the default off); else, when there may be more than
+/// one pod, one pod per node and per zone as far as the cluster allows.
+/// `ScheduleAnyway`, because a single-node or single-zone cluster must still
+/// run every replica: the spread is a preference, the disruption budget and
+/// `maxUnavailable: 0` are what keep signers up.
+fn topology_spread(name: &str, spec: &MacpAuthSpec) -> Option<Vec<TopologySpreadConstraint>> {
+    if let Some(given) = &spec.topology_spread_constraints {
+        return (!given.is_empty()).then(|| given.clone());
+    }
+    if !spec.may_run_several() {
+        return None;
+    }
+    let spread = |key: &str| TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: key.into(),
+        when_unsatisfiable: "ScheduleAnyway".into(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(selector_labels(name)),
+            match_expressions: None,
+        }),
+        ..TopologySpreadConstraint::default()
+    };
+    Some(vec![
+        spread(HOSTNAME_TOPOLOGY_KEY),
+        spread(ZONE_TOPOLOGY_KEY),
+    ])
+}
+
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    }
+}
+
 pub fn service(owner: &Owner, spec: &MacpAuthSpec) -> Service {
+    let mut ports = vec![service_port(HTTP_PORT_NAME, spec.port)];
+    if let Some(mint_port) = spec.mint_port {
+        ports.push(service_port(MINT_PORT_NAME, mint_port));
+    }
     Service {
         metadata: owner.meta(owner.name.clone()),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(selector_labels(&owner.name)),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: spec.port,
-                target_port: Some(IntOrString::String("http".into())),
-                protocol: Some("TCP".into()),
-                ..ServicePort::default()
-            }]),
+            ports: Some(ports),
             ..ServiceSpec::default()
         }),
         status: None,
     }
+}
+
+/// The HorizontalPodAutoscaler `<name>` for `spec.autoscaling`, `None`
+/// without it (the reconciler then deletes one it made before).
+pub fn horizontal_pod_autoscaler(
+    owner: &Owner,
+    spec: &MacpAuthSpec,
+) -> Option<HorizontalPodAutoscaler> {
+    let a = spec.autoscaling.as_ref()?;
+    Some(HorizontalPodAutoscaler {
+        metadata: owner.meta(owner.name.clone()),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: owner.name.clone(),
+            },
+            min_replicas: Some(a.min_replicas),
+            max_replicas: a.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(a.target_cpu_utilization_percentage),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            behavior: None,
+        }),
+        status: None,
+    })
+}
+
+/// The PodDisruptionBudget `<name>`: when more than one pod may run (and
+/// `disruptionBudget.enabled` is not false), so that a node drain evicts one
+/// signer at a time instead of all of them. `None` otherwise: a budget over a
+/// single replica would block every drain.
+pub fn pod_disruption_budget(owner: &Owner, spec: &MacpAuthSpec) -> Option<PodDisruptionBudget> {
+    let budget = spec.disruption_budget.clone().unwrap_or_default();
+    if !budget.enabled || !spec.may_run_several() {
+        return None;
+    }
+    let max_unavailable = match (&budget.max_unavailable, &budget.min_available) {
+        (None, None) => Some(IntOrString::Int(DEFAULT_MAX_UNAVAILABLE)),
+        (max, _) => max.clone(),
+    };
+    Some(PodDisruptionBudget {
+        metadata: owner.meta(owner.name.clone()),
+        spec: Some(PodDisruptionBudgetSpec {
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&owner.name)),
+                match_expressions: None,
+            }),
+            max_unavailable,
+            min_available: budget.min_available.clone(),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    })
 }
 
 /// The in-cluster JWKS URL verifiers fetch.
@@ -903,6 +1040,253 @@ mod tests {
         assert_eq!(
             pod_selector("prod"),
             "app.kubernetes.io/name=macp-auth-service,app.kubernetes.io/instance=prod"
+        );
+    }
+
+    #[test]
+    fn pod_settings_from_spec_reach_the_pod_template() {
+        let spec = mauth(serde_json::json!({
+            "podLabels": {"sidecar.istio.io/inject": "true"},
+            "podAnnotations": {"linkerd.io/inject": "enabled"},
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "pool", "operator": "In", "values": ["auth"]}]}]}}},
+            "priorityClassName": "platform-critical",
+            "imagePullSecrets": [{"name": "regcred"}],
+            "serviceAccountName": "macp-auth"
+        }))
+        .spec;
+        let d = deployment(&owner(), &spec, "img", "h", spec.signing_alg, plain(&spec));
+        let meta = d.spec.clone().unwrap().template.metadata.unwrap();
+        assert_eq!(meta.labels.unwrap()["sidecar.istio.io/inject"], "true");
+        assert_eq!(meta.annotations.unwrap()["linkerd.io/inject"], "enabled");
+        let ps = pod_spec(&d);
+        let terms = ps
+            .affinity
+            .unwrap()
+            .node_affinity
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .unwrap()
+            .node_selector_terms;
+        assert_eq!(terms[0].match_expressions.as_ref().unwrap()[0].key, "pool");
+        assert_eq!(ps.priority_class_name.as_deref(), Some("platform-critical"));
+        assert_eq!(ps.image_pull_secrets.unwrap()[0].name, "regcred");
+        assert_eq!(ps.service_account_name.as_deref(), Some("macp-auth"));
+        // A named service account changes nothing about its token: not mounted.
+        assert_eq!(ps.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn unset_pod_settings_render_nothing() {
+        let spec = mauth(serde_json::json!({"replicas": 1})).spec;
+        let ps = pod_spec(&deployment(
+            &owner(),
+            &spec,
+            "img",
+            "h",
+            spec.signing_alg,
+            plain(&spec),
+        ));
+        assert!(ps.affinity.is_none());
+        assert!(
+            ps.topology_spread_constraints.is_none(),
+            "one replica: no spread"
+        );
+        assert!(ps.priority_class_name.is_none());
+        assert!(ps.image_pull_secrets.is_none());
+        assert!(ps.service_account_name.is_none());
+        assert!(
+            pod_disruption_budget(&owner(), &spec).is_none(),
+            "one replica: no budget"
+        );
+        assert!(horizontal_pod_autoscaler(&owner(), &spec).is_none());
+    }
+
+    #[test]
+    fn several_replicas_spread_over_nodes_and_zones_by_default() {
+        let spec = mauth(serde_json::json!({"replicas": 3})).spec;
+        let ps = pod_spec(&deployment(
+            &owner(),
+            &spec,
+            "img",
+            "h",
+            spec.signing_alg,
+            plain(&spec),
+        ));
+        let tsc = ps.topology_spread_constraints.unwrap();
+        let keys: Vec<_> = tsc.iter().map(|c| c.topology_key.as_str()).collect();
+        assert_eq!(keys, [HOSTNAME_TOPOLOGY_KEY, ZONE_TOPOLOGY_KEY]);
+        for c in &tsc {
+            assert_eq!(c.max_skew, 1);
+            // A preference: a one-node cluster still runs every replica.
+            assert_eq!(c.when_unsatisfiable, "ScheduleAnyway");
+            assert_eq!(
+                c.label_selector.clone().unwrap().match_labels.unwrap(),
+                selector_labels("prod")
+            );
+        }
+        // Given constraints replace the default; [] turns it off.
+        let given = serde_json::json!([{"maxSkew": 2, "topologyKey": "rack",
+                                        "whenUnsatisfiable": "DoNotSchedule"}]);
+        let spec =
+            mauth(serde_json::json!({"replicas": 3, "topologySpreadConstraints": given})).spec;
+        let ps = pod_spec(&deployment(
+            &owner(),
+            &spec,
+            "img",
+            "h",
+            spec.signing_alg,
+            plain(&spec),
+        ));
+        let tsc = ps.topology_spread_constraints.unwrap();
+        assert_eq!((tsc.len(), tsc[0].topology_key.as_str()), (1, "rack"));
+        let spec = mauth(serde_json::json!({"replicas": 3, "topologySpreadConstraints": []})).spec;
+        let ps = pod_spec(&deployment(
+            &owner(),
+            &spec,
+            "img",
+            "h",
+            spec.signing_alg,
+            plain(&spec),
+        ));
+        assert!(ps.topology_spread_constraints.is_none());
+    }
+
+    #[test]
+    fn autoscaling_owns_replicas_through_an_hpa() {
+        let spec = mauth(serde_json::json!({"replicas": 3,
+            "autoscaling": {"minReplicas": 2, "maxReplicas": 10, "targetCPUUtilizationPercentage": 70}}))
+        .spec;
+        let d = deployment(&owner(), &spec, "img", "h", spec.signing_alg, plain(&spec));
+        assert_eq!(
+            d.spec.as_ref().unwrap().replicas,
+            None,
+            "replicas left to the HPA"
+        );
+        let json = serde_json::to_value(&d).unwrap();
+        assert!(
+            json["spec"].get("replicas").is_none(),
+            "not even as null: {json}"
+        );
+        assert!(
+            pod_spec(&d).topology_spread_constraints.is_some(),
+            "may scale out: spread"
+        );
+        let hpa = horizontal_pod_autoscaler(&owner(), &spec).unwrap();
+        assert_eq!(hpa.metadata.name.as_deref(), Some("prod"));
+        assert_eq!(hpa.metadata.owner_references.unwrap()[0].uid, "uid-1");
+        let hs = hpa.spec.unwrap();
+        assert_eq!(
+            (
+                hs.scale_target_ref.kind.as_str(),
+                hs.scale_target_ref.name.as_str()
+            ),
+            ("Deployment", "prod")
+        );
+        assert_eq!(hs.scale_target_ref.api_version.as_deref(), Some("apps/v1"));
+        assert_eq!((hs.min_replicas, hs.max_replicas), (Some(2), 10));
+        let m = &hs.metrics.unwrap()[0];
+        assert_eq!(m.type_, "Resource");
+        let r = m.resource.clone().unwrap();
+        assert_eq!(r.name, "cpu");
+        assert_eq!(r.target.type_, "Utilization");
+        assert_eq!(r.target.average_utilization, Some(70));
+        // Defaults: minReplicas 2, 80 %.
+        let spec = mauth(serde_json::json!({"autoscaling": {"maxReplicas": 4}})).spec;
+        let hs = horizontal_pod_autoscaler(&owner(), &spec)
+            .unwrap()
+            .spec
+            .unwrap();
+        assert_eq!(hs.min_replicas, Some(2));
+        assert_eq!(
+            hs.metrics.unwrap()[0]
+                .resource
+                .clone()
+                .unwrap()
+                .target
+                .average_utilization,
+            Some(80)
+        );
+        // Without autoscaling the Deployment carries the spec's replicas.
+        let spec = mauth(serde_json::json!({"replicas": 3})).spec;
+        let d = deployment(&owner(), &spec, "img", "h", spec.signing_alg, plain(&spec));
+        assert_eq!(d.spec.unwrap().replicas, Some(3));
+    }
+
+    #[test]
+    fn a_disruption_budget_guards_several_replicas() {
+        let spec = mauth(serde_json::json!({"replicas": 2})).spec;
+        let pdb = pod_disruption_budget(&owner(), &spec).unwrap();
+        assert_eq!(pdb.metadata.name.as_deref(), Some("prod"));
+        let ps = pdb.spec.unwrap();
+        assert_eq!(ps.max_unavailable, Some(IntOrString::Int(1)));
+        assert_eq!(ps.min_available, None);
+        assert_eq!(
+            ps.selector.unwrap().match_labels.unwrap(),
+            selector_labels("prod")
+        );
+        // Autoscaling, even from a single replica, may run several.
+        let spec = mauth(serde_json::json!({"replicas": 1,
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 3}}))
+        .spec;
+        assert!(pod_disruption_budget(&owner(), &spec).is_some());
+        let spec = mauth(serde_json::json!({"disruptionBudget": {"minAvailable": "50%"}})).spec;
+        let ps = pod_disruption_budget(&owner(), &spec)
+            .unwrap()
+            .spec
+            .unwrap();
+        assert_eq!(ps.min_available, Some(IntOrString::String("50%".into())));
+        assert_eq!(ps.max_unavailable, None, "one of the two only");
+        let spec = mauth(serde_json::json!({"disruptionBudget": {"enabled": false}})).spec;
+        assert!(pod_disruption_budget(&owner(), &spec).is_none());
+    }
+
+    #[test]
+    fn a_mint_port_is_a_second_named_port_and_variable() {
+        let spec = mauth(serde_json::json!({"port": 3200, "mintPort": 3201})).spec;
+        let d = deployment(&owner(), &spec, "img", "h", spec.signing_alg, plain(&spec));
+        assert_eq!(
+            env_of(&d)["MACP_AUTH_MINT_PORT"].value.as_deref(),
+            Some("3201")
+        );
+        let ports: Vec<_> = pod_spec(&d).containers[0]
+            .ports
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.container_port))
+            .collect();
+        assert_eq!(
+            ports,
+            [("http".to_string(), 3200), ("mint".to_string(), 3201)]
+        );
+        let sp: Vec<_> = service(&owner(), &spec)
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.port, p.target_port.unwrap()))
+            .collect();
+        assert_eq!(
+            sp,
+            [
+                ("http".to_string(), 3200, IntOrString::String("http".into())),
+                ("mint".to_string(), 3201, IntOrString::String("mint".into()))
+            ]
+        );
+        // Verifiers keep fetching the JWKS from the main port.
+        assert_eq!(
+            verifier_config_map(&owner(), &spec).data.unwrap()["MACP_AUTH_JWKS_URL"],
+            "http://prod.auth.svc:3200/.well-known/jwks.json"
+        );
+        // Without it: one port, no variable.
+        let spec = mauth(serde_json::json!({})).spec;
+        assert!(!spec_env(&spec).contains_key("MACP_AUTH_MINT_PORT"));
+        assert_eq!(
+            service(&owner(), &spec).spec.unwrap().ports.unwrap().len(),
+            1
         );
     }
 }

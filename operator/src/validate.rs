@@ -6,6 +6,8 @@
 //! `rotation.interval` is checked by the rotation state machine, which owns
 //! the schedule (reason `InvalidRotationInterval`).
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
 use crate::crd::{MIN_EMERGENCY_MAX_TTL_SECONDS, MacpAuthSpec};
 
 /// Highest rate-limit setting the token service accepts (it exits at startup above it).
@@ -52,6 +54,33 @@ pub enum SpecError {
     DrainTooShort { drain: i64, max_ttl: i64 },
     #[error("rateLimit.{field} must be between 1 and {RATE_LIMIT_MAX}, got {value}")]
     RateLimit { field: &'static str, value: u32 },
+    #[error("mintPort must be between 1 and 65535, got {0}")]
+    MintPort(i32),
+    #[error("mintPort ({0}) must differ from port: minting moves to a second listener")]
+    MintPortIsPort(i32),
+    #[error("autoscaling.minReplicas ({min}) must not exceed autoscaling.maxReplicas ({max})")]
+    AutoscalingRange { min: i32, max: i32 },
+    #[error("autoscaling.targetCPUUtilizationPercentage must be between 1 and 1000, got {0}")]
+    AutoscalingTarget(i32),
+    #[error("disruptionBudget: set maxUnavailable or minAvailable, not both")]
+    BudgetBoth,
+    #[error(
+        "disruptionBudget.{field} must be a non-negative integer or a percentage such as \"50%\", got {value}"
+    )]
+    BudgetValue { field: &'static str, value: String },
+    #[error(
+        "disruptionBudget.{field} {value} lets no pod be evicted with {replicas} replica(s): every node drain would hang; \
+         allow at least one (maxUnavailable >= 1, or minAvailable below {replicas})"
+    )]
+    BudgetBlocksDrains {
+        field: &'static str,
+        value: String,
+        replicas: i32,
+    },
+    #[error(
+        "topologySpreadConstraints has two constraints for topologyKey {key:?} and whenUnsatisfiable {when:?}; the API server refuses duplicates"
+    )]
+    DuplicateSpread { key: String, when: String },
 }
 
 /// Every problem of `spec`, in field order; empty when it is valid.
@@ -90,6 +119,7 @@ pub fn validate(spec: &MacpAuthSpec) -> Vec<SpecError> {
         errors.push(SpecError::EmptyImage);
     }
     errors.extend(validate_hardening(spec));
+    errors.extend(validate_production(spec));
     errors.extend(validate_drain(spec));
     errors
 }
@@ -149,6 +179,103 @@ fn validate_hardening(spec: &MacpAuthSpec) -> Vec<SpecError> {
             errors.push(SpecError::EmergencyAboveMax {
                 emergency: em.max_ttl_seconds,
                 max: spec.max_ttl_seconds,
+            });
+        }
+    }
+    errors
+}
+
+/// A PodDisruptionBudget value: a non-negative integer or `N%`.
+fn budget_value(v: &IntOrString) -> Result<(), String> {
+    match v {
+        IntOrString::Int(n) if *n >= 0 => Ok(()),
+        IntOrString::String(s)
+            if s.strip_suffix('%')
+                .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())) =>
+        {
+            Ok(())
+        }
+        IntOrString::Int(n) => Err(n.to_string()),
+        IntOrString::String(s) => Err(format!("{s:?}")),
+    }
+}
+
+/// The issue-13 settings: mint port, autoscaling, disruption budget, spread.
+/// Some repeat CEL rules of the schema (for API servers without CEL); the
+/// budget and spread checks are cross-field or defaulted combinations the
+/// schema cannot express, which the API server would accept and then fail on
+/// (a budget that blocks every drain) or refuse with a 422 on every round.
+fn validate_production(spec: &MacpAuthSpec) -> Vec<SpecError> {
+    let mut errors = Vec::new();
+    if let Some(mint) = spec.mint_port {
+        if !(1..=65535).contains(&mint) {
+            errors.push(SpecError::MintPort(mint));
+        } else if mint == spec.port {
+            errors.push(SpecError::MintPortIsPort(mint));
+        }
+    }
+    let mut least_replicas = spec.replicas;
+    if let Some(a) = &spec.autoscaling {
+        for (field, value) in [
+            ("autoscaling.minReplicas", a.min_replicas),
+            ("autoscaling.maxReplicas", a.max_replicas),
+        ] {
+            if value < 1 {
+                errors.push(SpecError::TooSmall {
+                    field,
+                    min: 1,
+                    value: i64::from(value),
+                });
+            }
+        }
+        if a.min_replicas > a.max_replicas {
+            errors.push(SpecError::AutoscalingRange {
+                min: a.min_replicas,
+                max: a.max_replicas,
+            });
+        }
+        if !(1..=1000).contains(&a.target_cpu_utilization_percentage) {
+            errors.push(SpecError::AutoscalingTarget(
+                a.target_cpu_utilization_percentage,
+            ));
+        }
+        least_replicas = a.min_replicas;
+    }
+    if let Some(b) = spec.disruption_budget.as_ref().filter(|b| b.enabled) {
+        if b.max_unavailable.is_some() && b.min_available.is_some() {
+            errors.push(SpecError::BudgetBoth);
+        }
+        for (field, value) in [
+            ("maxUnavailable", &b.max_unavailable),
+            ("minAvailable", &b.min_available),
+        ] {
+            if let Some(Err(value)) = value.as_ref().map(budget_value) {
+                errors.push(SpecError::BudgetValue { field, value });
+            }
+        }
+        // Only the integer forms are decidable here; a percentage depends on
+        // the replica count the autoscaler picks.
+        let blocks = match (&b.max_unavailable, &b.min_available) {
+            (Some(IntOrString::Int(0)), _) => Some(("maxUnavailable", "0".to_string())),
+            (_, Some(IntOrString::Int(n))) if *n >= least_replicas && spec.may_run_several() => {
+                Some(("minAvailable", n.to_string()))
+            }
+            _ => None,
+        };
+        if let Some((field, value)) = blocks {
+            errors.push(SpecError::BudgetBlocksDrains {
+                field,
+                value,
+                replicas: least_replicas,
+            });
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for c in spec.topology_spread_constraints.iter().flatten() {
+        if !seen.insert((c.topology_key.clone(), c.when_unsatisfiable.clone())) {
+            errors.push(SpecError::DuplicateSpread {
+                key: c.topology_key.clone(),
+                when: c.when_unsatisfiable.clone(),
             });
         }
     }
@@ -435,6 +562,124 @@ mod name_tests {
             NameError::ServiceName("a.b".into())
                 .to_string()
                 .contains("DNS-1035 label")
+        );
+    }
+}
+
+#[cfg(test)]
+mod production_tests {
+    use super::*;
+
+    fn spec(v: serde_json::Value) -> MacpAuthSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn production_settings_are_checked_naming_the_field() {
+        assert_eq!(
+            validate(&spec(serde_json::json!({
+                "mintPort": 3201, "autoscaling": {"minReplicas": 2, "maxReplicas": 6},
+                "disruptionBudget": {"minAvailable": 1},
+                "topologySpreadConstraints": []
+            }))),
+            vec![]
+        );
+        let errs = validate(&spec(serde_json::json!({"port": 3200, "mintPort": 3200})));
+        assert_eq!(errs, vec![SpecError::MintPortIsPort(3200)]);
+        assert!(
+            errs[0]
+                .to_string()
+                .starts_with("mintPort (3200) must differ from port")
+        );
+        let errs = validate(&spec(serde_json::json!({"mintPort": 70000})));
+        assert_eq!(errs, vec![SpecError::MintPort(70000)]);
+        let errs = validate(&spec(serde_json::json!({
+            "autoscaling": {"minReplicas": 5, "maxReplicas": 3, "targetCPUUtilizationPercentage": 0}
+        })));
+        assert_eq!(
+            errs,
+            vec![
+                SpecError::AutoscalingRange { min: 5, max: 3 },
+                SpecError::AutoscalingTarget(0)
+            ]
+        );
+        assert!(errs[0].to_string().contains("autoscaling.minReplicas (5)"));
+        let errs = validate(&spec(serde_json::json!({
+            "disruptionBudget": {"maxUnavailable": 1, "minAvailable": "50%"}
+        })));
+        assert_eq!(errs, vec![SpecError::BudgetBoth]);
+        let errs = validate(&spec(serde_json::json!({
+            "disruptionBudget": {"maxUnavailable": "half"}
+        })));
+        assert!(
+            matches!(
+                &errs[..],
+                [SpecError::BudgetValue {
+                    field: "maxUnavailable",
+                    ..
+                }]
+            ),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_budget_that_blocks_every_drain_is_refused() {
+        // replicas defaults to 2: minAvailable 2 leaves nothing to evict.
+        let errs = validate(&spec(
+            serde_json::json!({"disruptionBudget": {"minAvailable": 2}}),
+        ));
+        assert!(
+            matches!(
+                &errs[..],
+                [SpecError::BudgetBlocksDrains {
+                    field: "minAvailable",
+                    replicas: 2,
+                    ..
+                }]
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("disruptionBudget.minAvailable 2")
+        );
+        // With autoscaling the floor is minReplicas.
+        let errs = validate(&spec(serde_json::json!({
+            "autoscaling": {"minReplicas": 3, "maxReplicas": 5},
+            "disruptionBudget": {"minAvailable": 2}
+        })));
+        assert_eq!(errs, vec![]);
+        let errs = validate(&spec(
+            serde_json::json!({"disruptionBudget": {"maxUnavailable": 0}}),
+        ));
+        assert!(
+            matches!(
+                &errs[..],
+                [SpecError::BudgetBlocksDrains {
+                    field: "maxUnavailable",
+                    ..
+                }]
+            ),
+            "{errs:?}"
+        );
+        // A disabled budget is not checked.
+        let errs = validate(&spec(serde_json::json!({
+            "disruptionBudget": {"enabled": false, "maxUnavailable": 0}
+        })));
+        assert_eq!(errs, vec![]);
+    }
+
+    #[test]
+    fn duplicate_spread_constraints_are_refused() {
+        let c = serde_json::json!({"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"});
+        let errs = validate(&spec(
+            serde_json::json!({"topologySpreadConstraints": [c, c]}),
+        ));
+        assert!(
+            matches!(&errs[..], [SpecError::DuplicateSpread { .. }]),
+            "{errs:?}"
         );
     }
 }

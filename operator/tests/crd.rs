@@ -70,6 +70,51 @@ fn samples_validate_and_deserialize() {
     assert!(prod.spec.caller_auth.is_some() && prod.spec.rate_limit.is_some());
     assert!(prod.spec.audit.is_some_and(|a| a.enabled));
     assert_eq!(prod.spec.emergency.map(|e| e.max_ttl_seconds), Some(300));
+    // Issue 13: production.yaml shows every new field.
+    assert_eq!(prod.spec.mint_port, Some(3201));
+    assert!(prod.spec.autoscaling.is_some() && prod.spec.disruption_budget.is_some());
+    assert!(prod.spec.affinity.is_some());
+    assert_eq!(
+        prod.spec.topology_spread_constraints.map(|t| t.len()),
+        Some(2)
+    );
+    assert!(prod.spec.priority_class_name.is_some());
+    assert!(!prod.spec.image_pull_secrets.is_empty());
+    assert!(prod.spec.service_account_name.is_some());
+    assert!(!prod.spec.pod_labels.is_empty() && !prod.spec.pod_annotations.is_empty());
+}
+
+/// Rules the schema carries as CEL (`x-kubernetes-validations`), which the
+/// JSON Schema validator above cannot evaluate: asserted present, with the
+/// reconciler's own check (validate.rs) covering servers without CEL.
+#[test]
+fn cross_field_rules_are_cel_in_the_schema() {
+    let s = schema();
+    let spec = &s["properties"]["spec"];
+    let rules = |v: &Value| -> Vec<String> {
+        v["x-kubernetes-validations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| r["rule"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        rules(spec),
+        ["!has(self.mintPort) || self.mintPort != self.port"]
+    );
+    assert_eq!(
+        rules(&spec["properties"]["autoscaling"]),
+        ["self.minReplicas <= self.maxReplicas"]
+    );
+    assert_eq!(
+        rules(&spec["properties"]["disruptionBudget"]),
+        ["!(has(self.maxUnavailable) && has(self.minAvailable))"]
+    );
+    assert_eq!(
+        spec["properties"]["autoscaling"]["required"],
+        json!(["maxReplicas"])
+    );
 }
 
 #[test]
@@ -98,6 +143,17 @@ fn bad_resources_are_refused_by_the_schema() {
         json!({"audit": {"enabled": "yes"}}),
         json!({"emergency": {"maxTtlSeconds": 59}}),
         json!({"emergency": {}}),
+        json!({"mintPort": 0}),
+        json!({"mintPort": 65536}),
+        json!({"autoscaling": {"minReplicas": 2}}),
+        json!({"autoscaling": {"maxReplicas": 0}}),
+        json!({"autoscaling": {"maxReplicas": 3, "minReplicas": 0}}),
+        json!({"autoscaling": {"maxReplicas": 3, "targetCPUUtilizationPercentage": 0}}),
+        json!({"disruptionBudget": {"enabled": "yes"}}),
+        json!({"serviceAccountName": "Not_A_Name"}),
+        json!({"priorityClassName": ""}),
+        json!({"imagePullSecrets": "regcred"}),
+        json!({"topologySpreadConstraints": [{"topologyKey": "zone"}]}),
     ];
     for spec in bad_specs {
         let mut r = base.clone();

@@ -210,6 +210,48 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The main port's router when `POST /tokens` has its own listener
+/// (`MACP_AUTH_MINT_PORT`): everything [`router`] serves except minting,
+/// which answers a JSON 404 naming the mint port, so a client still pointed
+/// at the old port learns where minting went instead of a bare "not found".
+pub fn router_without_mint(state: Arc<AppState>, mint_port: u16) -> Router {
+    let moved = Bytes::from(
+        serde_json::json!({
+            "error": format!("POST /tokens is served on the mint port {mint_port}, not on this port")
+        })
+        .to_string(),
+    );
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route(
+            "/tokens",
+            post(move || {
+                let body = moved.clone();
+                async move { json_bytes(StatusCode::NOT_FOUND, body) }
+            }),
+        )
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// The mint listener's router: `POST /tokens`, plus `/healthz` and `/readyz`
+/// so a load balancer or probe can check the port it sends minters to.
+/// Nothing else: the JWKS and `/metrics` stay on the main port, which is the
+/// one verifiers and scrapers are admitted to.
+pub fn mint_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/tokens", post(mint))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
 /// Serves `router(state)` on `listener` under `limits` (see
 /// [`crate::listener`]) until `shutdown` resolves, then stops accepting and
 /// waits for in-flight requests (graceful shutdown).
@@ -232,6 +274,53 @@ where
         poller.abort();
     }
     result
+}
+
+/// Serves the JWKS (and everything but minting) on `listener` and
+/// `POST /tokens` on `mint`, each under its own copy of `limits` (each
+/// listener has its own connection cap, so a flood on one port cannot take
+/// the other's slots), until `shutdown` resolves; then both stop accepting
+/// and drain. Returns the first error of either listener.
+pub async fn serve_with_mint<F>(
+    listener: tokio::net::TcpListener,
+    mint: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    limits: Limits,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mint_port = mint.local_addr()?.port();
+    let poller = state
+        .callers
+        .is_some()
+        .then(|| tokio::spawn(poll_callers(state.clone())));
+    let metrics = state.metrics.connections().clone();
+    // One shutdown future, two listeners: a watch channel fans it out.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        // An error means the sender is gone, which only happens after it sent.
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let main = listener::serve(
+        listener,
+        router_without_mint(state.clone(), mint_port),
+        limits,
+        metrics.clone(),
+        stopped(stop_rx.clone()),
+    );
+    let minting = listener::serve(mint, mint_router(state), limits, metrics, stopped(stop_rx));
+    let signal = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let (a, b) = tokio::join!(main, minting);
+    signal.abort();
+    if let Some(poller) = poller {
+        poller.abort();
+    }
+    a.and(b)
 }
 
 fn json_bytes(status: StatusCode, body: impl Into<Body>) -> Response {

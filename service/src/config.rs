@@ -36,9 +36,11 @@ pub const HEADER_TIMEOUT: &str = "MACP_AUTH_HEADER_TIMEOUT_SECONDS";
 pub const REQUEST_TIMEOUT: &str = "MACP_AUTH_REQUEST_TIMEOUT_SECONDS";
 pub const MAX_CONNECTIONS: &str = "MACP_AUTH_MAX_CONNECTIONS";
 pub const SHUTDOWN_DELAY: &str = "MACP_AUTH_SHUTDOWN_DELAY_SECONDS";
+pub const MINT_PORT: &str = "MACP_AUTH_MINT_PORT";
+pub const MINT_BIND: &str = "MACP_AUTH_MINT_BIND";
 
 /// Every variable the service reads, for `main` to collect from the environment.
-pub const VARIABLES: [&str; 18] = [
+pub const VARIABLES: [&str; 20] = [
     PORT,
     BIND,
     ISSUER,
@@ -57,6 +59,8 @@ pub const VARIABLES: [&str; 18] = [
     REQUEST_TIMEOUT,
     MAX_CONNECTIONS,
     SHUTDOWN_DELAY,
+    MINT_PORT,
+    MINT_BIND,
 ];
 
 pub const DEFAULT_PORT: u16 = 3200;
@@ -173,6 +177,12 @@ pub struct Config {
     /// `MACP_AUTH_SHUTDOWN_DELAY_SECONDS`: how long to keep serving, with
     /// `/readyz` at 503, between SIGTERM and the drain.
     pub shutdown_delay: Duration,
+    /// `MACP_AUTH_MINT_PORT`: when set, `POST /tokens` is served only on this
+    /// second listener (0: any free port), so that network policy can admit
+    /// minters there and verifiers to the JWKS on `port`.
+    pub mint_port: Option<u16>,
+    /// `MACP_AUTH_MINT_BIND`: the mint listener's address; `bind` when unset.
+    pub mint_bind: IpAddr,
 }
 
 /// The keys the service runs with.
@@ -249,6 +259,55 @@ fn parse_seconds(
         })
 }
 
+fn parse_ip(vars: &HashMap<String, String>, name: &str) -> Result<Option<IpAddr>, ConfigError> {
+    non_empty(vars, name)
+        .map(|raw| {
+            raw.trim().parse::<IpAddr>().map_err(|_| {
+                ConfigError::new(
+                    name,
+                    format!(
+                        "must be an IPv4 or IPv6 address such as 0.0.0.0 or 127.0.0.1, got {raw:?}"
+                    ),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// `MACP_AUTH_MINT_PORT` and `MACP_AUTH_MINT_BIND`. The mint port must differ
+/// from `PORT` (one socket cannot be two listeners; 0 on both is allowed, each
+/// gets its own free port), and a mint address without a mint port is refused
+/// rather than ignored: whoever set it expects minting to move.
+fn parse_mint_listener(
+    vars: &HashMap<String, String>,
+    port: u16,
+    bind: IpAddr,
+) -> Result<(Option<u16>, IpAddr), ConfigError> {
+    let mint_bind = parse_ip(vars, MINT_BIND)?;
+    let Some(raw) = non_empty(vars, MINT_PORT) else {
+        if mint_bind.is_some() {
+            return Err(ConfigError::new(
+                MINT_BIND,
+                format!("is set but {MINT_PORT} is not; set both or neither"),
+            ));
+        }
+        return Ok((None, bind));
+    };
+    let mint_port = raw.trim().parse::<u16>().map_err(|_| {
+        ConfigError::new(
+            MINT_PORT,
+            format!("must be a port number 0-65535, got {raw:?}"),
+        )
+    })?;
+    if mint_port != 0 && mint_port == port {
+        return Err(ConfigError::new(
+            MINT_PORT,
+            format!("must differ from {PORT} ({port}): POST /tokens moves to its own listener"),
+        ));
+    }
+    Ok((Some(mint_port), mint_bind.unwrap_or(bind)))
+}
+
 fn parse_max_connections(vars: &HashMap<String, String>) -> Result<Option<usize>, ConfigError> {
     let Some(raw) = non_empty(vars, MAX_CONNECTIONS) else {
         return Ok(None);
@@ -270,17 +329,27 @@ impl Config {
     /// The connection cap for a soft descriptor limit of `nofile`: the
     /// configured one, which must leave the listener's reserve free, or the
     /// default sized from the limit.
+    ///
+    /// The cap applies to each listener: with a mint port there are two, so
+    /// the descriptor budget is split between them (a flood on one port must
+    /// not exhaust the descriptors the other one needs).
     pub fn max_connections_for(&self, nofile: u64) -> Result<usize, ConfigError> {
-        let allowed = listener::max_connections_allowed(nofile);
+        let listeners = if self.mint_port.is_some() { 2 } else { 1 };
+        let allowed = (listener::max_connections_allowed(nofile) / listeners).max(1);
         match self.max_connections {
-            None => Ok(listener::default_max_connections(nofile)),
+            None => Ok(allowed.min(listener::DEFAULT_MAX_CONNECTIONS_CEILING)),
             Some(n) if n <= allowed => Ok(n),
             Some(n) => Err(ConfigError::new(
                 MAX_CONNECTIONS,
                 format!(
                     "{n} does not fit the open-file limit of {nofile}: at most {allowed} \
-                     ({} descriptors stay reserved); lower it or raise the limit",
-                    listener::RESERVED_DESCRIPTORS
+                     per listener ({} descriptors stay reserved{}); lower it or raise the limit",
+                    listener::RESERVED_DESCRIPTORS,
+                    if listeners == 2 {
+                        ", the rest shared by the main and the mint listener"
+                    } else {
+                        ""
+                    }
                 ),
             )),
         }
@@ -357,17 +426,7 @@ impl Config {
                 ConfigError::new(PORT, format!("must be a port number 0-65535, got {raw:?}"))
             })?,
         };
-        let bind = match non_empty(&vars, BIND) {
-            None => IpAddr::from([0, 0, 0, 0]),
-            Some(raw) => raw.trim().parse::<IpAddr>().map_err(|_| {
-                ConfigError::new(
-                    BIND,
-                    format!(
-                        "must be an IPv4 or IPv6 address such as 0.0.0.0 or 127.0.0.1, got {raw:?}"
-                    ),
-                )
-            })?,
-        };
+        let bind = parse_ip(&vars, BIND)?.unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let issuer = non_empty(&vars, ISSUER)
             .unwrap_or(DEFAULT_ISSUER)
             .to_string();
@@ -463,6 +522,7 @@ impl Config {
             parse_seconds(&vars, REQUEST_TIMEOUT, 1, listener::DEFAULT_REQUEST_TIMEOUT)?;
         let max_connections = parse_max_connections(&vars)?;
         let shutdown_delay = parse_seconds(&vars, SHUTDOWN_DELAY, 0, Duration::ZERO)?;
+        let (mint_port, mint_bind) = parse_mint_listener(&vars, port, bind)?;
 
         Ok(Config {
             port,
@@ -481,6 +541,8 @@ impl Config {
             request_timeout,
             max_connections,
             shutdown_delay,
+            mint_port,
+            mint_bind,
         })
     }
 

@@ -252,6 +252,26 @@ async fn serve(
         }
     };
     let port = listener.local_addr().map_or(config.port, |a| a.port());
+    let mint = match config.mint_port {
+        None => None,
+        Some(mint_port) => {
+            let mint_addr = SocketAddr::new(config.mint_bind, mint_port);
+            match bind(mint_addr) {
+                Ok(mint) => Some(mint),
+                Err(e) => {
+                    return fatal(format_args!(
+                        "{}/{}: cannot listen on {mint_addr}: {e}",
+                        config::MINT_PORT,
+                        config::MINT_BIND
+                    ));
+                }
+            }
+        }
+    };
+    let mint_port = mint
+        .as_ref()
+        .and_then(|m| m.local_addr().ok())
+        .map_or(port, |a| a.port());
 
     // The operators' fingerprint: exactly these five lines on stdout.
     println!("[auth-service] listening on port {port}");
@@ -267,10 +287,13 @@ async fn serve(
         state.published_kids.len()
     );
     println!("[auth-service] JWKS: http://localhost:{port}/.well-known/jwks.json");
-    println!("[auth-service] Mint: POST http://localhost:{port}/tokens");
+    // With a mint listener the fifth line names its port: still five lines,
+    // and the line an operator reads to find where to mint stays true.
+    println!("[auth-service] Mint: POST http://localhost:{mint_port}/tokens");
     let _ = std::io::stdout().flush();
     tracing::info!(
         %addr,
+        mint_port = mint.as_ref().map(|_| mint_port),
         kid = state.key.kid(),
         published = ?state.published_kids,
         "token service started"
@@ -300,7 +323,12 @@ async fn serve(
         );
         let _ = stopping_tx.send(());
     };
-    let server = app::serve(listener, state, limits, shutdown);
+    let server = async move {
+        match mint {
+            Some(mint) => app::serve_with_mint(listener, mint, state, limits, shutdown).await,
+            None => app::serve(listener, state, limits, shutdown).await,
+        }
+    };
     let deadline = async move {
         if stopping_rx.await.is_ok() {
             tokio::time::sleep(DRAIN_TIMEOUT).await;

@@ -172,6 +172,70 @@ fn five_startup_lines_env_key() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// `MACP_AUTH_MINT_PORT`: minting moves to its own listener; the main port
+/// keeps the JWKS and answers `POST /tokens` with a 404 naming the mint port;
+/// still five startup lines, the fifth naming the mint port.
+#[test]
+fn a_mint_port_moves_post_tokens_to_its_own_listener() {
+    let service = Service::start(&[
+        ("MACP_AUTH_MINT_PORT", "0"),
+        ("MACP_AUTH_HEADER_TIMEOUT_SECONDS", "1"),
+    ]);
+    let port = service.addr.port();
+    let mint_port: u16 = service.lines[4]
+        .strip_prefix("[auth-service] Mint: POST http://localhost:")
+        .and_then(|rest| rest.strip_suffix("/tokens"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(mint_port, port);
+    assert_eq!(
+        service.lines[3],
+        format!("[auth-service] JWKS: http://localhost:{port}/.well-known/jwks.json")
+    );
+    let mint = SocketAddr::from(([127, 0, 0, 1], mint_port));
+    let body = Some(r#"{"sender":"agent://a"}"#);
+    let (status, answer) = http(service.addr, "POST", "/tokens", body);
+    assert_eq!(status, 404);
+    assert_eq!(
+        answer["error"],
+        format!("POST /tokens is served on the mint port {mint_port}, not on this port")
+    );
+    let (status, answer) = http(mint, "POST", "/tokens", body);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["token"].is_string());
+    assert_eq!(
+        http(service.addr, "GET", "/.well-known/jwks.json", None).0,
+        200
+    );
+    // The mint port serves minting and health only: verifiers and scrapers
+    // are admitted to the main port.
+    assert_eq!(http(mint, "GET", "/.well-known/jwks.json", None).0, 404);
+    assert_eq!(http(mint, "GET", "/metrics", None).0, 404);
+    assert_eq!(http(mint, "GET", "/healthz", None).0, 200);
+    assert_eq!(http(mint, "GET", "/tokens", None).0, 405);
+    // The mint listener is the shared listener with its header timeout: a
+    // connection that sends nothing is closed after about a second.
+    let mut idle = TcpStream::connect(mint).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    // Read to EOF (or a reset); a timeout of the read itself takes 5 s.
+    while let Ok(n) = idle.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "idle mint connection not closed by the header timeout"
+    );
+
+    service.signal(libc::SIGTERM);
+    let (status, _) = service.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "both listeners drain and exit");
+}
+
 #[test]
 fn ephemeral_key_warns_and_file_key_is_read() {
     let service = Service::start(&[("PORT", "0")]);
@@ -251,6 +315,14 @@ fn every_bad_configuration_class_exits_1_naming_the_variable() {
         (
             vec![("MACP_AUTH_SIGNING_ALG", "HS256")],
             "MACP_AUTH_SIGNING_ALG",
+        ),
+        (
+            vec![("PORT", "3200"), ("MACP_AUTH_MINT_PORT", "3200")],
+            "MACP_AUTH_MINT_PORT",
+        ),
+        (
+            vec![("MACP_AUTH_MINT_BIND", "127.0.0.1")],
+            "MACP_AUTH_MINT_BIND",
         ),
         (
             vec![("MACP_AUTH_SIGNING_KEY_JSON", "{nope")],

@@ -32,20 +32,45 @@ pub const DEFAULT_ENDPOINT_LAG: Duration = Duration::from_secs(1);
 
 /// The ready endpoints of `service` (a Service object) among `pods`.
 pub fn ready_endpoints(service: &Value, pods: &[Value]) -> Vec<SocketAddr> {
-    service_endpoints(service, pods, true)
+    service_endpoints(service, pods, None, true)
+}
+
+/// [`ready_endpoints`] for the Service port named `port_name` (a Service
+/// with several ports, such as the token service's `http` and `mint`).
+pub fn ready_endpoints_on(service: &Value, pods: &[Value], port_name: &str) -> Vec<SocketAddr> {
+    service_endpoints(service, pods, Some(port_name), true)
 }
 
 /// Every pod of `service` that has an IP, ready or not, terminating or not:
 /// whatever can still answer a connection.
 pub fn all_endpoints(service: &Value, pods: &[Value]) -> Vec<SocketAddr> {
-    service_endpoints(service, pods, false)
+    service_endpoints(service, pods, None, false)
 }
 
-fn service_endpoints(service: &Value, pods: &[Value], ready_only: bool) -> Vec<SocketAddr> {
+/// `port_name`: the Service port of that name, else the first one.
+fn service_endpoints(
+    service: &Value,
+    pods: &[Value],
+    port_name: Option<&str>,
+    ready_only: bool,
+) -> Vec<SocketAddr> {
     let Some(selector) = service.pointer("/spec/selector").and_then(Value::as_object) else {
         return Vec::new();
     };
-    let port = service.pointer("/spec/ports/0");
+    let port = match port_name {
+        None => service.pointer("/spec/ports/0"),
+        Some(name) => service
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .and_then(|ports| {
+                ports
+                    .iter()
+                    .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
+            }),
+    };
+    if port_name.is_some() && port.is_none() {
+        return Vec::new();
+    }
     let target = port.and_then(|p| p.get("targetPort"));
     let service_port = port.and_then(|p| p.get("port")).and_then(Value::as_u64);
     let mut eps: Vec<SocketAddr> = pods
@@ -135,6 +160,19 @@ impl ApiEndpoints {
         service: &str,
         period: Duration,
     ) -> Self {
+        Self::start_on(client, namespace, service, None, period).await
+    }
+
+    /// [`ApiEndpoints::start`] for the Service port named `port_name` (the
+    /// first port when `None`).
+    pub async fn start_on(
+        client: kube::Client,
+        namespace: &str,
+        service: &str,
+        port_name: Option<&str>,
+        period: Duration,
+    ) -> Self {
+        let port_name = port_name.map(str::to_string);
         let current = Arc::new(Mutex::new((Vec::new(), Vec::new())));
         let services: Api<Service> = Api::namespaced(client.clone(), namespace);
         let pods: Api<Pod> = Api::namespaced(client, namespace);
@@ -146,6 +184,7 @@ impl ApiEndpoints {
                 let pods = pods.clone();
                 let service = service.clone();
                 let current = current.clone();
+                let port_name = port_name.clone();
                 async move {
                     let Ok(svc) = services.get(&service).await else {
                         return;
@@ -162,7 +201,11 @@ impl ApiEndpoints {
                     ) else {
                         return;
                     };
-                    *lock(&current) = (ready_endpoints(&svc, &pods), all_endpoints(&svc, &pods));
+                    let name = port_name.as_deref();
+                    *lock(&current) = (
+                        service_endpoints(&svc, &pods, name, true),
+                        service_endpoints(&svc, &pods, name, false),
+                    );
                 }
             }
         };
@@ -286,6 +329,13 @@ mod tests {
         assert_eq!(ready_endpoints(&named, &pods).len(), 2);
         let no_target = json!({"spec": {"selector": {"app": "auth"}, "ports": [{"port": 3300}]}});
         assert_eq!(ready_endpoints(&no_target, &pods)[0].port(), 3300);
+        // A second, named port: its own target, not the first port's.
+        let two = json!({"spec": {"selector": {"app": "auth"}, "ports": [
+            {"name": "http", "port": 80, "targetPort": 3200},
+            {"name": "mint", "port": 81, "targetPort": 3201}]}});
+        assert_eq!(ready_endpoints_on(&two, &pods, "mint")[0].port(), 3201);
+        assert_eq!(ready_endpoints_on(&two, &pods, "http")[0].port(), 3200);
+        assert!(ready_endpoints_on(&two, &pods, "other").is_empty());
         assert!(ready_endpoints(&json!({"spec": {}}), &pods).is_empty());
         assert_eq!(
             all_endpoints(&numeric, &pods).len(),

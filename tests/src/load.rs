@@ -326,6 +326,19 @@ impl LoadGenerator {
     /// `config.verifiers` verifiers, each through a proxy of its own onto the
     /// same endpoints.
     pub async fn start(service: ServiceProxy, config: LoadConfig) -> std::io::Result<Self> {
+        let jwks = service.endpoint_source();
+        Self::start_split(service, jwks, config).await
+    }
+
+    /// [`LoadGenerator::start`] with the verifiers' proxies onto `jwks`
+    /// instead of the mint Service's endpoints: the token service with a
+    /// separate mint port, where `service` routes to the mint port and the
+    /// JWKS is on the other one.
+    pub async fn start_split(
+        service: ServiceProxy,
+        jwks: Arc<dyn crate::endpoints::EndpointSource>,
+        config: LoadConfig,
+    ) -> std::io::Result<Self> {
         let jwt = JwtConfig {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
@@ -333,7 +346,7 @@ impl LoadGenerator {
         };
         let mut verifiers = Vec::new();
         for _ in 0..config.verifiers.max(1) {
-            let proxy = ServiceProxy::start_with(service.endpoint_source()).await?;
+            let proxy = ServiceProxy::start_with(jwks.clone()).await?;
             let resolver = JwtBearerResolver::from_url(
                 jwt.clone(),
                 proxy.jwks_url(),

@@ -967,6 +967,90 @@ fn network_policy_admits_only_chosen_clients_and_the_operator() {
     assert_eq!(namespace_of(np), RELEASE_NS);
 }
 
+/// Issue 13: with mint ports, the JWKS port admits verifiers (not minters)
+/// and the mint port admits minters (not verifiers); the operator reaches both.
+#[test]
+fn network_policy_with_mint_ports_fences_minting_off() {
+    let docs = render(&[
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.ports={3200}",
+        "--set",
+        "networkPolicy.mintPorts={3201}",
+        "--set",
+        "networkPolicy.mintClients.podSelector.matchLabels.team=agents",
+        "--set",
+        "networkPolicy.verifiers.podSelector.matchLabels.app=macp-runtime",
+        "--set",
+        "networkPolicy.verifiers.namespaceSelector.matchLabels.tier=runtime",
+    ]);
+    let operator_pod_labels =
+        str_map(&one(&docs, "Deployment")["spec"]["template"]["metadata"]["labels"]);
+    let np = one(&docs, "NetworkPolicy");
+    let ingress = np["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 2, "{ingress:?}");
+    let (jwks, mint) = (&ingress[0], &ingress[1]);
+    assert_eq!(jwks["ports"], json!([{"protocol": "TCP", "port": 3200}]));
+    assert_eq!(mint["ports"], json!([{"protocol": "TCP", "port": 3201}]));
+    let minters = json!({"podSelector": {"matchLabels": {"team": "agents"}}});
+    let verifiers = json!({
+        "podSelector": {"matchLabels": {"app": "macp-runtime"}},
+        "namespaceSelector": {"matchLabels": {"tier": "runtime"}}
+    });
+    let jwks_from = jwks["from"].as_array().unwrap();
+    let mint_from = mint["from"].as_array().unwrap();
+    assert_eq!(jwks_from[0], verifiers);
+    assert!(
+        !jwks_from.contains(&minters),
+        "minters are not admitted to the JWKS port"
+    );
+    assert_eq!(mint_from[0], minters);
+    assert!(
+        !mint_from.contains(&verifiers),
+        "verifiers cannot reach the mint port"
+    );
+    assert_eq!(
+        mint_from.len(),
+        2,
+        "minters and the operator only: {mint_from:?}"
+    );
+    for from in [jwks_from, mint_from] {
+        let operator = from
+            .iter()
+            .find(|p| {
+                selects(
+                    &str_map(&p["podSelector"]["matchLabels"]),
+                    &operator_pod_labels,
+                )
+            })
+            .expect("the operator reaches the port");
+        assert_eq!(
+            operator["namespaceSelector"],
+            json!({"matchLabels": {"kubernetes.io/metadata.name": RELEASE_NS}})
+        );
+        for peer in from {
+            assert_ne!(
+                peer["podSelector"],
+                json!({}),
+                "empty podSelector admits every pod"
+            );
+        }
+    }
+    // An empty verifier selector falls back to a fixed label, never to every pod.
+    let docs = render(&[
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.mintPorts={3201}",
+    ]);
+    let np = one(&docs, "NetworkPolicy");
+    assert_eq!(
+        np["spec"]["ingress"][0]["from"][0],
+        json!({"podSelector": {"matchLabels": {"macp.io/auth-verifier": "true"}}})
+    );
+}
+
 // ---------------------------------------------------------------- CRD, manifests, samples
 
 #[test]

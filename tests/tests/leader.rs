@@ -45,7 +45,12 @@ impl PodProber for NoPods {
         })
     }
 
-    async fn signing_kid(&self, ip: &str, port: u16) -> Result<String, ProbeError> {
+    async fn signing_kid(
+        &self,
+        ip: &str,
+        port: u16,
+        _mint_port: u16,
+    ) -> Result<String, ProbeError> {
         self.served_kids(ip, port).await.map(|_| String::new())
     }
 }

@@ -20,8 +20,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Recorder, Reporter};
 use macp_auth_e2e::apiserver::{FakeApiServer, RecordedRequest};
 use macp_auth_operator::crd::{
-    EMERGENCY_ROTATE_ANNOTATION, MacpAuth, MacpAuthStatus, ROTATE_ANNOTATION, RotationPhase,
-    RotationTrigger, SigningAlg, TtlClampStatus,
+    EMERGENCY_ROTATE_ANNOTATION, MacpAuth, MacpAuthStatus, ROTATE_ANNOTATION, RotationOutcome,
+    RotationPhase, RotationTrigger, SigningAlg, TtlClampStatus,
 };
 use macp_auth_operator::keyset::{self, Keyset, PrivateKey};
 use macp_auth_operator::metrics::{Metrics, ObjectLabels};
@@ -41,6 +41,8 @@ struct FakeProber {
     served: Mutex<BTreeMap<String, Vec<String>>>,
     /// Runs once at the next probe: something happening mid-round.
     on_probe: Mutex<Option<Hook>>,
+    /// The ports the signing probes minted on.
+    mint_ports: Mutex<Vec<u16>>,
 }
 
 impl FakeProber {
@@ -70,7 +72,8 @@ impl PodProber for FakeProber {
             })
     }
 
-    async fn signing_kid(&self, ip: &str, port: u16) -> Result<String, ProbeError> {
+    async fn signing_kid(&self, ip: &str, port: u16, mint_port: u16) -> Result<String, ProbeError> {
+        self.mint_ports.lock().unwrap().push(mint_port);
         let kids = self.served_kids(ip, port).await?;
         kids.first().cloned().ok_or_else(|| ProbeError::Body {
             url: ip.to_string(),
@@ -1408,5 +1411,401 @@ async fn rounds_from_stale_snapshots_of_every_phase_repeat_nothing() {
             assert_eq!(*n, 1, "event {reason} emitted {n} times: {reasons:?}");
         }
     }
+    h.assert_rbac_covers_requests();
+}
+
+// ------------------------------------------------------------ issue 13
+
+/// The managers whose Apply or Update entry owns `spec.replicas` of the Deployment.
+fn replicas_owners(d: &Deployment) -> Vec<String> {
+    d.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|e| {
+            e.fields_v1
+                .as_ref()
+                .and_then(|f| f.0.pointer("/f:spec/f:replicas"))
+                .is_some()
+        })
+        .filter_map(|e| e.manager.clone())
+        .collect()
+}
+
+/// Plays the HorizontalPodAutoscaler: it sets `spec.replicas` (through the
+/// scale subresource on a real server, an Update under its own manager).
+async fn autoscaler_scales(h: &Harness, name: &str, replicas: i32) {
+    let admin: Api<Deployment> = Api::namespaced(h.server.client(), NS);
+    admin
+        .patch(
+            name,
+            &PatchParams {
+                field_manager: Some("kube-controller-manager".into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(&json!({"spec": {"replicas": replicas}})),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn with_autoscaling_the_hpa_owns_replicas_and_rotation_verifies_every_pod() {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let h = Harness::new().await;
+    let mut spec = es256();
+    spec["autoscaling"] =
+        json!({"minReplicas": 2, "maxReplicas": 6, "targetCPUUtilizationPercentage": 60});
+    h.create("x", spec).await;
+    h.reconcile("x").await;
+    let hpa = h
+        .server
+        .get_as::<HorizontalPodAutoscaler>(Some(NS), "x")
+        .unwrap()
+        .expect("HPA created");
+    let hs = hpa.spec.unwrap();
+    assert_eq!((hs.min_replicas, hs.max_replicas), (Some(2), 6));
+    assert_eq!(hs.scale_target_ref.name, "x");
+    assert!(
+        h.server
+            .get_as::<PodDisruptionBudget>(Some(NS), "x")
+            .unwrap()
+            .is_some(),
+        "autoscaling may run several pods: a disruption budget"
+    );
+    let d = h.deployment("x").unwrap();
+    assert_eq!(
+        replicas_owners(&d),
+        Vec::<String>::new(),
+        "nobody set replicas yet"
+    );
+
+    // The autoscaler scales to 4; the operator must neither fight it nor stop
+    // counting: its rollout check and probes cover all 4 pods.
+    autoscaler_scales(&h, "x", 4).await;
+    let kid = h.keyset("x").active.kid;
+    h.roll_out("x", &[&kid]);
+    h.reconcile("x").await;
+    let (ready, _, message) = condition(&h.status("x"), "Ready");
+    assert_eq!(ready, "True");
+    assert!(message.starts_with("4 pod(s)"), "{message}");
+    h.server.reset_log();
+    for _ in 0..3 {
+        h.reconcile("x").await;
+    }
+    assert_eq!(
+        h.writes(),
+        vec![],
+        "an autoscaled replica count is no drift"
+    );
+
+    // A whole routine rotation at 4 replicas, with the autoscaler scaling to
+    // 5 halfway: every phase's rollout check waits for all of them.
+    request_rotation(&h, "x", "r-1");
+    h.reconcile("x").await;
+    let mut scaled = false;
+    for _ in 0..12 {
+        if phase(&h, "x") == RotationPhase::Idle && h.status("x").history.len() > 1 {
+            break;
+        }
+        if !scaled && phase(&h, "x") == RotationPhase::Activating {
+            autoscaler_scales(&h, "x", 5).await;
+            scaled = true;
+            // Four of the five pods rolled: not complete, whatever the
+            // MacpAuth's own `replicas` (2) says.
+            let kids = served_kids(&h, "x");
+            h.roll_out("x", &kids.iter().map(String::as_str).collect::<Vec<_>>());
+            h.server
+                .modify_as::<Deployment>(Some(NS), "x", |d| {
+                    if let Some(st) = d.status.as_mut() {
+                        // The fifth pod is not even created yet.
+                        st.replicas = Some(4);
+                        st.updated_replicas = Some(4);
+                        st.ready_replicas = Some(4);
+                        st.available_replicas = Some(4);
+                    }
+                })
+                .unwrap();
+            h.reconcile("x").await;
+            assert_eq!(
+                phase(&h, "x"),
+                RotationPhase::Activating,
+                "4 of 5 pods is no complete rollout"
+            );
+        }
+        round_with_waits_over(&h, "x").await;
+    }
+    let status = h.status("x");
+    assert_eq!(
+        status.history.last().unwrap().outcome,
+        RotationOutcome::Succeeded
+    );
+    assert!(scaled, "the rotation went through Activating");
+    let d = h.deployment("x").unwrap();
+    assert_eq!(
+        d.spec.as_ref().unwrap().replicas,
+        Some(5),
+        "the autoscaler's value stands"
+    );
+    assert_eq!(replicas_owners(&d), ["kube-controller-manager"]);
+    // The rollout check counted every pod the autoscaler asked for.
+    h.roll_out(
+        "x",
+        &served_kids(&h, "x")
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    h.reconcile("x").await;
+    let message = condition(&h.status("x"), "Ready").2;
+    assert!(message.starts_with("5 pod(s)"), "{message}");
+    h.assert_rbac_covers_requests();
+}
+
+#[tokio::test]
+async fn turning_autoscaling_on_hands_replicas_over_and_off_takes_them_back() {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    let h = Harness::new().await;
+    let mut spec = es256();
+    spec["replicas"] = json!(3);
+    h.create("x", spec).await;
+    h.reconcile("x").await;
+    assert_eq!(
+        replicas_owners(&h.deployment("x").unwrap()),
+        [resources::MANAGER]
+    );
+    assert!(
+        h.server
+            .get_as::<HorizontalPodAutoscaler>(Some(NS), "x")
+            .unwrap()
+            .is_none()
+    );
+
+    // On: the operator stops applying replicas without the Deployment falling
+    // back to 1 (terminating signers) before the autoscaler acts.
+    h.server
+        .modify_as::<MacpAuth>(Some(NS), "x", |m| {
+            m.spec.autoscaling = serde_json::from_value(json!({"maxReplicas": 5})).unwrap();
+        })
+        .unwrap();
+    h.reconcile("x").await;
+    let d = h.deployment("x").unwrap();
+    assert_eq!(
+        d.spec.as_ref().unwrap().replicas,
+        Some(3),
+        "kept across the handover"
+    );
+    let owners = replicas_owners(&d);
+    assert!(
+        !owners.contains(&resources::MANAGER.to_string()),
+        "{owners:?}"
+    );
+    assert!(
+        h.server
+            .get_as::<HorizontalPodAutoscaler>(Some(NS), "x")
+            .unwrap()
+            .is_some()
+    );
+    autoscaler_scales(&h, "x", 4).await;
+    h.reconcile("x").await;
+    assert_eq!(h.deployment("x").unwrap().spec.unwrap().replicas, Some(4));
+
+    // Off: the spec's replicas again, and the autoscaler is deleted.
+    h.server
+        .modify_as::<MacpAuth>(Some(NS), "x", |m| m.spec.autoscaling = None)
+        .unwrap();
+    h.reconcile("x").await;
+    assert_eq!(h.deployment("x").unwrap().spec.unwrap().replicas, Some(3));
+    assert!(
+        h.server
+            .get_as::<HorizontalPodAutoscaler>(Some(NS), "x")
+            .unwrap()
+            .is_none(),
+        "the HPA the spec no longer asks for is deleted"
+    );
+    h.assert_rbac_covers_requests();
+}
+
+#[tokio::test]
+async fn the_disruption_budget_follows_the_replica_count_and_spares_a_users_own() {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let h = Harness::new().await;
+    let mut spec = es256();
+    spec["replicas"] = json!(2);
+    h.create("x", spec).await;
+    h.reconcile("x").await;
+    let pdb = h
+        .server
+        .get_as::<PodDisruptionBudget>(Some(NS), "x")
+        .unwrap()
+        .expect("budget for two replicas");
+    assert_eq!(
+        pdb.spec.unwrap().max_unavailable,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    // One replica: a budget would block every drain, so it goes.
+    h.server
+        .modify_as::<MacpAuth>(Some(NS), "x", |m| m.spec.replicas = 1)
+        .unwrap();
+    h.reconcile("x").await;
+    assert!(
+        h.server
+            .get_as::<PodDisruptionBudget>(Some(NS), "x")
+            .unwrap()
+            .is_none()
+    );
+    // A budget of the same name the operator did not make is never deleted.
+    let theirs: PodDisruptionBudget = serde_json::from_value(json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": "x", "namespace": NS},
+        "spec": {"minAvailable": 1}
+    }))
+    .unwrap();
+    h.server.create_as(&theirs).unwrap();
+    h.reconcile("x").await;
+    assert!(
+        h.server
+            .get_as::<PodDisruptionBudget>(Some(NS), "x")
+            .unwrap()
+            .is_some()
+    );
+    h.assert_rbac_covers_requests();
+}
+
+/// A mesh's sidecar injector, as a mutating webhook would, writes the
+/// Deployment under its own field manager: a container, a volume, an env
+/// var and a pod annotation. With every issue-13 pod setting on, the
+/// operator must then reconcile with zero writes, round after round.
+#[tokio::test]
+async fn an_injected_sidecar_costs_zero_writes_per_unchanged_reconcile() {
+    let h = Harness::new().await;
+    let mut spec = es256();
+    spec["replicas"] = json!(3);
+    spec["mintPort"] = json!(3201);
+    spec["podLabels"] = json!({"sidecar.istio.io/inject": "true", "team": "identity"});
+    spec["podAnnotations"] = json!({"proxy.istio.io/config": "{}"});
+    spec["affinity"] = json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+         "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "x"}}}}]}});
+    spec["priorityClassName"] = json!("platform-critical");
+    spec["imagePullSecrets"] = json!([{"name": "regcred"}]);
+    spec["serviceAccountName"] = json!("macp-auth");
+    h.create("x", spec).await;
+    h.reconcile("x").await;
+    let kid = h.keyset("x").active.kid;
+    h.roll_out("x", &[&kid]);
+    h.reconcile("x").await;
+    assert_eq!(condition(&h.status("x"), "Ready").0, "True");
+    let ps = pod_spec(&h.deployment("x").unwrap());
+    assert_eq!(
+        ps.topology_spread_constraints.as_ref().map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(ps.service_account_name.as_deref(), Some("macp-auth"));
+
+    let injected = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+        "spec": {"template": {
+            "metadata": {"annotations": {"sidecar.istio.io/status": "{\"containers\":[\"istio-proxy\"]}"}},
+            "spec": {
+                "containers": [
+                    {"name": resources::CONTAINER_NAME,
+                     "env": [{"name": "ISTIO_META_APP", "value": "macp"}],
+                     "volumeMounts": [{"name": "istio-envoy", "mountPath": "/etc/istio/proxy"}]},
+                    {"name": "istio-proxy", "image": "registry.test/proxyv2:1.24",
+                     "ports": [{"containerPort": 15090, "name": "http-envoy-prom"}]}
+                ],
+                "volumes": [{"name": "istio-envoy", "emptyDir": {"medium": "Memory"}}],
+                "imagePullSecrets": [{"name": "istio-pull"}]
+            }
+        }}
+    });
+    let admin: Api<Deployment> = Api::namespaced(h.server.client(), NS);
+    admin
+        .patch(
+            "x",
+            &PatchParams::apply("istio-sidecar-injector"),
+            &Patch::Apply(&injected),
+        )
+        .await
+        .unwrap();
+    let d = h.deployment("x").unwrap();
+    let ps = pod_spec(&d);
+    assert_eq!(ps.containers.len(), 2);
+    assert_eq!(ps.volumes.as_ref().map(Vec::len), Some(1));
+    assert_eq!(ps.image_pull_secrets.as_ref().map(Vec::len), Some(2));
+    h.roll_out("x", &[&kid]);
+    h.reconcile("x").await;
+    h.server.reset_log();
+    for _ in 0..5 {
+        h.reconcile("x").await;
+    }
+    assert_eq!(
+        h.writes(),
+        vec![],
+        "the injector's container, volume, env, pull secret and annotation are no drift"
+    );
+    // No autoscaling asked for and none removed this generation: not even a read of one.
+    let hpa_requests: Vec<_> = h
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.resource == "horizontalpodautoscalers")
+        .collect();
+    assert_eq!(hpa_requests, vec![], "steady state reads no autoscaler");
+    // And a rotation still works with the sidecar in the pods.
+    request_rotation(&h, "x", "r-1");
+    for _ in 0..12 {
+        round_with_waits_over(&h, "x").await;
+        if phase(&h, "x") == RotationPhase::Idle && h.status("x").history.len() > 1 {
+            break;
+        }
+    }
+    let status = h.status("x");
+    assert_eq!(
+        status.history.last().unwrap().outcome,
+        RotationOutcome::Succeeded
+    );
+    let d = h.deployment("x").unwrap();
+    assert_eq!(
+        pod_spec(&d).containers.len(),
+        2,
+        "the sidecar survived every apply"
+    );
+    // The activation's signing probes minted on the mint port, nowhere else.
+    let ports = h.prober.mint_ports.lock().unwrap().clone();
+    assert!(
+        !ports.is_empty() && ports.iter().all(|p| *p == 3201),
+        "{ports:?}"
+    );
+    assert!(container_env(&d).contains_key("ISTIO_META_APP"));
+    h.assert_rbac_covers_requests();
+}
+
+/// Combinations the schema cannot refuse (or a server without CEL let
+/// through) are `Degraded` naming the field, and nothing is created.
+#[tokio::test]
+async fn invalid_production_settings_are_degraded_naming_the_field() {
+    let h = Harness::new().await;
+    let mut spec = es256();
+    spec["autoscaling"] = json!({"minReplicas": 4, "maxReplicas": 2});
+    spec["disruptionBudget"] = json!({"maxUnavailable": 0});
+    spec["mintPort"] = json!(3200);
+    h.create("g", spec).await;
+    h.reconcile("g").await;
+    let (degraded, reason, message) = condition(&h.status("g"), "Degraded");
+    assert_eq!(
+        (degraded.as_str(), reason.as_str()),
+        ("True", "InvalidSpec")
+    );
+    for field in [
+        "mintPort (3200)",
+        "autoscaling.minReplicas (4)",
+        "disruptionBudget.maxUnavailable 0",
+    ] {
+        assert!(message.contains(field), "{field} not named in {message}");
+    }
+    assert!(h.secret("g").is_none() && h.deployment("g").is_none());
     h.assert_rbac_covers_requests();
 }

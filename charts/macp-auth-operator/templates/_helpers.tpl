@@ -81,6 +81,12 @@ that list, so change both together.
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
@@ -112,5 +118,16 @@ that list, so change both together.
 {{- else -}}
 matchLabels:
   macp.io/auth-client: "true"
+{{- end }}
+{{- end }}
+
+{{/* The verifier pod selector of the NetworkPolicy's JWKS rule (with mintPorts); an empty one falls back to a fixed label, never to "every pod". */}}
+{{- define "macp-auth-operator.verifierSelector" -}}
+{{- $sel := .Values.networkPolicy.verifiers.podSelector }}
+{{- if or $sel.matchLabels $sel.matchExpressions }}
+{{- toYaml $sel }}
+{{- else -}}
+matchLabels:
+  macp.io/auth-verifier: "true"
 {{- end }}
 {{- end }}

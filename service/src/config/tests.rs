@@ -530,3 +530,64 @@ fn connection_limits_fatal() {
     assert!(!err.to_string().contains('\n'));
     assert_eq!(cfg.max_connections_for(1025).unwrap(), 961);
 }
+
+#[test]
+fn mint_listener_is_off_by_default_and_follows_bind() {
+    let cfg = parse(&[]).unwrap();
+    assert_eq!(cfg.mint_port, None);
+    let cfg = parse(&[(PORT, "3200"), (MINT_PORT, "3201"), (BIND, "127.0.0.1")]).unwrap();
+    assert_eq!(cfg.mint_port, Some(3201));
+    assert_eq!(
+        cfg.mint_bind,
+        "127.0.0.1".parse::<std::net::IpAddr>().unwrap()
+    );
+    let cfg = parse(&[(MINT_PORT, "3201"), (MINT_BIND, "10.0.0.7")]).unwrap();
+    assert_eq!(
+        cfg.mint_bind,
+        "10.0.0.7".parse::<std::net::IpAddr>().unwrap()
+    );
+    // Both on "any free port" are two different sockets.
+    assert_eq!(
+        parse(&[(PORT, "0"), (MINT_PORT, "0")]).unwrap().mint_port,
+        Some(0)
+    );
+    // An empty value is unset, like the other variables.
+    assert_eq!(parse(&[(MINT_PORT, "")]).unwrap().mint_port, None);
+}
+
+#[test]
+fn mint_listener_fatal() {
+    assert_fatal(&[(MINT_PORT, "70000")], MINT_PORT, "0-65535");
+    assert_fatal(&[(MINT_PORT, "x")], MINT_PORT, "\"x\"");
+    assert_fatal(
+        &[(PORT, "3200"), (MINT_PORT, "3200")],
+        MINT_PORT,
+        "must differ from PORT",
+    );
+    assert_fatal(&[(MINT_PORT, "3200")], MINT_PORT, "must differ");
+    assert_fatal(
+        &[(MINT_BIND, "127.0.0.1")],
+        MINT_BIND,
+        "MACP_AUTH_MINT_PORT is not",
+    );
+    assert_fatal(
+        &[(MINT_PORT, "3201"), (MINT_BIND, "localhost")],
+        MINT_BIND,
+        "IPv4 or IPv6",
+    );
+}
+
+#[test]
+fn a_mint_listener_splits_the_descriptor_budget() {
+    let cfg = parse(&[(MINT_PORT, "3201")]).unwrap();
+    // 1024 - 64 reserved, half per listener.
+    assert_eq!(cfg.max_connections_for(1024).unwrap(), 480);
+    assert_eq!(cfg.max_connections_for(1 << 20).unwrap(), 4096);
+    let cfg = parse(&[(MINT_PORT, "3201"), (MAX_CONNECTIONS, "900")]).unwrap();
+    let err = cfg.max_connections_for(1024).unwrap_err();
+    assert_eq!(err.variable, MAX_CONNECTIONS);
+    assert!(err.message.contains("at most 480 per listener"), "{err}");
+    // Without the mint port the same value fits.
+    let cfg = parse(&[(MAX_CONNECTIONS, "900")]).unwrap();
+    assert_eq!(cfg.max_connections_for(1024).unwrap(), 900);
+}

@@ -50,6 +50,8 @@ pub fn list_keys(field: &str, item: &Value) -> Option<&'static [&'static str]> {
         "ports" if item.get("containerPort").is_some() => &["containerPort", "protocol"],
         "ports" => &["port", "protocol"],
         "volumeMounts" => &["mountPath"],
+        // The real schema's list-map keys (x-kubernetes-list-map-keys).
+        "topologySpreadConstraints" => &["topologyKey", "whenUnsatisfiable"],
         "ownerReferences" => &["uid"],
         "conditions" => &["type"],
         "hostAliases" => &["ip"],

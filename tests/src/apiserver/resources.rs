@@ -123,6 +123,16 @@ impl Default for Registry {
                 t("apps", "v1", "replicasets", "ReplicaSet", true, true)
                     .short(&["rs"])
                     .in_categories(&["all"]),
+                t(
+                    "autoscaling",
+                    "v2",
+                    "horizontalpodautoscalers",
+                    "HorizontalPodAutoscaler",
+                    true,
+                    true,
+                )
+                .short(&["hpa"])
+                .in_categories(&["all"]),
                 t("coordination.k8s.io", "v1", "leases", "Lease", true, false),
                 t("events.k8s.io", "v1", "events", "Event", true, false).short(&["ev"]),
                 t("macp.io", "v1alpha1", "macpauths", "MacpAuth", true, true).short(&["macpauth"]),

@@ -421,7 +421,8 @@ impl LoadGenerator {
     }
 }
 
-async fn verify(resolver: &JwtBearerResolver, token: &str) -> Result<(), String> {
+/// Verifies `token` as the MACP runtime does: a bearer header through `resolver`.
+pub async fn verify(resolver: &JwtBearerResolver, token: &str) -> Result<(), String> {
     let mut md = tonic::metadata::MetadataMap::new();
     let value = format!("Bearer {token}")
         .parse()

@@ -25,12 +25,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use macp_auth::auth::resolver::AuthResolver as _;
 use macp_auth::auth::resolvers::jwt_bearer::{JwtBearerResolver, JwtConfig};
 use macp_auth_e2e::binary::{operator_binary_async, service_binary_async};
 use macp_auth_e2e::endpoints::EndpointSource;
 use macp_auth_e2e::helm::{repo_root, tool_path};
-use macp_auth_e2e::load::{LoadConfig, LoadGenerator, token_kid};
+use macp_auth_e2e::load::{self, LoadConfig, LoadGenerator, token_kid};
 use macp_auth_e2e::proxy::ServiceProxy;
 use macp_auth_e2e::sandbox::{Sandbox, SandboxConfig};
 use serde_json::{Value, json};
@@ -212,16 +211,7 @@ async fn verify(url: &str, token: &str) -> Result<(), String> {
         format!("{url}/.well-known/jwks.json"),
         CACHE_TTL,
     );
-    let mut md = tonic::metadata::MetadataMap::new();
-    let value = format!("Bearer {token}")
-        .parse()
-        .map_err(|_| "token is not a header value".to_string())?;
-    md.insert("authorization", value);
-    match resolver.resolve(&md).await {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err("the resolver ignored the token".into()),
-        Err(e) => Err(e.to_string()),
-    }
+    load::verify(&resolver, token).await
 }
 
 /// The kids of the JWKS `url` serves (one new connection per call: the
@@ -267,8 +257,9 @@ fn write_samples(dir: &Path) -> (PathBuf, PathBuf) {
     (minimal, repo_root().join("config/samples/es256.yaml"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_user_journey_through_helm_and_kubectl() {
+/// A sandbox without the operator (helm installs it), and the journey's
+/// step printer on its kubeconfig.
+async fn start_no_operator() -> (Sandbox, Journey) {
     let service_bin = service_binary_async().await.expect("service binary");
     let operator_bin = operator_binary_async().await.expect("operator binary");
     let sandbox = Sandbox::start(
@@ -282,12 +273,18 @@ async fn the_user_journey_through_helm_and_kubectl() {
     )
     .await
     .expect("sandbox starts");
-    let mut j = Journey {
+    let j = Journey {
         step: "start".into(),
         kubeconfig: sandbox.kubeconfig().to_path_buf(),
         helm_home: sandbox.dir().join("helm"),
         started: Instant::now(),
     };
+    (sandbox, j)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_user_journey_through_helm_and_kubectl() {
+    let (sandbox, mut j) = start_no_operator().await;
     println!(
         "sandbox (--no-operator) at {}\n$ export KUBECONFIG={}",
         sandbox.api_url(),
@@ -706,25 +703,7 @@ async fn the_user_journey_through_helm_and_kubectl() {
 /// pull it would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_image_waits_in_image_pull_back_off() {
-    let service_bin = service_binary_async().await.expect("service binary");
-    let operator_bin = operator_binary_async().await.expect("operator binary");
-    let sandbox = Sandbox::start(
-        SandboxConfig {
-            api_addr: "127.0.0.1:0".parse().expect("address"),
-            run_operator: false,
-            service_bin,
-            operator_bin,
-        },
-        None,
-    )
-    .await
-    .expect("sandbox starts");
-    let mut j = Journey {
-        step: "start".into(),
-        kubeconfig: sandbox.kubeconfig().to_path_buf(),
-        helm_home: sandbox.dir().join("helm"),
-        started: Instant::now(),
-    };
+    let (sandbox, mut j) = start_no_operator().await;
     j.step("an unmapped image");
     // `kubectl create deployment` sends a protobuf body, which the fake API
     // server decodes only for a few kinds (tests/README.md): apply a manifest.

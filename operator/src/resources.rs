@@ -640,6 +640,18 @@ mod tests {
         d.spec.clone().unwrap().template.spec.unwrap()
     }
 
+    /// The pod spec of `spec`'s Deployment, with the spec's own alg and TTLs.
+    fn spec_pod(spec: &MacpAuthSpec) -> PodSpec {
+        pod_spec(&deployment(
+            &owner(),
+            spec,
+            "img",
+            "h",
+            spec.signing_alg,
+            plain(spec),
+        ))
+    }
+
     /// The container env of `spec`'s Deployment, with the spec's own alg and TTLs.
     fn spec_env(spec: &MacpAuthSpec) -> BTreeMap<String, EnvVar> {
         env_of(&deployment(
@@ -1080,14 +1092,7 @@ mod tests {
     #[test]
     fn unset_pod_settings_render_nothing() {
         let spec = mauth(serde_json::json!({"replicas": 1})).spec;
-        let ps = pod_spec(&deployment(
-            &owner(),
-            &spec,
-            "img",
-            "h",
-            spec.signing_alg,
-            plain(&spec),
-        ));
+        let ps = spec_pod(&spec);
         assert!(ps.affinity.is_none());
         assert!(
             ps.topology_spread_constraints.is_none(),
@@ -1106,14 +1111,7 @@ mod tests {
     #[test]
     fn several_replicas_spread_over_nodes_and_zones_by_default() {
         let spec = mauth(serde_json::json!({"replicas": 3})).spec;
-        let ps = pod_spec(&deployment(
-            &owner(),
-            &spec,
-            "img",
-            "h",
-            spec.signing_alg,
-            plain(&spec),
-        ));
+        let ps = spec_pod(&spec);
         let tsc = ps.topology_spread_constraints.unwrap();
         let keys: Vec<_> = tsc.iter().map(|c| c.topology_key.as_str()).collect();
         assert_eq!(keys, [HOSTNAME_TOPOLOGY_KEY, ZONE_TOPOLOGY_KEY]);
@@ -1131,25 +1129,11 @@ mod tests {
                                         "whenUnsatisfiable": "DoNotSchedule"}]);
         let spec =
             mauth(serde_json::json!({"replicas": 3, "topologySpreadConstraints": given})).spec;
-        let ps = pod_spec(&deployment(
-            &owner(),
-            &spec,
-            "img",
-            "h",
-            spec.signing_alg,
-            plain(&spec),
-        ));
+        let ps = spec_pod(&spec);
         let tsc = ps.topology_spread_constraints.unwrap();
         assert_eq!((tsc.len(), tsc[0].topology_key.as_str()), (1, "rack"));
         let spec = mauth(serde_json::json!({"replicas": 3, "topologySpreadConstraints": []})).spec;
-        let ps = pod_spec(&deployment(
-            &owner(),
-            &spec,
-            "img",
-            "h",
-            spec.signing_alg,
-            plain(&spec),
-        ));
+        let ps = spec_pod(&spec);
         assert!(ps.topology_spread_constraints.is_none());
     }
 

@@ -1,5 +1,5 @@
 //! The `MacpAuth` custom resource (`macp.io/v1alpha1`): spec, status and the
-//! annotations that request rotations. DESIGN section 4 is the contract.
+//! annotations that request rotations (docs/architecture.md, The MacpAuth resource).
 //!
 //! Defaults, enums and minimums live in the generated OpenAPI schema (through
 //! serde defaults and schemars attributes) so that the API server refuses a bad

@@ -1,5 +1,6 @@
-//! Builders for the objects a `MacpAuth` owns (DESIGN section 5). Pure: they
-//! take the resource and return the desired object, nothing more.
+//! Builders for the objects a `MacpAuth` owns (docs/architecture.md, Owned
+//! objects; docs/objects.md). Pure: they take the resource and return the
+//! desired object, nothing more.
 
 use std::collections::BTreeMap;
 

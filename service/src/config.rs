@@ -1,4 +1,5 @@
-//! Service configuration from environment variables (DESIGN section 3).
+//! Service configuration from environment variables (docs/architecture.md, The
+//! token service; every variable: README, Configuration).
 //!
 //! Pure: [`Config::from_vars`] takes the variables as an iterator and
 //! [`Config::load_keys`] takes the file reader as a closure, so every fatal case

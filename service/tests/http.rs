@@ -1,4 +1,5 @@
-//! The HTTP contract of DESIGN section 3 on a real loopback socket.
+//! The HTTP contract (docs/architecture.md, The token service; README, API) on a
+//! real loopback socket.
 
 mod common;
 

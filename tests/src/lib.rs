@@ -12,6 +12,7 @@
 //! - [`standin`]: a kubelet stand-in for benchmarks: pods as in-process token services, rolled out at once.
 //! - [`binary`]: finds (or builds) the service executable the pods run.
 //! - [`helm`]: the real helm binary run on the chart, its output parsed.
+//! - [`wait`]: [`wait::wait_until`], the one way a test waits for the cluster to get somewhere.
 //!
 //! See `tests/README.md` for what is simulated and how it differs from a real cluster.
 
@@ -24,3 +25,4 @@ pub mod load;
 pub mod proxy;
 pub mod sandbox;
 pub mod standin;
+pub mod wait;

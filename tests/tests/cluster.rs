@@ -2,6 +2,7 @@
 //! addresses, rolled like the real controller, with a load generator verifying
 //! every token through the MACP runtime's verifier.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -14,6 +15,7 @@ use macp_auth_e2e::cluster::{Cluster, ClusterConfig};
 use macp_auth_e2e::endpoints::{DEFAULT_ENDPOINT_LAG, LaggedEndpoints, StoreEndpoints};
 use macp_auth_e2e::load::{LoadConfig, LoadGenerator};
 use macp_auth_e2e::proxy::ServiceProxy;
+use macp_auth_e2e::wait::wait_until;
 use macp_auth_service::keys::{Alg, generate_private_jwk};
 use serde_json::json;
 
@@ -275,15 +277,26 @@ async fn rolls_under_load(
         .delete("auth", &DeleteParams::default())
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !cluster.pods().is_empty() || !server.list("", "pods", Some(NS)).is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pods left: {:?}",
-            cluster.pods()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "every pod and its process gone",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        async || {
+            let pods = cluster.pods();
+            let objects: Vec<_> = server
+                .list("", "pods", Some(NS))
+                .into_iter()
+                .map(|p| p["metadata"]["name"].to_string())
+                .collect();
+            if pods.is_empty() && objects.is_empty() {
+                ControlFlow::Break(())
+            } else {
+                // The kubelet's pods, and the Pod objects left in the store.
+                ControlFlow::Continue((pods, objects))
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

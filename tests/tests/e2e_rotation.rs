@@ -1,4 +1,4 @@
-//! Layer 4 (DESIGN section 7): the real operator (its `kube_runtime`
+//! Layer 4 (docs/architecture.md, Test layers): the real operator (its `kube_runtime`
 //! controller, real kube client, real HTTP prober) drives a cluster while a
 //! load generator mints through the Service and verifies every token with the
 //! MACP runtime's own verifier (`macp_auth`'s `JwtBearerResolver`, cache TTL =
@@ -32,6 +32,7 @@
 //! compared. `scripts/e2e` runs them alone with their output shown.
 
 use std::collections::BTreeSet;
+use std::ops::ControlFlow::{Break, Continue};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,6 +48,7 @@ use macp_auth_e2e::endpoints::{
 };
 use macp_auth_e2e::load::{LoadConfig, LoadGenerator, LoadReport, token_kid};
 use macp_auth_e2e::proxy::ServiceProxy;
+use macp_auth_e2e::wait::wait_until;
 use macp_auth_operator::crd::{
     MacpAuth, MacpAuthStatus, RotationOutcome, RotationPhase, RotationTrigger,
 };
@@ -307,23 +309,18 @@ impl Env {
             .expect("annotate");
     }
 
+    /// Waits until the MacpAuth's status satisfies `done`; returns that status.
     async fn wait_for(
         &self,
         name: &str,
         what: &str,
         mut done: impl FnMut(&MacpAuthStatus) -> bool,
     ) -> MacpAuthStatus {
-        let start = Instant::now();
-        loop {
+        wait_until(what, PATIENCE, Duration::from_millis(50), async || {
             let s = self.status(name).await;
-            if done(&s) {
-                return s;
-            }
-            if start.elapsed() > PATIENCE {
-                panic!("timed out waiting for {what}; status: {s:#?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            if done(&s) { Break(s) } else { Continue(s) }
+        })
+        .await
     }
 
     /// Ready, no rotation in flight.
@@ -560,25 +557,28 @@ async fn follow_rotation(
     log: &mut PhaseLog,
     kill_in: impl Fn(RotationPhase) -> bool,
 ) -> MacpAuthStatus {
-    let start = Instant::now();
-    loop {
-        let s = env.status(name).await;
-        let phase = s
-            .rotation
-            .as_ref()
-            .map(|r| r.phase)
-            .unwrap_or(RotationPhase::Idle);
-        if log.note(phase) && kill_in(phase) {
-            env.kill_operator().await;
-        }
-        if s.history.len() > history_before && phase == RotationPhase::Idle {
-            return s;
-        }
-        if start.elapsed() > PATIENCE {
-            panic!("rotation did not finish; status: {s:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_until(
+        "the rotation to finish",
+        PATIENCE,
+        Duration::from_millis(25),
+        async || {
+            let s = env.status(name).await;
+            let phase = s
+                .rotation
+                .as_ref()
+                .map(|r| r.phase)
+                .unwrap_or(RotationPhase::Idle);
+            if log.note(phase) && kill_in(phase) {
+                env.kill_operator().await;
+            }
+            if s.history.len() > history_before && phase == RotationPhase::Idle {
+                Break(s)
+            } else {
+                Continue(s)
+            }
+        },
+    )
+    .await
 }
 
 /// Counts the samples in which the Secret had no active key (must stay 0).
@@ -821,34 +821,40 @@ async fn e2e_3_emergency_rotation_cuts_off_the_suspect_key() {
         let mut came_back = Vec::new();
         let mut reasons = BTreeSet::new();
         let mut all_cut_at = None;
-        loop {
-            for (i, c) in cutoff.iter_mut().enumerate() {
-                for t in &stolen {
-                    match (load.verify_with(i, t).await, &c) {
-                        (Err(e), None) => {
-                            *c = Some(t0.elapsed());
-                            reasons.insert(e);
+        wait_until(
+            "every verifier to refuse the stolen tokens, then 5 s more",
+            PATIENCE,
+            Duration::from_millis(100),
+            async || {
+                for (i, c) in cutoff.iter_mut().enumerate() {
+                    for t in &stolen {
+                        match (load.verify_with(i, t).await, &c) {
+                            (Err(e), None) => {
+                                *c = Some(t0.elapsed());
+                                reasons.insert(e);
+                            }
+                            (Err(e), Some(_)) => {
+                                reasons.insert(e);
+                            }
+                            (Ok(()), Some(at)) => came_back.push((i, *at, t0.elapsed())),
+                            (Ok(()), None) => {}
                         }
-                        (Err(e), Some(_)) => {
-                            reasons.insert(e);
-                        }
-                        (Ok(()), Some(at)) => came_back.push((i, *at, t0.elapsed())),
-                        (Ok(()), None) => {}
                     }
                 }
-            }
-            if all_cut_at.is_none() && cutoff.iter().all(Option::is_some) {
-                all_cut_at = Some(Instant::now());
-            }
-            // The rest of the run: keep checking a while after the last cutoff.
-            if all_cut_at.is_some_and(|a| a.elapsed() > Duration::from_secs(5)) {
-                return (cutoff, came_back, reasons);
-            }
-            if t0.elapsed() > PATIENCE {
-                panic!("stolen tokens still verify after {PATIENCE:?}: {cutoff:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+                if all_cut_at.is_none() && cutoff.iter().all(Option::is_some) {
+                    all_cut_at = Some(Instant::now());
+                }
+                // The rest of the run: keep checking a while after the last cutoff.
+                if all_cut_at.is_some_and(|a| a.elapsed() > Duration::from_secs(5)) {
+                    Break(())
+                } else {
+                    // When each verifier first refused them (None: not yet).
+                    Continue(cutoff.clone())
+                }
+            },
+        )
+        .await;
+        (cutoff, came_back, reasons)
     };
     let (after, (cutoffs, came_back, reasons)) = tokio::join!(follow, watch);
     let emergency_s = t0.elapsed().as_secs_f64();
@@ -1290,9 +1296,12 @@ async fn e2e_9_emergency_ttl_clamp_is_applied_and_lifted() {
             .map(|c| c.max_ttl_seconds),
         Some(clamp as i64)
     );
-    wait_until("every pod grants at most the clamp", || {
-        all_pods_grant(clamp)
-    })
+    wait_until(
+        "every pod to grant at most the clamp",
+        PATIENCE,
+        Duration::from_millis(100),
+        async || all_pods_grant(clamp).await,
+    )
     .await;
     let clamp_s = t0.elapsed().as_secs_f64();
 
@@ -1307,9 +1316,12 @@ async fn e2e_9_emergency_ttl_clamp_is_applied_and_lifted() {
         })
         .await;
     assert!(lifted.emergency_ttl_clamp.is_none());
-    wait_until("every pod grants the normal max again", || {
-        all_pods_grant(max)
-    })
+    wait_until(
+        "every pod to grant the normal max again",
+        PATIENCE,
+        Duration::from_millis(100),
+        async || all_pods_grant(max).await,
+    )
     .await;
     let restored_s = t0.elapsed().as_secs_f64();
     let reasons = env.event_reasons(&name).await;
@@ -1411,20 +1423,6 @@ async fn e2e_10_failed_jwks_refresh_during_propagating_fails_nothing() {
         (activating - failed).as_secs_f64(),
         log.timings()
     );
-}
-
-async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        if start.elapsed() > PATIENCE {
-            panic!("timed out: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Mints asking for `ttl` seconds; the lifetime granted (`expires_in_seconds`).

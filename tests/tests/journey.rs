@@ -21,6 +21,7 @@
 //! the step and shows the client's output.
 
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +33,7 @@ use macp_auth_e2e::helm::{repo_root, tool_path};
 use macp_auth_e2e::load::{self, LoadConfig, LoadGenerator, token_kid};
 use macp_auth_e2e::proxy::ServiceProxy;
 use macp_auth_e2e::sandbox::{Sandbox, SandboxConfig};
+use macp_auth_e2e::wait::{Displayed, try_wait_until};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::Command;
@@ -588,27 +590,33 @@ async fn the_user_journey_through_helm_and_kubectl() {
     }
     // Debug lines in the new pod's log show the changed value reached the
     // process (the operator logs at debug as it reconciles and resyncs).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = j
-            .run(
-                "kubectl",
-                &[
-                    "logs",
-                    "-n",
-                    RELEASE_NS,
-                    "deploy/macp-auth-operator",
-                    "--tail=3",
-                ],
-            )
-            .await;
-        if out.ok && out.stdout.contains("DEBUG") {
-            break;
-        }
-        if Instant::now() > deadline {
-            j.fail("no DEBUG line in the upgraded operator's log");
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    let debug_line = try_wait_until(
+        "a DEBUG line in the upgraded operator's log",
+        Duration::from_secs(30),
+        Duration::from_secs(2),
+        async || {
+            let out = j
+                .run(
+                    "kubectl",
+                    &[
+                        "logs",
+                        "-n",
+                        RELEASE_NS,
+                        "deploy/macp-auth-operator",
+                        "--tail=3",
+                    ],
+                )
+                .await;
+            if out.ok && out.stdout.contains("DEBUG") {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(Displayed(out.stdout + &out.stderr))
+            }
+        },
+    )
+    .await;
+    if let Err(e) = debug_line {
+        j.fail(&e.to_string());
     }
     j.helm(&["status", RELEASE, "-n", RELEASE_NS]).await;
     j.kubectl(&[
@@ -718,35 +726,38 @@ async fn an_unknown_image_waits_in_image_pull_back_off() {
     .expect("write the manifest");
     j.kubectl(&["apply", "-f", &manifest.display().to_string()])
         .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let reason = loop {
-        let pods = j.get_json(&["pods", "-l", "app=web"]).await;
-        let waiting = pods
-            .pointer("/items/0/status/containerStatuses/0/state/waiting")
-            .cloned();
-        let field = |f: &str| {
-            waiting
-                .as_ref()
-                .and_then(|w| w.get(f))
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string()
-        };
-        let reason = field("reason");
-        if reason == "ImagePullBackOff" {
-            let message = field("message");
-            if !message.contains("nginx:1.27") {
-                j.fail(&format!("the message does not name the image: {message}"));
+    let reason = try_wait_until(
+        "the pod to wait in ImagePullBackOff",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        async || {
+            let pods = j.get_json(&["pods", "-l", "app=web"]).await;
+            let waiting = pods
+                .pointer("/items/0/status/containerStatuses/0/state/waiting")
+                .cloned();
+            let field = |f: &str| {
+                waiting
+                    .as_ref()
+                    .and_then(|w| w.get(f))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let reason = field("reason");
+            if reason == "ImagePullBackOff" {
+                let message = field("message");
+                if !message.contains("nginx:1.27") {
+                    j.fail(&format!("the message does not name the image: {message}"));
+                }
+                ControlFlow::Break(reason)
+            } else {
+                // The waiting reason seen last.
+                ControlFlow::Continue(reason)
             }
-            break reason;
-        }
-        if Instant::now() > deadline {
-            j.fail(&format!(
-                "the pod never reached ImagePullBackOff (last: {reason:?})"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+        },
+    )
+    .await
+    .unwrap_or_else(|e| j.fail(&e.to_string()));
     j.kubectl(&["get", "pods", "-l", "app=web"]).await;
     let described = j.kubectl(&["describe", "pods", "-l", "app=web"]).await;
     if !described.contains(&reason) || !described.contains("failed to pull image \"nginx:1.27\"") {

@@ -10,6 +10,7 @@
 //! written. A missing binary fails the test with a message naming
 //! `scripts/install-tools`.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use macp_auth_e2e::apiserver::{FakeApiServer, LogOptions, PodLogs};
 use macp_auth_e2e::helm::{CHART, Run, repo_root, tool_path};
+use macp_auth_e2e::wait::{Displayed, wait_until};
 use serde_json::{Value, json};
 
 const CRD_FILE: &str = "crds/macpauths.macp.io.yaml";
@@ -177,21 +179,21 @@ impl Lines {
 
     /// Waits (up to 30 s) for a line containing `needle`.
     async fn until(&mut self, needle: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            while let Ok(line) = self.rx.try_recv() {
-                self.seen.push(line);
-            }
-            if self.seen.iter().any(|l| l.contains(needle)) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "kubectl never printed {needle:?}; it printed:\n{}",
-                self.seen.join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until(
+            format!("kubectl to print {needle:?}"),
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            async || {
+                self.seen.extend(self.rx.try_iter());
+                if self.seen.iter().any(|l| l.contains(needle)) {
+                    ControlFlow::Break(())
+                } else {
+                    // Everything it printed so far.
+                    ControlFlow::Continue(Displayed(self.seen.join("\n")))
+                }
+            },
+        )
+        .await
     }
 
     /// Stops kubectl; everything it printed.

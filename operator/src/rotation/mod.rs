@@ -1,4 +1,4 @@
-//! Key rotation as a pure, crash-safe state machine (DESIGN section 6).
+//! Key rotation as a pure, crash-safe state machine (docs/architecture.md, Key rotation).
 //!
 //! [`decide`] maps what is persisted (the `MacpAuth` spec, status and
 //! annotations) and what the reconciler observed this round (the Secret's
@@ -6,6 +6,20 @@
 //! most one [`Action`]. It performs no I/O, reads no clock and draws no
 //! randomness: the reconciler passes `now` and a fresh kid, generates key
 //! material itself and writes everything.
+//!
+//! # Invariants
+//!
+//! Every history of decisions keeps these six, with operator restarts at any
+//! point. The names are shared with docs/architecture.md ("Rotation
+//! invariants") and with the property test `tests/sim.rs`, whose failures
+//! start with the name of the invariant they broke.
+//!
+//! - `I1 publish-before-sign`: with `prepublish`, a routine key signs only after every pod served it for the cache TTL + slack.
+//! - `I2 drain-before-unpublish`: a routine key that signed leaves the JWKS only `drainSeconds` after its last signature.
+//! - `I3 keys-durable`: a key is in the Secret, read back, before anything names it; the active key is only ever replaced.
+//! - `I4 restart-safe`: a restart at any point completes the rotation, with no step skipped and no effect repeated.
+//! - `I5 suspect-never-returns`: after an emergency request, a withdrawn suspect key is never published again.
+//! - `I6 one-rotation-at-a-time`: at most one rotation is in flight; it ends only through a history entry.
 //!
 //! # Driving it from the reconciler
 //!
@@ -32,7 +46,7 @@
 //!
 //! # Keys are generated in two rounds
 //!
-//! Invariant 3 says a key is durably in the Secret before anything refers to
+//! `I3 keys-durable` says a key is durably in the Secret before anything refers to
 //! it. Starting a rotation therefore only *reserves* a kid
 //! (`status.rotation.pendingKid`, a name and nothing else) and writes no key.
 //! The next round asks for [`Action::GenerateNextKey`] with that kid, which
@@ -63,7 +77,7 @@
 //! (`rolloutTimeoutSeconds` after it began), so a restarted operator resumes
 //! exactly.
 //!
-//! # Failure and rollback (6.2)
+//! # Failure and rollback
 //!
 //! A rollout phase fails when its deadline passes before the rollout is
 //! complete and verified, or at once when a pod of the new template serves a
@@ -83,7 +97,7 @@
 //! The previously active key K stays in the Secret (active or `previous`)
 //! throughout a routine rotation.
 //!
-//! # Emergency (6.3)
+//! # Emergency
 //!
 //! A new `macp.io/emergency-rotate` value preempts anything in flight (which
 //! is recorded in history as `Superseded`). Every kid in the Secret at that

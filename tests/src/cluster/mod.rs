@@ -63,6 +63,7 @@ pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -71,6 +72,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::apiserver::ApiHandle;
+use crate::wait::{Displayed, OnChange, TimedOut, try_wait_until};
 pub use images::ImageMap;
 use rollout::PodView;
 
@@ -150,12 +152,9 @@ type Rule = Arc<dyn Fn(&PodStart<'_>) -> bool + Send + Sync>;
 /// Failures of cluster helpers.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("timed out after {waited:?} waiting for {what}; last seen: {last}")]
-    Timeout {
-        what: String,
-        waited: Duration,
-        last: String,
-    },
+    /// What was awaited, how long, and the last status seen.
+    #[error(transparent)]
+    Timeout(#[from] TimedOut),
 }
 
 struct PodEntry {
@@ -242,7 +241,7 @@ impl Cluster {
             .set_pod_logs(Arc::new(logs::ClusterLogs(Arc::downgrade(&self.inner))));
     }
 
-    /// The pod's captured stdout and stderr lines (the last ones; see [`logs`]).
+    /// The pod's captured stdout and stderr lines (the last ones; see the `logs` module).
     pub fn pod_logs(&self, namespace: &str, name: &str) -> Vec<String> {
         lock(&self.inner.state)
             .pods
@@ -295,30 +294,28 @@ impl Cluster {
         name: &str,
         timeout: Duration,
     ) -> Result<(), ClusterError> {
-        let start = Instant::now();
-        let mut changes = self.inner.api.changes();
-        loop {
-            let d = self
+        let every = OnChange {
+            changes: self.inner.api.changes(),
+            at_most: Duration::from_millis(100),
+        };
+        try_wait_until(
+            format!("the rollout of deployment {namespace}/{name}"),
+            timeout,
+            every,
+            async || match self
                 .inner
                 .api
-                .get("apps", "deployments", Some(namespace), name);
-            if let Some(d) = &d
-                && rollout_done(d)
+                .get("apps", "deployments", Some(namespace), name)
             {
-                return Ok(());
-            }
-            if start.elapsed() >= timeout {
-                return Err(ClusterError::Timeout {
-                    what: format!("rollout of deployment {namespace}/{name}"),
-                    waited: timeout,
-                    last: d
-                        .and_then(|d| d.get("status").cloned())
-                        .unwrap_or(Value::Null)
-                        .to_string(),
-                });
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(100), changes.changed()).await;
-        }
+                Some(d) if rollout_done(&d) => ControlFlow::Break(()),
+                d => ControlFlow::Continue(Displayed(
+                    d.and_then(|d| d.get("status").cloned())
+                        .unwrap_or(Value::Null),
+                )),
+            },
+        )
+        .await?;
+        Ok(())
     }
 
     /// Stops every pod gracefully (SIGTERM) and waits until all processes are gone.
@@ -330,15 +327,22 @@ impl Cluster {
             e.info.ready = false;
             e.stop.send_replace(true);
         }
-        let deadline =
-            Instant::now() + self.inner.config.default_termination_grace + Duration::from_secs(2);
         // Only processes are waited for: a pod with none (its image cannot be
         // pulled, or it is between restarts) has nothing to stop, and the
-        // drop below ends its task.
-        let running = |st: &State| st.pods.values().any(|e| e.pid.is_some());
-        while running(&lock(&self.inner.state)) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // drop below ends its task. One that outlives its grace period (plus
+        // a margin for the SIGKILL) is left to that drop too.
+        let _ = try_wait_until(
+            "every pod process to exit",
+            self.inner.config.default_termination_grace + Duration::from_secs(2),
+            Duration::from_millis(20),
+            async || {
+                !lock(&self.inner.state)
+                    .pods
+                    .values()
+                    .any(|e| e.pid.is_some())
+            },
+        )
+        .await;
     }
 }
 

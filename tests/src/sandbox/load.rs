@@ -5,7 +5,7 @@
 //! its failed verifications (none, when it works) on the status line.
 //!
 //! The generator keeps a record per token, so it runs in rounds of
-//! [`ROUND`] whose totals are added up; a round starts only when the Service
+//! `ROUND` whose totals are added up; a round starts only when the Service
 //! has ready endpoints.
 
 use std::sync::{Arc, Mutex};

@@ -29,7 +29,7 @@ pub mod tempdir;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -37,6 +37,7 @@ use tokio::sync::mpsc;
 use crate::apiserver::{ApiError, ApiHandle, FakeApiServer, StartError};
 use crate::cluster::images::{OPERATOR_IMAGE, SERVICE_IMAGE};
 use crate::cluster::{Cluster, ClusterConfig, ImageMap};
+use crate::wait::{OnChange, try_wait_until};
 use forward::{Forwards, ServiceAddr};
 use relay::Relay;
 use tempdir::TempDir;
@@ -175,22 +176,26 @@ impl Sandbox {
         name: &str,
         timeout: Duration,
     ) -> Option<String> {
-        let start = Instant::now();
         let api = self.api();
-        let mut changes = api.changes();
-        while start.elapsed() < timeout {
-            let ready = api
-                .get("macp.io", "macpauths", Some(namespace), name)
-                .is_some_and(|m| is_ready(&m));
-            if ready
-                && let Some(p) = self.forwards.proxy(namespace, name)
-                && !p.endpoints().is_empty()
-            {
-                return Some(p.url());
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
-        }
-        None
+        let every = OnChange {
+            changes: api.changes(),
+            at_most: Duration::from_millis(200),
+        };
+        try_wait_until(
+            format!("MacpAuth {namespace}/{name} Ready and served"),
+            timeout,
+            every,
+            async || {
+                let m = api.get("macp.io", "macpauths", Some(namespace), name)?;
+                let p = self
+                    .forwards
+                    .proxy(namespace, name)
+                    .filter(|_| is_ready(&m))?;
+                (!p.endpoints().is_empty()).then(|| p.url())
+            },
+        )
+        .await
+        .ok()
     }
 
     /// Stops every pod process (SIGTERM, then SIGKILL after its grace period),

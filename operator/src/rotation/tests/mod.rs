@@ -1,4 +1,5 @@
-//! Table tests of every transition and property tests of the invariants of DESIGN 6.4.
+//! Table tests of every transition and property tests of the rotation invariants
+//! (docs/architecture.md, Rotation invariants).
 
 mod sim;
 mod table;

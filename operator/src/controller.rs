@@ -2,6 +2,7 @@
 //! `/healthz`, `/readyz`, `/metrics` endpoints.
 
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +18,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
 use macp_auth_service::exposition;
 use macp_auth_service::listener::{self, ConnectionMetrics, Limits};
 use prometheus_client::encoding::text;
@@ -310,7 +311,20 @@ fn controller_for(client: &Client, ns: Option<&str>) -> Controller<MacpAuth> {
     let our_pods = watcher::Config::default().labels(&format!(
         "{MANAGED_BY_LABEL}={MANAGER},{NAME_LABEL}={APP_NAME}"
     ));
-    Controller::new(api::<MacpAuth>(client, ns), watcher::Config::default())
+    // The MacpAuth watch triggers a round only when what a round acts on
+    // changed: the spec (generation), the annotations (rotation requests) or
+    // the deletion mark. A status write is the operator's own echo: each round
+    // writes one and requeues itself for what follows, so rounds triggered by
+    // the echoes decided nothing and, in a storm of a thousand rotations,
+    // doubled every burst of rounds. Status edited by someone else is seen by
+    // the next requeue or resync (every round reads the MacpAuth fresh).
+    let (reader, writer) = reflector::store();
+    let mauths = watcher(api::<MacpAuth>(client, ns), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(round_inputs, PredicateConfig::default());
+    Controller::for_stream(mauths, reader)
         .owns(api::<Secret>(client, ns), ours.clone())
         .owns(api::<Deployment>(client, ns), ours.clone())
         .owns(api::<Service>(client, ns), ours.clone())
@@ -322,6 +336,16 @@ fn controller_for(client: &Client, ns: Option<&str>) -> Controller<MacpAuth> {
             let ns = pod.namespace()?;
             Some(ObjectRef::<MacpAuth>::new(&name).within(&ns))
         })
+}
+
+/// What a round acts on, hashed: a change of anything else (the status, the
+/// managed fields, the resourceVersion alone) triggers no round.
+fn round_inputs(mauth: &MacpAuth) -> Option<u64> {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    mauth.meta().generation.hash(&mut hasher);
+    mauth.annotations().hash(&mut hasher);
+    mauth.meta().deletion_timestamp.is_some().hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 #[cfg(test)]
@@ -391,6 +415,45 @@ mod tests {
         );
         stop.send(()).unwrap();
         server.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn only_what_a_round_acts_on_triggers_one() {
+        let mut mauth: MacpAuth = MacpAuth::new(
+            "auth",
+            serde_json::from_value(serde_json::json!({})).unwrap(),
+        );
+        mauth.metadata.generation = Some(1);
+        mauth.metadata.resource_version = Some("10".into());
+        let before = round_inputs(&mauth);
+
+        // The operator's own status write: a new resourceVersion, managed
+        // fields and status, the same generation.
+        let mut echo = mauth.clone();
+        echo.metadata.resource_version = Some("11".into());
+        echo.status = Some(crate::crd::MacpAuthStatus {
+            active_kid: Some("k1".into()),
+            ..Default::default()
+        });
+        echo.metadata.managed_fields = Some(vec![Default::default()]);
+        assert_eq!(round_inputs(&echo), before, "a status write is no trigger");
+
+        let mut spec = mauth.clone();
+        spec.metadata.generation = Some(2);
+        assert_ne!(round_inputs(&spec), before, "a spec change is");
+
+        let mut request = mauth.clone();
+        request
+            .annotations_mut()
+            .insert(crate::crd::ROTATE_ANNOTATION.into(), "r1".into());
+        assert_ne!(round_inputs(&request), before, "a rotation request is");
+
+        let mut deleted = mauth.clone();
+        deleted.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        assert_ne!(round_inputs(&deleted), before, "the deletion mark is");
     }
 
     #[test]

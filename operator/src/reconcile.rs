@@ -178,20 +178,40 @@ pub async fn reconcile(mauth: Arc<MacpAuth>, ctx: Arc<Context>) -> Result<Requeu
         // Shutting down: the next leader or start picks this object up.
         return Ok(Requeue::requeue(CONFLICT_REQUEUE));
     };
-    // Timed from the turn: the metric is the round's own cost, not its wait.
-    let started = Instant::now();
-    // Boxed so that a round waiting for its turn holds a few bytes, not the
-    // whole round's state (tens of KiB each, a storm queues a thousand).
-    let result = Box::pin(reconcile_one(&mauth, &ctx)).await;
-    ctx.metrics.reconciled(started.elapsed());
-    match &result {
-        Ok(_) => {
-            ctx.failures().remove(&ObjectRef::from_obj(mauth.as_ref()));
+    let mut passes = 1;
+    loop {
+        // Timed from the turn: the metric is the round's own cost, not its wait.
+        let started = Instant::now();
+        // Boxed so that a round waiting for its turn holds a few bytes, not the
+        // whole round's state (tens of KiB each, a storm queues a thousand).
+        let result = Box::pin(reconcile_one(&mauth, &ctx)).await;
+        ctx.metrics.reconciled(started.elapsed());
+        match result {
+            // A step that asks to go on at once (a rotation started, its key
+            // written, a rotation finished) goes on in this turn: sent to the
+            // back of the queue instead, a rotation in a storm would wait for
+            // a thousand rounds at each such step. The next pass reads
+            // everything again, exactly as a new round would.
+            Ok(Some(after)) if after.is_zero() && passes < MAX_PASSES_PER_TURN => {
+                passes += 1;
+            }
+            Ok(requeue) => {
+                ctx.failures().remove(&ObjectRef::from_obj(mauth.as_ref()));
+                return Ok(requeue.map_or_else(Requeue::await_change, Requeue::requeue));
+            }
+            Err(e) => {
+                ctx.metrics.failed(e.metric_reason());
+                return Err(e);
+            }
         }
-        Err(e) => ctx.metrics.failed(e.metric_reason()),
     }
-    result
 }
+
+/// Rounds one turn may run back to back while each asks to go on at once.
+/// A rotation needs at most three (start, write the key, publish it); the
+/// bound keeps one object that always asks again (a kid collision) from
+/// holding a turn.
+const MAX_PASSES_PER_TURN: u32 = 4;
 
 /// Retry with exponential backoff per object: 1 s, 2 s, 4 s ... at most 5 minutes.
 pub fn error_policy(mauth: Arc<MacpAuth>, error: &Error, ctx: Arc<Context>) -> Requeue {
@@ -361,7 +381,7 @@ async fn hand_over_replicas(
 }
 
 /// The field manager that holds `spec.replicas` between the operator's last
-/// write of it and the autoscaler's first (see [`hand_over_replicas`]).
+/// write of it and the autoscaler's first (see `hand_over_replicas`).
 pub const REPLICAS_HANDOVER_MANAGER: &str = "macp-auth-operator-replicas-handover";
 
 /// An event to emit after the status write.
@@ -383,12 +403,13 @@ struct Round<'a> {
     notes: Vec<Note>,
 }
 
-async fn reconcile_one(cached: &MacpAuth, ctx: &Context) -> Result<Requeue, Error> {
+/// One round; `Ok(None)`: wait for a change, `Ok(Some(d))`: run again after `d`.
+async fn reconcile_one(cached: &MacpAuth, ctx: &Context) -> Result<Option<Duration>, Error> {
     // The cached copy may be behind the API server: decide from the current one.
     let mauths: Api<MacpAuth> =
         Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
     let Some(mauth) = mauths.get_opt(&cached.name_any()).await? else {
-        return Ok(Requeue::await_change());
+        return Ok(None);
     };
     if mauth.resource_version() != cached.resource_version() {
         debug!(name = %mauth.name_any(), cached = ?cached.resource_version(),
@@ -399,7 +420,7 @@ async fn reconcile_one(cached: &MacpAuth, ctx: &Context) -> Result<Requeue, Erro
         ctx.metrics
             .forget(&mauth.namespace().unwrap_or_default(), &mauth.name_any());
         // Owner references let the garbage collector remove what we created.
-        return Ok(Requeue::await_change());
+        return Ok(None);
     }
     let owner = Owner::of(mauth)?;
     let apis = Apis::new(&ctx.client, &owner.namespace);
@@ -417,7 +438,7 @@ async fn reconcile_one(cached: &MacpAuth, ctx: &Context) -> Result<Requeue, Erro
     // that stopped early because something is Degraded does.
     let requeue = round.run().await?;
     if !round.finish().await? {
-        return Ok(Requeue::requeue(CONFLICT_REQUEUE));
+        return Ok(Some(CONFLICT_REQUEUE));
     }
     ctx.metrics.observe_rotation(
         &round.owner.namespace,
@@ -487,7 +508,7 @@ impl Round<'_> {
         }
     }
 
-    async fn run(&mut self) -> Result<Requeue, Error> {
+    async fn run(&mut self) -> Result<Option<Duration>, Error> {
         self.status.observed_generation = self.generation;
 
         let name_errors = validate::validate_name(&self.owner.name);
@@ -504,7 +525,7 @@ impl Round<'_> {
                 validate::REASON_INVALID_NAME,
                 "the owned objects cannot be named after this MacpAuth; nothing was created",
             );
-            return Ok(Requeue::await_change());
+            return Ok(None);
         }
 
         let errors = validate::validate(self.spec());
@@ -517,7 +538,7 @@ impl Round<'_> {
                 validate::REASON_INVALID_SPEC,
                 "the spec cannot be applied; nothing was changed",
             );
-            return Ok(Requeue::await_change());
+            return Ok(None);
         }
 
         let live_secret = self.apis.secrets.get_opt(&self.owner.secret_name()).await?;
@@ -542,7 +563,7 @@ impl Round<'_> {
                         }
                         (ks, Some(secret))
                     }
-                    Err(e) => return Ok(self.refuse_keyset(&e)),
+                    Err(e) => return Ok(Some(self.refuse_keyset(&e))),
                 }
             }
         };
@@ -652,7 +673,7 @@ impl Round<'_> {
         .flatten()
         .min()
         .unwrap_or(self.ctx.settings.resync_interval);
-        Ok(Requeue::requeue(requeue))
+        Ok(Some(requeue))
     }
 
     /// The TTLs to render with `clamp`.
@@ -704,14 +725,14 @@ impl Round<'_> {
     }
 
     /// The Secret exists but holds no usable active key: report it and touch nothing.
-    fn refuse_keyset(&mut self, e: &KeysetError) -> Requeue {
+    fn refuse_keyset(&mut self, e: &KeysetError) -> Duration {
         let message = format!(
             "Secret {}: {e}; the operator does not overwrite it",
             self.owner.secret_name()
         );
         self.degrade(e.reason(), &message);
         self.set(READY, false, e.reason(), "the signing keys are unusable");
-        Requeue::requeue(BROKEN_SECRET_REQUEUE)
+        BROKEN_SECRET_REQUEUE
     }
 
     async fn generate(

@@ -1,4 +1,4 @@
-//! Layer 3 (DESIGN section 7): the real reconciler, through the real kube
+//! Layer 3 (docs/architecture.md, Test layers): the real reconciler, through the real kube
 //! client, against the in-process API server. Pods and Deployment status are
 //! set by hand in the store; a fake prober answers for the pods.
 //!
@@ -9,6 +9,7 @@
 //! go through an admin client or the store.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Recorder, Reporter};
 use macp_auth_e2e::apiserver::{FakeApiServer, RecordedRequest};
+use macp_auth_e2e::wait::wait_until;
 use macp_auth_operator::crd::{
     EMERGENCY_ROTATE_ANNOTATION, MacpAuth, MacpAuthStatus, ROTATE_ANNOTATION, RotationOutcome,
     RotationPhase, RotationTrigger, SigningAlg, TtlClampStatus,
@@ -127,6 +129,10 @@ impl Harness {
     }
 
     async fn with_mode(mode: Mode) -> Self {
+        Self::with_settings(mode, settings_for(mode)).await
+    }
+
+    async fn with_settings(mode: Mode, settings: Settings) -> Self {
         let server = FakeApiServer::start().await.unwrap();
         server.enforce_operator_rbac(&mode.rbac(), None);
         let prober = Arc::new(FakeProber::default());
@@ -140,7 +146,7 @@ impl Harness {
         );
         let ctx = Arc::new(Context::new(
             client,
-            settings_for(mode),
+            settings,
             prober.clone(),
             recorder,
             Metrics::default(),
@@ -714,16 +720,10 @@ async fn a_stalled_rollout_is_degraded() {
     );
 }
 
-/// Waits until `f` holds, polling the store.
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
+/// A ceiling for the operator running on its own to get somewhere (it takes
+/// well under a second), and how often the store is looked at meanwhile.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+const SETTLE_POLL: Duration = Duration::from_millis(50);
 
 #[tokio::test]
 async fn the_controller_survives_a_restart_with_the_same_key_and_no_writes() {
@@ -757,15 +757,23 @@ async fn controller_restart(mode: Mode) {
     let first = State::default();
     let task = start(first.clone());
     h.create("h", es256()).await;
-    eventually("the Deployment", || h.deployment("h").is_some()).await;
+    wait_until("the Deployment", SETTLE_TIMEOUT, SETTLE_POLL, async || {
+        h.deployment("h").is_some()
+    })
+    .await;
     let kid = h.keyset("h").active.kid;
     // The pods come up: the controller sees the Deployment and Pod changes by itself.
     h.roll_out("h", &[&kid]);
-    eventually("Ready", || {
-        h.status("h")
-            .conditions
+    wait_until("Ready", SETTLE_TIMEOUT, SETTLE_POLL, async || {
+        let conditions = h.status("h").conditions;
+        if conditions
             .iter()
             .any(|c| c.type_ == "Ready" && c.status == "True")
+        {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(conditions)
+        }
     })
     .await;
     assert!(first.is_ready());
@@ -776,9 +784,12 @@ async fn controller_restart(mode: Mode) {
     h.server.reset_log();
     let second = State::default();
     let task = start(second.clone());
-    eventually("the new operator's first reconcile", || {
-        second.is_ready() && second.metrics.reconciles.get() >= 1
-    })
+    wait_until(
+        "the new operator's first reconcile",
+        SETTLE_TIMEOUT,
+        SETTLE_POLL,
+        async || second.is_ready() && second.metrics.reconciles.get() >= 1,
+    )
     .await;
     // Let it settle through any watch-triggered rounds.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1342,6 +1353,97 @@ async fn a_status_write_from_a_stale_read_conflicts_and_requeues() {
     h.reconcile("c4").await;
     assert_eq!(condition(&h.status("c4"), "Ready").0, "True");
     h.assert_rbac_covers_requests();
+}
+
+/// Issue 14: the steps of a rotation that need no wait (start, generate and
+/// store the next key, publish it) run in the one turn that started it, each
+/// from a fresh read and each persisted as before; sent to the back of the
+/// queue instead, every such step of a storm's rotation waited for a
+/// thousand other rounds.
+#[tokio::test]
+async fn a_started_rotation_reaches_its_first_rollout_in_the_same_turn() {
+    let h = Harness::new().await;
+    h.create("ch", es256()).await;
+    h.reconcile("ch").await;
+    for _ in 0..2 {
+        round_with_waits_over(&h, "ch").await;
+    }
+    assert_eq!(condition(&h.status("ch"), "Ready").0, "True");
+    let rounds_before = h.ctx.metrics.render();
+    request_rotation(&h, "ch", "r1");
+
+    h.reconcile("ch").await;
+
+    assert_eq!(phase(&h, "ch"), RotationPhase::Publishing);
+    let ks = h.keyset("ch");
+    let new_kid = h
+        .status("ch")
+        .rotation
+        .and_then(|r| r.new_kid)
+        .expect("the rotation names its new key");
+    assert_eq!(ks.published_kids(), vec![new_kid.clone()], "{ks:?}");
+    assert_eq!(ks.next.map(|k| k.kid), Some(new_kid));
+    let reasons = h.event_reasons();
+    for reason in ["RotationStarted", "KeyGenerated", "Publishing"] {
+        assert_eq!(
+            reasons.iter().filter(|r| *r == reason).count(),
+            1,
+            "{reason}: {reasons:?}"
+        );
+    }
+    // Three passes of one turn, each counted as a round.
+    let count = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("macp_operator_reconciles_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(count(&h.ctx.metrics.render()) - count(&rounds_before), 3);
+    h.assert_rbac_covers_requests();
+}
+
+/// Issue 14: rounds wait for a turn in the order they fell due, and no more
+/// than `--max-concurrent-reconciles` run at once. kube's own runner, when
+/// saturated, picks the next object at random, so in a storm a rotation that
+/// fell due first waited behind the follow-ups of others for a minute.
+#[tokio::test]
+async fn rounds_take_turns_in_the_order_they_fell_due() {
+    let settings = Settings {
+        max_concurrent_reconciles: 1,
+        ..settings_for(Mode::Namespaced)
+    };
+    let h = Harness::with_settings(Mode::Namespaced, settings).await;
+    let names = ["qa", "qb", "qc"];
+    for name in names {
+        h.create(name, es256()).await;
+    }
+    h.server.reset_log();
+    // Polled in this order, so they ask for a turn in this order; each
+    // round's API calls then yield, and without turns they would interleave.
+    let rounds = names.map(|name| reconcile(Arc::new(h.mauth(name)), h.ctx.clone()));
+    let [a, b, c] = rounds;
+    let (a, b, c) = futures::join!(a, b, c);
+    for result in [a, b, c] {
+        result.unwrap();
+    }
+    let owners: Vec<&str> = h
+        .server
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            let name = r.name.as_deref()?;
+            names.iter().copied().find(|n| name.starts_with(n))
+        })
+        .collect();
+    let mut runs = owners.clone();
+    runs.dedup();
+    assert_eq!(
+        runs, names,
+        "rounds overlapped or ran out of order: {owners:?}"
+    );
+    for name in names {
+        assert_eq!(condition(&h.status(name), "Ready").1, "RollingOut");
+    }
 }
 
 /// Issue 11, point 4: an informer cache may be one or two writes behind. A

@@ -253,7 +253,12 @@ impl Operator {
             ])
             .args(extra)
             .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "warn")
+            // BENCH_OPERATOR_LOG: the operator's log filter, e.g.
+            // `warn,macp_auth_operator::reconcile=debug` to see why each round ran.
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
@@ -314,7 +319,14 @@ impl Operator {
         {
             let _ = self.child.kill().await;
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("BENCH_OPERATOR_LOG").is_some() {
+            eprintln!(
+                "bench-operator: operator log kept in {}",
+                self.dir.join("operator.log").display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

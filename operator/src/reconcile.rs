@@ -180,6 +180,9 @@ pub async fn reconcile(mauth: Arc<MacpAuth>, ctx: Arc<Context>) -> Result<Requeu
     };
     let mut passes = 1;
     loop {
+        // Inside kube's span, which names why the round runs (the watch event
+        // or requeue that triggered it): `RUST_LOG=macp_auth_operator::rounds=debug`.
+        debug!(target: "macp_auth_operator::rounds", pass = passes, "round");
         // Timed from the turn: the metric is the round's own cost, not its wait.
         let started = Instant::now();
         // Boxed so that a round waiting for its turn holds a few bytes, not the

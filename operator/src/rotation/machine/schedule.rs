@@ -1,0 +1,36 @@
+//! `status.nextRotationTime` from `spec.rotation.interval`, and the
+//! `Degraded` an invalid interval holds.
+
+use crate::rotation::conditions::{self, DEGRADED, REASON_INVALID_INTERVAL};
+use crate::rotation::schedule::{next_rotation, parse_interval};
+
+use super::Machine;
+
+impl Machine<'_> {
+    pub(super) fn schedule(&mut self) {
+        let now = self.now();
+        match self.inp.spec.rotation.interval.as_deref() {
+            None => self.status.next_rotation_time = None,
+            Some(text) => match parse_interval(text) {
+                Ok(interval) => {
+                    self.status.next_rotation_time =
+                        Some(next_rotation(&self.status, interval, now));
+                    let held = conditions::get(&self.status.conditions, DEGRADED)
+                        .is_some_and(|c| c.status == "True" && c.reason == REASON_INVALID_INTERVAL);
+                    if held {
+                        self.undegrade("rotation interval is valid");
+                    }
+                }
+                Err(e) => {
+                    self.status.next_rotation_time = None;
+                    let already = conditions::get(&self.status.conditions, DEGRADED)
+                        .is_some_and(|c| c.status == "True" && c.reason == REASON_INVALID_INTERVAL);
+                    if !already {
+                        self.event(true, REASON_INVALID_INTERVAL, e.to_string());
+                    }
+                    self.degrade(REASON_INVALID_INTERVAL, &e.to_string());
+                }
+            },
+        }
+    }
+}

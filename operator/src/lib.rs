@@ -6,6 +6,7 @@
 //! [`leader::run`] does the same only while holding a leader-election Lease.
 
 pub mod cli;
+pub mod conditions;
 pub mod config;
 pub mod controller;
 pub mod crd;

@@ -49,6 +49,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
+use crate::conditions::{self, DEGRADED, READY};
 use crate::config::Settings;
 use crate::crd::{
     MacpAuth, MacpAuthSpec, MacpAuthStatus, RotationOutcome, RotationRecord, RotationTrigger,
@@ -59,16 +60,15 @@ use crate::metrics::{self, Metrics};
 use crate::observe::{self, PodTarget, RolloutState};
 use crate::probe::PodProber;
 use crate::resources::{self, BuildError, MANAGER, Owner};
-use crate::rotation::{self, Action, Observed, PodView, Rollout};
+use crate::rotation::{self, Action, Event, Observed, PodView, Rollout};
 use crate::spread::spread;
-use crate::status::{self, DEGRADED, READY};
+use crate::status;
 use crate::ttl_clamp::{self, Clamp, TtlLimits};
 use crate::validate;
 
-/// `Degraded` reasons the reconciler owns (rotation owns [`rotation::DEGRADED_REASONS`]).
-pub const REASON_INVALID_SIGNING_KEY: &str = "InvalidSigningKey";
-pub const REASON_MISSING_SIGNING_KEY: &str = "MissingSigningKey";
+pub use crate::keyset::{REASON_INVALID_SIGNING_KEY, REASON_MISSING_SIGNING_KEY};
 pub const REASON_PROGRESS_DEADLINE: &str = "ProgressDeadlineExceeded";
+/// `Degraded` reasons the reconciler owns (rotation owns [`rotation::DEGRADED_REASONS`]).
 const OWN_DEGRADED_REASONS: &[&str] = &[
     validate::REASON_INVALID_SPEC,
     validate::REASON_INVALID_NAME,
@@ -364,13 +364,6 @@ async fn hand_over_replicas(
 /// write of it and the autoscaler's first (see [`hand_over_replicas`]).
 pub const REPLICAS_HANDOVER_MANAGER: &str = "macp-auth-operator-replicas-handover";
 
-/// An event to emit after the status write.
-struct Note {
-    warning: bool,
-    reason: String,
-    message: String,
-}
-
 /// The working state of one round.
 struct Round<'a> {
     mauth: &'a MacpAuth,
@@ -380,7 +373,8 @@ struct Round<'a> {
     now: DateTime<Utc>,
     generation: Option<i64>,
     status: MacpAuthStatus,
-    notes: Vec<Note>,
+    /// Events to emit after the status write.
+    events: Vec<Event>,
 }
 
 async fn reconcile_one(cached: &MacpAuth, ctx: &Context) -> Result<Requeue, Error> {
@@ -411,7 +405,7 @@ async fn reconcile_one(cached: &MacpAuth, ctx: &Context) -> Result<Requeue, Erro
         now: Utc::now(),
         generation: mauth.meta().generation,
         status: mauth.status.clone().unwrap_or_default(),
-        notes: Vec::new(),
+        events: Vec::new(),
     };
     // A failed round writes no status (the next round redoes the step); one
     // that stopped early because something is Degraded does.
@@ -435,7 +429,7 @@ impl Round<'_> {
     }
 
     fn note(&mut self, warning: bool, reason: &str, message: String) {
-        self.notes.push(Note {
+        self.events.push(Event {
             warning,
             reason: reason.to_string(),
             message,
@@ -443,7 +437,7 @@ impl Round<'_> {
     }
 
     fn set(&mut self, type_: &str, value: bool, reason: &str, message: &str) {
-        status::set_condition(
+        conditions::set(
             &mut self.status.conditions,
             type_,
             value,
@@ -456,8 +450,8 @@ impl Round<'_> {
 
     /// Sets `Degraded` with one of our reasons; a Warning event only when it is news.
     fn degrade(&mut self, reason: &str, message: &str) {
-        let same = status::condition(&self.status, DEGRADED).is_some_and(|c| {
-            c.status == status::TRUE && c.reason == reason && c.message == message
+        let same = conditions::get(&self.status.conditions, DEGRADED).is_some_and(|c| {
+            c.status == conditions::TRUE && c.reason == reason && c.message == message
         });
         if !same {
             warn!(name = %self.owner.name, namespace = %self.owner.namespace, reason, message, "degraded");
@@ -468,14 +462,11 @@ impl Round<'_> {
 
     /// Clears `Degraded` if we set it; rotation's reasons are rotation's to clear.
     fn undegrade(&mut self) {
-        let ours_or_absent = match status::condition(&self.status, DEGRADED) {
-            None => true,
-            Some(c) => {
-                c.status != status::TRUE || OWN_DEGRADED_REASONS.contains(&c.reason.as_str())
-            }
-        };
-        if ours_or_absent {
-            let was = status::is_true(&self.status, DEGRADED, None);
+        let held = conditions::is_true(&self.status.conditions, DEGRADED, None);
+        let held_by_others =
+            held && !conditions::degraded_by(&self.status.conditions, OWN_DEGRADED_REASONS);
+        if !held_by_others {
+            let was = held;
             self.set(DEGRADED, false, "AsExpected", "");
             if was {
                 self.note(
@@ -613,9 +604,7 @@ impl Round<'_> {
         self.status.observed_generation = self.generation;
         self.status.active_kid = Some(current.active.kid.clone());
         self.status.published_kids = current.published_kids();
-        for e in decision.events {
-            self.note(e.warning, &e.reason, e.message);
-        }
+        self.events.extend(decision.events);
         self.record_clamp(clamp_after);
 
         let ready_requeue = if keyset_changed || ttl_changed {
@@ -906,8 +895,10 @@ impl Round<'_> {
             .mauth
             .status
             .as_ref()
-            .and_then(|s| status::condition(s, READY))
-            .is_some_and(|c| c.status == status::TRUE && c.observed_generation == self.generation);
+            .and_then(|s| conditions::get(&s.conditions, READY))
+            .is_some_and(|c| {
+                c.status == conditions::TRUE && c.observed_generation == self.generation
+            });
         let spec_changed = !applied_this_generation;
         apply_or_remove(
             &self.apis.autoscalers,
@@ -968,12 +959,7 @@ impl Round<'_> {
         let active = &keys.active.kid;
         let (ready, reason, message) = match rollout {
             RolloutState::DeadlineExceeded(msg) => {
-                let rotation_holds_it =
-                    status::condition(&self.status, DEGRADED).is_some_and(|c| {
-                        c.status == status::TRUE
-                            && rotation::DEGRADED_REASONS.contains(&c.reason.as_str())
-                    });
-                if !rotation_holds_it {
+                if !rotation::degraded_by_rotation(&self.status.conditions) {
                     self.degrade(REASON_PROGRESS_DEADLINE, msg);
                 }
                 (false, REASON_PROGRESS_DEADLINE.to_string(), msg.clone())
@@ -1034,23 +1020,23 @@ impl Round<'_> {
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     info!(name = %self.owner.name, namespace = %self.owner.namespace,
                           "the MacpAuth changed during the round; its status is decided again");
-                    self.notes.clear();
+                    self.events.clear();
                     return Ok(false);
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         let reference = self.mauth.object_ref(&());
-        for n in self.notes.drain(..) {
+        for e in self.events.drain(..) {
             let event = KubeEvent {
-                type_: if n.warning {
+                type_: if e.warning {
                     EventType::Warning
                 } else {
                     EventType::Normal
                 },
                 action: "Reconcile".into(),
-                reason: n.reason,
-                note: Some(truncate(&n.message, 1000)),
+                reason: e.reason,
+                note: Some(truncate(&e.message, 1000)),
                 secondary: None,
             };
             // An event that cannot be published is not a reason to redo the round.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::crd::{
     ROTATE_ANNOTATION, RotationOutcome, RotationRecord, RotationStatus, RotationTrigger,
 };
-use crate::rotation::conditions::{REASON_KEY_MISSING, REASON_ROLLED_BACK};
+use crate::rotation::reasons::{REASON_KEY_MISSING, REASON_ROLLED_BACK};
 use crate::rotation::schedule::add;
 use crate::rotation::{HISTORY_LIMIT, RETRY_AFTER_ROLLBACK};
 

@@ -23,7 +23,9 @@ use crate::crd::{
     EMERGENCY_ROTATE_ANNOTATION, MacpAuthStatus, RotationStatus, RotationTrigger, SigningAlg,
 };
 
-use super::conditions::{self, DEGRADED, REASON_ROTATION_SUCCEEDED, ROTATING};
+use crate::conditions::{self, DEGRADED, ROTATING};
+
+use super::reasons::REASON_ROTATION_SUCCEEDED;
 use super::{Action, Decision, Event, Inputs, KeysetView, MAX_BACKOFF, ProbePlan};
 
 use crate::crd::RotationPhase::*;
@@ -159,7 +161,7 @@ impl Machine<'_> {
     }
 
     fn undegrade(&mut self, message: &str) {
-        if conditions::degraded_by_rotation(&self.status.conditions) {
+        if super::degraded_by_rotation(&self.status.conditions) {
             conditions::set(
                 &mut self.status.conditions,
                 DEGRADED,

@@ -3,11 +3,11 @@
 
 use crate::crd::RotationOutcome;
 use crate::crd::RotationPhase::*;
-use crate::rotation::conditions::{
+use crate::rotation::plan::{desired, final_plan};
+use crate::rotation::reasons::{
     REASON_EMERGENCY_STALLED, REASON_RETIREMENT_STALLED, REASON_ROLLBACK_STALLED,
     REASON_ROLLOUT_TIMEOUT, REASON_VERIFICATION_FAILED,
 };
-use crate::rotation::plan::{desired, final_plan};
 use crate::rotation::schedule::{add, until};
 use crate::rotation::verify::{Verdict, verify};
 use crate::rotation::{KeysetPlan, KeysetView, POLL};

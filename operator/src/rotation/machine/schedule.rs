@@ -1,7 +1,8 @@
 //! `status.nextRotationTime` from `spec.rotation.interval`, and the
 //! `Degraded` an invalid interval holds.
 
-use crate::rotation::conditions::{self, DEGRADED, REASON_INVALID_INTERVAL};
+use crate::conditions;
+use crate::rotation::reasons::REASON_INVALID_INTERVAL;
 use crate::rotation::schedule::{next_rotation, parse_interval};
 
 use super::Machine;
@@ -15,16 +16,20 @@ impl Machine<'_> {
                 Ok(interval) => {
                     self.status.next_rotation_time =
                         Some(next_rotation(&self.status, interval, now));
-                    let held = conditions::get(&self.status.conditions, DEGRADED)
-                        .is_some_and(|c| c.status == "True" && c.reason == REASON_INVALID_INTERVAL);
+                    let held = conditions::degraded_by(
+                        &self.status.conditions,
+                        &[REASON_INVALID_INTERVAL],
+                    );
                     if held {
                         self.undegrade("rotation interval is valid");
                     }
                 }
                 Err(e) => {
                     self.status.next_rotation_time = None;
-                    let already = conditions::get(&self.status.conditions, DEGRADED)
-                        .is_some_and(|c| c.status == "True" && c.reason == REASON_INVALID_INTERVAL);
+                    let already = conditions::degraded_by(
+                        &self.status.conditions,
+                        &[REASON_INVALID_INTERVAL],
+                    );
                     if !already {
                         self.event(true, REASON_INVALID_INTERVAL, e.to_string());
                     }

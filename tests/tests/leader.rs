@@ -155,7 +155,7 @@ impl Instance {
     }
 
     fn leading(&self) -> bool {
-        self.state.leader.leader.get() == 1
+        self.state.metrics.leader.get() == 1
     }
 
     fn reconciles(&self) -> u64 {
@@ -329,7 +329,7 @@ async fn a_graceful_shutdown_releases_the_lease_for_an_immediate_handover() {
     let result = leader.task.await.unwrap();
     let stopped = start.elapsed();
     assert!(result.is_ok(), "{result:?}");
-    assert_eq!(leader.state.leader.leader.get(), 0);
+    assert_eq!(leader.state.metrics.leader.get(), 0);
     let handover = within(Duration::from_secs(20), "the standby to lead", || {
         standby.leading()
     })
@@ -381,7 +381,7 @@ async fn a_leader_that_cannot_renew_stops_with_an_error() {
     }
     // It must stop before anyone else may take the lease.
     assert!(took < lease + Duration::from_secs(5), "{took:?}");
-    assert_eq!(one.state.leader.leader.get(), 0);
+    assert_eq!(one.state.metrics.leader.get(), 0);
     assert!(!one.state.is_ready());
 }
 
@@ -419,7 +419,7 @@ async fn a_leader_whose_lease_is_taken_stops_with_an_error() {
         }) => assert_eq!(holder, "intruder"),
         other => panic!("expected a lost lease, got {other:?}"),
     }
-    assert_eq!(one.state.leader.leader.get(), 0);
+    assert_eq!(one.state.metrics.leader.get(), 0);
     // It did not take the lease back on its way out.
     assert_eq!(holder(&server).as_deref(), Some("intruder"));
 }

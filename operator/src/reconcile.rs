@@ -65,6 +65,7 @@ use crate::spread::spread;
 use crate::status;
 use crate::ttl_clamp::{self, Clamp, TtlLimits};
 use crate::validate;
+use macp_auth_service::keys::KeyError;
 
 pub use crate::keyset::{REASON_INVALID_SIGNING_KEY, REASON_MISSING_SIGNING_KEY};
 pub const REASON_PROGRESS_DEADLINE: &str = "ProgressDeadlineExceeded";
@@ -86,12 +87,35 @@ pub const CONFLICT_REQUEUE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
+    /// An API request failed: `operation` (get, apply, ...) on the object `kind`/`name`.
+    #[error("{operation} {kind} {name}: {source}")]
+    Kube {
+        operation: &'static str,
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error(transparent)]
     Build(#[from] BuildError),
-    #[error("generating key {kid}: {message}")]
-    KeyGeneration { kid: String, message: String },
+    #[error("generating key {kid}: {source}")]
+    KeyGeneration {
+        kid: String,
+        #[source]
+        source: KeyError,
+    },
+    #[error("generating key {kid}: no key generation slot: {source}")]
+    KeygenSlot {
+        kid: String,
+        #[source]
+        source: tokio::sync::AcquireError,
+    },
+    #[error("generating key {kid}: the generating task did not finish: {source}")]
+    KeygenTask {
+        kid: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
     #[error("the Secret read back after the write does not hold what was written: {0}")]
     NotConfirmed(String),
     #[error("laying out the keyset: {0}")]
@@ -104,13 +128,38 @@ impl Error {
     /// Label for the errors metric.
     pub fn metric_reason(&self) -> &'static str {
         match self {
-            Error::Kube(_) => "Kube",
+            Error::Kube { .. } => "Kube",
             Error::Build(_) => "Build",
-            Error::KeyGeneration { .. } => "KeyGeneration",
+            Error::KeyGeneration { .. } | Error::KeygenSlot { .. } | Error::KeygenTask { .. } => {
+                "KeyGeneration"
+            }
             Error::NotConfirmed(_) => "NotConfirmed",
             Error::Layout(_) => "Layout",
             Error::Json(_) => "Json",
         }
+    }
+
+    /// [`Error::Kube`] for a failed `operation` on `kind` `name`.
+    fn kube(operation: &'static str, kind: &'static str, name: &str, source: kube::Error) -> Self {
+        Error::Kube {
+            operation,
+            kind,
+            name: name.to_string(),
+            source,
+        }
+    }
+}
+
+/// Says what a failed API request was for, so the error names the object:
+/// `api.get_opt(&name).await.ctx("get", "Secret", &name)?`. Status codes a
+/// caller handles (404, 409) are matched on the `kube::Error` before this.
+trait KubeContext<T> {
+    fn ctx(self, operation: &'static str, kind: &'static str, name: &str) -> Result<T, Error>;
+}
+
+impl<T> KubeContext<T> for Result<T, kube::Error> {
+    fn ctx(self, operation: &'static str, kind: &'static str, name: &str) -> Result<T, Error> {
+        self.map_err(|source| Error::kube(operation, kind, name, source))
     }
 }
 
@@ -243,7 +292,8 @@ async fn apply<K>(
     metrics: &Metrics,
 ) -> Result<K, Error>
 where
-    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + k8s_openapi::Resource + Clone + Serialize + DeserializeOwned,
+    K: std::fmt::Debug,
 {
     let desired = diff::with_applied_hash(serde_json::to_value(desired)?);
     if let Some(live) = live
@@ -256,15 +306,15 @@ where
         .and_then(|v| v.as_str())
         .unwrap_or_default()
         .to_string();
-    debug!(kind = %K::kind(&()), %name, "applying");
+    debug!(kind = K::KIND, %name, "applying");
     metrics.wrote(&K::plural(&()));
-    Ok(api
-        .patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&desired),
-        )
-        .await?)
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&desired),
+    )
+    .await
+    .ctx("apply", K::KIND, &name)
 }
 
 /// Makes `desired` the live object, or, when `desired` is `None`, deletes
@@ -284,12 +334,13 @@ async fn apply_or_remove<K>(
     metrics: &Metrics,
 ) -> Result<(), Error>
 where
-    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + k8s_openapi::Resource + Clone + Serialize + DeserializeOwned,
+    K: std::fmt::Debug,
 {
     if desired.is_none() && !spec_changed {
         return Ok(());
     }
-    let live = api.get_opt(name).await?;
+    let live = api.get_opt(name).await.ctx("get", K::KIND, name)?;
     match (desired, live) {
         (Some(desired), live) => {
             apply(api, live.as_ref(), desired, metrics).await?;
@@ -300,7 +351,7 @@ where
                 .iter()
                 .any(|o| o.uid == owner_uid && o.controller == Some(true)) =>
         {
-            debug!(kind = %K::kind(&()), %name, "deleting, no longer wanted by the spec");
+            debug!(kind = K::KIND, %name, "deleting, no longer wanted by the spec");
             metrics.wrote(&K::plural(&()));
             // Only the object we looked at: a replacement made meanwhile stays.
             let dp = DeleteParams {
@@ -313,7 +364,7 @@ where
             match api.delete(name, &dp).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(Error::kube("delete", K::KIND, name, e)),
             }
         }
         (None, _) => {}
@@ -356,7 +407,8 @@ async fn hand_over_replicas(
         &PatchParams::apply(REPLICAS_HANDOVER_MANAGER),
         &Patch::Apply(&patch),
     )
-    .await?;
+    .await
+    .ctx("hand over spec.replicas of", "Deployment", &name)?;
     Ok(true)
 }
 
@@ -381,7 +433,8 @@ async fn reconcile_one(cached: &MacpAuth, ctx: &Context) -> Result<Requeue, Erro
     // The cached copy may be behind the API server: decide from the current one.
     let mauths: Api<MacpAuth> =
         Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
-    let Some(mauth) = mauths.get_opt(&cached.name_any()).await? else {
+    let name = cached.name_any();
+    let Some(mauth) = mauths.get_opt(&name).await.ctx("get", "MacpAuth", &name)? else {
         return Ok(Requeue::await_change());
     };
     if mauth.resource_version() != cached.resource_version() {
@@ -511,7 +564,13 @@ impl Round<'_> {
             return Ok(Requeue::await_change());
         }
 
-        let live_secret = self.apis.secrets.get_opt(&self.owner.secret_name()).await?;
+        let secret_name = self.owner.secret_name();
+        let live_secret =
+            self.apis
+                .secrets
+                .get_opt(&secret_name)
+                .await
+                .ctx("get", "Secret", &secret_name)?;
         let (keyset, live_secret) = match live_secret {
             None => {
                 let (ks, secret) = self.create_first_key().await?;
@@ -547,11 +606,13 @@ impl Round<'_> {
 
         // Observe.
         let hash = keyset.hash();
+        let selector = resources::pod_selector(&self.owner.name);
         let pods = self
             .apis
             .pods
-            .list(&ListParams::default().labels(&resources::pod_selector(&self.owner.name)))
-            .await?
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .ctx("list", "Pod", &selector)?
             .items;
         let rollout = observe::rollout_state(Some(&deployment), &pods, &hash);
         let targets = observe::current_pods(&pods, &hash);
@@ -716,20 +777,17 @@ impl Round<'_> {
             .keygens
             .acquire()
             .await
-            .map_err(|e| Error::KeyGeneration {
+            .map_err(|source| Error::KeygenSlot {
                 kid: kid.clone(),
-                message: e.to_string(),
+                source,
             })?;
         tokio::task::spawn_blocking(move || PrivateKey::generate(alg, &k, bits))
             .await
-            .map_err(|e| Error::KeyGeneration {
+            .map_err(|source| Error::KeygenTask {
                 kid: kid.clone(),
-                message: e.to_string(),
+                source,
             })?
-            .map_err(|e| Error::KeyGeneration {
-                kid,
-                message: e.to_string(),
-            })
+            .map_err(|source| Error::KeyGeneration { kid, source })
     }
 
     /// Makes the Secret hold exactly `keys`, with our labels and owner
@@ -744,18 +802,23 @@ impl Round<'_> {
         let Some(live) = live else {
             debug!(name = %self.owner.secret_name(), "creating the Secret");
             self.ctx.metrics.wrote("secrets");
-            return Ok(self.apis.secrets.create(&pp, &desired).await?);
+            return self.apis.secrets.create(&pp, &desired).await.ctx(
+                "create",
+                "Secret",
+                &self.owner.secret_name(),
+            );
         };
         let Some(next) = resources::exact_secret(live, &desired) else {
             return Ok(live.clone());
         };
         debug!(name = %self.owner.secret_name(), rv = ?live.resource_version(), "replacing the Secret");
         self.ctx.metrics.wrote("secrets");
-        Ok(self
-            .apis
+        let name = self.owner.secret_name();
+        self.apis
             .secrets
-            .replace(&self.owner.secret_name(), &pp, &next)
-            .await?)
+            .replace(&name, &pp, &next)
+            .await
+            .ctx("replace", "Secret", &name)
     }
 
     /// Writes `keys` to the Secret and reads it back.
@@ -765,7 +828,13 @@ impl Round<'_> {
         live: Option<&Secret>,
     ) -> Result<(Keyset, Secret), Error> {
         self.write_secret(keys, live).await?;
-        let back = self.apis.secrets.get(&self.owner.secret_name()).await?;
+        let name = self.owner.secret_name();
+        let back = self
+            .apis
+            .secrets
+            .get(&name)
+            .await
+            .ctx("read back", "Secret", &name)?;
         let parsed = Keyset::from_secret_data(&back.data.clone().unwrap_or_default())
             .map_err(|e| Error::NotConfirmed(e.to_string()))?;
         Ok((parsed, back))
@@ -858,11 +927,20 @@ impl Round<'_> {
             .unwrap_or_else(|| self.ctx.settings.service_image.clone());
         let m = &self.ctx.metrics;
         let name = &self.owner.name;
-        let live = self.apis.deployments.get_opt(name).await?;
+        let live = self
+            .apis
+            .deployments
+            .get_opt(name)
+            .await
+            .ctx("get", "Deployment", name)?;
         let handed_over = spec.autoscaling.is_some()
             && hand_over_replicas(&self.apis.deployments, live.as_ref(), m).await?;
         let live = if handed_over {
-            self.apis.deployments.get_opt(name).await?
+            self.apis
+                .deployments
+                .get_opt(name)
+                .await
+                .ctx("get", "Deployment", name)?
         } else {
             live
         };
@@ -875,7 +953,12 @@ impl Round<'_> {
             ttl,
         );
         let deployment = apply(&self.apis.deployments, live.as_ref(), &desired, m).await?;
-        let live = self.apis.services.get_opt(name).await?;
+        let live = self
+            .apis
+            .services
+            .get_opt(name)
+            .await
+            .ctx("get", "Service", name)?;
         apply(
             &self.apis.services,
             live.as_ref(),
@@ -884,7 +967,12 @@ impl Round<'_> {
         )
         .await?;
         let cm_name = self.owner.config_map_name();
-        let live = self.apis.config_maps.get_opt(&cm_name).await?;
+        let live =
+            self.apis
+                .config_maps
+                .get_opt(&cm_name)
+                .await
+                .ctx("get", "ConfigMap", &cm_name)?;
         let desired = resources::verifier_config_map(&self.owner, spec);
         apply(&self.apis.config_maps, live.as_ref(), &desired, m).await?;
         let uid = &self.owner.owner_ref.uid;
@@ -1023,7 +1111,14 @@ impl Round<'_> {
                     self.events.clear();
                     return Ok(false);
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    return Err(Error::kube(
+                        "patch status of",
+                        "MacpAuth",
+                        &self.owner.name,
+                        e,
+                    ));
+                }
             }
         }
         let reference = self.mauth.object_ref(&());

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod observe;
 pub mod probe;
 pub mod rbac;
+pub mod readiness;
 pub mod reconcile;
 pub mod resources;
 pub mod rotation;

@@ -11,6 +11,8 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod diff;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod keyset;
 pub mod leader;
 pub mod metrics;

@@ -22,6 +22,7 @@ use kube::api::{Api, PostParams};
 use macp_auth_e2e::apiserver::FakeApiServer;
 use macp_auth_operator::config::LeaderElection;
 use macp_auth_operator::crd::MacpAuth;
+use macp_auth_operator::fixtures;
 use macp_auth_operator::leader::{self, Clock, ElectionError, LostReason, SystemClock};
 use macp_auth_operator::{PodProber, ProbeError, Settings, State, rbac};
 use tokio::sync::watch;
@@ -182,7 +183,7 @@ fn transitions(server: &FakeApiServer) -> i32 {
 
 async fn create_macpauth(server: &FakeApiServer) {
     let spec = serde_json::json!({"signingAlg": "ES256", "issuer": "iss", "audience": "aud"});
-    let m = MacpAuth::new("a", serde_json::from_value(spec).unwrap());
+    let m = fixtures::macpauth("a").spec(spec).build();
     let api: Api<MacpAuth> = Api::namespaced(server.client(), NS);
     api.create(&PostParams::default(), &m).await.unwrap();
     // Only the operators' requests are checked against their RBAC.

@@ -21,10 +21,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use macp_auth_service::exposition;
-use macp_auth_service::listener::{self, ConnectionMetrics, Limits};
-use prometheus_client::encoding::text;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use macp_auth_service::listener::{self, Limits};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -40,12 +37,8 @@ use crate::resources::{APP_NAME, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, NAME
 pub struct State {
     ready: Arc<AtomicBool>,
     standby: Arc<AtomicBool>,
+    /// Every metric of the process: `/metrics` renders them.
     pub metrics: Metrics,
-    /// Leader-election metrics. Kept out of [`Metrics`] (the reconciler's) and
-    /// appended to its output: only processes with leader election change them.
-    pub leader: LeaderMetrics,
-    /// The HTTP endpoint's connection counters (the service's listener).
-    pub http: HttpMetrics,
 }
 
 impl State {
@@ -67,31 +60,9 @@ impl State {
         self.ready.store(false, Ordering::SeqCst);
     }
 
-    /// OpenMetrics text of the reconciler's, the leader-election and the
-    /// HTTP endpoint's metrics.
+    /// OpenMetrics text of the operator's metrics (see [`Metrics`]).
     pub fn render_metrics(&self) -> String {
-        let with_leader = join_openmetrics(&self.metrics.render(), &self.leader.registry);
-        join_openmetrics(&with_leader, &self.http.registry)
-    }
-}
-
-/// `macp_operator_http_connections_*`: the endpoint's shed, evicted and
-/// timed-out connections.
-#[derive(Clone)]
-pub struct HttpMetrics {
-    pub connections: ConnectionMetrics,
-    registry: Arc<Registry>,
-}
-
-impl Default for HttpMetrics {
-    fn default() -> Self {
-        let connections = ConnectionMetrics::default();
-        let mut registry = Registry::with_prefix("macp_operator_http");
-        connections.register(&mut registry);
-        Self {
-            connections,
-            registry: Arc::new(registry),
-        }
+        self.metrics.render()
     }
 }
 
@@ -106,43 +77,6 @@ pub fn http_limits(nofile: u64) -> Limits {
     let mut limits = Limits::defaults(nofile);
     limits.max_connections = limits.max_connections.min(HTTP_MAX_CONNECTIONS);
     limits
-}
-
-/// `macp_operator_leader`: 1 while this process holds the lease; without
-/// leader election `main` sets it to 1, since that process reconciles alone.
-#[derive(Clone)]
-pub struct LeaderMetrics {
-    pub leader: Gauge,
-    registry: Arc<Registry>,
-}
-
-impl Default for LeaderMetrics {
-    fn default() -> Self {
-        let leader = Gauge::default();
-        let mut registry = Registry::with_prefix("macp_operator");
-        registry.register(
-            "leader",
-            "1 while this operator process holds the leader-election lease",
-            leader.clone(),
-        );
-        Self {
-            leader,
-            registry: Arc::new(registry),
-        }
-    }
-}
-
-/// Appends `extra`'s metrics to a complete OpenMetrics exposition, keeping its
-/// single terminating `# EOF` last.
-fn join_openmetrics(exposition: &str, extra: &Registry) -> String {
-    let mut out = exposition
-        .strip_suffix("# EOF\n")
-        .unwrap_or(exposition)
-        .to_string();
-    if text::encode_registry(&mut out, extra).is_err() || text::encode_eof(&mut out).is_err() {
-        warn!("encoding leader-election metrics failed");
-    }
-    out
 }
 
 /// The `/healthz`, `/readyz` and `/metrics` router.
@@ -200,7 +134,7 @@ pub async fn serve_http(
         open_file_limit = nofile,
         "serving /healthz, /readyz, /metrics"
     );
-    let metrics = state.http.connections.clone();
+    let metrics = state.metrics.http.clone();
     listener::serve(listener, router(state), limits, metrics, shutdown).await
 }
 
@@ -358,7 +292,7 @@ mod tests {
         state
             .metrics
             .reconciled(std::time::Duration::from_millis(1));
-        state.leader.leader.set(1);
+        state.metrics.leader.set(1);
         let text = state.render_metrics();
         assert!(text.contains("macp_operator_reconciles_total 1"), "{text}");
         assert!(text.contains("# TYPE macp_operator_leader gauge"), "{text}");

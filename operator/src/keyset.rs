@@ -50,12 +50,17 @@ pub enum KeysetError {
     ConflictingKid(String),
 }
 
+/// `Degraded` reason: the Secret has no active key.
+pub const REASON_MISSING_SIGNING_KEY: &str = "MissingSigningKey";
+/// `Degraded` reason: the Secret holds a key the operator cannot use.
+pub const REASON_INVALID_SIGNING_KEY: &str = "InvalidSigningKey";
+
 impl KeysetError {
     /// `Degraded` reason for this error.
     pub fn reason(&self) -> &'static str {
         match self {
-            KeysetError::MissingActive => "MissingSigningKey",
-            _ => "InvalidSigningKey",
+            KeysetError::MissingActive => REASON_MISSING_SIGNING_KEY,
+            _ => REASON_INVALID_SIGNING_KEY,
         }
     }
 }

@@ -521,7 +521,7 @@ pub async fn run_with_clock(
         return Ok(());
     };
 
-    state.leader.leader.set(1);
+    state.metrics.leader.set(1);
     info!(lease = %lease, identity = %elector.cfg.identity, "leading: starting the controllers");
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let stop = async move {
@@ -529,7 +529,7 @@ pub async fn run_with_clock(
     };
     let controllers = controller::run_with_state(client, settings, prober, state.clone(), stop);
     let end = lead(&elector, acquired_at, controllers, &stop_tx, &mut shutdown).await;
-    state.leader.leader.set(0);
+    state.metrics.leader.set(0);
     match end {
         Led::Lost(reason) => {
             state.set_not_ready();

@@ -6,16 +6,20 @@
 //! [`leader::run`] does the same only while holding a leader-election Lease.
 
 pub mod cli;
+pub mod conditions;
 pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod diff;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod keyset;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod probe;
 pub mod rbac;
+pub mod readiness;
 pub mod reconcile;
 pub mod resources;
 pub mod rotation;

@@ -73,7 +73,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         None => {
             // The only reconciler is the leader: alerts on "no leader" and
             // "several leaders" then read the same gauge in both modes.
-            state.leader.leader.set(1);
+            state.metrics.leader.set(1);
             controller::run_with_state(client, settings, prober, state, wait(stop_rx)).await
         }
         Some(cfg) => {

@@ -1,4 +1,6 @@
-//! Prometheus metrics of the reconciler (prefix `macp_operator`).
+//! Prometheus metrics of the operator (prefix `macp_operator`): the
+//! reconciler's, the leader-election gauge and the `/metrics` endpoint's
+//! connections, in one registry, so `/metrics` is one encoding of it.
 //!
 //! Per-`MacpAuth` series carry `namespace` and `name` labels. They are set at
 //! the end of each reconciliation, so `seconds_since_last_rotation` is as
@@ -9,6 +11,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use macp_auth_service::listener::ConnectionMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -44,7 +47,7 @@ pub struct PhaseLabels {
     pub phase: String,
 }
 
-/// The reconciler's metrics, registered in their own registry.
+/// The operator's metrics, all registered in one registry.
 #[derive(Clone)]
 pub struct Metrics {
     pub reconciles: Counter,
@@ -64,6 +67,12 @@ pub struct Metrics {
     pub rotation_interval_seconds: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
     /// When the newest rolled-back rotation in `status.history` finished.
     pub last_rollback_timestamp_seconds: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
+    /// `macp_operator_leader`: 1 while this process holds the lease; without
+    /// leader election `main` sets it to 1, since that process reconciles alone.
+    pub leader: Gauge,
+    /// `macp_operator_http_*`: the endpoint's open, shed, evicted and
+    /// timed-out connections (the service's listener counts them).
+    pub http: ConnectionMetrics,
     registry: std::sync::Arc<Registry>,
 }
 
@@ -134,6 +143,14 @@ impl Default for Metrics {
             "Unix time at which the newest rolled-back rotation in status.history finished (absent when none)",
             last_rollback_timestamp_seconds.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this operator process holds the leader-election lease",
+            leader.clone(),
+        );
+        let http = ConnectionMetrics::default();
+        http.register(registry.sub_registry_with_prefix("http"));
         Self {
             reconciles,
             errors,
@@ -146,6 +163,8 @@ impl Default for Metrics {
             rotation_phase_limit_seconds,
             rotation_interval_seconds,
             last_rollback_timestamp_seconds,
+            leader,
+            http,
             registry: std::sync::Arc::new(registry),
         }
     }
@@ -249,7 +268,7 @@ impl Metrics {
         self.last_rollback_timestamp_seconds.remove(&object);
     }
 
-    /// OpenMetrics text of every metric.
+    /// OpenMetrics text of every metric, ending with its one `# EOF`.
     pub fn render(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

@@ -4,6 +4,7 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 
+use crate::conditions::{FALSE, TRUE};
 use crate::resources::KEYSET_HASH_ANNOTATION;
 
 /// Rollout state of the Deployment for one keyset hash.
@@ -78,7 +79,7 @@ pub fn rollout_state(
     let status = d.status.clone().unwrap_or_default();
     if let Some(c) = status.conditions.iter().flatten().find(|c| {
         c.type_ == "Progressing"
-            && c.status == "False"
+            && c.status == FALSE
             && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
     }) {
         return RolloutState::DeadlineExceeded(
@@ -131,7 +132,7 @@ fn is_ready(p: &Pod) -> bool {
             .conditions
             .iter()
             .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .any(|c| c.type_ == "Ready" && c.status == TRUE)
 }
 
 /// Ready, running, not terminating pods whose template carries `keyset_hash`,

@@ -618,15 +618,17 @@ pub fn verifier_config_map(owner: &Owner, spec: &MacpAuthSpec) -> ConfigMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures;
     use crate::keyset::PrivateKey;
     use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
     fn mauth(spec: serde_json::Value) -> MacpAuth {
-        let mut m = MacpAuth::new("prod", serde_json::from_value(spec).unwrap());
-        m.metadata.namespace = Some("auth".into());
-        m.metadata.uid = Some("uid-1".into());
-        m
+        fixtures::macpauth("prod")
+            .namespace("auth")
+            .uid("uid-1")
+            .spec(spec)
+            .build()
     }
 
     fn owner() -> Owner {

@@ -1,56 +1,9 @@
-//! Status helpers: conditions that keep their transition time, and the
-//! minimal patch between two statuses (none when nothing changed, so an
-//! unchanged resource costs no write).
+//! The minimal patch between two statuses (none when nothing changed, so an
+//! unchanged resource costs no write). Conditions are [`crate::conditions`].
 
-use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use crate::crd::{Condition, MacpAuthStatus};
-
-pub const READY: &str = "Ready";
-pub const DEGRADED: &str = "Degraded";
-
-pub const TRUE: &str = "True";
-pub const FALSE: &str = "False";
-
-/// Sets condition `type_`; `lastTransitionTime` moves only when the status flips.
-pub fn set_condition(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: &str,
-    now: DateTime<Utc>,
-    generation: Option<i64>,
-) {
-    let status = if status { TRUE } else { FALSE };
-    let since = match conditions.iter().find(|c| c.type_ == type_) {
-        Some(c) if c.status == status => c.last_transition_time,
-        _ => now,
-    };
-    let fresh = Condition {
-        type_: type_.to_string(),
-        status: status.to_string(),
-        reason: reason.to_string(),
-        message: message.to_string(),
-        last_transition_time: since,
-        observed_generation: generation,
-    };
-    match conditions.iter_mut().find(|c| c.type_ == type_) {
-        Some(existing) => *existing = fresh,
-        None => conditions.push(fresh),
-    }
-}
-
-pub fn condition<'a>(status: &'a MacpAuthStatus, type_: &str) -> Option<&'a Condition> {
-    status.conditions.iter().find(|c| c.type_ == type_)
-}
-
-/// Whether condition `type_` is `True` (with `reason`, when given).
-pub fn is_true(status: &MacpAuthStatus, type_: &str, reason: Option<&str>) -> bool {
-    condition(status, type_)
-        .is_some_and(|c| c.status == TRUE && reason.is_none_or(|r| c.reason == r))
-}
+use crate::crd::MacpAuthStatus;
 
 /// RFC 7386 merge patch turning `old` into `new`, or `None` when they are equal.
 /// Removed members become `null`; arrays and scalars are replaced whole.
@@ -106,38 +59,7 @@ pub fn status_patch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
     use serde_json::json;
-
-    fn t(min: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 1, 1, 0, min, 0).unwrap()
-    }
-
-    #[test]
-    fn transition_time_only_moves_on_flip() {
-        let mut c = Vec::new();
-        set_condition(&mut c, READY, false, "RollingOut", "a", t(0), Some(1));
-        set_condition(&mut c, READY, false, "Probing", "b", t(1), Some(2));
-        assert_eq!(c.len(), 1);
-        assert_eq!(c[0].last_transition_time, t(0));
-        assert_eq!(
-            (c[0].reason.as_str(), c[0].observed_generation),
-            ("Probing", Some(2))
-        );
-        set_condition(&mut c, READY, true, "Verified", "ok", t(2), Some(2));
-        assert_eq!(c[0].last_transition_time, t(2));
-        assert_eq!(c[0].status, TRUE);
-        set_condition(&mut c, DEGRADED, false, "AsExpected", "", t(3), Some(2));
-        assert_eq!(c.len(), 2);
-        let s = MacpAuthStatus {
-            conditions: c,
-            ..Default::default()
-        };
-        assert!(is_true(&s, READY, None));
-        assert!(is_true(&s, READY, Some("Verified")));
-        assert!(!is_true(&s, READY, Some("Other")));
-        assert!(!is_true(&s, DEGRADED, None));
-    }
 
     #[test]
     fn merge_diff_is_minimal_and_deletes_with_null() {

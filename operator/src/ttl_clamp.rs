@@ -103,14 +103,11 @@ pub fn limits(spec: &MacpAuthSpec, clamp: Option<&Clamp>) -> TtlLimits {
 mod tests {
     use super::*;
     use crate::crd::{RotationOutcome, RotationRecord, RotationStatus};
+    use crate::fixtures::spec;
     use chrono::TimeZone;
 
     fn t(secs: i64) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::seconds(secs)
-    }
-
-    fn spec(v: serde_json::Value) -> MacpAuthSpec {
-        serde_json::from_value(v).unwrap()
     }
 
     fn clamped_spec() -> MacpAuthSpec {

@@ -355,10 +355,7 @@ pub fn message(errors: &[SpecError]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec(v: serde_json::Value) -> MacpAuthSpec {
-        serde_json::from_value(v).unwrap()
-    }
+    use crate::fixtures::spec;
 
     #[test]
     fn defaults_are_valid() {
@@ -569,10 +566,7 @@ mod name_tests {
 #[cfg(test)]
 mod production_tests {
     use super::*;
-
-    fn spec(v: serde_json::Value) -> MacpAuthSpec {
-        serde_json::from_value(v).unwrap()
-    }
+    use crate::fixtures::spec;
 
     #[test]
     fn production_settings_are_checked_naming_the_field() {

@@ -52,6 +52,7 @@ use macp_auth_e2e::wait::wait_until;
 use macp_auth_operator::crd::{
     MacpAuth, MacpAuthStatus, RotationOutcome, RotationPhase, RotationTrigger,
 };
+use macp_auth_operator::fixtures;
 use macp_auth_operator::rotation::PROPAGATION_SLACK_SECONDS;
 use macp_auth_operator::validate::VERIFIER_LEEWAY_SECONDS;
 use macp_auth_operator::{HttpProber, Settings, rbac, resources};
@@ -258,7 +259,7 @@ impl Env {
         } else {
             base.to_string()
         };
-        let m = MacpAuth::new(&name, serde_json::from_value(spec).expect("spec"));
+        let m = fixtures::macpauth(&name).spec(spec).build();
         self.api()
             .create(&PostParams::default(), &m)
             .await

@@ -23,6 +23,7 @@ use macp_auth_e2e::apiserver::FakeApiServer;
 use macp_auth_e2e::wait::wait_until;
 use macp_auth_operator::config::LeaderElection;
 use macp_auth_operator::crd::MacpAuth;
+use macp_auth_operator::fixtures;
 use macp_auth_operator::leader::{self, Clock, ElectionError, LostReason, SystemClock};
 use macp_auth_operator::{PodProber, ProbeError, Settings, State, rbac};
 use tokio::sync::watch;
@@ -156,7 +157,7 @@ impl Instance {
     }
 
     fn leading(&self) -> bool {
-        self.state.leader.leader.get() == 1
+        self.state.metrics.leader.get() == 1
     }
 
     fn reconciles(&self) -> u64 {
@@ -183,7 +184,7 @@ fn transitions(server: &FakeApiServer) -> i32 {
 
 async fn create_macpauth(server: &FakeApiServer) {
     let spec = serde_json::json!({"signingAlg": "ES256", "issuer": "iss", "audience": "aud"});
-    let m = MacpAuth::new("a", serde_json::from_value(spec).unwrap());
+    let m = fixtures::macpauth("a").spec(spec).build();
     let api: Api<MacpAuth> = Api::namespaced(server.client(), NS);
     api.create(&PostParams::default(), &m).await.unwrap();
     // Only the operators' requests are checked against their RBAC.
@@ -329,7 +330,7 @@ async fn a_graceful_shutdown_releases_the_lease_for_an_immediate_handover() {
     let result = leader.task.await.unwrap();
     let stopped = start.elapsed();
     assert!(result.is_ok(), "{result:?}");
-    assert_eq!(leader.state.leader.leader.get(), 0);
+    assert_eq!(leader.state.metrics.leader.get(), 0);
     let released = Instant::now();
     let handover = wait_until("the standby to lead", SETTLE_TIMEOUT, POLL, async || {
         standby.leading().then(|| released.elapsed())
@@ -383,7 +384,7 @@ async fn a_leader_that_cannot_renew_stops_with_an_error() {
     }
     // It must stop before anyone else may take the lease.
     assert!(took < lease + Duration::from_secs(5), "{took:?}");
-    assert_eq!(one.state.leader.leader.get(), 0);
+    assert_eq!(one.state.metrics.leader.get(), 0);
     assert!(!one.state.is_ready());
 }
 
@@ -421,7 +422,7 @@ async fn a_leader_whose_lease_is_taken_stops_with_an_error() {
         }) => assert_eq!(holder, "intruder"),
         other => panic!("expected a lost lease, got {other:?}"),
     }
-    assert_eq!(one.state.leader.leader.get(), 0);
+    assert_eq!(one.state.metrics.leader.get(), 0);
     // It did not take the lease back on its way out.
     assert_eq!(holder(&server).as_deref(), Some("intruder"));
 }

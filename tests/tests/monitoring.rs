@@ -300,7 +300,7 @@ fn operator_metrics() -> String {
     };
     m.observe_rotation("auth", "prod", &spec, &status, t(200));
     m.verify_failed("auth", "prod", 1);
-    state.leader.leader.set(1);
+    state.metrics.leader.set(1);
     state.render_metrics()
 }
 

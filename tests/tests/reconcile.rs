@@ -25,6 +25,7 @@ use macp_auth_operator::crd::{
     EMERGENCY_ROTATE_ANNOTATION, MacpAuth, MacpAuthStatus, ROTATE_ANNOTATION, RotationOutcome,
     RotationPhase, RotationTrigger, SigningAlg, TtlClampStatus,
 };
+use macp_auth_operator::fixtures;
 use macp_auth_operator::keyset::{self, Keyset, PrivateKey};
 use macp_auth_operator::metrics::{Metrics, ObjectLabels};
 use macp_auth_operator::reconcile::{Context, reconcile};
@@ -159,7 +160,7 @@ impl Harness {
     }
 
     async fn create(&self, name: &str, spec: serde_json::Value) -> MacpAuth {
-        let m = MacpAuth::new(name, serde_json::from_value(spec).unwrap());
+        let m = fixtures::macpauth(name).spec(spec).build();
         let api: Api<MacpAuth> = Api::namespaced(self.server.client(), NS);
         api.create(&PostParams::default(), &m).await.unwrap()
     }

@@ -143,9 +143,9 @@
 //! successful rotation; a `Degraded` condition with any other reason belongs
 //! to the reconciler and is left alone.
 
-mod conditions;
 mod machine;
 mod plan;
+mod reasons;
 mod schedule;
 mod verify;
 
@@ -159,9 +159,9 @@ use chrono::{DateTime, Utc};
 
 use crate::crd::{MacpAuthSpec, MacpAuthStatus, SigningAlg};
 
-pub use conditions::{DEGRADED, DEGRADED_REASONS, ROTATING};
 pub use machine::{decide, probe_plan};
 pub use plan::{KeysetPlan, PlanError, desired as desired_plan};
+pub use reasons::{DEGRADED_REASONS, degraded_by_rotation};
 pub use schedule::{IntervalError, parse_interval};
 pub use verify::{Verdict, verify};
 

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration as Secs, TimeZone, Utc};
 
-use crate::crd::{MacpAuthSpec, MacpAuthStatus, RotationSpec, SigningAlg};
+use crate::crd::{MacpAuthSpec, MacpAuthStatus, SigningAlg};
+use crate::fixtures;
 
 use super::{
     Decision, Inputs, KeyView, KeysetPlan, KeysetView, Observed, PodView, Rollout, decide,
@@ -27,17 +28,11 @@ pub fn at(secs: i64) -> DateTime<Utc> {
 }
 
 pub fn spec() -> MacpAuthSpec {
-    serde_json::from_value::<MacpAuthSpec>(serde_json::json!({
-        "signingAlg": "ES256",
-        "maxTtlSeconds": 60,
-        "jwksCacheTtlSeconds": TTL,
-        "rotation": RotationSpec {
-            drain_seconds: Some(DRAIN),
-            rollout_timeout_seconds: TIMEOUT,
-            ..RotationSpec::default()
-        },
-    }))
-    .unwrap()
+    fixtures::macpauth("auth")
+        .es256()
+        .spec(serde_json::json!({"maxTtlSeconds": 60, "jwksCacheTtlSeconds": TTL}))
+        .rotation(serde_json::json!({"drainSeconds": DRAIN, "rolloutTimeoutSeconds": TIMEOUT}))
+        .build_spec()
 }
 
 pub fn key(kid: &str) -> KeyView {

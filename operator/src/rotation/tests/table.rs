@@ -733,7 +733,7 @@ fn a_failed_retirement_is_retried_after_a_backoff() {
 #[test]
 fn a_successful_rotation_records_history_and_clears_degraded() {
     let mut f = fixture(Setup::Retiring, Stimulus::Complete);
-    crate::rotation::conditions::set(
+    crate::conditions::set(
         &mut f.status.conditions,
         "Degraded",
         true,
@@ -762,7 +762,7 @@ fn a_successful_rotation_records_history_and_clears_degraded() {
 #[test]
 fn a_foreign_degraded_reason_is_left_alone() {
     let mut f = fixture(Setup::Retiring, Stimulus::Complete);
-    crate::rotation::conditions::set(
+    crate::conditions::set(
         &mut f.status.conditions,
         "Degraded",
         true,

@@ -1,9 +1,7 @@
-//! The `Rotating` and `Degraded` conditions as rotation maintains them.
+//! The condition reasons rotation sets, and the `Degraded` ones it owns.
+//! The conditions themselves are [`crate::conditions`].
 
 use crate::crd::Condition;
-
-pub const ROTATING: &str = "Rotating";
-pub const DEGRADED: &str = "Degraded";
 
 pub const REASON_ROLLOUT_TIMEOUT: &str = "RolloutTimeout";
 pub const REASON_VERIFICATION_FAILED: &str = "VerificationFailed";
@@ -27,24 +25,15 @@ pub const DEGRADED_REASONS: &[&str] = &[
     REASON_INVALID_INTERVAL,
 ];
 
-/// Sets a condition, keeping `lastTransitionTime` unless the status flips
-/// (one implementation for the reconciler's and rotation's conditions).
-pub use crate::status::set_condition as set;
-
-/// The current condition of a type, if any.
-pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    conditions.iter().find(|c| c.type_ == type_)
-}
-
 /// Whether `Degraded` is currently held by rotation (so rotation may clear it).
 pub fn degraded_by_rotation(conditions: &[Condition]) -> bool {
-    get(conditions, DEGRADED)
-        .is_some_and(|c| c.status == "True" && DEGRADED_REASONS.contains(&c.reason.as_str()))
+    crate::conditions::degraded_by(conditions, DEGRADED_REASONS)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conditions::{DEGRADED, set};
     use chrono::{TimeZone, Utc};
 
     #[test]

@@ -1,0 +1,32 @@
+//! Step 5: decide, by the pure rotation state machine ([`rotation::decide`]),
+//! from the persisted status and what step 4 saw.
+
+use kube::ResourceExt;
+
+use crate::keyset;
+use crate::metrics;
+use crate::rotation::{self, Decision, Inputs};
+
+use super::observe::Seen;
+use super::round::Round;
+
+impl Round<'_> {
+    pub(super) fn decide(&self, seen: &Seen) -> Decision {
+        self.ctx.metrics.verify_failed(
+            &self.owner.namespace,
+            &self.owner.name,
+            metrics::failed_verifications(&self.status, &seen.observed),
+        );
+        // Proposed in case a rotation starts; the machine reserves it or ignores it.
+        let new_kid = keyset::new_kid(&self.owner.name, self.now, rand::random());
+        rotation::decide(&Inputs {
+            spec: self.spec(),
+            status: &self.status,
+            annotations: self.mauth.annotations(),
+            generation: self.generation,
+            observed: &seen.observed,
+            now: self.now,
+            new_kid: &new_kid,
+        })
+    }
+}

@@ -1,0 +1,77 @@
+//! Writing the signing-keys Secret (steps 2, 3 and 6).
+//!
+//! The Secret is never applied: server-side apply leaves keys that another
+//! field manager owns (a Secret made with `kubectl create secret`), so a key
+//! the plan drops could survive. It is created, then replaced whole with the
+//! resourceVersion it was read at: what it holds is exactly what was decided.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::PostParams;
+use tracing::debug;
+
+use crate::keyset::Keyset;
+use crate::resources::{self, MANAGER};
+
+use super::Error;
+use super::error::KubeContext;
+use super::load::Keys;
+use super::round::Round;
+
+impl Round<'_> {
+    /// Makes the Secret hold exactly `keys`, with our labels and owner
+    /// reference: created when absent, else replaced with the resourceVersion
+    /// it was read at (409 if anyone wrote since), unless it already is so.
+    pub(super) async fn write_secret(
+        &self,
+        keys: &Keyset,
+        live: Option<&Secret>,
+    ) -> Result<Secret, Error> {
+        let name = self.owner.secret_name();
+        let desired = resources::secret(&self.owner, keys);
+        let pp = PostParams {
+            field_manager: Some(MANAGER.to_string()),
+            ..PostParams::default()
+        };
+        let Some(live) = live else {
+            debug!(%name, "creating the Secret");
+            self.ctx.metrics.wrote("secrets");
+            return self
+                .apis
+                .secrets
+                .create(&pp, &desired)
+                .await
+                .ctx("create", "Secret", &name);
+        };
+        let Some(next) = resources::exact_secret(live, &desired) else {
+            return Ok(live.clone());
+        };
+        debug!(%name, rv = ?live.resource_version(), "replacing the Secret");
+        self.ctx.metrics.wrote("secrets");
+        self.apis
+            .secrets
+            .replace(&name, &pp, &next)
+            .await
+            .ctx("replace", "Secret", &name)
+    }
+
+    /// Writes `keys` to the Secret and reads it back: what the Secret holds
+    /// now, for the caller to confirm before anything refers to it.
+    pub(super) async fn write_keyset(
+        &self,
+        keys: &Keyset,
+        live: Option<&Secret>,
+    ) -> Result<Keys, Error> {
+        self.write_secret(keys, live).await?;
+        let name = self.owner.secret_name();
+        let secret = self
+            .apis
+            .secrets
+            .get(&name)
+            .await
+            .ctx("read back", "Secret", &name)?;
+        let keyset = Keyset::from_secret_data(&secret.data.clone().unwrap_or_default())
+            .map_err(|e| Error::NotConfirmed(e.to_string()))?;
+        Ok(Keys { keyset, secret })
+    }
+}

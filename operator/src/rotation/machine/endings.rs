@@ -1,0 +1,87 @@
+//! How a rotation ends (history, outcome event, schedule restart), and the
+//! once-only note about a request deferred by a rotation in flight.
+
+use std::time::Duration;
+
+use crate::crd::{
+    ROTATE_ANNOTATION, RotationOutcome, RotationRecord, RotationStatus, RotationTrigger,
+};
+use crate::rotation::reasons::{REASON_KEY_MISSING, REASON_ROLLED_BACK};
+use crate::rotation::schedule::add;
+use crate::rotation::{HISTORY_LIMIT, RETRY_AFTER_ROLLBACK};
+
+use super::{Machine, annotation};
+
+impl Machine<'_> {
+    pub(super) fn record(&mut self, outcome: RotationOutcome, message: String) {
+        let now = self.now();
+        self.status.history.push(RotationRecord {
+            trigger: self.rot.trigger.unwrap_or(RotationTrigger::Manual),
+            request_id: self.rot.request_id.clone(),
+            old_kid: self.rot.old_kid.clone(),
+            new_kid: self.rot.new_kid.clone(),
+            started_at: self.rot.started_at.unwrap_or(now),
+            finished_at: now,
+            outcome,
+            message: Some(message),
+        });
+        let excess = self.status.history.len().saturating_sub(HISTORY_LIMIT);
+        self.status.history.drain(..excess);
+    }
+
+    pub(super) fn finish(&mut self, outcome: RotationOutcome, message: &str) {
+        let now = self.now();
+        self.record(outcome, message.to_string());
+        let (warning, reason) = match outcome {
+            RotationOutcome::Succeeded => (false, "RotationSucceeded"),
+            RotationOutcome::RolledBack => (true, "RotationRolledBack"),
+            RotationOutcome::Superseded => (true, "RotationSuperseded"),
+            RotationOutcome::Failed => (true, "RotationFailed"),
+        };
+        let trigger = format!("{:?}", self.rot.trigger.unwrap_or(RotationTrigger::Manual));
+        let text = format!(
+            "{} rotation {} -> {}: {message}",
+            trigger.to_lowercase(),
+            self.rot.old_kid.as_deref().unwrap_or("?"),
+            self.rot.new_kid.as_deref().unwrap_or("?"),
+        );
+        match outcome {
+            RotationOutcome::Succeeded => self.undegrade(&text),
+            RotationOutcome::RolledBack => self.degrade(REASON_ROLLED_BACK, &text),
+            _ => {}
+        }
+        self.event(warning, reason, text);
+        self.rot = RotationStatus::default();
+        // The schedule restarts from this rotation; a failed one is retried sooner.
+        self.status.next_rotation_time = match outcome {
+            RotationOutcome::Succeeded => None,
+            _ => Some(add(now, RETRY_AFTER_ROLLBACK)),
+        };
+        self.schedule();
+        self.requeue_soon(Duration::ZERO);
+    }
+
+    /// Ends a rotation that cannot continue (its key material is gone, or its status is corrupt).
+    pub(super) fn abort(&mut self, message: String) {
+        let message = format!("rotation abandoned: {message}");
+        self.degrade(REASON_KEY_MISSING, &message);
+        self.finish(RotationOutcome::Failed, &message);
+    }
+
+    pub(super) fn note_deferred(&mut self) {
+        let Some(id) = annotation(self.inp, ROTATE_ANNOTATION)
+            .filter(|id| self.status.handled_rotate_request.as_deref() != Some(*id))
+        else {
+            return;
+        };
+        if self.rot.deferred_request.as_deref() == Some(id) {
+            return;
+        }
+        let message = format!(
+            "{ROTATE_ANNOTATION}={id} arrived during a rotation ({:?}); it starts when this one finishes",
+            self.rot.phase
+        );
+        self.rot.deferred_request = Some(id.to_string());
+        self.event(false, "RotationDeferred", message);
+    }
+}

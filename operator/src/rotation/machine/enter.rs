@@ -1,0 +1,123 @@
+//! Entering a phase: its wait, its event and the write of its keyset.
+
+use std::time::Duration;
+
+use crate::crd::RotationPhase::{self, *};
+use crate::rotation::plan::{desired, reversed};
+use crate::rotation::schedule::{add, add_secs, until};
+use crate::rotation::{Action, KeysetPlan, KeysetView, POLL, PROPAGATION_SLACK_SECONDS};
+
+use super::Machine;
+
+impl Machine<'_> {
+    /// Moves to `phase`, arms its wait, emits its event and applies its keyset.
+    pub(super) fn enter(
+        &mut self,
+        phase: RotationPhase,
+        keyset: &KeysetView,
+        wait: Option<Duration>,
+    ) {
+        let now = self.now();
+        let spec = self.inp.spec;
+        self.rot.phase = phase;
+        self.rot.phase_since = Some(now);
+        if phase != RollingBack {
+            self.rot.rollback_from = None;
+        }
+        let old = self.rot.old_kid.clone().unwrap_or_default();
+        let new = self.rot.new_kid.clone().unwrap_or_default();
+        let (retiring, keeping) = if reversed(&self.rot) {
+            (new.clone(), old.clone())
+        } else {
+            (old.clone(), new.clone())
+        };
+        let (wait_until, warning, message) = match phase {
+            Publishing => (
+                add_secs(now, spec.rotation.rollout_timeout_seconds),
+                false,
+                format!("publishing {new} next to the active key {old}"),
+            ),
+            Propagating => (
+                add_secs(now, spec.jwks_cache_ttl_seconds + PROPAGATION_SLACK_SECONDS),
+                false,
+                format!(
+                    "every pod serves {new}; waiting {}s (cache TTL {}s + slack) for verifier caches",
+                    spec.jwks_cache_ttl_seconds + PROPAGATION_SLACK_SECONDS,
+                    spec.jwks_cache_ttl_seconds
+                ),
+            ),
+            Activating if self.is_emergency() => (
+                add_secs(now, spec.rotation.rollout_timeout_seconds),
+                true,
+                format!("activating fresh key {new}; nothing else is published"),
+            ),
+            Activating => (
+                add_secs(now, spec.rotation.rollout_timeout_seconds),
+                false,
+                format!("activating {new}; {old} stays published"),
+            ),
+            Draining => {
+                let wait = wait.unwrap_or(Duration::from_secs(
+                    spec.effective_drain_seconds().max(0) as u64,
+                ));
+                (
+                    add(now, wait),
+                    false,
+                    format!(
+                        "{keeping} signs; {retiring} stays published for {}s while its tokens expire",
+                        wait.as_secs()
+                    ),
+                )
+            }
+            Retiring => (
+                add_secs(now, spec.rotation.rollout_timeout_seconds),
+                false,
+                format!("retiring {retiring}"),
+            ),
+            RollingBack => (
+                add_secs(now, spec.rotation.rollout_timeout_seconds),
+                true,
+                format!(
+                    "rolling back the failed {} step: {old} signs",
+                    self.rot
+                        .rollback_from
+                        .map(|p| format!("{p:?}"))
+                        .unwrap_or_default()
+                ),
+            ),
+            Idle | KeyGenerated => (now, false, String::new()),
+        };
+        self.rot.wait_until = Some(wait_until);
+        self.rot.message = Some(message.clone());
+        self.event(warning, &format!("{phase:?}"), message);
+        if let Some(plan) = desired(&self.rot)
+            && !plan.matches(keyset)
+            && !self.apply(plan, keyset)
+        {
+            return;
+        }
+        match phase {
+            Propagating | Draining => self.requeue_soon(until(now, wait_until)),
+            _ => self.requeue_soon(POLL),
+        }
+    }
+
+    /// Emits the write of `plan`; aborts the rotation instead when the Secret
+    /// cannot hold it or it would publish a suspect key.
+    pub(super) fn apply(&mut self, plan: KeysetPlan, keyset: &KeysetView) -> bool {
+        let suspect = std::iter::once(&plan.active)
+            .chain(plan.published.iter())
+            .find(|k| self.status.suspect_kids.contains(*k))
+            .cloned();
+        if let Some(kid) = suspect {
+            self.abort(format!("refusing to publish suspect key {kid}"));
+            return false;
+        }
+        if let Err(e) = plan.check(keyset) {
+            self.abort(e.to_string());
+            return false;
+        }
+        self.actions.push(Action::ApplyKeyset(plan));
+        true
+    }
+}

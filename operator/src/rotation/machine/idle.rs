@@ -1,0 +1,135 @@
+//! Idle: find a routine trigger (a `macp.io/rotate` value, a signing-kind
+//! change, the schedule) and reserve a kid for the rotation it starts.
+
+use std::time::Duration;
+
+use crate::crd::{
+    ROTATE_ANNOTATION, RotationPhase::KeyGenerated, RotationStatus, RotationTrigger, SigningAlg,
+};
+use crate::rotation::schedule::{automatic_not_before, until};
+use crate::rotation::{KeysetView, RETRY_AFTER_ROLLBACK};
+
+use super::{Machine, annotation};
+
+/// A routine trigger found while Idle.
+struct Trigger {
+    trigger: RotationTrigger,
+    request_id: Option<String>,
+    /// Identifies the request for the once-only "deferred" event.
+    tag: String,
+    description: String,
+    /// A `macp.io/rotate` value, recorded as handled when the rotation starts.
+    annotation: Option<String>,
+}
+
+fn kind_label(alg: SigningAlg, rsa_bits: Option<u32>) -> String {
+    match (alg, rsa_bits) {
+        (SigningAlg::RS256, Some(bits)) => format!("RS256/{bits}"),
+        (SigningAlg::RS256, None) => "RS256".to_string(),
+        (SigningAlg::ES256, _) => "ES256".to_string(),
+    }
+}
+
+impl Machine<'_> {
+    fn routine_trigger(&self, keyset: &KeysetView) -> Option<Trigger> {
+        if let Some(id) = annotation(self.inp, ROTATE_ANNOTATION)
+            .filter(|id| self.status.handled_rotate_request.as_deref() != Some(*id))
+        {
+            return Some(Trigger {
+                trigger: RotationTrigger::Manual,
+                request_id: Some(id.to_string()),
+                tag: id.to_string(),
+                description: format!("{ROTATE_ANNOTATION}={id}"),
+                annotation: Some(id.to_string()),
+            });
+        }
+        let now = self.now();
+        let held =
+            automatic_not_before(&self.status, RETRY_AFTER_ROLLBACK).is_some_and(|t| now < t);
+        if held {
+            return None;
+        }
+        let (alg, bits) = self.desired_kind();
+        let active = &keyset.active;
+        let bits_differ =
+            alg == SigningAlg::RS256 && active.rsa_bits.is_some_and(|b| Some(b) != bits);
+        if active.alg != alg || bits_differ {
+            let to = kind_label(alg, bits);
+            return Some(Trigger {
+                trigger: RotationTrigger::Manual,
+                request_id: Some(format!("spec:{to}")),
+                tag: format!("spec:{to}"),
+                description: format!(
+                    "the spec asks for {to} keys, the active key is {}",
+                    kind_label(active.alg, active.rsa_bits)
+                ),
+                annotation: None,
+            });
+        }
+        if self.status.next_rotation_time.is_some_and(|t| t <= now) {
+            return Some(Trigger {
+                trigger: RotationTrigger::Scheduled,
+                request_id: None,
+                tag: "scheduled".to_string(),
+                description: "the rotation interval elapsed".to_string(),
+                annotation: None,
+            });
+        }
+        None
+    }
+
+    pub(super) fn idle(&mut self, keyset: &KeysetView) {
+        let now = self.now();
+        let Some(t) = self.routine_trigger(keyset) else {
+            self.rot = RotationStatus::default();
+            let wake = [
+                self.status.next_rotation_time,
+                automatic_not_before(&self.status, RETRY_AFTER_ROLLBACK),
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > now)
+            .min();
+            if let Some(wake) = wake {
+                self.requeue_soon(until(now, wake));
+            }
+            return;
+        };
+        if self.inp.spec.rotation.paused {
+            if self.rot.deferred_request.as_deref() != Some(t.tag.as_str()) {
+                self.event(
+                    false,
+                    "RotationPaused",
+                    format!(
+                        "rotation requested ({}) waits: spec.rotation.paused is true",
+                        t.description
+                    ),
+                );
+                self.rot.deferred_request = Some(t.tag);
+            }
+            return;
+        }
+        if !self.fresh_kid_ok(keyset) {
+            self.kid_collision();
+            return;
+        }
+        if let Some(id) = t.annotation {
+            self.status.handled_rotate_request = Some(id);
+        }
+        let kid = self.inp.new_kid.to_string();
+        let message = format!("rotation started ({}): generating key {kid}", t.description);
+        self.rot = RotationStatus {
+            phase: KeyGenerated,
+            trigger: Some(t.trigger),
+            request_id: t.request_id,
+            started_at: Some(now),
+            phase_since: Some(now),
+            old_kid: Some(keyset.active.kid.clone()),
+            pending_kid: Some(kid),
+            message: Some(message.clone()),
+            ..RotationStatus::default()
+        };
+        self.event(false, "RotationStarted", message);
+        self.requeue_soon(Duration::ZERO);
+    }
+}

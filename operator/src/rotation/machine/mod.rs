@@ -1,0 +1,226 @@
+//! The transition function. See the module documentation for the contract.
+//!
+//! One file per part of the machine: `run` (here) dispatches on the
+//! persisted phase to idle, emergency, key_generated, rollout or wait, which
+//! move on through enter (the next phase and its keyset) or endings (history
+//! and the outcome); schedule keeps `nextRotationTime`. The helpers here are
+//! shared by all of them.
+
+mod emergency;
+mod endings;
+mod enter;
+mod idle;
+mod key_generated;
+mod rollout;
+mod schedule;
+mod wait;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::crd::{
+    EMERGENCY_ROTATE_ANNOTATION, MacpAuthStatus, RotationStatus, RotationTrigger, SigningAlg,
+};
+
+use crate::conditions::{self, DEGRADED, ROTATING};
+
+use super::reasons::REASON_ROTATION_SUCCEEDED;
+use super::{Action, Decision, Event, Inputs, KeysetView, MAX_BACKOFF, ProbePlan};
+
+use crate::crd::RotationPhase::*;
+
+/// The probes the reconciler should run before the next [`decide`], from the persisted status.
+pub fn probe_plan(status: &MacpAuthStatus) -> ProbePlan {
+    match status.rotation.as_ref().map(|r| r.phase) {
+        Some(Publishing | Retiring) => ProbePlan {
+            jwks: true,
+            signing: false,
+        },
+        Some(Activating | RollingBack) => ProbePlan {
+            jwks: true,
+            signing: true,
+        },
+        _ => ProbePlan::default(),
+    }
+}
+
+/// One round of the state machine: the next status, at most one action, events and a requeue.
+pub fn decide(inputs: &Inputs<'_>) -> Decision {
+    let mut m = Machine {
+        inp: inputs,
+        status: inputs.status.clone(),
+        rot: inputs.status.rotation.clone().unwrap_or_default(),
+        actions: Vec::new(),
+        events: Vec::new(),
+        requeue: None,
+    };
+    m.run();
+    m.into_decision()
+}
+
+/// The working state of one [`decide`].
+struct Machine<'a> {
+    inp: &'a Inputs<'a>,
+    status: MacpAuthStatus,
+    rot: RotationStatus,
+    actions: Vec<Action>,
+    events: Vec<Event>,
+    requeue: Option<Duration>,
+}
+
+fn annotation<'a>(inputs: &'a Inputs<'_>, name: &str) -> Option<&'a str> {
+    inputs
+        .annotations
+        .get(name)
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
+impl Machine<'_> {
+    fn now(&self) -> DateTime<Utc> {
+        self.inp.now
+    }
+
+    fn into_decision(mut self) -> Decision {
+        let (now, generation) = (self.now(), self.inp.generation);
+        if self.rot.phase == Idle {
+            conditions::set(
+                &mut self.status.conditions,
+                ROTATING,
+                false,
+                "Idle",
+                "no rotation in progress",
+                now,
+                generation,
+            );
+        } else {
+            let message = self.rot.message.clone().unwrap_or_default();
+            conditions::set(
+                &mut self.status.conditions,
+                ROTATING,
+                true,
+                &format!("{:?}", self.rot.phase),
+                &message,
+                now,
+                generation,
+            );
+        }
+        self.status.rotation = Some(self.rot);
+        Decision {
+            status: self.status,
+            actions: self.actions,
+            events: self.events,
+            requeue_after: self.requeue,
+        }
+    }
+
+    fn run(&mut self) {
+        // The reconciler creates the first key; there is nothing to rotate before it exists.
+        let Some(keyset) = self.inp.observed.keyset.as_ref() else {
+            return;
+        };
+        self.status.active_kid = Some(keyset.active.kid.clone());
+        self.status.published_kids = keyset.published.clone();
+        self.schedule();
+        if let Some(id) = annotation(self.inp, EMERGENCY_ROTATE_ANNOTATION)
+            .filter(|id| self.status.handled_emergency_request.as_deref() != Some(*id))
+        {
+            self.start_emergency(id.to_string(), keyset);
+            return;
+        }
+        match self.rot.phase {
+            Idle => self.idle(keyset),
+            KeyGenerated => self.key_generated(keyset),
+            Publishing | Activating | Retiring | RollingBack => self.rollout_phase(keyset),
+            Propagating | Draining => self.wait_phase(keyset),
+        }
+        if self.rot.phase != Idle {
+            self.note_deferred();
+        }
+    }
+
+    fn event(&mut self, warning: bool, reason: &str, message: String) {
+        self.events.push(Event {
+            warning,
+            reason: reason.to_string(),
+            message,
+        });
+    }
+
+    fn degrade(&mut self, reason: &str, message: &str) {
+        conditions::set(
+            &mut self.status.conditions,
+            DEGRADED,
+            true,
+            reason,
+            message,
+            self.inp.now,
+            self.inp.generation,
+        );
+    }
+
+    fn undegrade(&mut self, message: &str) {
+        if super::degraded_by_rotation(&self.status.conditions) {
+            conditions::set(
+                &mut self.status.conditions,
+                DEGRADED,
+                false,
+                REASON_ROTATION_SUCCEEDED,
+                message,
+                self.inp.now,
+                self.inp.generation,
+            );
+        }
+    }
+
+    fn requeue_soon(&mut self, after: Duration) {
+        self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
+    }
+
+    fn is_emergency(&self) -> bool {
+        self.rot.trigger == Some(RotationTrigger::Emergency)
+    }
+
+    fn desired_kind(&self) -> (SigningAlg, Option<u32>) {
+        let spec = self.inp.spec;
+        match spec.signing_alg {
+            SigningAlg::RS256 => (SigningAlg::RS256, Some(spec.rsa_key_bits)),
+            SigningAlg::ES256 => (SigningAlg::ES256, None),
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base =
+            Duration::from_secs(self.inp.spec.rotation.rollout_timeout_seconds.max(1) as u64);
+        let factor = 1u32 << attempt.saturating_sub(1).min(16);
+        base.saturating_mul(factor).min(MAX_BACKOFF)
+    }
+
+    /// Whether the proposed kid can name a new key: not empty and never seen before.
+    fn fresh_kid_ok(&self, keyset: &KeysetView) -> bool {
+        let kid = self.inp.new_kid;
+        !kid.is_empty()
+            && !keyset.contains(kid)
+            && !self.status.suspect_kids.iter().any(|k| k == kid)
+            && self.rot.old_kid.as_deref() != Some(kid)
+            && self.rot.new_kid.as_deref() != Some(kid)
+            && !self
+                .status
+                .history
+                .iter()
+                .any(|r| r.old_kid.as_deref() == Some(kid) || r.new_kid.as_deref() == Some(kid))
+    }
+
+    fn kid_collision(&mut self) {
+        self.event(
+            true,
+            "KidCollision",
+            format!(
+                "proposed kid {:?} is empty or already used; waiting for another",
+                self.inp.new_kid
+            ),
+        );
+        self.requeue_soon(Duration::ZERO);
+    }
+}

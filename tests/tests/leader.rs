@@ -15,7 +15,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
@@ -23,9 +22,9 @@ use macp_auth_e2e::apiserver::FakeApiServer;
 use macp_auth_e2e::wait::wait_until;
 use macp_auth_operator::config::LeaderElection;
 use macp_auth_operator::crd::MacpAuth;
-use macp_auth_operator::fixtures;
+use macp_auth_operator::fixtures::{self, FakeProber};
 use macp_auth_operator::leader::{self, Clock, ElectionError, LostReason, SystemClock};
-use macp_auth_operator::{PodProber, ProbeError, Settings, State, rbac};
+use macp_auth_operator::{Settings, State, rbac};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -34,28 +33,6 @@ const NS: &str = "auth";
 const LEASE_NS: &str = "ops";
 const LEASE: &str = "macp-auth-operator";
 const IMAGE: &str = "registry.test/macp-auth-service:test";
-
-/// No pod ever answers: these tests count reconciles, not rotations.
-struct NoPods;
-
-#[async_trait]
-impl PodProber for NoPods {
-    async fn served_kids(&self, ip: &str, _port: u16) -> Result<Vec<String>, ProbeError> {
-        Err(ProbeError::Request {
-            url: ip.to_string(),
-            message: "connection refused".into(),
-        })
-    }
-
-    async fn signing_kid(
-        &self,
-        ip: &str,
-        port: u16,
-        _mint_port: u16,
-    ) -> Result<String, ProbeError> {
-        self.served_kids(ip, port).await.map(|_| String::new())
-    }
-}
 
 struct Instance {
     name: &'static str,
@@ -140,7 +117,8 @@ impl Instance {
         let task = tokio::spawn(leader::run_with_clock(
             server.operator_client().unwrap(),
             settings,
-            Arc::new(NoPods),
+            // No pod ever answers: these tests count reconciles, not rotations.
+            Arc::new(FakeProber::default()),
             state.clone(),
             cfg,
             clock,

@@ -10,10 +10,9 @@
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
@@ -25,65 +24,16 @@ use macp_auth_operator::crd::{
     EMERGENCY_ROTATE_ANNOTATION, MacpAuth, MacpAuthStatus, ROTATE_ANNOTATION, RotationOutcome,
     RotationPhase, RotationTrigger, SigningAlg, TtlClampStatus,
 };
-use macp_auth_operator::fixtures;
+use macp_auth_operator::fixtures::{self, FakeProber};
 use macp_auth_operator::keyset::{self, Keyset, PrivateKey};
 use macp_auth_operator::metrics::{Metrics, ObjectLabels};
 use macp_auth_operator::reconcile::{Context, reconcile};
 use macp_auth_operator::resources::{self, KEYSET_HASH_ANNOTATION};
-use macp_auth_operator::{PodProber, ProbeError, Settings, State, rbac};
+use macp_auth_operator::{Settings, State, rbac};
 use serde_json::json;
 
 const NS: &str = "auth";
 const IMAGE: &str = "registry.test/macp-auth-service:test";
-
-type Hook = Box<dyn FnMut() + Send>;
-
-/// Answers for pods by IP: which kids each serves and signs with.
-#[derive(Default)]
-struct FakeProber {
-    served: Mutex<BTreeMap<String, Vec<String>>>,
-    /// Runs once at the next probe: something happening mid-round.
-    on_probe: Mutex<Option<Hook>>,
-    /// The ports the signing probes minted on.
-    mint_ports: Mutex<Vec<u16>>,
-}
-
-impl FakeProber {
-    fn serve(&self, ip: &str, kids: &[&str]) {
-        self.served
-            .lock()
-            .unwrap()
-            .insert(ip.to_string(), kids.iter().map(|k| k.to_string()).collect());
-    }
-}
-
-#[async_trait]
-impl PodProber for FakeProber {
-    async fn served_kids(&self, ip: &str, _port: u16) -> Result<Vec<String>, ProbeError> {
-        let hook = self.on_probe.lock().unwrap().take();
-        if let Some(mut hook) = hook {
-            hook();
-        }
-        self.served
-            .lock()
-            .unwrap()
-            .get(ip)
-            .cloned()
-            .ok_or_else(|| ProbeError::Request {
-                url: ip.to_string(),
-                message: "connection refused".into(),
-            })
-    }
-
-    async fn signing_kid(&self, ip: &str, port: u16, mint_port: u16) -> Result<String, ProbeError> {
-        self.mint_ports.lock().unwrap().push(mint_port);
-        let kids = self.served_kids(ip, port).await?;
-        kids.first().cloned().ok_or_else(|| ProbeError::Body {
-            url: ip.to_string(),
-            message: "empty JWKS".into(),
-        })
-    }
-}
 
 struct Harness {
     server: FakeApiServer,

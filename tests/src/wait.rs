@@ -13,7 +13,7 @@
 //! usual time so a loaded two-core CI machine passes. A test that asserts how
 //! fast something happens measures the time itself and asserts on that.
 //!
-//! ```ignore
+//! ```text
 //! use macp_auth_e2e::wait::wait_until;
 //! use std::ops::ControlFlow::{Break, Continue};
 //!

@@ -1,10 +1,8 @@
 //! An emergency rotation starts: whatever is in flight is superseded and
 //! every kid in the Secret becomes a suspect.
 
-use std::time::Duration;
-
-use crate::crd::RotationPhase::{Idle, KeyGenerated};
-use crate::crd::{RotationOutcome, RotationStatus, RotationTrigger};
+use crate::crd::RotationPhase::Idle;
+use crate::crd::{RotationOutcome, RotationTrigger};
 use crate::rotation::{Action, KeysetPlan, KeysetView};
 
 use super::Machine;
@@ -15,7 +13,6 @@ impl Machine<'_> {
             self.kid_collision();
             return;
         }
-        let now = self.now();
         let suspects = keyset.kids();
         for kid in &suspects {
             if !self.status.suspect_kids.contains(kid) {
@@ -29,23 +26,18 @@ impl Machine<'_> {
             self.event(true, "RotationSuperseded", message);
         }
         self.status.handled_emergency_request = Some(id.clone());
-        let kid = self.inp.new_kid.to_string();
         let message = format!(
-            "emergency rotation {id}: generating fresh key {kid}; suspect kids {} are withdrawn when it activates",
+            "emergency rotation {id}: generating fresh key {}; suspect kids {} are withdrawn when it activates",
+            self.inp.new_kid,
             suspects.join(", ")
         );
-        self.rot = RotationStatus {
-            phase: KeyGenerated,
-            trigger: Some(RotationTrigger::Emergency),
-            request_id: Some(id),
-            started_at: Some(now),
-            phase_since: Some(now),
-            old_kid: Some(keyset.active.kid.clone()),
-            pending_kid: Some(kid),
-            message: Some(message.clone()),
-            ..RotationStatus::default()
-        };
-        self.event(true, "EmergencyRotation", message);
+        let old_kid = keyset.active.kid.clone();
+        self.begin(
+            RotationTrigger::Emergency,
+            Some(id),
+            old_kid,
+            (true, "EmergencyRotation", message),
+        );
         // Suspects that only verify (a draining or prepublished key) are
         // withdrawn now: nothing signs with them, and the pod template derived
         // from the Secret must not roll them back onto pods while the fresh key
@@ -59,6 +51,5 @@ impl Machine<'_> {
                 previous: keyset.previous.as_ref().map(|k| k.kid.clone()),
             }));
         }
-        self.requeue_soon(Duration::ZERO);
     }
 }

@@ -1,11 +1,7 @@
 //! Idle: find a routine trigger (a `macp.io/rotate` value, a signing-kind
 //! change, the schedule) and reserve a kid for the rotation it starts.
 
-use std::time::Duration;
-
-use crate::crd::{
-    ROTATE_ANNOTATION, RotationPhase::KeyGenerated, RotationStatus, RotationTrigger, SigningAlg,
-};
+use crate::crd::{ROTATE_ANNOTATION, RotationStatus, RotationTrigger, SigningAlg};
 use crate::rotation::schedule::{automatic_not_before, until};
 use crate::rotation::{KeysetView, RETRY_AFTER_ROLLBACK};
 
@@ -116,20 +112,16 @@ impl Machine<'_> {
         if let Some(id) = t.annotation {
             self.status.handled_rotate_request = Some(id);
         }
-        let kid = self.inp.new_kid.to_string();
-        let message = format!("rotation started ({}): generating key {kid}", t.description);
-        self.rot = RotationStatus {
-            phase: KeyGenerated,
-            trigger: Some(t.trigger),
-            request_id: t.request_id,
-            started_at: Some(now),
-            phase_since: Some(now),
-            old_kid: Some(keyset.active.kid.clone()),
-            pending_kid: Some(kid),
-            message: Some(message.clone()),
-            ..RotationStatus::default()
-        };
-        self.event(false, "RotationStarted", message);
-        self.requeue_soon(Duration::ZERO);
+        let message = format!(
+            "rotation started ({}): generating key {}",
+            t.description, self.inp.new_kid
+        );
+        let old_kid = keyset.active.kid.clone();
+        self.begin(
+            t.trigger,
+            t.request_id,
+            old_kid,
+            (false, "RotationStarted", message),
+        );
     }
 }

@@ -174,6 +174,33 @@ impl Machine<'_> {
         }
     }
 
+    /// Starts a rotation in `KeyGenerated` with the fresh kid reserved: the
+    /// reservation is persisted before the key exists, so a restart after
+    /// the key's write recognises it. Announces it (`(warning, reason,
+    /// message)`) and asks to go on at once.
+    fn begin(
+        &mut self,
+        trigger: RotationTrigger,
+        request_id: Option<String>,
+        old_kid: String,
+        (warning, reason, message): (bool, &str, String),
+    ) {
+        let now = self.now();
+        self.rot = RotationStatus {
+            phase: KeyGenerated,
+            trigger: Some(trigger),
+            request_id,
+            started_at: Some(now),
+            phase_since: Some(now),
+            old_kid: Some(old_kid),
+            pending_kid: Some(self.inp.new_kid.to_string()),
+            message: Some(message.clone()),
+            ..RotationStatus::default()
+        };
+        self.event(warning, reason, message);
+        self.requeue_soon(Duration::ZERO);
+    }
+
     fn requeue_soon(&mut self, after: Duration) {
         self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
     }

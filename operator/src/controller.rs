@@ -2,7 +2,6 @@
 //! `/healthz`, `/readyz`, `/metrics` endpoints.
 
 use std::future::Future;
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +17,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, reflector, watcher};
+use kube::runtime::{
+    Controller, Predicate, PredicateConfig, WatchStreamExt, predicates, reflector, watcher,
+};
 use kube::{Api, Client, Resource, ResourceExt};
 use macp_auth_service::exposition;
 use macp_auth_service::listener::{self, Limits};
@@ -257,7 +258,7 @@ fn controller_for(client: &Client, ns: Option<&str>) -> Controller<MacpAuth> {
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(round_inputs, PredicateConfig::default());
+        .predicate_filter(round_inputs(), PredicateConfig::default());
     Controller::for_stream(mauths, reader)
         .owns(api::<Secret>(client, ns), ours.clone())
         .owns(api::<Deployment>(client, ns), ours.clone())
@@ -272,14 +273,12 @@ fn controller_for(client: &Client, ns: Option<&str>) -> Controller<MacpAuth> {
         })
 }
 
-/// What a round acts on, hashed: a change of anything else (the status, the
-/// managed fields, the resourceVersion alone) triggers no round.
-fn round_inputs(mauth: &MacpAuth) -> Option<u64> {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    mauth.meta().generation.hash(&mut hasher);
-    mauth.annotations().hash(&mut hasher);
-    mauth.meta().deletion_timestamp.is_some().hash(&mut hasher);
-    Some(hasher.finish())
+/// What a round acts on: a change of anything else (the status, the managed
+/// fields, the resourceVersion alone) triggers no round.
+fn round_inputs() -> impl Predicate<MacpAuth> {
+    predicates::generation
+        .combine(predicates::annotations)
+        .combine(|m: &MacpAuth| Some(u64::from(m.meta().deletion_timestamp.is_some())))
 }
 
 #[cfg(test)]
@@ -359,7 +358,8 @@ mod tests {
         );
         mauth.metadata.generation = Some(1);
         mauth.metadata.resource_version = Some("10".into());
-        let before = round_inputs(&mauth);
+        let inputs = round_inputs();
+        let before = inputs.hash_property(&mauth);
 
         // The operator's own status write: a new resourceVersion, managed
         // fields and status, the same generation.
@@ -370,24 +370,36 @@ mod tests {
             ..Default::default()
         });
         echo.metadata.managed_fields = Some(vec![Default::default()]);
-        assert_eq!(round_inputs(&echo), before, "a status write is no trigger");
+        assert_eq!(
+            inputs.hash_property(&echo),
+            before,
+            "a status write is no trigger"
+        );
 
         let mut spec = mauth.clone();
         spec.metadata.generation = Some(2);
-        assert_ne!(round_inputs(&spec), before, "a spec change is");
+        assert_ne!(inputs.hash_property(&spec), before, "a spec change is");
 
         let mut request = mauth.clone();
         request
             .annotations_mut()
             .insert(crate::crd::ROTATE_ANNOTATION.into(), "r1".into());
-        assert_ne!(round_inputs(&request), before, "a rotation request is");
+        assert_ne!(
+            inputs.hash_property(&request),
+            before,
+            "a rotation request is"
+        );
 
         let mut deleted = mauth.clone();
         deleted.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
             ));
-        assert_ne!(round_inputs(&deleted), before, "the deletion mark is");
+        assert_ne!(
+            inputs.hash_property(&deleted),
+            before,
+            "the deletion mark is"
+        );
     }
 
     #[test]

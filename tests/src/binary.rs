@@ -5,7 +5,8 @@
 //! service and operator live in other packages (artifact dependencies are
 //! unstable). So, for each:
 //! 1. `MACP_AUTH_SERVICE_BIN` / `MACP_AUTH_OPERATOR_BIN`, when set, names the
-//!    executable (CI may prebuild it, and a scenario can test any build);
+//!    executable (`scripts/test` sets both to what its own test build produced,
+//!    and a scenario can test any build);
 //! 2. otherwise the harness runs `cargo build -p <package> --bin <package>` once
 //!    per process, into the target directory and profile of the running
 //!    executable, and uses `<target>/<profile>/<package>`. Cargo makes that a

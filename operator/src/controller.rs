@@ -163,13 +163,30 @@ pub async fn run_with_state(
         instance: settings.pod_name.clone(),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    let ctx = Arc::new(Context::new(
+    let context = Context::new(
         client.clone(),
         settings.clone(),
         prober,
         recorder,
         state.metrics.clone(),
-    ));
+    );
+
+    let scopes: Vec<Option<String>> = match settings.namespaces() {
+        None => vec![None],
+        Some(list) => list.into_iter().map(Some).collect(),
+    };
+    info!(namespaces = ?scopes, image = %settings.service_image, "starting controllers");
+    let mut stores = Vec::new();
+    let mut controllers = Vec::new();
+    for ns in scopes {
+        let (controller, caches) = controller_for(&client, ns.as_deref());
+        context
+            .caches
+            .add_scope(caches.services, caches.config_maps);
+        stores.push(controller.store());
+        controllers.push(controller);
+    }
+    let ctx = Arc::new(context);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopping = ctx.clone();
@@ -179,16 +196,9 @@ pub async fn run_with_state(
         let _ = stop_tx.send(true);
     });
 
-    let scopes: Vec<Option<String>> = match settings.namespaces() {
-        None => vec![None],
-        Some(list) => list.into_iter().map(Some).collect(),
-    };
-    info!(namespaces = ?scopes, image = %settings.service_image, "starting controllers");
-
-    let mut stores = Vec::new();
     let mut runs = Vec::new();
-    for ns in scopes {
-        let controller = controller_for(&client, ns.as_deref()).with_config(
+    for controller in controllers {
+        let controller = controller.with_config(
             // Unbounded here (0): the bound is the fair queue in
             // `reconcile::Context`, which keeps due order where kube's
             // saturated runner would not.
@@ -196,7 +206,6 @@ pub async fn run_with_state(
                 .concurrency(0)
                 .debounce(settings.reconcile_debounce),
         );
-        stores.push(controller.store());
         let mut rx = stop_rx.clone();
         let ctx = ctx.clone();
         let stop = async move {
@@ -240,7 +249,13 @@ where
     }
 }
 
-fn controller_for(client: &Client, ns: Option<&str>) -> Controller<MacpAuth> {
+/// The watch caches a scope's controller fills for the rounds ([`crate::caches`]).
+struct ScopeCaches {
+    services: reflector::Store<Service>,
+    config_maps: reflector::Store<ConfigMap>,
+}
+
+fn controller_for(client: &Client, ns: Option<&str>) -> (Controller<MacpAuth>, ScopeCaches) {
     // Only our own objects are watched: a cluster's Secrets and Pods are not cached.
     let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
     let our_pods = watcher::Config::default().labels(&format!(
@@ -259,18 +274,37 @@ fn controller_for(client: &Client, ns: Option<&str>) -> Controller<MacpAuth> {
         .reflect(writer)
         .applied_objects()
         .predicate_filter(round_inputs(), PredicateConfig::default());
-    Controller::for_stream(mauths, reader)
+    // The Service and ConfigMap watches, which trigger rounds on any change
+    // as `owns` does, also keep the caches the rounds read them from.
+    let (services, services_writer) = reflector::store();
+    let (config_maps, config_maps_writer) = reflector::store();
+    let service_events = watcher(api::<Service>(client, ns), ours.clone())
+        .default_backoff()
+        .reflect(services_writer)
+        .touched_objects();
+    let config_map_events = watcher(api::<ConfigMap>(client, ns), ours.clone())
+        .default_backoff()
+        .reflect(config_maps_writer)
+        .touched_objects();
+    let controller = Controller::for_stream(mauths, reader)
         .owns(api::<Secret>(client, ns), ours.clone())
-        .owns(api::<Deployment>(client, ns), ours.clone())
-        .owns(api::<Service>(client, ns), ours.clone())
-        .owns(api::<ConfigMap>(client, ns), ours)
+        .owns(api::<Deployment>(client, ns), ours)
+        .owns_stream(service_events)
+        .owns_stream(config_map_events)
         // Pods are owned by ReplicaSets, not by us: map them back by label so
         // readiness changes trigger a reconcile.
         .watches(api::<Pod>(client, ns), our_pods, |pod: Pod| {
             let name = pod.labels().get(INSTANCE_LABEL)?.clone();
             let ns = pod.namespace()?;
             Some(ObjectRef::<MacpAuth>::new(&name).within(&ns))
-        })
+        });
+    (
+        controller,
+        ScopeCaches {
+            services,
+            config_maps,
+        },
+    )
 }
 
 /// What a round acts on: a change of anything else (the status, the managed

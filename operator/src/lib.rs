@@ -5,6 +5,7 @@
 //! [`PodProber`] of the caller's choice, until a shutdown future resolves.
 //! [`leader::run`] does the same only while holding a leader-election Lease.
 
+pub mod caches;
 pub mod cli;
 pub mod conditions;
 pub mod config;

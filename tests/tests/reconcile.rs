@@ -693,40 +693,9 @@ async fn controller_restart(mode: Mode) {
         // rounds start from MacpAuths a write or two old.
         h.server.set_watch_delay(Duration::from_millis(300));
     }
-    let start = |state: State| {
-        let client = h.server.operator_client().unwrap();
-        let prober = h.prober.clone();
-        tokio::spawn(macp_auth_operator::run_with_state(
-            client,
-            settings_for(mode),
-            prober,
-            state,
-            std::future::pending(),
-        ))
-    };
-
     let first = State::default();
-    let task = start(first.clone());
-    h.create("h", es256()).await;
-    wait_until("the Deployment", SETTLE_TIMEOUT, SETTLE_POLL, async || {
-        h.deployment("h").is_some()
-    })
-    .await;
-    let kid = h.keyset("h").active.kid;
-    // The pods come up: the controller sees the Deployment and Pod changes by itself.
-    h.roll_out("h", &[&kid]);
-    wait_until("Ready", SETTLE_TIMEOUT, SETTLE_POLL, async || {
-        let conditions = h.status("h").conditions;
-        if conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-        {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(conditions)
-        }
-    })
-    .await;
+    let task = spawn_operator(&h, mode, first.clone());
+    let kid = create_and_roll_out(&h, "h").await;
     assert!(first.is_ready());
 
     // Crash: abort the task mid-flight, then start a fresh operator.
@@ -734,7 +703,7 @@ async fn controller_restart(mode: Mode) {
     let _ = task.await;
     h.server.reset_log();
     let second = State::default();
-    let task = start(second.clone());
+    let task = spawn_operator(&h, mode, second.clone());
     wait_until(
         "the new operator's first reconcile",
         SETTLE_TIMEOUT,
@@ -748,6 +717,136 @@ async fn controller_restart(mode: Mode) {
     assert_eq!(h.keyset("h").active.kid, kid);
     assert_eq!(condition(&h.status("h"), "Ready").0, "True");
     h.assert_rbac_covers_requests();
+    task.abort();
+}
+
+/// The operator's controllers against the harness's API server.
+fn spawn_operator(h: &Harness, mode: Mode, state: State) -> tokio::task::JoinHandle<()> {
+    let client = h.server.operator_client().unwrap();
+    tokio::spawn(macp_auth_operator::run_with_state(
+        client,
+        settings_for(mode),
+        h.prober.clone(),
+        state,
+        std::future::pending(),
+    ))
+}
+
+/// Creates `name` for a running operator, rolls its pods out and waits for
+/// `Ready`; the active kid.
+async fn create_and_roll_out(h: &Harness, name: &str) -> String {
+    h.create(name, es256()).await;
+    wait_until("the Deployment", SETTLE_TIMEOUT, SETTLE_POLL, async || {
+        h.deployment(name).is_some()
+    })
+    .await;
+    let kid = h.keyset(name).active.kid;
+    // The pods come up: the controller sees the Deployment and Pod changes by itself.
+    h.roll_out(name, &[&kid]);
+    wait_until("Ready", SETTLE_TIMEOUT, SETTLE_POLL, async || {
+        let conditions = h.status(name).conditions;
+        if conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+        {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(conditions)
+        }
+    })
+    .await;
+    kid
+}
+
+/// The running operator compares the Service and ConfigMap with its watch
+/// caches: a round costs no read of them while they match, and a drift made
+/// by someone else, seen late through a lagging watch, is still repaired.
+#[tokio::test]
+async fn unchanged_services_and_config_maps_cost_no_reads_and_drift_is_repaired() {
+    let h = Harness::new().await;
+    h.server.set_watch_delay(Duration::from_millis(300));
+    let state = State::default();
+    let task = spawn_operator(&h, Mode::Namespaced, state.clone());
+    create_and_roll_out(&h, "c").await;
+    let cm_name = resources::config_map_name("c");
+    // Rounds run on annotation changes; the caches may lag the operator's
+    // own writes at first, so a few rounds may still read. One that does not
+    // shows the cache in use (without it every round reads both).
+    let mut reads = Vec::new();
+    for attempt in 0..20 {
+        let rounds = state.metrics.reconciles.get();
+        h.server.reset_log();
+        h.server
+            .modify("macp.io", "macpauths", Some(NS), "c", |m| {
+                m["metadata"]["annotations"]["example.com/touched"] = json!(attempt.to_string());
+            })
+            .unwrap();
+        wait_until("a round", SETTLE_TIMEOUT, SETTLE_POLL, async || {
+            state.metrics.reconciles.get() > rounds
+        })
+        .await;
+        reads = h
+            .server
+            .requests()
+            .iter()
+            .filter(|r| r.verb == "get")
+            .map(|r| r.resource.clone())
+            .collect();
+        assert!(
+            reads.iter().any(|r| r == "secrets"),
+            "a round ran: {reads:?}"
+        );
+        if !reads.iter().any(|r| r == "services" || r == "configmaps") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !reads.iter().any(|r| r == "services" || r == "configmaps"),
+        "an unchanged Service or ConfigMap is read from the cache: {reads:?}"
+    );
+
+    // Someone else edits both (server-side apply then adds back what the
+    // operator owns; what the other writer added stays theirs).
+    let ports = |h: &Harness| -> Vec<i32> {
+        let service = h.server.get_as::<Service>(Some(NS), "c").unwrap().unwrap();
+        service
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()
+            .iter()
+            .map(|p| p.port)
+            .collect()
+    };
+    let port = ports(&h)[0];
+    let data = h.config_map("c").unwrap().data.unwrap();
+    h.server
+        .modify("", "services", Some(NS), "c", |s| {
+            s["spec"]["ports"][0]["port"] = json!(port + 1);
+        })
+        .unwrap();
+    h.server
+        .modify("", "configmaps", Some(NS), &cm_name, |c| {
+            c["data"] = json!({"edited": "by hand"});
+        })
+        .unwrap();
+    wait_until(
+        "the drift repaired",
+        SETTLE_TIMEOUT,
+        SETTLE_POLL,
+        async || {
+            let live_ports = ports(&h);
+            let live_data = h.config_map("c").unwrap().data.unwrap_or_default();
+            let restored = data.iter().all(|(k, v)| live_data.get(k) == Some(v));
+            if live_ports.contains(&port) && restored {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue((live_ports, live_data))
+            }
+        },
+    )
+    .await;
     task.abort();
 }
 

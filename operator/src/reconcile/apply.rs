@@ -2,11 +2,15 @@
 //! Deployment for the keyset in the Secret, the Service, the verifier
 //! ConfigMap, the autoscaler and the disruption budget. Each write is skipped
 //! when the live object already matches, so an unchanged resource costs reads
-//! only.
+//! only; an unchanged Service and ConfigMap not even those, as they are
+//! compared with the watch caches first ([`crate::caches`] says why that is
+//! safe for them and for nothing else).
 //!
 //! These objects are applied (server-side apply); keys, list items and
 //! defaults that others own or the server adds are no drift
 //! ([`diff::matches_live`]). The Secret is written otherwise (see `secret`).
+
+use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
@@ -58,24 +62,15 @@ impl Round<'_> {
     ) -> Result<Deployment, Error> {
         let deployment = self.apply_deployment(keys, ttl).await?;
         let m = &self.ctx.metrics;
-        let name = &self.owner.name;
-        let live = self
-            .apis
-            .services
-            .get_opt(name)
-            .await
-            .ctx("get", "Service", name)?;
+        let (ns, name) = (&self.owner.namespace, &self.owner.name);
+        let caches = &self.ctx.caches;
         let desired = resources::service(&self.owner, self.spec());
-        apply(&self.apis.services, live.as_ref(), &desired, m).await?;
+        let cached = caches.service(ns, name);
+        apply_unless_cached(&self.apis.services, name, cached, &desired, m).await?;
         let cm_name = self.owner.config_map_name();
-        let live =
-            self.apis
-                .config_maps
-                .get_opt(&cm_name)
-                .await
-                .ctx("get", "ConfigMap", &cm_name)?;
         let desired = resources::verifier_config_map(&self.owner, self.spec());
-        apply(&self.apis.config_maps, live.as_ref(), &desired, m).await?;
+        let cached = caches.config_map(ns, &cm_name);
+        apply_unless_cached(&self.apis.config_maps, &cm_name, cached, &desired, m).await?;
         self.apply_scaling_objects().await?;
         Ok(deployment)
     }
@@ -148,6 +143,45 @@ impl Round<'_> {
     }
 }
 
+/// Applies `desired` unless the watch cache's copy already matches it; when
+/// it does not, or nothing is cached, decides from the live object, as
+/// [`apply`] does. Only for objects a stale cache cannot make unsafe
+/// ([`crate::caches`]).
+async fn apply_unless_cached<K>(
+    api: &Api<K>,
+    name: &str,
+    cached: Option<Arc<K>>,
+    desired: &K,
+    metrics: &Metrics,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + k8s_openapi::Resource + Clone + Serialize + DeserializeOwned,
+    K: std::fmt::Debug,
+{
+    if let Some(cached) = cached
+        && is_current(&desired_value(desired)?, cached.as_ref())?
+    {
+        return Ok(());
+    }
+    let live = api.get_opt(name).await.ctx("get", K::KIND, name)?;
+    apply(api, live.as_ref(), desired, metrics).await?;
+    Ok(())
+}
+
+/// What is applied for `desired`: the object with the hash of what it applies.
+fn desired_value<K: Serialize>(desired: &K) -> Result<serde_json::Value, Error> {
+    Ok(diff::with_applied_hash(serde_json::to_value(desired)?))
+}
+
+/// Whether `live` already carries everything of `desired` (see [`diff::matches_live`]).
+fn is_current<K: Serialize>(desired: &serde_json::Value, live: &K) -> Result<bool, Error> {
+    Ok(diff::matches_live(
+        desired,
+        &serde_json::to_value(live)?,
+        MANAGER,
+    ))
+}
+
 /// Applies `desired` with server-side apply unless `live` already matches it.
 async fn apply<K>(
     api: &Api<K>,
@@ -159,9 +193,9 @@ where
     K: Resource<DynamicType = ()> + k8s_openapi::Resource + Clone + Serialize + DeserializeOwned,
     K: std::fmt::Debug,
 {
-    let desired = diff::with_applied_hash(serde_json::to_value(desired)?);
+    let desired = desired_value(desired)?;
     if let Some(live) = live
-        && diff::matches_live(&desired, &serde_json::to_value(live)?, MANAGER)
+        && is_current(&desired, live)?
     {
         return Ok(live.clone());
     }

@@ -61,6 +61,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, warn};
 
+use crate::caches::OwnedCaches;
 use crate::config::Settings;
 use crate::crd::MacpAuth;
 use crate::metrics::Metrics;
@@ -98,6 +99,9 @@ pub struct Context {
     pub prober: Arc<dyn PodProber>,
     pub recorder: Recorder,
     pub metrics: Metrics,
+    /// The watch caches of the owned Services and ConfigMaps (filled by the
+    /// controllers; empty, every read goes to the API server).
+    pub caches: OwnedCaches,
     /// Consecutive failures per object, for the retry backoff.
     failures: Mutex<HashMap<ObjectRef<MacpAuth>, u32>>,
     /// Key generations allowed at once (`--max-concurrent-keygens`): they
@@ -133,6 +137,7 @@ impl Context {
             prober,
             recorder,
             metrics,
+            caches: OwnedCaches::default(),
             failures: Mutex::default(),
         }
     }

@@ -62,6 +62,14 @@ const READY_POLL: Duration = Duration::from_millis(200);
 /// Rollouts timed for the storm target's bound.
 const ROLLOUT_SAMPLES: usize = 4;
 const STORM_POLL: Duration = Duration::from_secs(1);
+/// How far ahead the storm's due moment is set, per MacpAuth (at least
+/// [`STORM_MIN_LEAD`]): room for the rounds of the interval edits.
+const STORM_LEAD_PER_OBJECT: Duration = Duration::from_millis(15);
+const STORM_MIN_LEAD: Duration = Duration::from_secs(5);
+/// The shortest storm interval: the storm's waits plus a minute, so an early
+/// finisher's next rotation is not due before the last one finishes.
+const STORM_MIN_INTERVAL_S: i64 =
+    JWKS_CACHE_TTL_SECONDS + PROPAGATION_SLACK_SECONDS + DRAIN_SECONDS + 60;
 /// How long the API server must see no request before steady state begins.
 const SETTLE_QUIET: Duration = Duration::from_secs(2);
 
@@ -412,6 +420,23 @@ async fn wait_for(
     }
 }
 
+/// Waits until the API server has seen no request for [`SETTLE_QUIET`]; how
+/// long that took (the quiet itself not counted) and the requests meanwhile.
+async fn settle(server: &FakeApiServer, timeout: Duration) -> (Duration, usize) {
+    let start = Instant::now();
+    let mut requests = 0usize;
+    loop {
+        server.reset_log();
+        tokio::time::sleep(SETTLE_QUIET).await;
+        let tail = server.requests().len();
+        if tail == 0 || start.elapsed() > timeout {
+            break;
+        }
+        requests += tail;
+    }
+    (start.elapsed().saturating_sub(SETTLE_QUIET), requests)
+}
+
 fn by_verb(requests: &[RecordedRequest], n: usize) -> String {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for r in requests {
@@ -478,18 +503,7 @@ async fn run_one(args: &Args, n: usize) -> anyhow::Result<String> {
     // status writes, debounced and queued behind the others) still run after
     // the last object turns Ready: wait until the API server has been quiet
     // for SETTLE_QUIET, so that the steady window counts steady state only.
-    let settle_start = Instant::now();
-    let mut settle_requests = 0usize;
-    loop {
-        server.reset_log();
-        tokio::time::sleep(SETTLE_QUIET).await;
-        let tail = server.requests().len();
-        if tail == 0 || settle_start.elapsed() > timeout {
-            break;
-        }
-        settle_requests += tail;
-    }
-    let settle = settle_start.elapsed().saturating_sub(SETTLE_QUIET);
+    let (settle, settle_requests) = settle(&server, timeout).await;
 
     // Steady state: nothing changes, so the operator should write nothing.
     server.reset_log();
@@ -524,10 +538,14 @@ async fn run_one(args: &Args, n: usize) -> anyhow::Result<String> {
     ))
 }
 
-/// Every MacpAuth's `rotation.interval` made due at the same moment: the
-/// interval is set just below the age of the youngest key, so all are overdue
-/// at once; once each has started, the interval goes back out of reach so
-/// nothing rotates twice.
+/// Every MacpAuth's `rotation.interval` made due at the same moment, the way
+/// a real storm comes: each interval is set so that one interval after that
+/// object's last rotation is the common due moment, a little ahead; the
+/// rounds those edits trigger (nothing is due yet) run and settle first, and
+/// at the due moment every rotation starts from the operator's own timers,
+/// with no edit in the measurement. The intervals are at least
+/// [`STORM_MIN_INTERVAL_S`], so no rotation comes due a second time before
+/// the last of the storm finishes.
 async fn storm(
     server: &FakeApiServer,
     operator: &Operator,
@@ -536,35 +554,52 @@ async fn storm(
     timeout: Duration,
 ) -> anyhow::Result<String> {
     let list = all(server)?;
-    let youngest = list
+    let bases: Vec<(String, String, DateTime<Utc>)> = list
         .iter()
-        .filter_map(|m| {
-            m.status
-                .as_ref()?
-                .history
-                .iter()
-                .map(|r| r.finished_at)
-                .max()
+        .map(|m| {
+            let status = m.status.as_ref();
+            let finished = status.and_then(|s| s.history.iter().map(|r| r.finished_at).max());
+            let base = finished
+                .max(status.and_then(|s| s.last_rotation_time))
+                .unwrap_or(created);
+            (
+                m.metadata.namespace.clone().unwrap_or_default(),
+                m.metadata.name.clone().unwrap_or_default(),
+                base,
+            )
         })
-        .max()
-        .unwrap_or(created);
-    let interval = (Utc::now() - youngest).num_seconds() - 1;
-    if interval < 1 {
-        bail!("keys too young for a storm; raise --steady-seconds");
-    }
-    eprintln!("bench-operator: n={n}: rotation storm (interval {interval}s, all due now)");
-    let rounds_before = operator.rounds().await?;
-    let due = Utc::now();
-    server.reset_log();
-    for m in &list {
-        let ns = m.metadata.namespace.clone().unwrap_or_default();
-        let name = m.metadata.name.clone().unwrap_or_default();
+        .collect();
+    let youngest = bases.iter().map(|(_, _, b)| *b).max().unwrap_or(created);
+    let lead = STORM_LEAD_PER_OBJECT
+        .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
+        .max(STORM_MIN_LEAD);
+    let due = (Utc::now() + lead).max(youngest + chrono::Duration::seconds(STORM_MIN_INTERVAL_S));
+    eprintln!(
+        "bench-operator: n={n}: rotation storm: every interval set to fall due in {:.0}s \
+         (intervals of at least {STORM_MIN_INTERVAL_S}s, so none comes due twice)",
+        (due - Utc::now()).num_milliseconds() as f64 / 1000.0
+    );
+    for (ns, name, base) in &bases {
+        let interval_ms = (due - *base).num_milliseconds();
         server
-            .modify("macp.io", "macpauths", Some(&ns), &name, |obj| {
-                obj["spec"]["rotation"]["interval"] = json!(format!("{interval}s"));
+            .modify("macp.io", "macpauths", Some(ns), name, |obj| {
+                obj["spec"]["rotation"]["interval"] = json!(format!("{interval_ms}ms"));
             })
             .map_err(|e| anyhow::anyhow!("set interval: {e:?}"))?;
     }
+    // The rounds of the edits must be over before the storm: their cost is
+    // the bench's, not the storm's.
+    let (settled, _) = settle(server, timeout).await;
+    let early = (due - Utc::now()).to_std().unwrap_or_default();
+    if early.is_zero() {
+        bail!(
+            "the rounds of the interval edits took {settled:.1?}, past the due moment: \
+             raise STORM_LEAD_PER_OBJECT"
+        );
+    }
+    tokio::time::sleep(early).await;
+    let rounds_before = operator.rounds().await?;
+    server.reset_log();
     let scheduled_since = |m: &MacpAuth| {
         m.status.as_ref().is_some_and(|s| {
             s.rotation
@@ -575,22 +610,11 @@ async fn storm(
                     .any(|r| r.trigger == RotationTrigger::Scheduled && r.started_at >= youngest)
         })
     };
-    // As soon as one has started, its interval goes back out of reach, so a
-    // short interval never brings a second rotation into the measurement.
-    let mut reset = std::collections::HashSet::new();
     wait_for("rotations started", timeout, STORM_POLL, || {
-        for m in all(server)?.iter().filter(|m| scheduled_since(m)) {
-            let ns = m.metadata.namespace.clone().unwrap_or_default();
-            let name = m.metadata.name.clone().unwrap_or_default();
-            if reset.insert(format!("{ns}/{name}")) {
-                server
-                    .modify("macp.io", "macpauths", Some(&ns), &name, |obj| {
-                        obj["spec"]["rotation"]["interval"] = json!("8760h");
-                    })
-                    .map_err(|e| anyhow::anyhow!("reset interval: {e:?}"))?;
-            }
-        }
-        Ok((reset.len(), n))
+        Ok((
+            all(server)?.iter().filter(|m| scheduled_since(m)).count(),
+            n,
+        ))
     })
     .await?;
     let finished = |m: &MacpAuth| {

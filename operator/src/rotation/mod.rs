@@ -162,7 +162,7 @@ use crate::crd::{MacpAuthSpec, MacpAuthStatus, SigningAlg};
 pub use machine::{decide, probe_plan};
 pub use plan::{KeysetPlan, PlanError, desired as desired_plan};
 pub use reasons::{DEGRADED_REASONS, degraded_by_rotation};
-pub use schedule::{IntervalError, parse_interval};
+pub use schedule::{IntervalError, parse_interval, schedule_base};
 pub use verify::{Verdict, verify};
 
 /// How often a rollout phase re-checks pods while it waits (the controller

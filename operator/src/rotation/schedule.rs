@@ -92,7 +92,7 @@ pub fn until(now: DateTime<Utc>, t: DateTime<Utc>) -> Duration {
 }
 
 /// The instant the schedule is measured from: the end of the last rotation, or the last key switch.
-fn schedule_base(status: &MacpAuthStatus) -> Option<DateTime<Utc>> {
+pub fn schedule_base(status: &MacpAuthStatus) -> Option<DateTime<Utc>> {
     let finished = status.history.last().map(|r| r.finished_at);
     match (finished, status.last_rotation_time) {
         (Some(a), Some(b)) => Some(a.max(b)),

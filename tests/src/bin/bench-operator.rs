@@ -20,7 +20,7 @@ use macp_auth_e2e::apiserver::{FakeApiServer, RecordedRequest};
 use macp_auth_e2e::cluster::{Cluster, ClusterConfig, rollout};
 use macp_auth_e2e::standin::StandIn;
 use macp_auth_operator::crd::{MacpAuth, RotationTrigger};
-use macp_auth_operator::rotation::PROPAGATION_SLACK_SECONDS;
+use macp_auth_operator::rotation::{PROPAGATION_SLACK_SECONDS, schedule_base};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
@@ -557,11 +557,8 @@ async fn storm(
     let bases: Vec<(String, String, DateTime<Utc>)> = list
         .iter()
         .map(|m| {
-            let status = m.status.as_ref();
-            let finished = status.and_then(|s| s.history.iter().map(|r| r.finished_at).max());
-            let base = finished
-                .max(status.and_then(|s| s.last_rotation_time))
-                .unwrap_or(created);
+            // Where the operator counts the interval from.
+            let base = m.status.as_ref().and_then(schedule_base).unwrap_or(created);
             (
                 m.metadata.namespace.clone().unwrap_or_default(),
                 m.metadata.name.clone().unwrap_or_default(),

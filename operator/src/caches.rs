@@ -16,7 +16,7 @@
 //! So an unchanged Service and ConfigMap cost a round no request; in a
 //! rotation storm that is two reads of the seven a round made.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::Resource;
@@ -25,15 +25,15 @@ use kube::runtime::reflector::{ObjectRef, Store};
 /// The caches of every watched scope (one per namespace, or one for all).
 #[derive(Default)]
 pub struct OwnedCaches {
-    services: RwLock<Vec<Store<Service>>>,
-    config_maps: RwLock<Vec<Store<ConfigMap>>>,
+    services: Vec<Store<Service>>,
+    config_maps: Vec<Store<ConfigMap>>,
 }
 
 impl OwnedCaches {
     /// Adds the caches of one scope's controller.
-    pub fn add_scope(&self, services: Store<Service>, config_maps: Store<ConfigMap>) {
-        write(&self.services).push(services);
-        write(&self.config_maps).push(config_maps);
+    pub fn add_scope(&mut self, services: Store<Service>, config_maps: Store<ConfigMap>) {
+        self.services.push(services);
+        self.config_maps.push(config_maps);
     }
 
     /// The cached Service `name` of `namespace`, if any scope holds it.
@@ -47,18 +47,12 @@ impl OwnedCaches {
     }
 }
 
-fn find<K>(stores: &RwLock<Vec<Store<K>>>, namespace: &str, name: &str) -> Option<Arc<K>>
+fn find<K>(stores: &[Store<K>], namespace: &str, name: &str) -> Option<Arc<K>>
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
     let key = ObjectRef::<K>::new(name).within(namespace);
-    // A poisoned lock only guards the list of stores: keep using it.
-    let stores = stores.read().unwrap_or_else(|p| p.into_inner());
     stores.iter().find_map(|s| s.get(&key))
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
@@ -81,7 +75,7 @@ mod tests {
 
     #[test]
     fn an_object_is_found_in_whichever_scope_holds_it_and_only_by_its_namespace() {
-        let caches = OwnedCaches::default();
+        let mut caches = OwnedCaches::default();
         assert!(caches.service("a", "auth").is_none(), "no scope yet");
         for ns in ["a", "b"] {
             let (reader, mut writer) = store::<Service>();

@@ -26,6 +26,7 @@ use macp_auth_service::listener::{self, Limits};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::caches::OwnedCaches;
 use crate::config::Settings;
 use crate::crd::MacpAuth;
 use crate::metrics::Metrics;
@@ -163,30 +164,29 @@ pub async fn run_with_state(
         instance: settings.pod_name.clone(),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    let context = Context::new(
-        client.clone(),
-        settings.clone(),
-        prober,
-        recorder,
-        state.metrics.clone(),
-    );
-
     let scopes: Vec<Option<String>> = match settings.namespaces() {
         None => vec![None],
         Some(list) => list.into_iter().map(Some).collect(),
     };
     info!(namespaces = ?scopes, image = %settings.service_image, "starting controllers");
     let mut stores = Vec::new();
+    let mut caches = OwnedCaches::default();
     let mut controllers = Vec::new();
     for ns in scopes {
-        let (controller, caches) = controller_for(&client, ns.as_deref());
-        context
-            .caches
-            .add_scope(caches.services, caches.config_maps);
+        let controller = controller_for(&client, ns.as_deref(), &mut caches);
         stores.push(controller.store());
         controllers.push(controller);
     }
-    let ctx = Arc::new(context);
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            settings.clone(),
+            prober,
+            recorder,
+            state.metrics.clone(),
+        )
+        .with_caches(caches),
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopping = ctx.clone();
@@ -249,13 +249,12 @@ where
     }
 }
 
-/// The watch caches a scope's controller fills for the rounds ([`crate::caches`]).
-struct ScopeCaches {
-    services: reflector::Store<Service>,
-    config_maps: reflector::Store<ConfigMap>,
-}
-
-fn controller_for(client: &Client, ns: Option<&str>) -> (Controller<MacpAuth>, ScopeCaches) {
+/// The controller of one scope; its Service and ConfigMap caches go to `caches`.
+fn controller_for(
+    client: &Client,
+    ns: Option<&str>,
+    caches: &mut OwnedCaches,
+) -> Controller<MacpAuth> {
     // Only our own objects are watched: a cluster's Secrets and Pods are not cached.
     let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
     let our_pods = watcher::Config::default().labels(&format!(
@@ -286,7 +285,8 @@ fn controller_for(client: &Client, ns: Option<&str>) -> (Controller<MacpAuth>, S
         .default_backoff()
         .reflect(config_maps_writer)
         .touched_objects();
-    let controller = Controller::for_stream(mauths, reader)
+    caches.add_scope(services, config_maps);
+    Controller::for_stream(mauths, reader)
         .owns(api::<Secret>(client, ns), ours.clone())
         .owns(api::<Deployment>(client, ns), ours)
         .owns_stream(service_events)
@@ -297,14 +297,7 @@ fn controller_for(client: &Client, ns: Option<&str>) -> (Controller<MacpAuth>, S
             let name = pod.labels().get(INSTANCE_LABEL)?.clone();
             let ns = pod.namespace()?;
             Some(ObjectRef::<MacpAuth>::new(&name).within(&ns))
-        });
-    (
-        controller,
-        ScopeCaches {
-            services,
-            config_maps,
-        },
-    )
+        })
 }
 
 /// What a round acts on: a change of anything else (the status, the managed

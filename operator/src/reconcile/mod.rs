@@ -99,8 +99,8 @@ pub struct Context {
     pub prober: Arc<dyn PodProber>,
     pub recorder: Recorder,
     pub metrics: Metrics,
-    /// The watch caches of the owned Services and ConfigMaps (filled by the
-    /// controllers; empty, every read goes to the API server).
+    /// The watch caches of the owned Services and ConfigMaps (the
+    /// controllers' own; empty, every read goes to the API server).
     pub caches: OwnedCaches,
     /// Consecutive failures per object, for the retry backoff.
     failures: Mutex<HashMap<ObjectRef<MacpAuth>, u32>>,
@@ -140,6 +140,11 @@ impl Context {
             caches: OwnedCaches::default(),
             failures: Mutex::default(),
         }
+    }
+
+    /// The context reading the Services and ConfigMaps from `caches`.
+    pub fn with_caches(self, caches: OwnedCaches) -> Self {
+        Self { caches, ..self }
     }
 
     /// Lets the rounds still queued for a turn end at once (on shutdown), so

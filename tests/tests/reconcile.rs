@@ -405,6 +405,52 @@ async fn rsa_first_key_uses_the_requested_size() {
     );
 }
 
+/// RSA key generation runs off the async workers. The test's runtime has a
+/// single worker thread, which also serves the API server: a key generated
+/// on it would freeze every other task (other MacpAuths' rounds, the
+/// watches) for as long as the key takes. A ticker on the same thread
+/// measures the longest stall while four RSA-4096 first keys are made one
+/// after the other.
+///
+/// The bound comes from the same run: each key takes hundreds of ms to
+/// seconds, so a stall of a whole key is at least a quarter of the window,
+/// while a free worker stalls for a round's synchronous parts only.
+#[tokio::test(flavor = "current_thread")]
+async fn key_generation_leaves_the_async_worker_free() {
+    let h = Harness::new().await;
+    let names = ["k1", "k2", "k3", "k4"];
+    for name in names {
+        h.create(name, json!({"rsaKeyBits": 4096})).await;
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let ticker = async {
+        let mut longest = Duration::ZERO;
+        let mut last = std::time::Instant::now();
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            longest = longest.max(last.elapsed());
+            last = std::time::Instant::now();
+        }
+        longest
+    };
+    let work = async {
+        let started = std::time::Instant::now();
+        for name in names {
+            h.reconcile(name).await;
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        started.elapsed()
+    };
+    let (longest_stall, window) = tokio::join!(ticker, work);
+    for name in names {
+        assert_eq!(h.keyset(name).active.rsa_bits, Some(4096));
+    }
+    assert!(
+        longest_stall * 8 < window,
+        "the async worker stalled for {longest_stall:?} while four keys took {window:?}"
+    );
+}
+
 #[tokio::test]
 async fn an_existing_secret_is_adopted_not_regenerated() {
     let h = Harness::new().await;

@@ -14,6 +14,7 @@ use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -286,14 +287,27 @@ fn controller_for(
         .reflect(config_maps_writer)
         .touched_objects();
     caches.add_scope(services, config_maps);
+    // The Secrets, Deployments and Pods only trigger rounds (which read them
+    // fresh), so they are watched as metadata: the watch decodes no key
+    // material and no pod spec, which in a storm of rotations was most of
+    // what the operator spent outside its rounds.
+    let secret_events = watcher(api::<PartialObjectMeta<Secret>>(client, ns), ours.clone())
+        .default_backoff()
+        .touched_objects();
+    let deployment_events = watcher(api::<PartialObjectMeta<Deployment>>(client, ns), ours)
+        .default_backoff()
+        .touched_objects();
+    let pod_events = watcher(api::<PartialObjectMeta<Pod>>(client, ns), our_pods)
+        .default_backoff()
+        .touched_objects();
     Controller::for_stream(mauths, reader)
-        .owns(api::<Secret>(client, ns), ours.clone())
-        .owns(api::<Deployment>(client, ns), ours)
+        .owns_stream(secret_events)
+        .owns_stream(deployment_events)
         .owns_stream(service_events)
         .owns_stream(config_map_events)
         // Pods are owned by ReplicaSets, not by us: map them back by label so
         // readiness changes trigger a reconcile.
-        .watches(api::<Pod>(client, ns), our_pods, |pod: Pod| {
+        .watches_stream(pod_events, |pod: PartialObjectMeta<Pod>| {
             let name = pod.labels().get(INSTANCE_LABEL)?.clone();
             let ns = pod.namespace()?;
             Some(ObjectRef::<MacpAuth>::new(&name).within(&ns))

@@ -10,6 +10,9 @@ use macp_auth_operator::controller::{self, State};
 use macp_auth_operator::crd::MacpAuth;
 use macp_auth_operator::{HttpProber, Settings, leader, telemetry};
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     // One line on stderr, causes included (`{:#}`), exit 1: the same contract as

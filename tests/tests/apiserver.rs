@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
+use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use macp_auth_e2e::apiserver::FakeApiServer;
@@ -372,11 +373,9 @@ async fn raw_watch_delivers_events_in_order() {
     }
 }
 
-async fn next_event(
-    stream: &mut (
-             impl futures::Stream<Item = Result<watcher::Event<ConfigMap>, watcher::Error>> + Unpin
-         ),
-) -> watcher::Event<ConfigMap> {
+async fn next_event<K>(
+    stream: &mut (impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Unpin),
+) -> watcher::Event<K> {
     tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
         .expect("watcher event in time")
@@ -446,6 +445,84 @@ async fn kube_runtime_watcher_sees_create_modify_delete() {
             names.push(c.name_any());
         }
     }
+}
+
+/// Metadata-only clients (`Api<PartialObjectMeta<K>>`, what the operator
+/// watches its Secrets, Deployments and Pods with) get the metadata alone,
+/// as the real server sends it: no Secret data reaches them.
+#[tokio::test]
+async fn metadata_only_list_watch_and_get_carry_no_content() {
+    let server = FakeApiServer::start().await.unwrap();
+    let secrets: Api<Secret> = Api::default_namespaced(server.client());
+    let secret = |name: &str, value: &str| -> Secret {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "labels": {"app": "demo"}},
+            "stringData": {"key": value},
+        }))
+        .unwrap()
+    };
+    secrets
+        .create(&PostParams::default(), &secret("pre", "one"))
+        .await
+        .unwrap();
+    let meta: Api<PartialObjectMeta<Secret>> = Api::default_namespaced(server.client());
+    let is_partial = |p: &PartialObjectMeta<Secret>| {
+        p.types
+            .as_ref()
+            .map(|t| (t.api_version.as_str(), t.kind.as_str()))
+            == Some(("meta.k8s.io/v1", "PartialObjectMetadata"))
+    };
+    let got = meta.get("pre").await.unwrap();
+    assert!(is_partial(&got), "{got:?}");
+    assert_eq!(got.labels()["app"], "demo");
+    let listed = meta.list(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert!(is_partial(&listed.items[0]), "{listed:?}");
+
+    let mut stream = watcher(meta, watcher::Config::default()).boxed();
+    assert!(matches!(
+        next_event(&mut stream).await,
+        watcher::Event::Init
+    ));
+    match next_event(&mut stream).await {
+        watcher::Event::InitApply(p) => assert_eq!(p.name_any(), "pre"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        next_event(&mut stream).await,
+        watcher::Event::InitDone
+    ));
+    let written = secrets
+        .replace("pre", &PostParams::default(), &{
+            let mut s = secret("pre", "two");
+            s.metadata.resource_version = got.resource_version();
+            s
+        })
+        .await
+        .unwrap();
+    match next_event(&mut stream).await {
+        watcher::Event::Apply(p) => {
+            assert!(is_partial(&p), "{p:?}");
+            assert_eq!(p.resource_version(), written.resource_version());
+        }
+        other => panic!("{other:?}"),
+    }
+    // The raw watch line itself holds no data.
+    let raw = server.client();
+    let request =
+        http::Request::get("/api/v1/namespaces/default/secrets?watch=true&resourceVersion=0")
+            .header(
+                "Accept",
+                "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+            )
+            .body(Vec::new())
+            .unwrap();
+    let reader = raw.request_stream(request).await.unwrap();
+    let mut lines = futures::AsyncBufReadExt::lines(Box::pin(reader));
+    let text = lines.next().await.unwrap().unwrap();
+    assert!(text.contains("PartialObjectMetadata"), "{text}");
+    assert!(!text.contains("\"data\""), "{text}");
 }
 
 #[tokio::test]

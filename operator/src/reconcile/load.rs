@@ -39,7 +39,7 @@ impl Round<'_> {
         let Some(secret) = live else {
             return Ok(ControlFlow::Continue(self.create_first_key().await?));
         };
-        match Keyset::from_secret_data(&secret.data.clone().unwrap_or_default()) {
+        match self.ctx.keysets.parse(&secret) {
             Ok(keyset) => {
                 if self.status.active_kid.is_none() {
                     self.note(

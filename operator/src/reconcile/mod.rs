@@ -46,6 +46,7 @@ mod execute;
 mod keygen;
 mod load;
 mod observe;
+mod parsed;
 mod report;
 mod round;
 mod secret;
@@ -66,6 +67,7 @@ use crate::config::Settings;
 use crate::crd::MacpAuth;
 use crate::metrics::Metrics;
 use crate::probe::PodProber;
+use crate::resources;
 use crate::validate;
 
 pub use crate::keyset::{REASON_INVALID_SIGNING_KEY, REASON_MISSING_SIGNING_KEY};
@@ -104,6 +106,8 @@ pub struct Context {
     pub caches: OwnedCaches,
     /// Consecutive failures per object, for the retry backoff.
     failures: Mutex<HashMap<ObjectRef<MacpAuth>, u32>>,
+    /// The keyset last parsed from each Secret ([`parsed`]).
+    keysets: parsed::ParsedKeysets,
     /// Key generations allowed at once (`--max-concurrent-keygens`): they
     /// run on blocking threads, and a storm of RSA-4096 keys must neither
     /// take every core nor hold the async workers other objects need.
@@ -139,6 +143,7 @@ impl Context {
             metrics,
             caches: OwnedCaches::default(),
             failures: Mutex::default(),
+            keysets: parsed::ParsedKeysets::default(),
         }
     }
 
@@ -256,7 +261,10 @@ async fn read_current(cached: &MacpAuth, ctx: &Context) -> Result<Option<MacpAut
     let mauths: Api<MacpAuth> =
         Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
     let name = cached.name_any();
+    let namespace = cached.namespace().unwrap_or_default();
     let Some(mauth) = mauths.get_opt(&name).await.ctx("get", "MacpAuth", &name)? else {
+        ctx.keysets
+            .forget(&namespace, &resources::secret_name(&name));
         return Ok(None);
     };
     if mauth.resource_version() != cached.resource_version() {
@@ -264,8 +272,9 @@ async fn read_current(cached: &MacpAuth, ctx: &Context) -> Result<Option<MacpAut
                current = ?mauth.resource_version(), "the cache is behind; using the current object");
     }
     if mauth.meta().deletion_timestamp.is_some() {
-        ctx.metrics
-            .forget(&mauth.namespace().unwrap_or_default(), &mauth.name_any());
+        ctx.metrics.forget(&namespace, &name);
+        ctx.keysets
+            .forget(&namespace, &resources::secret_name(&name));
         // Owner references let the garbage collector remove what we created.
         return Ok(None);
     }

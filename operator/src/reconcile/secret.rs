@@ -70,7 +70,10 @@ impl Round<'_> {
             .get(&name)
             .await
             .ctx("read back", "Secret", &name)?;
-        let keyset = Keyset::from_secret_data(&secret.data.clone().unwrap_or_default())
+        let keyset = self
+            .ctx
+            .keysets
+            .parse(&secret)
             .map_err(|e| Error::NotConfirmed(e.to_string()))?;
         Ok(Keys { keyset, secret })
     }

@@ -111,6 +111,7 @@ pub mod fields;
 mod instrument;
 mod jsonpath;
 mod logs;
+mod metadata;
 pub mod openapi;
 mod owners;
 pub mod patch;

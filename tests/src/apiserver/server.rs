@@ -18,6 +18,7 @@ use super::error::ApiError;
 use super::events;
 use super::instrument::{Fault, RecordedRequest, take_fault};
 use super::logs::{self, PodLogs};
+use super::metadata;
 use super::openapi;
 use super::patch::PatchKind;
 use super::path::{self, ResourcePath, Target};
@@ -306,13 +307,17 @@ async fn serve_resource(
                     let t = table::table(&cols, &[(*obj).clone()], include, &rv, true);
                     Ok(json_response(StatusCode::OK, &t))
                 }
+                None if metadata_view(headers) => {
+                    Ok(json_response(StatusCode::OK, &metadata::partial(&obj)))
+                }
                 None => Ok(json_response(StatusCode::OK, &obj)),
             }
         }
         "list" => list(shared, &rt, rp.namespace.as_deref(), query, headers),
         "watch" => {
             let view = table_view(shared, &rt, headers, query).map(|(c, i)| (Arc::new(c), i));
-            watch_response(shared, rt, rp.namespace.clone(), query, view)
+            let metadata_only = metadata_view(headers);
+            watch_response(shared, rt, rp.namespace.clone(), query, view, metadata_only)
         }
         "create" => {
             let obj = parse_body(headers, body)?;
@@ -704,6 +709,14 @@ fn list_viewed(s: &Store, rt: &ResourceType, ns: Option<&str>) -> Vec<Arc<Value>
     out
 }
 
+/// Whether the client asked for metadata only ([`metadata`]).
+fn metadata_view(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(metadata::wants_metadata)
+}
+
 /// The table columns and `includeObject` when the client asked for a Table.
 fn table_view(
     shared: &Shared,
@@ -849,6 +862,17 @@ fn list(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let sel = Selectors::from_query(query)?;
+    if metadata_view(headers) {
+        let (items, rv) = shared.read(|s| {
+            let items: Vec<Arc<Value>> = list_viewed(s, rt, ns)
+                .into_iter()
+                .filter(|o| sel.matches(o))
+                .collect();
+            (items, s.current_rv())
+        });
+        let body = metadata::partial_list(items.iter().map(Arc::as_ref), &rv.to_string());
+        return Ok(json_response(StatusCode::OK, &body));
+    }
     let (items, rv) = shared.read(|s| {
         let items: Vec<Value> = list_viewed(s, rt, ns)
             .into_iter()
@@ -880,6 +904,8 @@ struct WatchSpec {
     send_initial: bool,
     /// Events carry one-row Tables (`kubectl get -w`).
     table: Option<(Arc<Vec<table::Column>>, table::Include)>,
+    /// Events carry the objects' metadata only ([`metadata`]).
+    metadata_only: bool,
 }
 
 impl WatchSpec {
@@ -896,6 +922,9 @@ impl WatchSpec {
                 *first = false;
                 line(event_type, &t)
             }
+            _ if self.metadata_only && event_type != "BOOKMARK" && event_type != "ERROR" => {
+                line(event_type, &metadata::partial(object))
+            }
             _ => line(event_type, object),
         }
     }
@@ -907,6 +936,7 @@ fn watch_response(
     namespace: Option<String>,
     query: &HashMap<String, String>,
     table: Option<(Arc<Vec<table::Column>>, table::Include)>,
+    metadata_only: bool,
 ) -> Result<Response, ApiError> {
     let start = match query.get("resourceVersion").map(String::as_str) {
         None | Some("") => None,
@@ -930,6 +960,7 @@ fn watch_response(
             .is_some_and(|b| b == "true"),
         send_initial: query.get("sendInitialEvents").is_some_and(|b| b == "true"),
         table,
+        metadata_only,
     };
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     tokio::spawn(run_watch(shared.clone(), spec, tx));

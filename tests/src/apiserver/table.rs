@@ -30,13 +30,7 @@ impl Include {
 
 /// Whether the client asked for a Table (kubectl lists it first in Accept).
 pub fn wants_table(accept: &str) -> bool {
-    accept.split(',').any(|part| {
-        let params: Vec<&str> = part.split(';').map(str::trim).collect();
-        params.first() == Some(&"application/json")
-            && params.contains(&"as=Table")
-            && params.contains(&"g=meta.k8s.io")
-            && (params.contains(&"v=v1") || params.contains(&"v=v1beta1"))
-    })
+    super::metadata::accepts_as(accept, "Table")
 }
 
 /// One column: header, type, format, priority, and how to compute the cell.
@@ -525,12 +519,7 @@ pub fn row(cols: &[Column], obj: &Value, include: Include) -> Value {
     match include {
         Include::None => {}
         Include::Object => r["object"] = obj.clone(),
-        Include::Metadata => {
-            r["object"] = json!({
-                "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
-            });
-        }
+        Include::Metadata => r["object"] = super::metadata::partial(obj),
     }
     r
 }

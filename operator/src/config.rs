@@ -58,8 +58,9 @@ pub struct Settings {
 
     /// How long a MacpAuth's reconcile waits for more watch events before it
     /// runs, so that the events of one round's own writes (Secret, Deployment,
-    /// status) bring one more reconcile instead of one each. Every wait of a
-    /// rotation is seconds or longer, so this costs nothing noticeable.
+    /// status) bring one more reconcile instead of one each. The operator's
+    /// own timers (a rotation's due moment, the end of a wait) are asked for
+    /// this much earlier, so they are not delayed by it.
     #[arg(long, env = "MACP_OPERATOR_RECONCILE_DEBOUNCE", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub reconcile_debounce: Duration,
 

@@ -804,6 +804,52 @@ async fn create_and_roll_out(h: &Harness, name: &str) -> String {
     kid
 }
 
+/// kube's scheduler adds the reconcile debounce to every request, timers
+/// included. The operator asks for its timers that much earlier, so a round
+/// requeued for 5 s (not Ready: the pods never come) runs 5 s after the
+/// last, not 5 s plus the debounce (3 s here: 8 s).
+#[tokio::test]
+async fn timer_rounds_run_when_asked_not_a_debounce_later() {
+    let h = Harness::new().await;
+    let settings = Settings {
+        reconcile_debounce: Duration::from_secs(3),
+        ..settings_for(Mode::Namespaced)
+    };
+    let state = State::default();
+    let task = tokio::spawn(macp_auth_operator::run_with_state(
+        h.server.operator_client().unwrap(),
+        settings,
+        h.prober.clone(),
+        state.clone(),
+        std::future::pending(),
+    ));
+    h.create("t", es256()).await;
+    // The creation rounds (the create, then the echoes of the operator's own
+    // writes) come first; then only the not-Ready timer brings rounds.
+    let mut rounds_at = Vec::new();
+    let mut seen = 0;
+    while rounds_at.len() < 4 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let count = state.metrics.reconciles.get();
+        if count > seen {
+            seen = count;
+            rounds_at.push(std::time::Instant::now());
+        }
+        assert!(
+            rounds_at
+                .first()
+                .is_none_or(|t| t.elapsed() < Duration::from_secs(60)),
+            "too few rounds: {rounds_at:?}"
+        );
+    }
+    let last_gap = rounds_at[3] - rounds_at[2];
+    assert!(
+        last_gap >= Duration::from_millis(4_900) && last_gap < Duration::from_millis(6_500),
+        "a 5 s timer with a 3 s debounce came after {last_gap:?} (8 s: the debounce was paid)"
+    );
+    task.abort();
+}
+
 /// The running operator compares the Service and ConfigMap with its watch
 /// caches: a round costs no read of them while they match, and a drift made
 /// by someone else, seen late through a lagging watch, is still repaired.

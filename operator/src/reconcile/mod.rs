@@ -192,7 +192,10 @@ pub async fn reconcile(mauth: Arc<MacpAuth>, ctx: Arc<Context>) -> Result<Requeu
             }
             Ok(requeue) => {
                 ctx.failures().remove(&ObjectRef::from_obj(mauth.as_ref()));
-                return Ok(requeue.map_or_else(Requeue::await_change, Requeue::requeue));
+                let debounce = ctx.settings.reconcile_debounce;
+                return Ok(requeue.map_or_else(Requeue::await_change, |after| {
+                    Requeue::requeue(timer_request(after, debounce))
+                }));
             }
             Err(e) => {
                 ctx.metrics.failed(e.metric_reason());
@@ -200,6 +203,16 @@ pub async fn reconcile(mauth: Arc<MacpAuth>, ctx: Arc<Context>) -> Result<Requeu
             }
         }
     }
+}
+
+/// What to ask kube's scheduler for so that a round asked for `after` from
+/// now runs then: the scheduler adds its debounce to every request, timers
+/// included, which made each wait of a rotation (its due moment, the end of
+/// propagation, the end of the drain) half a second late by default. Asked
+/// for `after - debounce`, the round runs at `after` (or after the debounce,
+/// if that is longer), never before the wait it was asked for ends.
+fn timer_request(after: Duration, debounce: Duration) -> Duration {
+    after.saturating_sub(debounce)
 }
 
 /// Rounds one turn may run back to back while each asks to go on at once.
@@ -279,4 +292,20 @@ async fn read_current(cached: &MacpAuth, ctx: &Context) -> Result<Option<MacpAut
         return Ok(None);
     }
     Ok(Some(mauth))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timer_is_asked_for_a_debounce_early_and_never_runs_before_its_time() {
+        let debounce = Duration::from_millis(500);
+        for (after, asked) in [(5_000, 4_500), (500, 0), (200, 0), (0, 0)] {
+            let asked_for = timer_request(Duration::from_millis(after), debounce);
+            assert_eq!(asked_for, Duration::from_millis(asked), "after {after} ms");
+            // The scheduler runs it at `asked_for + debounce`: not before `after`.
+            assert!(asked_for + debounce >= Duration::from_millis(after));
+        }
+    }
 }

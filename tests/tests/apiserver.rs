@@ -383,6 +383,19 @@ async fn next_event<K>(
         .expect("no watcher error")
 }
 
+/// A watcher's initial list holding the one object `name`.
+async fn expect_initial_list<K: Resource + std::fmt::Debug>(
+    stream: &mut (impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Unpin),
+    name: &str,
+) {
+    assert!(matches!(next_event(stream).await, watcher::Event::Init));
+    match next_event(stream).await {
+        watcher::Event::InitApply(o) => assert_eq!(o.meta().name.as_deref(), Some(name)),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(next_event(stream).await, watcher::Event::InitDone));
+}
+
 #[tokio::test]
 async fn kube_runtime_watcher_sees_create_modify_delete() {
     let server = FakeApiServer::start().await.unwrap();
@@ -392,19 +405,7 @@ async fn kube_runtime_watcher_sees_create_modify_delete() {
         .unwrap();
     let all: Api<ConfigMap> = Api::all(server.client());
     let mut stream = watcher(all, watcher::Config::default()).boxed();
-    // Initial list.
-    assert!(matches!(
-        next_event(&mut stream).await,
-        watcher::Event::Init
-    ));
-    match next_event(&mut stream).await {
-        watcher::Event::InitApply(c) => assert_eq!(c.name_any(), "pre"),
-        other => panic!("{other:?}"),
-    }
-    assert!(matches!(
-        next_event(&mut stream).await,
-        watcher::Event::InitDone
-    ));
+    expect_initial_list(&mut stream, "pre").await;
     api.create(&PostParams::default(), &cm("a", &[]))
         .await
         .unwrap();
@@ -481,18 +482,7 @@ async fn metadata_only_list_watch_and_get_carry_no_content() {
     assert!(is_partial(&listed.items[0]), "{listed:?}");
 
     let mut stream = watcher(meta, watcher::Config::default()).boxed();
-    assert!(matches!(
-        next_event(&mut stream).await,
-        watcher::Event::Init
-    ));
-    match next_event(&mut stream).await {
-        watcher::Event::InitApply(p) => assert_eq!(p.name_any(), "pre"),
-        other => panic!("{other:?}"),
-    }
-    assert!(matches!(
-        next_event(&mut stream).await,
-        watcher::Event::InitDone
-    ));
+    expect_initial_list(&mut stream, "pre").await;
     let written = secrets
         .replace("pre", &PostParams::default(), &{
             let mut s = secret("pre", "two");

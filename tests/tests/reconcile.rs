@@ -768,10 +768,19 @@ async fn controller_restart(mode: Mode) {
 
 /// The operator's controllers against the harness's API server.
 fn spawn_operator(h: &Harness, mode: Mode, state: State) -> tokio::task::JoinHandle<()> {
+    spawn_operator_with(h, settings_for(mode), state)
+}
+
+/// [`spawn_operator`] with `settings` of the test's own.
+fn spawn_operator_with(
+    h: &Harness,
+    settings: Settings,
+    state: State,
+) -> tokio::task::JoinHandle<()> {
     let client = h.server.operator_client().unwrap();
     tokio::spawn(macp_auth_operator::run_with_state(
         client,
-        settings_for(mode),
+        settings,
         h.prober.clone(),
         state,
         std::future::pending(),
@@ -816,13 +825,7 @@ async fn timer_rounds_run_when_asked_not_a_debounce_later() {
         ..settings_for(Mode::Namespaced)
     };
     let state = State::default();
-    let task = tokio::spawn(macp_auth_operator::run_with_state(
-        h.server.operator_client().unwrap(),
-        settings,
-        h.prober.clone(),
-        state.clone(),
-        std::future::pending(),
-    ));
+    let task = spawn_operator_with(&h, settings, state.clone());
     h.create("t", es256()).await;
     // The creation rounds (the create, then the echoes of the operator's own
     // writes) come first; then only the not-Ready timer brings rounds.

@@ -862,25 +862,18 @@ fn list(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let sel = Selectors::from_query(query)?;
-    if metadata_view(headers) {
-        let (items, rv) = shared.read(|s| {
-            let items: Vec<Arc<Value>> = list_viewed(s, rt, ns)
-                .into_iter()
-                .filter(|o| sel.matches(o))
-                .collect();
-            (items, s.current_rv())
-        });
-        let body = metadata::partial_list(items.iter().map(Arc::as_ref), &rv.to_string());
-        return Ok(json_response(StatusCode::OK, &body));
-    }
-    let (items, rv) = shared.read(|s| {
-        let items: Vec<Value> = list_viewed(s, rt, ns)
+    let (shared_items, rv) = shared.read(|s| {
+        let items: Vec<Arc<Value>> = list_viewed(s, rt, ns)
             .into_iter()
             .filter(|o| sel.matches(o))
-            .map(|o| (*o).clone())
             .collect();
         (items, s.current_rv())
     });
+    if metadata_view(headers) {
+        let body = metadata::partial_list(shared_items.iter().map(Arc::as_ref), &rv.to_string());
+        return Ok(json_response(StatusCode::OK, &body));
+    }
+    let items: Vec<Value> = shared_items.iter().map(|o| (**o).clone()).collect();
     if let Some((cols, include)) = table_view(shared, rt, headers, query) {
         let t = table::table(&cols, &items, include, &rv.to_string(), true);
         return Ok(json_response(StatusCode::OK, &t));

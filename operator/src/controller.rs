@@ -16,7 +16,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Config as ControllerConfig;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{
     Controller, Predicate, PredicateConfig, WatchStreamExt, predicates, reflector, watcher,
@@ -30,6 +30,7 @@ use tracing::{info, warn};
 use crate::caches::OwnedCaches;
 use crate::config::Settings;
 use crate::crd::MacpAuth;
+use crate::events::EventRecorders;
 use crate::metrics::Metrics;
 use crate::probe::PodProber;
 use crate::reconcile::{self, Context};
@@ -164,7 +165,7 @@ pub async fn run_with_state(
         controller: MANAGER.to_string(),
         instance: settings.pod_name.clone(),
     };
-    let recorder = Recorder::new(client.clone(), reporter);
+    let recorder = EventRecorders::new(&client, &reporter);
     let scopes: Vec<Option<String>> = match settings.namespaces() {
         None => vec![None],
         Some(list) => list.into_iter().map(Some).collect(),

@@ -170,12 +170,20 @@ fn slot_text<'a>(
         .transpose()
 }
 
+/// The private key in `slot`: taken from `known` when one of its keys has
+/// exactly this text (parsing is deterministic), else parsed and validated.
 fn parse_private(
     data: &BTreeMap<String, ByteString>,
     slot: &'static str,
+    known: Option<&Keyset>,
 ) -> Result<Option<PrivateKey>, KeysetError> {
     slot_text(data, slot)?
-        .map(|t| PrivateKey::parse(t).map_err(|source| KeysetError::InvalidKey { slot, source }))
+        .map(|t| {
+            if let Some(key) = known.and_then(|k| k.private_keys().find(|key| key.text == t)) {
+                return Ok(key.clone());
+            }
+            PrivateKey::parse(t).map_err(|source| KeysetError::InvalidKey { slot, source })
+        })
         .transpose()
 }
 
@@ -193,7 +201,18 @@ impl Keyset {
     /// Parses the Secret's `data`. A missing or invalid active key is an error,
     /// never a reason to generate a new one.
     pub fn from_secret_data(data: &BTreeMap<String, ByteString>) -> Result<Self, KeysetError> {
-        let active = parse_private(data, ACTIVE)?.ok_or(KeysetError::MissingActive)?;
+        Self::from_secret_data_reusing(data, None)
+    }
+
+    /// [`Self::from_secret_data`], taking each private key whose text is
+    /// that of a key in `known` (an earlier version of the same Secret) from
+    /// there: validating a key is an EC point multiplication or an RSA key
+    /// check, and a rotation writes the same keys in a new layout five times.
+    pub fn from_secret_data_reusing(
+        data: &BTreeMap<String, ByteString>,
+        known: Option<&Keyset>,
+    ) -> Result<Self, KeysetError> {
+        let active = parse_private(data, ACTIVE, known)?.ok_or(KeysetError::MissingActive)?;
         let published = match slot_text(data, PUBLISHED)? {
             Some(text) => {
                 keys::parse_verification_keys(text).map_err(KeysetError::InvalidPublished)?
@@ -203,24 +222,29 @@ impl Keyset {
         let keyset = Self {
             active,
             published,
-            next: parse_private(data, NEXT)?,
-            previous: parse_private(data, PREVIOUS)?,
+            next: parse_private(data, NEXT, known)?,
+            previous: parse_private(data, PREVIOUS, known)?,
         };
         keyset.check_kids()?;
         Ok(keyset)
     }
 
-    /// The same kid in two slots must be the same key, or "publish kid X" is ambiguous.
-    fn check_kids(&self) -> Result<(), KeysetError> {
-        let mut seen: BTreeMap<&str, &Value> = BTreeMap::new();
-        let privates = [
+    /// The private keys it holds: active, next, previous.
+    fn private_keys(&self) -> impl Iterator<Item = &PrivateKey> {
+        [
             Some(&self.active),
             self.next.as_ref(),
             self.previous.as_ref(),
-        ];
-        let publics = privates
-            .into_iter()
-            .flatten()
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// The same kid in two slots must be the same key, or "publish kid X" is ambiguous.
+    fn check_kids(&self) -> Result<(), KeysetError> {
+        let mut seen: BTreeMap<&str, &Value> = BTreeMap::new();
+        let publics = self
+            .private_keys()
             .map(|k| (k.kid.as_str(), &k.public))
             .chain(self.published.iter().filter_map(|p| Some((kid_of(p)?, p))));
         for (kid, public) in publics {
@@ -563,5 +587,33 @@ mod tests {
     #[test]
     fn generated_rsa_sizes_are_reported() {
         assert_eq!(rsa_key("a").rsa_bits, Some(2048));
+    }
+
+    #[test]
+    fn keys_of_a_known_version_are_reused_and_new_ones_parsed() {
+        let active = PrivateKey::generate(SigningAlg::ES256, "k-active", 2048).unwrap();
+        let next = PrivateKey::generate(SigningAlg::ES256, "k-next", 2048).unwrap();
+        let before = Keyset::initial(active.clone());
+        let after = before.with_next(next.clone());
+        let data = after.to_secret_data();
+
+        let reused = Keyset::from_secret_data_reusing(&data, Some(&before)).unwrap();
+        assert_eq!(reused, Keyset::from_secret_data(&data).unwrap());
+
+        // The known key is taken as it is, not parsed: a marked copy shows it.
+        let mut marked = before.clone();
+        marked.active.rsa_bits = Some(1);
+        let reused = Keyset::from_secret_data_reusing(&data, Some(&marked)).unwrap();
+        assert_eq!(reused.active.rsa_bits, Some(1));
+        assert_eq!(
+            reused.next.map(|k| k.rsa_bits),
+            Some(None),
+            "a new key is parsed"
+        );
+
+        // Text that matches no known key is validated as always.
+        let mut broken = data.clone();
+        broken.insert(NEXT.into(), ByteString(b"{\"kty\":\"EC\"}".to_vec()));
+        assert!(Keyset::from_secret_data_reusing(&broken, Some(&after)).is_err());
     }
 }

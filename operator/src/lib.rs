@@ -12,6 +12,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod diff;
+pub mod events;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod keyset;

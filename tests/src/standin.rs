@@ -39,6 +39,8 @@ struct Pod {
 struct Pods {
     by_deployment: HashMap<String, Vec<Pod>>,
     seen: HashMap<String, String>,
+    /// The store's resource version the last sync was current to (0: none yet).
+    synced_to: u64,
     next_ip: u32,
     serial: u64,
 }
@@ -66,6 +68,7 @@ async fn run(api: ApiHandle) {
     let mut pods = Pods {
         by_deployment: HashMap::new(),
         seen: HashMap::new(),
+        synced_to: 0,
         // 127.20.0.1 onwards: clear of the simulated cluster's 127.0.0.x pods.
         next_ip: u32::from(Ipv4Addr::new(127, 20, 0, 1)),
         serial: 0,
@@ -91,9 +94,19 @@ fn key(d: &Value) -> String {
     )
 }
 
-/// Brings every changed Deployment's pods in line with its template.
+/// Brings every changed Deployment's pods in line with its template: those
+/// changed since the last sync, or all of them when the store's history no
+/// longer reaches back that far.
 async fn sync(api: &ApiHandle, pods: &mut Pods) {
-    for d in api.list_shared("apps", "deployments", None) {
+    let (changed, now) = match api.changed_since("apps", "deployments", pods.synced_to) {
+        Some(changed) if pods.synced_to > 0 => changed,
+        _ => {
+            let now = api.resource_version();
+            (api.list_shared("apps", "deployments", None), now)
+        }
+    };
+    pods.synced_to = now;
+    for d in changed {
         let k = key(&d);
         let rv = d
             .pointer("/metadata/resourceVersion")

@@ -866,3 +866,67 @@ async fn rbac_answers_forbidden_with_the_real_status() {
         .await
         .unwrap();
 }
+
+/// The pod stand-in follows Deployments through `changed_since`: the objects
+/// added or modified after a resource version, each once at its latest
+/// version, none deleted since, and `None` once the history is compacted
+/// (the caller lists instead).
+#[tokio::test]
+async fn changed_since_names_what_changed_after_a_version_and_nothing_older() {
+    let server = FakeApiServer::start().await.unwrap();
+    let cm = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": name, "namespace": "default"}, "data": {"v": "0"}})
+    };
+    for name in ["old", "edited", "removed"] {
+        server.create("", "configmaps", cm(name)).unwrap();
+    }
+    server
+        .create(
+            "",
+            "secrets",
+            json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "other-kind", "namespace": "default"}}),
+        )
+        .unwrap();
+    let since = server.resource_version();
+
+    for v in ["1", "2"] {
+        server
+            .modify("", "configmaps", Some("default"), "edited", |c| {
+                c["data"]["v"] = json!(v);
+            })
+            .unwrap();
+    }
+    server.create("", "configmaps", cm("new")).unwrap();
+    server
+        .delete("", "configmaps", Some("default"), "removed")
+        .unwrap();
+    server
+        .modify("", "secrets", Some("default"), "other-kind", |s| {
+            s["data"] = json!({"k": "dg=="});
+        })
+        .unwrap();
+
+    let (changed, now) = server.changed_since("", "configmaps", since).unwrap();
+    let mut seen: Vec<(String, String)> = changed
+        .iter()
+        .map(|c| {
+            (
+                c["metadata"]["name"].as_str().unwrap().to_string(),
+                c["data"]["v"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![("edited".into(), "2".into()), ("new".into(), "0".into())]
+    );
+    assert_eq!(now, server.resource_version());
+    let (nothing, _) = server.changed_since("", "configmaps", now).unwrap();
+    assert!(nothing.is_empty());
+
+    server.compact_history();
+    assert!(server.changed_since("", "configmaps", since).is_none());
+}

@@ -26,10 +26,10 @@ use crate::metrics::Metrics;
 use crate::resources::{self, MANAGER};
 use crate::ttl_clamp::{self, TtlLimits};
 
-use super::Error;
 use super::error::KubeContext;
 use super::load::Keys;
 use super::round::Round;
+use super::{Context, Error};
 
 /// What step 3 left live.
 pub(super) struct Applied {
@@ -43,39 +43,51 @@ impl Round<'_> {
     /// persisted emergency TTL clamp ([`ttl_clamp`]: it is decided from the
     /// status; a clamp the rotation machine moves this round is applied in
     /// step 6).
-    pub(super) async fn apply_owned(&self, keys: &mut Keys) -> Result<Applied, Error> {
+    /// `known` is the Deployment as the previous pass of the turn left it;
+    /// without it the Deployment is read.
+    pub(super) async fn apply_owned(
+        &self,
+        keys: &mut Keys,
+        known: Option<Deployment>,
+    ) -> Result<Applied, Error> {
         // Metadata (owner reference, labels) and a published.jwks.json for adopted Secrets.
         keys.secret = self.write_secret(&keys.keyset, Some(&keys.secret)).await?;
         let clamp = ttl_clamp::clamp_at(self.spec(), &self.status, self.now);
         let ttl = self.ttl(clamp.as_ref());
-        let deployment = self.apply_children(&keys.keyset, ttl).await?;
+        let deployment = self.apply_children(&keys.keyset, ttl, known).await?;
         Ok(Applied { deployment, ttl })
     }
 
     /// Applies the Deployment for `keys` and `ttl`, the Service, the
     /// ConfigMap, and the autoscaler and budget the spec asks for (removing
-    /// ours it no longer does); returns the live Deployment.
+    /// ours it no longer does); returns the live Deployment. `known` is the
+    /// Deployment as this round last read or wrote it, if it did.
     pub(super) async fn apply_children(
         &self,
         keys: &Keyset,
         ttl: TtlLimits,
+        known: Option<Deployment>,
     ) -> Result<Deployment, Error> {
-        let deployment = self.apply_deployment(keys, ttl).await?;
-        let m = &self.ctx.metrics;
+        let deployment = self.apply_deployment(keys, ttl, known).await?;
         let (ns, name) = (&self.owner.namespace, &self.owner.name);
         let caches = &self.ctx.caches;
         let desired = resources::service(&self.owner, self.spec());
         let cached = caches.service(ns, name);
-        apply_unless_cached(&self.apis.services, name, cached, &desired, m).await?;
+        apply_unless_cached(&self.apis.services, name, cached, &desired, self.ctx).await?;
         let cm_name = self.owner.config_map_name();
         let desired = resources::verifier_config_map(&self.owner, self.spec());
         let cached = caches.config_map(ns, &cm_name);
-        apply_unless_cached(&self.apis.config_maps, &cm_name, cached, &desired, m).await?;
+        apply_unless_cached(&self.apis.config_maps, &cm_name, cached, &desired, self.ctx).await?;
         self.apply_scaling_objects().await?;
         Ok(deployment)
     }
 
-    async fn apply_deployment(&self, keys: &Keyset, ttl: TtlLimits) -> Result<Deployment, Error> {
+    async fn apply_deployment(
+        &self,
+        keys: &Keyset,
+        ttl: TtlLimits,
+        known: Option<Deployment>,
+    ) -> Result<Deployment, Error> {
         let spec = self.spec();
         let image = spec
             .image
@@ -84,7 +96,10 @@ impl Round<'_> {
         let m = &self.ctx.metrics;
         let name = &self.owner.name;
         let api = &self.apis.deployments;
-        let live = api.get_opt(name).await.ctx("get", "Deployment", name)?;
+        let live = match known {
+            Some(deployment) => Some(deployment),
+            None => api.get_opt(name).await.ctx("get", "Deployment", name)?,
+        };
         let handed_over =
             spec.autoscaling.is_some() && hand_over_replicas(api, live.as_ref(), m).await?;
         let live = if handed_over {
@@ -100,20 +115,21 @@ impl Round<'_> {
             keys.active.alg,
             ttl,
         );
-        apply(api, live.as_ref(), &desired, m).await
+        apply(api, live.as_ref(), &desired, self.ctx).await
     }
 
     /// The autoscaler and the disruption budget: applied when the spec asks
     /// for them, else ours removed.
     async fn apply_scaling_objects(&self) -> Result<(), Error> {
         let spec = self.spec();
-        let m = &self.ctx.metrics;
         let name = &self.owner.name;
         let uid = &self.owner.owner_ref.uid;
         // `Ready=True` of this generation is only set by a round that applied
         // these objects (a round that stopped early, on an invalid spec or an
-        // unusable Secret, never sets it), so it proves a removal was done.
-        let applied_this_generation = self
+        // unusable Secret, never sets it), so it proves a removal was done;
+        // so does this process's own record, which outlives a rotation's
+        // `Ready=False`.
+        let ready_this_generation = self
             .mauth
             .status
             .as_ref()
@@ -121,14 +137,15 @@ impl Round<'_> {
             .is_some_and(|c| {
                 c.status == conditions::TRUE && c.observed_generation == self.generation
             });
-        let spec_changed = !applied_this_generation;
+        let applied = &self.ctx.scaling_applied;
+        let spec_changed = !ready_this_generation && !applied.is_applied(uid, self.generation);
         apply_or_remove(
             &self.apis.autoscalers,
             name,
             resources::horizontal_pod_autoscaler(&self.owner, spec).as_ref(),
             uid,
             spec_changed,
-            m,
+            self.ctx,
         )
         .await?;
         apply_or_remove(
@@ -137,9 +154,11 @@ impl Round<'_> {
             resources::pod_disruption_budget(&self.owner, spec).as_ref(),
             uid,
             spec_changed,
-            m,
+            self.ctx,
         )
-        .await
+        .await?;
+        applied.record(uid, self.generation);
+        Ok(())
     }
 }
 
@@ -152,7 +171,7 @@ async fn apply_unless_cached<K>(
     name: &str,
     cached: Option<Arc<K>>,
     desired: &K,
-    metrics: &Metrics,
+    ctx: &Context,
 ) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + k8s_openapi::Resource + Clone + Serialize + DeserializeOwned,
@@ -164,7 +183,7 @@ where
         return Ok(());
     }
     let live = api.get_opt(name).await.ctx("get", K::KIND, name)?;
-    apply(api, live.as_ref(), desired, metrics).await?;
+    apply(api, live.as_ref(), desired, ctx).await?;
     Ok(())
 }
 
@@ -182,23 +201,26 @@ fn is_current<K: Serialize>(desired: &serde_json::Value, live: &K) -> Result<boo
     ))
 }
 
-/// Applies `desired` with server-side apply unless `live` already matches it.
-async fn apply<K>(
-    api: &Api<K>,
-    live: Option<&K>,
-    desired: &K,
-    metrics: &Metrics,
-) -> Result<K, Error>
+/// Applies `desired` with server-side apply unless `live` already matches it
+/// (known from an earlier round for the same version, [`super::verified`],
+/// or compared now).
+async fn apply<K>(api: &Api<K>, live: Option<&K>, desired: &K, ctx: &Context) -> Result<K, Error>
 where
     K: Resource<DynamicType = ()> + k8s_openapi::Resource + Clone + Serialize + DeserializeOwned,
     K: std::fmt::Debug,
 {
     let desired = desired_value(desired)?;
-    if let Some(live) = live
-        && is_current(&desired, live)?
-    {
-        return Ok(live.clone());
+    if let Some(live) = live {
+        let verified = &ctx.verified;
+        if verified.known(K::KIND, live.meta(), &desired) {
+            return Ok(live.clone());
+        }
+        if is_current(&desired, live)? {
+            verified.remember(K::KIND, live.meta(), &desired);
+            return Ok(live.clone());
+        }
     }
+    let metrics = &ctx.metrics;
     let name = desired
         .pointer("/metadata/name")
         .and_then(|v| v.as_str())
@@ -229,7 +251,7 @@ async fn apply_or_remove<K>(
     desired: Option<&K>,
     owner_uid: &str,
     spec_changed: bool,
-    metrics: &Metrics,
+    ctx: &Context,
 ) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + k8s_openapi::Resource + Clone + Serialize + DeserializeOwned,
@@ -241,7 +263,7 @@ where
     let live = api.get_opt(name).await.ctx("get", K::KIND, name)?;
     match (desired, live) {
         (Some(desired), live) => {
-            apply(api, live.as_ref(), desired, metrics).await?;
+            apply(api, live.as_ref(), desired, ctx).await?;
         }
         (None, Some(live))
             if live
@@ -250,7 +272,7 @@ where
                 .any(|o| o.uid == owner_uid && o.controller == Some(true)) =>
         {
             debug!(kind = K::KIND, %name, "deleting, no longer wanted by the spec");
-            metrics.wrote(&K::plural(&()));
+            ctx.metrics.wrote(&K::plural(&()));
             // Only the object we looked at: a replacement made meanwhile stays.
             let dp = DeleteParams {
                 preconditions: Some(Preconditions {

@@ -23,7 +23,7 @@ impl Round<'_> {
     pub(super) fn assess(
         &mut self,
         decision: Decision,
-        executed: Executed,
+        executed: &Executed,
         seen: &Seen,
     ) -> Option<Duration> {
         self.status = decision.status;

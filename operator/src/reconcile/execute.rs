@@ -2,6 +2,8 @@
 //! key, or a new layout of the keys it holds), confirmed by reading it back;
 //! then apply the Deployment again when the keyset or the TTL clamp changed.
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use tracing::info;
 
 use crate::keyset::Keyset;
@@ -17,6 +19,10 @@ use super::round::Round;
 pub(super) struct Executed {
     /// The keyset now in the Secret.
     pub(super) keyset: Keyset,
+    /// The Secret as last read back.
+    pub(super) secret: Secret,
+    /// The Deployment as last applied.
+    pub(super) deployment: Deployment,
     /// It differs from the one the round loaded: the pods roll onto it.
     pub(super) keyset_changed: bool,
     /// The decision moved the token TTLs (the emergency clamp): the pods roll onto them.
@@ -30,7 +36,7 @@ impl Round<'_> {
         &self,
         decision: &Decision,
         mut keys: Keys,
-        applied: &Applied,
+        applied: Applied,
     ) -> Result<Executed, Error> {
         let before = keys.keyset.hash();
         // At most one Secret write, confirmed, then the Deployment follows.
@@ -44,11 +50,18 @@ impl Round<'_> {
         let clamp = ttl_clamp::clamp_at(self.spec(), &decision.status, self.now);
         let ttl = self.ttl(clamp.as_ref());
         let ttl_changed = ttl != applied.ttl;
-        if keyset_changed || ttl_changed {
-            self.apply_children(&keys.keyset, ttl).await?;
-        }
+        // Step 3's Deployment is the live one: this round wrote only the
+        // Secret since, and the apply below is server-side apply either way.
+        let deployment = if keyset_changed || ttl_changed {
+            self.apply_children(&keys.keyset, ttl, Some(applied.deployment))
+                .await?
+        } else {
+            applied.deployment
+        };
         Ok(Executed {
             keyset: keys.keyset,
+            secret: keys.secret,
+            deployment,
             keyset_changed,
             ttl_changed,
             clamp,

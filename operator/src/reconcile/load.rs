@@ -26,16 +26,22 @@ pub(super) struct Keys {
 
 impl Round<'_> {
     /// The keys to run the round with, or `Break` when the Secret is unusable.
+    /// `known` is the Secret as the previous pass of the turn left it; without
+    /// it the Secret is read.
     pub(super) async fn load_keyset(
         &mut self,
+        known: Option<Secret>,
     ) -> Result<ControlFlow<Option<Duration>, Keys>, Error> {
         let secret_name = self.owner.secret_name();
         let live =
-            self.apis
-                .secrets
-                .get_opt(&secret_name)
-                .await
-                .ctx("get", "Secret", &secret_name)?;
+            match known {
+                Some(secret) => Some(secret),
+                None => self.apis.secrets.get_opt(&secret_name).await.ctx(
+                    "get",
+                    "Secret",
+                    &secret_name,
+                )?,
+            };
         let Some(secret) = live else {
             return Ok(ControlFlow::Continue(self.create_first_key().await?));
         };

@@ -30,7 +30,9 @@
 //!    then emit events.
 //!
 //! A step that fails fails the round, which then writes no status: the next
-//! round sees the same status and redoes the step. A round that stops early
+//! round sees the same status and redoes the step. A round that asks to go
+//! on at once is followed, in the same turn, by a pass that starts from the
+//! objects this one ended with instead of reading them again ([`Carried`]). A round that stops early
 //! because something is Degraded (steps 1 and 2) reports it.
 //!
 //! How the Secret is written (never applied) is in `secret`; the emergency TTL
@@ -50,14 +52,16 @@ mod parsed;
 mod report;
 mod round;
 mod secret;
+mod verified;
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, warn};
@@ -65,6 +69,7 @@ use tracing::{debug, warn};
 use crate::caches::OwnedCaches;
 use crate::config::Settings;
 use crate::crd::MacpAuth;
+use crate::events::EventRecorders;
 use crate::metrics::Metrics;
 use crate::probe::PodProber;
 use crate::resources;
@@ -99,7 +104,7 @@ pub struct Context {
     pub client: Client,
     pub settings: Settings,
     pub prober: Arc<dyn PodProber>,
-    pub recorder: Recorder,
+    pub recorder: EventRecorders,
     pub metrics: Metrics,
     /// The watch caches of the owned Services and ConfigMaps (the
     /// controllers' own; empty, every read goes to the API server).
@@ -108,6 +113,10 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<MacpAuth>, u32>>,
     /// The keyset last parsed from each Secret ([`parsed`]).
     keysets: parsed::ParsedKeysets,
+    /// The versions of the applied objects found to match ([`verified`]).
+    verified: verified::VerifiedApplies,
+    /// The generations whose autoscaler and budget were applied ([`verified`]).
+    scaling_applied: verified::AppliedGenerations,
     /// Key generations allowed at once (`--max-concurrent-keygens`): they
     /// run on blocking threads, and a storm of RSA-4096 keys must neither
     /// take every core nor hold the async workers other objects need.
@@ -126,7 +135,7 @@ impl Context {
         client: Client,
         settings: Settings,
         prober: Arc<dyn PodProber>,
-        recorder: Recorder,
+        recorder: EventRecorders,
         metrics: Metrics,
     ) -> Self {
         Self {
@@ -144,6 +153,8 @@ impl Context {
             caches: OwnedCaches::default(),
             failures: Mutex::default(),
             keysets: parsed::ParsedKeysets::default(),
+            verified: verified::VerifiedApplies::default(),
+            scaling_applied: verified::AppliedGenerations::default(),
         }
     }
 
@@ -171,29 +182,34 @@ pub async fn reconcile(mauth: Arc<MacpAuth>, ctx: Arc<Context>) -> Result<Requeu
         return Ok(Requeue::requeue(CONFLICT_REQUEUE));
     };
     let mut passes = 1;
+    let mut carried = None;
     loop {
         // Inside kube's span, which names why the round runs (the watch event
         // or requeue that triggered it): `RUST_LOG=macp_auth_operator::rounds=debug`.
-        debug!(target: "macp_auth_operator::rounds", pass = passes, "round");
+        debug!(target: "macp_auth_operator::rounds", pass = passes, carried = carried.is_some(), "round");
         // Timed from the turn: the metric is the round's own cost, not its wait.
         let started = Instant::now();
         // Boxed so that a round waiting for its turn holds a few bytes, not the
         // whole round's state (tens of KiB each, a storm queues a thousand).
-        let result = Box::pin(reconcile_one(&mauth, &ctx)).await;
+        let result = Box::pin(reconcile_one(&mauth, &ctx, carried.take())).await;
         ctx.metrics.reconciled(started.elapsed());
         match result {
             // A step that asks to go on at once (a rotation started, its key
             // written, a rotation finished) goes on in this turn: sent to the
             // back of the queue instead, a rotation in a storm would wait for
-            // a thousand rounds at each such step. The next pass reads
-            // everything again, exactly as a new round would.
-            Ok(Some(after)) if after.is_zero() && passes < MAX_PASSES_PER_TURN => {
+            // a thousand rounds at each such step. The next pass starts from
+            // what this one left ([`Carried`]).
+            Ok(pass)
+                if pass.requeue.is_some_and(|after| after.is_zero())
+                    && passes < MAX_PASSES_PER_TURN =>
+            {
+                carried = pass.carried;
                 passes += 1;
             }
-            Ok(requeue) => {
+            Ok(pass) => {
                 ctx.failures().remove(&ObjectRef::from_obj(mauth.as_ref()));
                 let debounce = ctx.settings.reconcile_debounce;
-                return Ok(requeue.map_or_else(Requeue::await_change, |after| {
+                return Ok(pass.requeue.map_or_else(Requeue::await_change, |after| {
                     Requeue::requeue(timer_request(after, debounce))
                 }));
             }
@@ -236,35 +252,100 @@ pub fn error_policy(mauth: Arc<MacpAuth>, error: &Error, ctx: Arc<Context>) -> R
     Requeue::requeue(delay)
 }
 
+/// What one round ends with: when to run again, and what the next pass of
+/// the same turn may start from.
+struct Pass {
+    requeue: Option<Duration>,
+    carried: Option<Carried>,
+}
+
+impl Pass {
+    /// A round that stopped before its last step: the next pass, if any,
+    /// reads everything.
+    fn stopped(requeue: Option<Duration>) -> Self {
+        Self {
+            requeue,
+            carried: None,
+        }
+    }
+}
+
+/// The objects a round ended with, each as the API server answered this
+/// round's own last read or write of it: the `MacpAuth` (after the status
+/// patch), the Secret (as read back) and the Deployment (as applied). A pass
+/// that goes on in the same turn, milliseconds later, starts from these
+/// instead of reading them again, which in a rotation's start turn (three
+/// passes) saved two reads of each. Nothing stale enters a decision this way
+/// that a fresh read could have caught: every write taken from the MacpAuth
+/// and the Secret is conditional on their resourceVersion (the status patch
+/// and the Secret's replace get a 409 if anyone wrote since, and the round
+/// runs again from fresh reads), and the Deployment is written by
+/// server-side apply, which sets the operator's own fields whatever the
+/// version. The pods and their probes are carried only into a pass
+/// whose decision reads no pod (they then only feed `Ready`); a rollout
+/// phase's verification always lists and probes them. The passes that go on
+/// in a turn are the Idle and KeyGenerated ones, whose decisions read no
+/// rollout.
+struct Carried {
+    mauth: MacpAuth,
+    secret: Secret,
+    deployment: Deployment,
+    /// The pods and their probes, only for a pass whose decision reads no
+    /// pod ([`observe::SeenPods::carry`]).
+    pods: Option<observe::SeenPods>,
+}
+
 /// One round, step by step as the module documentation lists them. The
 /// requeue is `None` to wait for a change.
-async fn reconcile_one(cached: &MacpAuth, ctx: &Context) -> Result<Option<Duration>, Error> {
-    // 0. Read the MacpAuth itself.
-    let Some(mauth) = read_current(cached, ctx).await? else {
-        return Ok(None);
+async fn reconcile_one(
+    cached: &MacpAuth,
+    ctx: &Context,
+    carried: Option<Carried>,
+) -> Result<Pass, Error> {
+    // 0. Read the MacpAuth itself (unless the previous pass left it).
+    let (mauth, secret, deployment, pods) = match carried {
+        Some(c) => (c.mauth, Some(c.secret), Some(c.deployment), c.pods),
+        None => match read_current(cached, ctx).await? {
+            Some(mauth) => (mauth, None, None, None),
+            None => return Ok(Pass::stopped(None)),
+        },
     };
     let mut round = Round::new(&mauth, ctx)?;
     // 1. Validate the name and the spec.
     if let ControlFlow::Break(requeue) = round.validate() {
-        return round.report(requeue).await;
+        return Ok(Pass::stopped(round.report(requeue).await?));
     }
     // 2. Load the keyset.
-    let mut keys = match round.load_keyset().await? {
+    let mut keys = match round.load_keyset(secret).await? {
         ControlFlow::Continue(keys) => keys,
-        ControlFlow::Break(requeue) => return round.report(requeue).await,
+        ControlFlow::Break(requeue) => return Ok(Pass::stopped(round.report(requeue).await?)),
     };
     // 3. Apply the owned objects.
-    let applied = round.apply_owned(&mut keys).await?;
+    let applied = round.apply_owned(&mut keys, deployment).await?;
     // 4. Observe.
-    let seen = round.observe(&keys.keyset, &applied.deployment).await?;
+    let seen = round
+        .observe(&keys.keyset, &applied.deployment, pods)
+        .await?;
     // 5. Decide.
     let decision = round.decide(&seen);
     // 6. Execute.
-    let executed = round.execute(&decision, keys, &applied).await?;
+    let executed = round.execute(&decision, keys, applied).await?;
     // 7. Assess.
-    let requeue = round.assess(decision, executed, &seen);
+    let requeue = round.assess(decision, &executed, &seen);
     // 8. Report.
-    round.report(requeue).await
+    let requeue = round.report(requeue).await?;
+    let pods = observe::SeenPods::carry(seen, &round.status);
+    let written = round.written.take();
+    drop(round);
+    Ok(Pass {
+        requeue,
+        carried: Some(Carried {
+            mauth: written.unwrap_or(mauth),
+            secret: executed.secret,
+            deployment: executed.deployment,
+            pods,
+        }),
+    })
 }
 
 /// Step 0: the `MacpAuth` as the API server has it now; `None` when it is
@@ -278,6 +359,10 @@ async fn read_current(cached: &MacpAuth, ctx: &Context) -> Result<Option<MacpAut
     let Some(mauth) = mauths.get_opt(&name).await.ctx("get", "MacpAuth", &name)? else {
         ctx.keysets
             .forget(&namespace, &resources::secret_name(&name));
+        if let Some(uid) = cached.uid() {
+            ctx.verified.forget_owner(&uid);
+            ctx.scaling_applied.forget_owner(&uid);
+        }
         return Ok(None);
     };
     if mauth.resource_version() != cached.resource_version() {
@@ -288,6 +373,10 @@ async fn read_current(cached: &MacpAuth, ctx: &Context) -> Result<Option<MacpAut
         ctx.metrics.forget(&namespace, &name);
         ctx.keysets
             .forget(&namespace, &resources::secret_name(&name));
+        if let Some(uid) = mauth.uid() {
+            ctx.verified.forget_owner(&uid);
+            ctx.scaling_applied.forget_owner(&uid);
+        }
         // Owner references let the garbage collector remove what we created.
         return Ok(None);
     }

@@ -2,6 +2,7 @@
 //! template, as the rotation machine needs them ([`rotation::probe_plan`]).
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 
 use crate::keyset::Keyset;
@@ -20,23 +21,42 @@ pub(super) struct Seen {
     pub(super) rollout: RolloutState,
     /// The same, as the rotation machine reads it, with the probed pods.
     pub(super) observed: Observed,
+    /// The pods as listed.
+    pub(super) pods: Vec<Pod>,
+}
+
+/// The pods and their probes as a previous pass of the same turn saw them.
+pub(super) struct SeenPods {
+    pub(super) pods: Vec<Pod>,
+    pub(super) views: Vec<PodView>,
+}
+
+impl SeenPods {
+    /// What `seen` leaves for the next pass, when that pass's decision reads
+    /// no pod (its persisted `status` asks for no probe): the pods then only
+    /// feed `Ready`. A rollout phase's verification always lists and probes.
+    pub(super) fn carry(seen: Seen, status: &crate::crd::MacpAuthStatus) -> Option<Self> {
+        (rotation::probe_plan(status) == rotation::ProbePlan::default()).then_some(Self {
+            pods: seen.pods,
+            views: seen.observed.pods,
+        })
+    }
 }
 
 impl Round<'_> {
+    /// `known` are the pods a previous pass of the turn listed and probed
+    /// ([`SeenPods::carry`]); without it the pods are listed and probed.
     pub(super) async fn observe(
         &self,
         keyset: &Keyset,
         deployment: &Deployment,
+        known: Option<SeenPods>,
     ) -> Result<Seen, Error> {
         let hash = keyset.hash();
-        let selector = resources::pod_selector(&self.owner.name);
-        let pods = self
-            .apis
-            .pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .ctx("list", "Pod", &selector)?
-            .items;
+        let (pods, known_views) = match known {
+            Some(known) => (known.pods, known.views),
+            None => (self.list_pods().await?, Vec::new()),
+        };
         let rollout = observe::rollout_state(Some(deployment), &pods, &hash);
         let targets = observe::current_pods(&pods, &hash);
         let plan = rotation::probe_plan(&self.status);
@@ -44,7 +64,15 @@ impl Round<'_> {
         let port = u16::try_from(spec.port).unwrap_or_default();
         let mint_port = u16::try_from(spec.effective_mint_port()).unwrap_or_default();
         let prober = self.ctx.prober.as_ref();
-        let views = probe(prober, &targets, port, mint_port, plan.signing).await;
+        let views = probe(
+            prober,
+            &targets,
+            &known_views,
+            port,
+            mint_port,
+            plan.signing,
+        )
+        .await;
         let observed = Observed {
             keyset: Some(keyset.view()),
             rollout: if rollout == RolloutState::Complete {
@@ -54,21 +82,44 @@ impl Round<'_> {
             },
             pods: views,
         };
-        Ok(Seen { rollout, observed })
+        Ok(Seen {
+            rollout,
+            observed,
+            pods,
+        })
+    }
+
+    async fn list_pods(&self) -> Result<Vec<Pod>, Error> {
+        let selector = resources::pod_selector(&self.owner.name);
+        Ok(self
+            .apis
+            .pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .ctx("list", "Pod", &selector)?
+            .items)
     }
 }
 
-/// Probes each target at once: its JWKS, and with `signing` a probe mint. A
-/// probe that fails is reported in its pod's view, not as an error: the
-/// rotation machine judges it inconclusive.
+/// Probes each target at once: its JWKS, and with `signing` a probe mint,
+/// unless `known` holds a view of the same pod with what is asked. A probe
+/// that fails is reported in its pod's view, not as an error: the rotation
+/// machine judges it inconclusive.
 async fn probe(
     prober: &dyn PodProber,
     targets: &[PodTarget],
+    known: &[PodView],
     port: u16,
     mint_port: u16,
     signing: bool,
 ) -> Vec<PodView> {
     let probes = targets.iter().map(|t| async move {
+        if let Some(view) = known
+            .iter()
+            .find(|v| v.name == t.name && (!signing || v.signing_kid.is_some()))
+        {
+            return view.clone();
+        }
         let served_kids = prober
             .served_kids(&t.ip, port)
             .await
@@ -110,7 +161,7 @@ mod tests {
         prober.serve("10.0.0.1", &["k1", "k0"]);
         let targets = [target("p0", "10.0.0.1"), target("p1", "10.0.0.2")];
 
-        let views = probe(&prober, &targets, 3200, 3201, false).await;
+        let views = probe(&prober, &targets, &[], 3200, 3201, false).await;
         assert_eq!(
             views,
             vec![
@@ -131,9 +182,88 @@ mod tests {
             "no mint unless asked"
         );
 
-        let views = probe(&prober, &targets, 3200, 3201, true).await;
+        let views = probe(&prober, &targets, &[], 3200, 3201, true).await;
         assert_eq!(views[0].signing_kid, Some(Ok("k1".into())));
         assert!(matches!(views[1].signing_kid, Some(Err(_))));
         assert_eq!(*prober.mint_ports.lock().unwrap(), vec![3201, 3201]);
+    }
+
+    fn view(name: &str, kids: &[&str], signing: Option<&str>) -> PodView {
+        PodView {
+            name: name.into(),
+            served_kids: Ok(kids.iter().map(|k| k.to_string()).collect()),
+            signing_kid: signing.map(|k| Ok(k.to_string())),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_known_view_is_reused_and_only_what_it_lacks_is_probed() {
+        let prober = FakeProber::default();
+        prober.serve("10.0.0.1", &["fresh"]);
+        prober.serve("10.0.0.2", &["fresh"]);
+        let targets = [target("p0", "10.0.0.1"), target("p1", "10.0.0.2")];
+        // p0 was probed by the previous pass; p1 is new; "gone" is no target.
+        let known = [view("p0", &["known"], None), view("gone", &["known"], None)];
+
+        let views = probe(&prober, &targets, &known, 3200, 3201, false).await;
+        assert_eq!(
+            views,
+            vec![view("p0", &["known"], None), view("p1", &["fresh"], None)]
+        );
+
+        // A signing probe asked for and not in the known view is made.
+        let views = probe(&prober, &targets, &known, 3200, 3201, true).await;
+        assert_eq!(
+            views,
+            vec![
+                view("p0", &["fresh"], Some("fresh")),
+                view("p1", &["fresh"], Some("fresh")),
+            ]
+        );
+    }
+
+    fn seen() -> Seen {
+        Seen {
+            rollout: RolloutState::Complete,
+            observed: Observed {
+                keyset: None,
+                rollout: Rollout::Complete,
+                pods: vec![view("p0", &["k0"], None)],
+            },
+            pods: vec![Pod::default()],
+        }
+    }
+
+    #[test]
+    fn pods_are_carried_only_into_a_pass_whose_decision_reads_no_pod() {
+        use crate::crd::{MacpAuthStatus, RotationPhase, RotationStatus};
+        let status = |phase: RotationPhase| MacpAuthStatus {
+            rotation: Some(RotationStatus {
+                phase,
+                ..RotationStatus::default()
+            }),
+            ..MacpAuthStatus::default()
+        };
+        for phase in [
+            RotationPhase::Idle,
+            RotationPhase::KeyGenerated,
+            RotationPhase::Propagating,
+            RotationPhase::Draining,
+        ] {
+            let carried = SeenPods::carry(seen(), &status(phase));
+            assert!(carried.is_some_and(|c| c.views.len() == 1), "{phase:?}");
+        }
+        for phase in [
+            RotationPhase::Publishing,
+            RotationPhase::Activating,
+            RotationPhase::Retiring,
+            RotationPhase::RollingBack,
+        ] {
+            assert!(
+                SeenPods::carry(seen(), &status(phase)).is_none(),
+                "{phase:?}"
+            );
+        }
+        assert!(SeenPods::carry(seen(), &MacpAuthStatus::default()).is_some());
     }
 }

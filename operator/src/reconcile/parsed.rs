@@ -3,7 +3,9 @@
 //! key module (an EC point multiplication or an RSA key check each), and
 //! every round reads the Secret: in a storm of rotations that parsing was
 //! the largest part of a round's own CPU. The same uid and resourceVersion
-//! are the same bytes, already validated, so the earlier result stands.
+//! are the same bytes, already validated, so the earlier result stands; a
+//! new version reuses the earlier version's keys whose text it still holds
+//! ([`Keyset::from_secret_data_reusing`]), so only a new key is validated.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -35,12 +37,14 @@ impl ParsedKeysets {
         };
         let place = (secret.namespace().unwrap_or_default(), secret.name_any());
         let version = (uid, rv);
-        if let Some((seen, keyset)) = self.lock().get(&place)
-            && *seen == version
-        {
-            return Ok(keyset.clone());
-        }
-        let keyset = Keyset::from_secret_data(data)?;
+        let known = match self.lock().get(&place) {
+            Some((seen, keyset)) if *seen == version => return Ok(keyset.clone()),
+            Some((_, keyset)) => Some(keyset.clone()),
+            None => None,
+        };
+        // A new version mostly holds the same keys in a new layout: only
+        // the new ones are parsed and validated.
+        let keyset = Keyset::from_secret_data_reusing(data, known.as_ref())?;
         self.lock().insert(place, (version, keyset.clone()));
         Ok(keyset)
     }

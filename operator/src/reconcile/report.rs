@@ -57,7 +57,10 @@ impl Round<'_> {
             .patch_status(&self.owner.name, &pp, &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(written) => {
+                self.written = Some(written);
+                Ok(true)
+            }
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 info!(name = %self.owner.name, namespace = %self.owner.namespace,
                       "the MacpAuth changed during the round; its status is decided again");

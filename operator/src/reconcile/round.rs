@@ -56,6 +56,8 @@ pub(super) struct Round<'a> {
     pub(super) status: MacpAuthStatus,
     /// Events to emit after the status write.
     pub(super) events: Vec<Event>,
+    /// The `MacpAuth` as the API server answered this round's status patch.
+    pub(super) written: Option<MacpAuth>,
 }
 
 impl<'a> Round<'a> {
@@ -74,6 +76,7 @@ impl<'a> Round<'a> {
             generation,
             status,
             events: Vec::new(),
+            written: None,
         })
     }
 }

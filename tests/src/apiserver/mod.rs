@@ -148,7 +148,7 @@ pub use store::Propagation;
 
 use instrument::Fault;
 use server::{Shared, lock};
-use store::{DeleteOpts, Store};
+use store::{DeleteOpts, EventType, Store};
 
 /// Failures starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -487,6 +487,39 @@ impl ApiHandle {
             return Vec::new();
         };
         self.shared.read(|s| s.list(&rt, ns))
+    }
+
+    /// The objects of a type added or modified after resource version `rv`
+    /// (each at its latest version), and the store's resource version they
+    /// are current to; `None` when the history no longer reaches back to
+    /// `rv` (compacted), so the caller lists instead. For harness loops that
+    /// follow changes without a watch: the pod stand-in looked at every
+    /// Deployment after each change, 7% of the harness's CPU in a storm.
+    pub fn changed_since(
+        &self,
+        group: &str,
+        resource: &str,
+        rv: u64,
+    ) -> Option<(Vec<Arc<Value>>, u64)> {
+        let rt = self.resource_type(group, resource).ok()?;
+        self.shared.read(|s| {
+            let events = s.events_after(rv).ok()?;
+            let mut latest: std::collections::BTreeMap<(&str, &str), Arc<Value>> =
+                std::collections::BTreeMap::new();
+            for e in events.filter(|e| e.group == rt.group && e.resource == rt.resource) {
+                let name = e
+                    .object
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if e.kind == EventType::Deleted {
+                    latest.remove(&(e.namespace.as_str(), name));
+                } else {
+                    latest.insert((e.namespace.as_str(), name), e.object.clone());
+                }
+            }
+            Some((latest.into_values().collect(), s.current_rv()))
+        })
     }
 
     /// Creates an object (namespace from its metadata, else `default`); keeps `.status`.

@@ -32,8 +32,9 @@
 //! A step that fails fails the round, which then writes no status: the next
 //! round sees the same status and redoes the step. A round that asks to go
 //! on at once is followed, in the same turn, by a pass that starts from the
-//! objects this one ended with instead of reading them again ([`Carried`]). A round that stops early
-//! because something is Degraded (steps 1 and 2) reports it.
+//! objects this one ended with instead of reading them again (`Carried`). A
+//! round that stops early because something is Degraded (steps 1 and 2)
+//! reports it.
 //!
 //! How the Secret is written (never applied) is in `secret`; the emergency TTL
 //! clamp ([`crate::ttl_clamp`]) is rendered from the persisted status in step 3

@@ -899,6 +899,12 @@ async fn changed_since_names_what_changed_after_a_version_and_nothing_older() {
             .unwrap();
     }
     server.create("", "configmaps", cm("new")).unwrap();
+    // Changed, then deleted: it is no change to follow.
+    server
+        .modify("", "configmaps", Some("default"), "removed", |c| {
+            c["data"]["v"] = json!("1");
+        })
+        .unwrap();
     server
         .delete("", "configmaps", Some("default"), "removed")
         .unwrap();

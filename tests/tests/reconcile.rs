@@ -193,6 +193,17 @@ impl Harness {
             .unwrap();
     }
 
+    /// An ES256 MacpAuth created, its pods rolled out serving its first key,
+    /// and reconciled to Ready; its active kid.
+    async fn create_ready(&self, name: &str) -> String {
+        self.create(name, es256()).await;
+        self.reconcile(name).await;
+        let kid = self.keyset(name).active.kid;
+        self.roll_out(name, &[&kid]);
+        self.reconcile(name).await;
+        kid
+    }
+
     fn event_reasons(&self) -> Vec<String> {
         self.server
             .list("events.k8s.io", "events", Some(NS))
@@ -513,11 +524,7 @@ async fn an_existing_secret_is_adopted_not_regenerated() {
 #[tokio::test]
 async fn spec_changes_roll_the_deployment_and_update_the_config_map() {
     let h = Harness::new().await;
-    h.create("c", es256()).await;
-    h.reconcile("c").await;
-    let kid = h.keyset("c").active.kid;
-    h.roll_out("c", &[&kid]);
-    h.reconcile("c").await;
+    let kid = h.create_ready("c").await;
     assert_eq!(condition(&h.status("c"), "Ready").0, "True");
     let before = h.deployment("c").unwrap();
 
@@ -1645,11 +1652,7 @@ async fn a_secret_written_by_someone_else_between_passes_is_not_overwritten() {
 #[tokio::test]
 async fn a_deployment_edited_after_it_was_verified_is_compared_again_and_repaired() {
     let h = Harness::new().await;
-    h.create("dv", es256()).await;
-    h.reconcile("dv").await;
-    let kid = h.keyset("dv").active.kid;
-    h.roll_out("dv", &[&kid]);
-    h.reconcile("dv").await;
+    h.create_ready("dv").await;
     let image = container(&h.deployment("dv").unwrap()).image.clone();
     h.server.reset_log();
     h.reconcile("dv").await;

@@ -57,7 +57,7 @@ mod verified;
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -170,10 +170,16 @@ impl Context {
         self.rounds.close();
     }
 
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<MacpAuth>, u32>> {
-        // A poisoned map only holds backoff counters: keep using it.
-        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    fn failures(&self) -> MutexGuard<'_, HashMap<ObjectRef<MacpAuth>, u32>> {
+        lock(&self.failures)
     }
+}
+
+/// Locks `m`, going on with the data of a poisoned lock: every map of the
+/// context holds whole entries only (backoff counters, parsed keysets,
+/// comparison results), each one a later round would find again.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Entry point for the controller.

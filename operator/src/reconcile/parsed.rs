@@ -8,7 +8,7 @@
 //! ([`Keyset::from_secret_data_reusing`]), so only a new key is validated.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -55,9 +55,8 @@ impl ParsedKeysets {
             .remove(&(namespace.to_string(), name.to_string()));
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (Version, Keyset)>> {
-        // A poisoned map holds parse results only, each complete: keep using it.
-        self.last.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<(String, String), (Version, Keyset)>> {
+        super::lock(&self.last)
     }
 }
 

@@ -14,7 +14,7 @@
 //! needed a write is compared again after it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use kube::api::ObjectMeta;
 use serde_json::Value;
@@ -60,9 +60,8 @@ impl VerifiedApplies {
         self.lock().retain(|_, m| m.owner_uid != owner_uid);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(&'static str, String, String), Match>> {
-        // A poisoned map only holds what a comparison would find again.
-        self.matches.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<(&'static str, String, String), Match>> {
+        super::lock(&self.matches)
     }
 }
 
@@ -119,9 +118,8 @@ impl AppliedGenerations {
         self.lock().remove(owner_uid);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
-        // A poisoned map only holds what a read would find again.
-        self.applied.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, i64>> {
+        super::lock(&self.applied)
     }
 }
 

@@ -285,7 +285,7 @@ pub enum SigningAlg {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RotationSpec {
-    /// How often to rotate, as a duration such as `720h`; unset rotates only on request.
+    /// How often to rotate, as a duration such as `720h`; unset rotates only on request. Each rotation starts early by a fixed share, per MacpAuth, of a tenth of the interval (at most an hour), so that MacpAuths on the same schedule do not rotate together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ns|us|ms|s|m|h|d))+$"))]
     pub interval: Option<String>,

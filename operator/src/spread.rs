@@ -1,7 +1,7 @@
-//! Spreads periodic requeues of many objects over a window, so that a
-//! thousand MacpAuths created together do not all resync in the same second.
-//! Pure and deterministic: the same object always gets the same offset, so
-//! its period stays regular.
+//! Spreads periodic work of many objects over a window, so that a thousand
+//! MacpAuths created together do not all resync, nor rotate, in the same
+//! second. Pure and deterministic: the same object always gets the same
+//! place in any window, so its period stays regular.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
@@ -11,11 +11,20 @@ pub const SPREAD_FRACTION: f64 = 0.1;
 
 /// `period` plus a per-object offset in `[0, period * SPREAD_FRACTION)`.
 pub fn spread(period: Duration, key: &str) -> Duration {
+    period + period.mul_f64(SPREAD_FRACTION * place(key))
+}
+
+/// The object's fixed place in `[0, 1)`, from a hash of `key`.
+pub fn place(key: &str) -> f64 {
     let mut h = DefaultHasher::new();
     key.hash(&mut h);
     // The top 53 bits as a fraction in [0, 1).
-    let fraction = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
-    period + period.mul_f64(SPREAD_FRACTION * fraction)
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The key [`place`] and [`spread`] take for a MacpAuth.
+pub fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use tracing::info;
 use crate::conditions::READY;
 use crate::readiness::{self, Readiness, RolloutDegraded};
 use crate::rotation::Decision;
-use crate::spread::spread;
+use crate::spread::{self, spread};
 use crate::ttl_clamp::{self, Clamp};
 
 use super::NOT_READY_REQUEUE;
@@ -56,7 +56,7 @@ impl Round<'_> {
             // resync in the same second.
             Some(spread(
                 self.ctx.settings.resync_interval,
-                &format!("{}/{}", self.owner.namespace, self.owner.name),
+                &spread::key(&self.owner.namespace, &self.owner.name),
             )),
         ]
         .into_iter()

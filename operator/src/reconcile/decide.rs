@@ -6,6 +6,7 @@ use kube::ResourceExt;
 use crate::keyset;
 use crate::metrics;
 use crate::rotation::{self, Decision, Inputs};
+use crate::spread;
 
 use super::observe::Seen;
 use super::round::Round;
@@ -27,6 +28,7 @@ impl Round<'_> {
             observed: &seen.observed,
             now: self.now,
             new_kid: &new_kid,
+            schedule_place: spread::place(&spread::key(&self.owner.namespace, &self.owner.name)),
         })
     }
 }

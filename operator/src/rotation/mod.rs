@@ -162,7 +162,7 @@ use crate::crd::{MacpAuthSpec, MacpAuthStatus, SigningAlg};
 pub use machine::{decide, probe_plan};
 pub use plan::{KeysetPlan, PlanError, desired as desired_plan};
 pub use reasons::{DEGRADED_REASONS, degraded_by_rotation};
-pub use schedule::{IntervalError, parse_interval, schedule_base};
+pub use schedule::{IntervalError, early_start, parse_interval, schedule_base};
 pub use verify::{Verdict, verify};
 
 /// How often a rollout phase re-checks pods while it waits (the controller
@@ -280,6 +280,10 @@ pub struct Inputs<'a> {
     pub now: DateTime<Utc>,
     /// A fresh, unused kid; reserved only when a rotation starts.
     pub new_kid: &'a str,
+    /// This MacpAuth's fixed place in `[0, 1)` ([`crate::spread::place`]):
+    /// its scheduled rotations start that share of their early-start window
+    /// before they fall due ([`early_start`]).
+    pub schedule_place: f64,
 }
 
 /// What the reconciler must do to the Secret.

@@ -100,15 +100,45 @@ pub fn schedule_base(status: &MacpAuthStatus) -> Option<DateTime<Utc>> {
     }
 }
 
+/// The share of an interval by which a scheduled rotation may start early.
+pub const EARLY_START_FRACTION: f64 = 0.1;
+/// The longest early start, whatever the interval.
+pub const EARLY_START_MAX: Duration = Duration::from_secs(3600);
+
+/// How early a MacpAuth at `place` (its fixed place in `[0, 1)`,
+/// [`crate::spread::place`]) starts its scheduled rotations: that share of a
+/// window of a tenth of the interval, at most an hour.
+///
+/// MacpAuths created together with the same interval would otherwise all
+/// fall due in the same second, again every interval: a storm of rotations
+/// whose last ones wait for all the others (docs/performance.md). Spread
+/// over the window before the due moment, they start at a pace the operator
+/// and the API server keep up with, and none is late: a key is never older
+/// than its interval, it is only replaced up to a tenth earlier.
+pub fn early_start(interval: Duration, place: f64) -> Duration {
+    if !(0.0..1.0).contains(&place) {
+        return Duration::ZERO;
+    }
+    interval
+        .mul_f64(EARLY_START_FRACTION)
+        .min(EARLY_START_MAX)
+        .mul_f64(place)
+}
+
 /// `nextRotationTime` for an interval: one interval after the last rotation,
-/// kept earlier when already scheduled earlier (a retry after a rollback, or a
-/// first rotation scheduled before the interval was lengthened).
+/// less this MacpAuth's `early` start ([`early_start`]); kept earlier when
+/// already scheduled earlier (a retry after a rollback, or a first rotation
+/// scheduled before the interval was lengthened).
 pub fn next_rotation(
     status: &MacpAuthStatus,
     interval: Duration,
+    early: Duration,
     now: DateTime<Utc>,
 ) -> DateTime<Utc> {
-    let candidate = add(schedule_base(status).unwrap_or(now), interval);
+    let due = add(schedule_base(status).unwrap_or(now), interval);
+    let candidate = due
+        .checked_sub_signed(chrono_duration(early))
+        .unwrap_or(due);
     match status.next_rotation_time {
         Some(existing) if existing <= candidate => existing,
         _ => candidate,
@@ -128,6 +158,49 @@ pub fn automatic_not_before(status: &MacpAuthStatus, backoff: Duration) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_early_start_is_a_share_of_a_tenth_of_the_interval_capped_at_an_hour() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(early_start(Duration::from_secs(600), 0.0), Duration::ZERO);
+        assert_eq!(
+            early_start(Duration::from_secs(600), 0.5),
+            Duration::from_secs(30)
+        );
+        assert_eq!(early_start(day, 0.5), Duration::from_secs(1800));
+        assert!(early_start(day, 0.999_999) < EARLY_START_MAX);
+        // A place outside [0, 1) is no place: the rotation is not moved.
+        for bad in [1.0, -0.1, f64::NAN, f64::INFINITY] {
+            assert_eq!(early_start(day, bad), Duration::ZERO, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_next_rotation_is_one_interval_after_the_last_less_the_early_start() {
+        let t = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let status = MacpAuthStatus {
+            last_rotation_time: Some(t),
+            ..MacpAuthStatus::default()
+        };
+        let hour = Duration::from_secs(3600);
+        let early = Duration::from_secs(60);
+        let later = t + chrono::Duration::days(9);
+        assert_eq!(
+            next_rotation(&status, hour, early, later),
+            t + chrono::Duration::minutes(59)
+        );
+        // An earlier schedule stands.
+        let earlier = MacpAuthStatus {
+            next_rotation_time: Some(t + chrono::Duration::minutes(5)),
+            ..status.clone()
+        };
+        assert_eq!(
+            next_rotation(&earlier, hour, early, later),
+            t + chrono::Duration::minutes(5)
+        );
+    }
 
     #[test]
     fn parses_the_crd_grammar() {

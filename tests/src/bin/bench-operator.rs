@@ -20,7 +20,8 @@ use macp_auth_e2e::apiserver::{FakeApiServer, RecordedRequest};
 use macp_auth_e2e::cluster::{Cluster, ClusterConfig, rollout};
 use macp_auth_e2e::standin::StandIn;
 use macp_auth_operator::crd::{MacpAuth, RotationTrigger};
-use macp_auth_operator::rotation::{PROPAGATION_SLACK_SECONDS, schedule_base};
+use macp_auth_operator::rotation::{PROPAGATION_SLACK_SECONDS, early_start, schedule_base};
+use macp_auth_operator::spread;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
@@ -554,8 +555,11 @@ async fn run_one(args: &Args, n: usize) -> anyhow::Result<String> {
 /// a real storm comes: each interval is set so that one interval after that
 /// object's last rotation is the common due moment, a little ahead; the
 /// rounds those edits trigger (nothing is due yet) run and settle first, and
-/// at the due moment every rotation starts from the operator's own timers,
-/// with no edit in the measurement. The intervals are at least
+/// then every rotation starts from the operator's own timers, with no edit in
+/// the measurement. The operator starts each scheduled rotation early by the
+/// object's place in a tenth of its interval (`rotation::early_start`), so
+/// the storm begins that window before the due moment, and the edits must
+/// settle before the window opens. The intervals are at least
 /// [`STORM_MIN_INTERVAL_S`], so no rotation comes due a second time before
 /// the last of the storm finishes.
 async fn storm(
@@ -582,11 +586,14 @@ async fn storm(
     let lead = STORM_LEAD_PER_OBJECT
         .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
         .max(STORM_MIN_LEAD);
-    let due = (Utc::now() + lead).max(youngest + chrono::Duration::seconds(STORM_MIN_INTERVAL_S));
+    let due = storm_due(&bases, youngest, lead);
+    let window = earliest_start(&bases, due);
     eprintln!(
         "bench-operator: n={n}: rotation storm: every interval set to fall due in {:.0}s \
-         (intervals of at least {STORM_MIN_INTERVAL_S}s, so none comes due twice)",
-        (due - Utc::now()).num_milliseconds() as f64 / 1000.0
+         (intervals of at least {STORM_MIN_INTERVAL_S}s, so none comes due twice); \
+         the operator starts them over the {:.1}s before",
+        (due - Utc::now()).num_milliseconds() as f64 / 1000.0,
+        (due - window).num_milliseconds() as f64 / 1000.0,
     );
     for (ns, name, base) in &bases {
         let interval_ms = (due - *base).num_milliseconds();
@@ -599,11 +606,35 @@ async fn storm(
     // The rounds of the edits must be over before the storm: their cost is
     // the bench's, not the storm's.
     let (settled, _) = settle(server, timeout).await;
-    let early = (due - Utc::now()).to_std().unwrap_or_default();
+    // Each rotation's own start, as the operator scheduled it.
+    let scheduled: BTreeMap<(String, String), DateTime<Utc>> = all(server)?
+        .iter()
+        .map(|m| {
+            let at = m.status.as_ref().and_then(|s| s.next_rotation_time);
+            let key = (
+                m.metadata.namespace.clone().unwrap_or_default(),
+                m.metadata.name.clone().unwrap_or_default(),
+            );
+            (key, at.unwrap_or(due))
+        })
+        .collect();
+    // The intervals were written in whole milliseconds.
+    let slack = chrono::Duration::milliseconds(10);
+    if let Some(((ns, name), at)) = scheduled
+        .iter()
+        .find(|(_, at)| **at > due + slack || **at < window - slack)
+    {
+        bail!(
+            "{ns}/{name} is scheduled at {at}, outside the window {window} to {due} \
+             the bench computed from rotation::early_start"
+        );
+    }
+    let window = scheduled.values().copied().min().unwrap_or(window);
+    let early = (window - Utc::now()).to_std().unwrap_or_default();
     if early.is_zero() {
         bail!(
-            "the rounds of the interval edits took {settled:.1?}, past the due moment: \
-             raise STORM_LEAD_PER_OBJECT"
+            "the rounds of the interval edits took {settled:.1?}, past the storm's first \
+             start: raise STORM_LEAD_PER_OBJECT"
         );
     }
     tokio::time::sleep(early).await;
@@ -648,24 +679,34 @@ async fn storm(
     let storm_requests = server.requests();
     let rounds = operator.rounds().await?.since(rounds_before);
     let waits = (JWKS_CACHE_TTL_SECONDS + PROPAGATION_SLACK_SECONDS + DRAIN_SECONDS) as f64;
+    let secs = |d: chrono::Duration| d.num_milliseconds() as f64 / 1000.0;
     let mut storm_s: f64 = 0.0;
-    let mut max_delay: f64 = 0.0;
-    let mut max_start: f64 = 0.0;
+    let mut max_delay = f64::NEG_INFINITY;
+    let mut max_past_due = f64::NEG_INFINITY;
+    let mut max_start = f64::NEG_INFINITY;
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     let mut starts: Vec<f64> = Vec::with_capacity(n);
     for m in all(server)? {
         let Some((started, done, outcome)) = finished(&m) else {
             continue;
         };
-        let total = (done - due).num_milliseconds() as f64 / 1000.0;
-        storm_s = storm_s.max(total);
-        max_delay = max_delay.max(total - waits);
-        let start = (started - due).num_milliseconds() as f64 / 1000.0;
+        let key = (
+            m.metadata.namespace.clone().unwrap_or_default(),
+            m.metadata.name.clone().unwrap_or_default(),
+        );
+        let own = scheduled.get(&key).copied().unwrap_or(due);
+        storm_s = storm_s.max(secs(done - window));
+        // Late against its own start, which the operator chose early: the
+        // storm's cost to this rotation.
+        max_delay = max_delay.max(secs(done - own) - waits);
+        // Late against the interval itself: the contract.
+        max_past_due = max_past_due.max(secs(done - due) - waits);
+        let start = secs(started - own);
         max_start = max_start.max(start);
         starts.push(start);
         *outcomes.entry(outcome).or_default() += 1;
     }
-    let steps = storm_steps(server, due)?;
+    let steps = storm_steps(server, window, &scheduled)?;
     let outcomes = outcomes
         .iter()
         .map(|(o, c)| format!("{o}:{c}"))
@@ -673,12 +714,14 @@ async fn storm(
         .join(",");
     Ok(format!(
         "storm_s={storm_s:.1} storm_max_delay_s={max_delay:.1} storm_max_start_s={max_start:.1} \
-         storm_start_p50_s={:.1} storm_start_p90_s={:.1} storm_waits_s={waits:.0} storm_outcomes={outcomes} \
+         storm_start_p50_s={:.1} storm_start_p90_s={:.1} storm_waits_s={waits:.0} \
+         storm_window_s={:.1} storm_max_past_due_s={max_past_due:.1} storm_outcomes={outcomes} \
          storm_requests_per_object={:.2} storm_requests_by_verb_per_object={} \
          storm_rounds_per_object={:.2} storm_round_mean_ms={:.0} storm_round_errors={} \
          storm_steps={steps}",
         percentile(&mut starts, 0.5),
         percentile(&mut starts, 0.9),
+        secs(due - window),
         storm_requests.len() as f64 / n as f64,
         by_verb(&storm_requests, n),
         rounds.count / n as f64,
@@ -691,12 +734,54 @@ async fn storm(
     ))
 }
 
+/// The storm's due moment: at least [`STORM_MIN_INTERVAL_S`] after the
+/// youngest schedule base, and far enough ahead that the earliest early start
+/// ([`earliest_start`]) is still `lead` away. The window grows with the
+/// intervals, a tenth as fast as the due moment moves, so a few steps settle it.
+fn storm_due(
+    bases: &[(String, String, DateTime<Utc>)],
+    youngest: DateTime<Utc>,
+    lead: Duration,
+) -> DateTime<Utc> {
+    let lead = chrono::Duration::from_std(lead).unwrap_or(chrono::Duration::MAX);
+    let now = Utc::now();
+    let mut due = (now + lead).max(youngest + chrono::Duration::seconds(STORM_MIN_INTERVAL_S));
+    for _ in 0..32 {
+        let ahead = earliest_start(bases, due) - now;
+        if ahead >= lead {
+            break;
+        }
+        due += lead - ahead + chrono::Duration::milliseconds(1);
+    }
+    due
+}
+
+/// The earliest moment the operator starts one of the rotations that fall
+/// due at `due`: each starts early by its place in its interval's window.
+fn earliest_start(bases: &[(String, String, DateTime<Utc>)], due: DateTime<Utc>) -> DateTime<Utc> {
+    bases
+        .iter()
+        .map(|(ns, name, base)| {
+            let interval = (due - *base).to_std().unwrap_or_default();
+            let early = early_start(interval, spread::place(&spread::key(ns, name)));
+            due - chrono::Duration::from_std(early).unwrap_or_default()
+        })
+        .min()
+        .unwrap_or(due)
+}
+
 /// Where a storm's time goes, from the operator's own events (one per
 /// phase entered, with its time): for each step from one reason to the next
-/// (`due` is the due moment), the median and worst seconds it took over all
-/// rotations, waits included (`Propagating>Activating` holds the cache TTL
-/// and slack, `Draining>Retiring` the drain).
-fn storm_steps(server: &FakeApiServer, due: DateTime<Utc>) -> anyhow::Result<String> {
+/// (`due` is the rotation's own scheduled start, `scheduled`), the median and
+/// worst seconds it took over all rotations, waits included
+/// (`Propagating>Activating` holds the cache TTL and slack,
+/// `Draining>Retiring` the drain). Events before the storm's `window` opened
+/// belong to creation.
+fn storm_steps(
+    server: &FakeApiServer,
+    window: DateTime<Utc>,
+    scheduled: &BTreeMap<(String, String), DateTime<Utc>>,
+) -> anyhow::Result<String> {
     // (namespace, name) -> the events of its storm rotation: (time, reason).
     type Timeline = Vec<(DateTime<Utc>, String)>;
     let mut timelines: BTreeMap<(String, String), Timeline> = BTreeMap::new();
@@ -721,7 +806,7 @@ fn storm_steps(server: &FakeApiServer, due: DateTime<Utc>) -> anyhow::Result<Str
                 continue;
             };
             let time = time.with_timezone(&Utc);
-            if time < due {
+            if time < window {
                 continue;
             }
             if let Some(t) = timelines.get_mut(&(ns.clone(), name.to_string())) {
@@ -731,15 +816,18 @@ fn storm_steps(server: &FakeApiServer, due: DateTime<Utc>) -> anyhow::Result<Str
     }
     // Per step: how long it took, and when it ended (to print steps in order).
     let mut gaps: BTreeMap<String, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
-    for timeline in timelines.values_mut() {
+    for (key, timeline) in timelines.iter_mut() {
         timeline.sort();
+        let Some(&due) = scheduled.get(key) else {
+            continue;
+        };
         let mut previous = (due, String::from("due"));
         for (time, reason) in timeline.iter() {
             let gap = (*time - previous.0).num_milliseconds() as f64 / 1000.0;
             let step = gaps.entry(format!("{}>{reason}", previous.1)).or_default();
             step.0.push(gap);
             step.1
-                .push((*time - due).num_milliseconds() as f64 / 1000.0);
+                .push((*time - window).num_milliseconds() as f64 / 1000.0);
             previous = (*time, reason.clone());
         }
     }

@@ -1,9 +1,10 @@
-//! `status.nextRotationTime` from `spec.rotation.interval`, and the
-//! `Degraded` an invalid interval holds.
+//! `status.nextRotationTime` from `spec.rotation.interval` (less this
+//! MacpAuth's early start, [`early_start`]), and the `Degraded` an invalid
+//! interval holds.
 
 use crate::conditions;
 use crate::rotation::reasons::REASON_INVALID_INTERVAL;
-use crate::rotation::schedule::{next_rotation, parse_interval};
+use crate::rotation::schedule::{early_start, next_rotation, parse_interval};
 
 use super::Machine;
 
@@ -14,8 +15,9 @@ impl Machine<'_> {
             None => self.status.next_rotation_time = None,
             Some(text) => match parse_interval(text) {
                 Ok(interval) => {
+                    let early = early_start(interval, self.inp.schedule_place);
                     self.status.next_rotation_time =
-                        Some(next_rotation(&self.status, interval, now));
+                        Some(next_rotation(&self.status, interval, early, now));
                     let held = conditions::degraded_by(
                         &self.status.conditions,
                         &[REASON_INVALID_INTERVAL],

@@ -88,6 +88,7 @@ pub struct Fixture {
     pub observed: Observed,
     pub now: DateTime<Utc>,
     pub new_kid: String,
+    pub schedule_place: f64,
 }
 
 impl Fixture {
@@ -104,6 +105,7 @@ impl Fixture {
             },
             now: t0(),
             new_kid: "k-new".to_string(),
+            schedule_place: 0.0,
         }
     }
 
@@ -116,6 +118,7 @@ impl Fixture {
             observed: &self.observed,
             now: self.now,
             new_kid: &self.new_kid,
+            schedule_place: self.schedule_place,
         })
     }
 

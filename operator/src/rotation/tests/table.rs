@@ -958,6 +958,41 @@ fn interval_schedules_rotations() {
 }
 
 #[test]
+fn a_scheduled_rotation_starts_early_by_its_place_in_a_tenth_of_the_interval() {
+    let mut f = Fixture::idle(keyset("k0", &[], None, None));
+    f.spec.rotation.interval = Some("10m".into());
+    f.schedule_place = 0.5;
+    let d = f.decide();
+    // Half of a 60 s window: 30 s before the interval ends, never after.
+    assert_eq!(
+        d.status.next_rotation_time,
+        Some(f.now + Secs::seconds(570))
+    );
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(570)));
+    f.status = d.status;
+    f.now += Secs::seconds(569);
+    let before = f.decide().status.rotation;
+    assert!(
+        before
+            .as_ref()
+            .is_none_or(|r| r.phase == RotationPhase::Idle),
+        "not before its place: {before:?}"
+    );
+    f.now += Secs::seconds(1);
+    let rot = f.decide().status.rotation.unwrap();
+    assert_eq!(rot.trigger, Some(RotationTrigger::Scheduled));
+
+    // A long interval's window is an hour at most.
+    let mut g = Fixture::idle(keyset("k0", &[], None, None));
+    g.spec.rotation.interval = Some("30d".into());
+    g.schedule_place = 0.5;
+    assert_eq!(
+        g.decide().status.next_rotation_time,
+        Some(g.now + Secs::days(30) - Secs::minutes(30))
+    );
+}
+
+#[test]
 fn an_invalid_interval_degrades_once() {
     let mut f = Fixture::idle(keyset("k0", &[], None, None));
     f.spec.rotation.interval = Some("soon".into());

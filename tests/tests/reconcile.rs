@@ -30,6 +30,8 @@ use macp_auth_operator::keyset::{self, Keyset, PrivateKey};
 use macp_auth_operator::metrics::{Metrics, ObjectLabels};
 use macp_auth_operator::reconcile::{CONFLICT_REQUEUE, Context, reconcile};
 use macp_auth_operator::resources::{self, KEYSET_HASH_ANNOTATION};
+use macp_auth_operator::rotation::{early_start, schedule_base};
+use macp_auth_operator::spread;
 use macp_auth_operator::{Settings, State, rbac};
 use serde_json::json;
 
@@ -296,6 +298,36 @@ const ES256: &str = r#"{"signingAlg": "ES256", "issuer": "iss-1", "audience": "a
 
 fn es256() -> serde_json::Value {
     serde_json::from_str(ES256).unwrap()
+}
+
+/// MacpAuths on the same schedule start their rotations at their own places
+/// in the window before it falls due, never after.
+#[tokio::test]
+async fn the_same_interval_schedules_each_macpauth_at_its_own_place_before_the_due_moment() {
+    let h = Harness::new().await;
+    let interval = Duration::from_secs(3600);
+    let mut spec = es256();
+    spec["rotation"]["interval"] = json!("1h");
+    let mut scheduled = Vec::new();
+    for name in ["auth-a", "auth-b", "auth-c"] {
+        h.create(name, spec.clone()).await;
+        h.reconcile(name).await;
+        let status = h.status(name);
+        let due = schedule_base(&status).unwrap() + chrono::Duration::hours(1);
+        let next = status.next_rotation_time.expect("nextRotationTime");
+        let early = early_start(interval, spread::place(&spread::key(NS, name)));
+        assert!(early > Duration::ZERO, "{name}: no early start");
+        assert_eq!(
+            next,
+            due - chrono::Duration::from_std(early).unwrap(),
+            "{name}"
+        );
+        assert!(due - next <= chrono::Duration::minutes(6), "{name}: {next}");
+        scheduled.push(next);
+    }
+    scheduled.sort();
+    scheduled.dedup();
+    assert_eq!(scheduled.len(), 3, "{scheduled:?}");
 }
 
 #[tokio::test]

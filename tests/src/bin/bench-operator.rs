@@ -575,11 +575,8 @@ async fn storm(
         .map(|m| {
             // Where the operator counts the interval from.
             let base = m.status.as_ref().and_then(schedule_base).unwrap_or(created);
-            (
-                m.metadata.namespace.clone().unwrap_or_default(),
-                m.metadata.name.clone().unwrap_or_default(),
-                base,
-            )
+            let (ns, name) = key_of(m);
+            (ns, name, base)
         })
         .collect();
     let youngest = bases.iter().map(|(_, _, b)| *b).max().unwrap_or(created);
@@ -592,8 +589,8 @@ async fn storm(
         "bench-operator: n={n}: rotation storm: every interval set to fall due in {:.0}s \
          (intervals of at least {STORM_MIN_INTERVAL_S}s, so none comes due twice); \
          the operator starts them over the {:.1}s before",
-        (due - Utc::now()).num_milliseconds() as f64 / 1000.0,
-        (due - window).num_milliseconds() as f64 / 1000.0,
+        secs(due - Utc::now()),
+        secs(due - window),
     );
     for (ns, name, base) in &bases {
         let interval_ms = (due - *base).num_milliseconds();
@@ -607,17 +604,14 @@ async fn storm(
     // the bench's, not the storm's.
     let (settled, _) = settle(server, timeout).await;
     // Each rotation's own start, as the operator scheduled it.
-    let scheduled: BTreeMap<(String, String), DateTime<Utc>> = all(server)?
-        .iter()
-        .map(|m| {
-            let at = m.status.as_ref().and_then(|s| s.next_rotation_time);
-            let key = (
-                m.metadata.namespace.clone().unwrap_or_default(),
-                m.metadata.name.clone().unwrap_or_default(),
-            );
-            (key, at.unwrap_or(due))
-        })
-        .collect();
+    let mut scheduled: BTreeMap<(String, String), DateTime<Utc>> = BTreeMap::new();
+    for m in all(server)? {
+        let (ns, name) = key_of(&m);
+        let Some(at) = m.status.as_ref().and_then(|s| s.next_rotation_time) else {
+            bail!("{ns}/{name} has no nextRotationTime after its interval was set");
+        };
+        scheduled.insert((ns, name), at);
+    }
     // The intervals were written in whole milliseconds.
     let slack = chrono::Duration::milliseconds(10);
     if let Some(((ns, name), at)) = scheduled
@@ -679,7 +673,6 @@ async fn storm(
     let storm_requests = server.requests();
     let rounds = operator.rounds().await?.since(rounds_before);
     let waits = (JWKS_CACHE_TTL_SECONDS + PROPAGATION_SLACK_SECONDS + DRAIN_SECONDS) as f64;
-    let secs = |d: chrono::Duration| d.num_milliseconds() as f64 / 1000.0;
     let mut storm_s: f64 = 0.0;
     let mut max_delay = f64::NEG_INFINITY;
     let mut max_past_due = f64::NEG_INFINITY;
@@ -690,11 +683,7 @@ async fn storm(
         let Some((started, done, outcome)) = finished(&m) else {
             continue;
         };
-        let key = (
-            m.metadata.namespace.clone().unwrap_or_default(),
-            m.metadata.name.clone().unwrap_or_default(),
-        );
-        let own = scheduled.get(&key).copied().unwrap_or(due);
+        let own = scheduled.get(&key_of(&m)).copied().unwrap_or(due);
         storm_s = storm_s.max(secs(done - window));
         // Late against its own start, which the operator chose early: the
         // storm's cost to this rotation.
@@ -706,7 +695,7 @@ async fn storm(
         starts.push(start);
         *outcomes.entry(outcome).or_default() += 1;
     }
-    let steps = storm_steps(server, window, &scheduled)?;
+    let steps = storm_steps(server, window, &scheduled);
     let outcomes = outcomes
         .iter()
         .map(|(o, c)| format!("{o}:{c}"))
@@ -781,16 +770,13 @@ fn storm_steps(
     server: &FakeApiServer,
     window: DateTime<Utc>,
     scheduled: &BTreeMap<(String, String), DateTime<Utc>>,
-) -> anyhow::Result<String> {
+) -> String {
     // (namespace, name) -> the events of its storm rotation: (time, reason).
     type Timeline = Vec<(DateTime<Utc>, String)>;
-    let mut timelines: BTreeMap<(String, String), Timeline> = BTreeMap::new();
-    for m in all(server)? {
-        let ns = m.metadata.namespace.clone().unwrap_or_default();
-        timelines
-            .entry((ns, m.metadata.name.clone().unwrap_or_default()))
-            .or_default();
-    }
+    let mut timelines: BTreeMap<(String, String), Timeline> = scheduled
+        .keys()
+        .map(|key| (key.clone(), Timeline::new()))
+        .collect();
     let namespaces: std::collections::BTreeSet<String> =
         timelines.keys().map(|(ns, _)| ns.clone()).collect();
     for ns in namespaces {
@@ -823,11 +809,10 @@ fn storm_steps(
         };
         let mut previous = (due, String::from("due"));
         for (time, reason) in timeline.iter() {
-            let gap = (*time - previous.0).num_milliseconds() as f64 / 1000.0;
+            let gap = secs(*time - previous.0);
             let step = gaps.entry(format!("{}>{reason}", previous.1)).or_default();
             step.0.push(gap);
-            step.1
-                .push((*time - window).num_milliseconds() as f64 / 1000.0);
+            step.1.push(secs(*time - window));
             previous = (*time, reason.clone());
         }
     }
@@ -843,11 +828,24 @@ fn storm_steps(
         })
         .collect();
     steps.sort_by(|a, b| a.0.total_cmp(&b.0));
-    Ok(steps
+    steps
         .into_iter()
         .map(|(_, s)| s)
         .collect::<Vec<_>>()
-        .join(","))
+        .join(",")
+}
+
+/// A MacpAuth's namespace and name.
+fn key_of(m: &MacpAuth) -> (String, String) {
+    (
+        m.metadata.namespace.clone().unwrap_or_default(),
+        m.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Seconds, to the millisecond.
+fn secs(d: chrono::Duration) -> f64 {
+    d.num_milliseconds() as f64 / 1000.0
 }
 
 /// The `q` quantile (0..=1) of `values`, nearest rank; 0 when empty.

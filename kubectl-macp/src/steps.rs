@@ -1,0 +1,445 @@
+//! The steps of a rotation and when each ends, worked out from the spec and
+//! the status alone (docs/architecture.md, Key rotation).
+//!
+//! Fixed waits (Propagating, Draining) are exact: the operator records their
+//! end in `status.rotation.waitUntil`, and a step still to come lasts what
+//! the spec says, with the operator's own constants. A rollout step lasts as
+//! long as the pods take to roll, which nothing predicts: it is counted as
+//! instant for the earliest end and as its whole `rolloutTimeoutSeconds` for
+//! the latest one. So every step has a window `[earliest, latest]`.
+
+use chrono::{DateTime, Duration, Utc};
+use macp_auth_operator::crd::{
+    MacpAuthSpec, RotationOutcome, RotationPhase, RotationStatus, RotationTrigger,
+};
+use macp_auth_operator::rotation::PROPAGATION_SLACK_SECONDS;
+use serde::Serialize;
+
+/// How long a step waits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Wait {
+    /// Done within a reconcile round or two (the key is written and read back).
+    Instant,
+    /// Until every pod runs the new keyset, at most the rollout timeout.
+    Rollout { timeout_seconds: i64 },
+    /// A fixed wait of `seconds`.
+    Fixed { seconds: i64 },
+}
+
+impl Wait {
+    fn min_secs(&self) -> i64 {
+        match self {
+            Wait::Instant | Wait::Rollout { .. } => 0,
+            Wait::Fixed { seconds } => *seconds,
+        }
+    }
+
+    fn max_secs(&self) -> i64 {
+        match self {
+            Wait::Instant => 0,
+            Wait::Rollout { timeout_seconds } => *timeout_seconds,
+            Wait::Fixed { seconds } => *seconds,
+        }
+    }
+
+    /// `-`, `≤10m` or `1m5s`.
+    pub fn short(&self) -> String {
+        match self {
+            Wait::Instant => "-".to_string(),
+            Wait::Rollout { timeout_seconds } => {
+                format!("≤{}", crate::fmt::short(*timeout_seconds))
+            }
+            Wait::Fixed { seconds } => crate::fmt::short(*seconds),
+        }
+    }
+}
+
+/// One step of a rotation: its phase, what it waits for and where that wait comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    pub phase: RotationPhase,
+    pub wait: Wait,
+    /// The spec fields and constants the wait is made of.
+    pub source: String,
+}
+
+/// A step placed in time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timed {
+    #[serde(flatten)]
+    pub step: Step,
+    /// Whether this is the phase the rotation is in now.
+    pub current: bool,
+    /// The step's end if every rollout finished at once.
+    pub earliest_end: DateTime<Utc>,
+    /// The step's end if every rollout took its whole timeout.
+    pub latest_end: DateTime<Utc>,
+}
+
+fn rollout(spec: &MacpAuthSpec, phase: RotationPhase, what: &str) -> Step {
+    let t = spec.rotation.rollout_timeout_seconds;
+    Step {
+        phase,
+        wait: Wait::Rollout { timeout_seconds: t },
+        source: format!("rollout: {what} (at most rolloutTimeoutSeconds {t})"),
+    }
+}
+
+fn propagating(spec: &MacpAuthSpec) -> Step {
+    let ttl = spec.jwks_cache_ttl_seconds;
+    Step {
+        phase: RotationPhase::Propagating,
+        wait: Wait::Fixed {
+            seconds: ttl + PROPAGATION_SLACK_SECONDS,
+        },
+        source: format!(
+            "verifier cache: jwksCacheTtlSeconds {ttl} + slack {PROPAGATION_SLACK_SECONDS}"
+        ),
+    }
+}
+
+fn draining(spec: &MacpAuthSpec) -> Step {
+    let seconds = spec.effective_drain_seconds().max(0);
+    let source = match spec.rotation.drain_seconds {
+        Some(d) => format!("drain: rotation.drainSeconds {d}"),
+        None => format!(
+            "drain: maxTtlSeconds {} + 60 s verifier leeway (drainSeconds unset)",
+            spec.max_ttl_seconds
+        ),
+    };
+    Step {
+        phase: RotationPhase::Draining,
+        wait: Wait::Fixed { seconds },
+        source,
+    }
+}
+
+fn key_generated() -> Step {
+    Step {
+        phase: RotationPhase::KeyGenerated,
+        wait: Wait::Instant,
+        source: "the new key is written to the Secret and read back".to_string(),
+    }
+}
+
+/// Every step of a rotation started from Idle, in order.
+pub fn sequence(spec: &MacpAuthSpec, emergency: bool) -> Vec<Step> {
+    use RotationPhase::*;
+    if emergency {
+        return vec![
+            key_generated(),
+            rollout(
+                spec,
+                Activating,
+                "every pod serves and signs with the fresh key only",
+            ),
+        ];
+    }
+    let mut steps = vec![key_generated()];
+    if spec.rotation.prepublish {
+        steps.push(rollout(
+            spec,
+            Publishing,
+            "every pod serves the new key next to the old one",
+        ));
+        steps.push(propagating(spec));
+    }
+    steps.push(rollout(
+        spec,
+        Activating,
+        "every pod signs with the new key",
+    ));
+    steps.push(draining(spec));
+    steps.push(rollout(spec, Retiring, "no pod serves the old key"));
+    steps
+}
+
+/// The steps still ahead of a rotation in flight, the current one first.
+/// Empty when Idle.
+pub fn remaining_steps(spec: &MacpAuthSpec, rot: &RotationStatus) -> Vec<Step> {
+    use RotationPhase::*;
+    let rolled_back = rot.outcome == Some(RotationOutcome::RolledBack);
+    let emergency = rot.trigger == Some(RotationTrigger::Emergency);
+    match rot.phase {
+        Idle => Vec::new(),
+        RollingBack => {
+            let mut steps = vec![rollout(
+                spec,
+                RollingBack,
+                "every pod is back on the old key",
+            )];
+            // After a failed Publishing the new key never signed: nothing drains.
+            if matches!(rot.rollback_from, Some(Activating) | Some(Retiring)) {
+                steps.push(draining(spec));
+                steps.push(rollout(spec, Retiring, "no pod serves the retired key"));
+            }
+            steps
+        }
+        phase => {
+            // A rolled-back rotation drains and retires its new key: the same
+            // steps as a routine rotation from Draining on.
+            let all = sequence(spec, emergency && !rolled_back);
+            match all.iter().position(|s| s.phase == phase) {
+                Some(i) => all[i..].to_vec(),
+                None => Vec::new(),
+            }
+        }
+    }
+}
+
+/// Places `steps` in time, the first one being the current phase of `rot`
+/// (entered at `rot.phaseSince`, its wait ending at `rot.waitUntil`).
+pub fn timeline(steps: &[Step], rot: Option<&RotationStatus>, now: DateTime<Utc>) -> Vec<Timed> {
+    let mut earliest = now;
+    let mut latest = now;
+    let mut out = Vec::with_capacity(steps.len());
+    for (i, step) in steps.iter().enumerate() {
+        let in_flight = rot.filter(|r| i == 0 && r.phase == step.phase);
+        let current = in_flight.is_some();
+        if let Some(r) = in_flight {
+            // The operator's own timestamp wins over the spec: it already
+            // holds a backoff, or the spec may have changed since.
+            let end = r
+                .wait_until
+                .or_else(|| {
+                    r.phase_since
+                        .map(|s| s + Duration::seconds(step.wait.max_secs()))
+                })
+                .unwrap_or(now + Duration::seconds(step.wait.max_secs()));
+            // A deadline or a wait already past: the step ends when the next round sees it.
+            let end = end.max(now);
+            match step.wait {
+                Wait::Fixed { .. } => {
+                    earliest = end;
+                    latest = end;
+                }
+                Wait::Rollout { .. } => latest = end,
+                Wait::Instant => {}
+            }
+        } else {
+            earliest += Duration::seconds(step.wait.min_secs());
+            latest += Duration::seconds(step.wait.max_secs());
+        }
+        out.push(Timed {
+            step: step.clone(),
+            current,
+            earliest_end: earliest,
+            latest_end: latest,
+        });
+    }
+    out
+}
+
+/// The steps ahead of `rot` with their ends; empty when Idle.
+pub fn eta(spec: &MacpAuthSpec, rot: &RotationStatus, now: DateTime<Utc>) -> Vec<Timed> {
+    timeline(&remaining_steps(spec, rot), Some(rot), now)
+}
+
+/// A dry run of a rotation requested at `start`.
+pub fn plan(spec: &MacpAuthSpec, emergency: bool, start: DateTime<Utc>) -> Vec<Timed> {
+    timeline(&sequence(spec, emergency), None, start)
+}
+
+/// When the new key starts signing (the end of Activating), if still ahead.
+pub fn new_key_signs(steps: &[Timed]) -> Option<&Timed> {
+    steps
+        .iter()
+        .find(|t| t.step.phase == RotationPhase::Activating)
+}
+
+/// When the old key leaves every pod: the end of the last step.
+pub fn old_key_retires(steps: &[Timed]) -> Option<&Timed> {
+    steps.last()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use RotationPhase::*;
+    use macp_auth_operator::crd::RotationSpec;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    fn spec() -> MacpAuthSpec {
+        let mut spec: MacpAuthSpec = serde_json::from_value(serde_json::json!({})).unwrap();
+        spec.max_ttl_seconds = 300;
+        spec.jwks_cache_ttl_seconds = 50;
+        spec.rotation = RotationSpec {
+            rollout_timeout_seconds: 600,
+            ..RotationSpec::default()
+        };
+        spec
+    }
+
+    fn rot(phase: RotationPhase, since: &str, wait_until: Option<&str>) -> RotationStatus {
+        RotationStatus {
+            phase,
+            trigger: Some(RotationTrigger::Manual),
+            phase_since: Some(t(since)),
+            wait_until: wait_until.map(t),
+            ..RotationStatus::default()
+        }
+    }
+
+    fn phases(steps: &[Step]) -> Vec<RotationPhase> {
+        steps.iter().map(|s| s.phase).collect()
+    }
+
+    #[test]
+    fn waits_come_from_the_spec_and_the_operators_constants() {
+        let steps = sequence(&spec(), false);
+        assert_eq!(
+            phases(&steps),
+            [
+                KeyGenerated,
+                Publishing,
+                Propagating,
+                Activating,
+                Draining,
+                Retiring
+            ]
+        );
+        assert_eq!(
+            steps[2].wait,
+            Wait::Fixed {
+                seconds: 50 + PROPAGATION_SLACK_SECONDS
+            }
+        );
+        // drainSeconds unset: every token's lifetime plus the verifiers' minute.
+        assert_eq!(steps[4].wait, Wait::Fixed { seconds: 360 });
+        assert!(
+            steps[4].source.contains("maxTtlSeconds 300 + 60"),
+            "{}",
+            steps[4].source
+        );
+        assert_eq!(
+            steps[3].wait,
+            Wait::Rollout {
+                timeout_seconds: 600
+            }
+        );
+
+        let mut s = spec();
+        s.rotation.drain_seconds = Some(90);
+        s.rotation.prepublish = false;
+        let steps = sequence(&s, false);
+        assert_eq!(
+            phases(&steps),
+            [KeyGenerated, Activating, Draining, Retiring]
+        );
+        assert_eq!(steps[2].wait, Wait::Fixed { seconds: 90 });
+        assert_eq!(steps[2].source, "drain: rotation.drainSeconds 90");
+        assert_eq!(phases(&sequence(&s, true)), [KeyGenerated, Activating]);
+    }
+
+    #[test]
+    fn a_plan_adds_fixed_waits_and_bounds_rollouts_by_their_timeout() {
+        let start = t("2026-12-06T12:00:00Z");
+        let p = plan(&spec(), false, start);
+        let ends: Vec<(i64, i64)> = p
+            .iter()
+            .map(|s| {
+                (
+                    (s.earliest_end - start).num_seconds(),
+                    (s.latest_end - start).num_seconds(),
+                )
+            })
+            .collect();
+        // KeyGenerated, Publishing (≤600), Propagating (60), Activating (≤600), Draining (360), Retiring (≤600).
+        assert_eq!(
+            ends,
+            [
+                (0, 0),
+                (0, 600),
+                (60, 660),
+                (60, 1260),
+                (420, 1620),
+                (420, 2220)
+            ]
+        );
+        let signs = new_key_signs(&p).unwrap();
+        assert_eq!((signs.earliest_end - start).num_seconds(), 60);
+        assert_eq!(
+            (old_key_retires(&p).unwrap().latest_end - start).num_seconds(),
+            2220
+        );
+        assert!(p.iter().all(|s| !s.current));
+    }
+
+    #[test]
+    fn a_wait_in_flight_ends_at_the_operators_timestamp() {
+        let now = t("2026-12-06T12:00:30Z");
+        // Draining entered at 12:00:00 with a wait to 12:06:00 (drain 360 s).
+        let r = rot(
+            Draining,
+            "2026-12-06T12:00:00Z",
+            Some("2026-12-06T12:06:00Z"),
+        );
+        let e = eta(&spec(), &r, now);
+        assert_eq!(
+            phases(&e.iter().map(|s| s.step.clone()).collect::<Vec<_>>()),
+            [Draining, Retiring]
+        );
+        assert!(e[0].current);
+        assert_eq!(e[0].earliest_end, t("2026-12-06T12:06:00Z"));
+        assert_eq!(e[0].latest_end, t("2026-12-06T12:06:00Z"));
+        assert_eq!(e[1].earliest_end, t("2026-12-06T12:06:00Z"));
+        assert_eq!(e[1].latest_end, t("2026-12-06T12:16:00Z"));
+    }
+
+    #[test]
+    fn a_rollout_in_flight_may_end_now_or_at_its_deadline() {
+        let now = t("2026-12-06T12:01:00Z");
+        let r = rot(
+            Publishing,
+            "2026-12-06T12:00:00Z",
+            Some("2026-12-06T12:10:00Z"),
+        );
+        let e = eta(&spec(), &r, now);
+        assert_eq!(e.len(), 5);
+        assert_eq!(
+            (e[0].earliest_end, e[0].latest_end),
+            (now, t("2026-12-06T12:10:00Z"))
+        );
+        // Propagating: 60 s after whichever end Publishing has.
+        assert_eq!(e[1].earliest_end, t("2026-12-06T12:02:00Z"));
+        assert_eq!(e[1].latest_end, t("2026-12-06T12:11:00Z"));
+        // A deadline already past (a retry with backoff): not before now.
+        let late = t("2026-12-06T12:20:00Z");
+        let e = eta(&spec(), &r, late);
+        assert_eq!((e[0].earliest_end, e[0].latest_end), (late, late));
+    }
+
+    #[test]
+    fn without_a_wait_timestamp_the_phase_start_counts() {
+        let now = t("2026-12-06T12:00:10Z");
+        let r = rot(Propagating, "2026-12-06T12:00:00Z", None);
+        let e = eta(&spec(), &r, now);
+        assert_eq!(e[0].earliest_end, t("2026-12-06T12:01:00Z"));
+    }
+
+    #[test]
+    fn rollbacks_and_emergencies_have_their_own_remaining_steps() {
+        let mut r = rot(RollingBack, "2026-12-06T12:00:00Z", None);
+        r.rollback_from = Some(Publishing);
+        assert_eq!(phases(&remaining_steps(&spec(), &r)), [RollingBack]);
+        r.rollback_from = Some(Activating);
+        assert_eq!(
+            phases(&remaining_steps(&spec(), &r)),
+            [RollingBack, Draining, Retiring]
+        );
+        let mut e = rot(Activating, "2026-12-06T12:00:00Z", None);
+        e.trigger = Some(RotationTrigger::Emergency);
+        assert_eq!(phases(&remaining_steps(&spec(), &e)), [Activating]);
+        // A rotation rolled back from Activating drains its new key like an old one.
+        let mut d = rot(Draining, "2026-12-06T12:00:00Z", None);
+        d.outcome = Some(RotationOutcome::RolledBack);
+        assert_eq!(phases(&remaining_steps(&spec(), &d)), [Draining, Retiring]);
+        assert!(remaining_steps(&spec(), &RotationStatus::default()).is_empty());
+    }
+}

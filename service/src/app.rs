@@ -128,52 +128,58 @@ impl AppState {
         self
     }
 
-    /// Re-reads the caller tokens file if caller authentication is on; keeps
-    /// the previous set when the file is unreadable or invalid.
-    pub async fn reload_callers(&self) -> Option<Result<Reload, String>> {
+    /// Re-reads the caller tokens file if caller authentication is on. The
+    /// set becomes the file's valid lines; an unreadable file admits no
+    /// caller ([`crate::callers`]).
+    pub async fn reload_callers(&self) -> Option<Reload> {
         let callers = self.callers.as_ref()?;
-        let result = match tokio::fs::read_to_string(&callers.path).await {
-            Ok(text) => callers.auth.reload(&text).map_err(|e| e.to_string()),
-            Err(e) => Err(format!("cannot read: {e}")),
+        let reload = match tokio::fs::read_to_string(&callers.path).await {
+            Ok(text) => callers.auth.reload(&text),
+            Err(e) => callers.auth.unreadable(e.to_string()),
         };
-        match &result {
-            Ok(Reload::Replaced { tokens }) => {
-                self.metrics.set_caller_tokens(*tokens);
-                self.metrics.record_caller_reload(true);
-            }
-            Ok(Reload::Unchanged) => {}
-            Err(_) => self.metrics.record_caller_reload(false),
+        if let Some(result) = reload.result() {
+            self.metrics.set_caller_tokens(callers.auth.token_count());
+            self.metrics
+                .record_caller_file(result, reload.dropped_lines().len());
         }
-        Some(result)
+        Some(reload)
     }
 }
 
 /// Polls the caller tokens file (by path: a Secret volume swaps a symlink,
-/// which inode watches miss). Failures are logged once per distinct error.
+/// which inode watches miss). Each change is logged once, with the line
+/// numbers of dropped lines and never their content.
 async fn poll_callers(state: Arc<AppState>) {
     let Some(callers) = state.callers.as_ref() else {
         return;
     };
-    let mut last_error: Option<String> = None;
     loop {
         tokio::time::sleep(callers.poll).await;
-        match state.reload_callers().await {
-            Some(Ok(Reload::Replaced { tokens })) => {
-                last_error = None;
-                tracing::info!(path = %callers.path.display(), tokens, "caller tokens reloaded");
+        let Some(reload) = state.reload_callers().await else {
+            return;
+        };
+        let path = callers.path.display();
+        match &reload {
+            Reload::Unchanged => {}
+            Reload::Replaced { tokens: 0, .. } => tracing::error!(
+                %path,
+                dropped_lines = ?reload.dropped_lines(),
+                "caller tokens file holds no valid token: no caller is admitted"
+            ),
+            Reload::Replaced { tokens, dropped } if !dropped.is_empty() => tracing::warn!(
+                %path,
+                tokens,
+                dropped_lines = ?reload.dropped_lines(),
+                "caller tokens reloaded; invalid lines dropped (each: shorter than 16 characters, or whitespace inside)"
+            ),
+            Reload::Replaced { tokens, .. } => {
+                tracing::info!(%path, tokens, "caller tokens reloaded")
             }
-            Some(Ok(Reload::Unchanged)) => last_error = None,
-            Some(Err(e)) => {
-                if last_error.as_deref() != Some(e.as_str()) {
-                    tracing::warn!(
-                        path = %callers.path.display(),
-                        error = %e,
-                        "caller tokens file not reloaded; the previous tokens stay in force"
-                    );
-                }
-                last_error = Some(e);
-            }
-            None => return,
+            Reload::Unreadable { error } => tracing::error!(
+                %path,
+                %error,
+                "caller tokens file cannot be read: no caller is admitted until it can"
+            ),
         }
     }
 }

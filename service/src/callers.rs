@@ -9,8 +9,13 @@
 //! SHA-256: stable, distinct per token, and useless for minting.
 //!
 //! The file is re-read by polling its path (a mounted Secret is updated by a
-//! symlink swap, which inotify on the old inode would miss). A reload that
-//! fails keeps the previous set.
+//! symlink swap, which inotify on the old inode would miss). A reload never
+//! fails open: the set becomes exactly the file's valid lines, so a token
+//! taken out of the file stops minting whatever else the file holds. Invalid
+//! lines are dropped (and reported by line number, never by content), and an
+//! empty or unreadable file admits no caller. Only the file read at startup
+//! is refused whole ([`CallerSet::parse`]): a pod that cannot start admits
+//! no caller either, and the mistake shows before anything depends on it.
 
 use std::sync::{Arc, RwLock};
 
@@ -60,28 +65,42 @@ fn identity_from_digest(digest: &[u8; 32]) -> String {
     format!("caller-{hex}")
 }
 
+/// The tokens of the valid lines of `text`, and the problem of each invalid
+/// line, in line order. Every line is trimmed; duplicates are harmless.
+fn parse_lines(text: &str) -> (Vec<Entry>, Vec<CallerFileError>) {
+    let mut entries = Vec::new();
+    let mut dropped = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let token = raw.trim();
+        if token.is_empty() || token.starts_with('#') {
+            continue;
+        }
+        let line = index + 1;
+        // Header values cannot carry these, so such a token could never match.
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            dropped.push(CallerFileError::BadCharacter { line });
+            continue;
+        }
+        if token.len() < MIN_TOKEN_LEN {
+            dropped.push(CallerFileError::TooShort { line });
+            continue;
+        }
+        let digest = sha256(token.as_bytes());
+        entries.push(Entry {
+            digest,
+            identity: identity_from_digest(&digest),
+        });
+    }
+    (entries, dropped)
+}
+
 impl CallerSet {
-    /// Parses the file text. Every line is trimmed; duplicates are harmless.
+    /// Parses the file text read at startup: any invalid line, or no token
+    /// at all, refuses the whole file.
     pub fn parse(text: &str) -> Result<CallerSet, CallerFileError> {
-        let mut entries = Vec::new();
-        for (index, raw) in text.lines().enumerate() {
-            let token = raw.trim();
-            if token.is_empty() || token.starts_with('#') {
-                continue;
-            }
-            let line = index + 1;
-            // Header values cannot carry these, so such a token could never match.
-            if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(CallerFileError::BadCharacter { line });
-            }
-            if token.len() < MIN_TOKEN_LEN {
-                return Err(CallerFileError::TooShort { line });
-            }
-            let digest = sha256(token.as_bytes());
-            entries.push(Entry {
-                digest,
-                identity: identity_from_digest(&digest),
-            });
+        let (entries, dropped) = parse_lines(text);
+        if let Some(first) = dropped.into_iter().next() {
+            return Err(first);
         }
         if entries.is_empty() {
             return Err(CallerFileError::Empty);
@@ -90,6 +109,17 @@ impl CallerSet {
             entries,
             source_digest: sha256(text.as_bytes()),
         })
+    }
+
+    /// Parses a reloaded file: the valid lines make the set (possibly
+    /// empty), the invalid ones are returned.
+    pub fn parse_valid_lines(text: &str) -> (CallerSet, Vec<CallerFileError>) {
+        let (entries, dropped) = parse_lines(text);
+        let set = CallerSet {
+            entries,
+            source_digest: sha256(text.as_bytes()),
+        };
+        (set, dropped)
     }
 
     pub fn len(&self) -> usize {
@@ -132,20 +162,91 @@ pub enum AuthResult {
 /// The live token set, swapped atomically on reload.
 #[derive(Debug)]
 pub struct CallerAuth {
-    current: RwLock<Arc<CallerSet>>,
+    current: RwLock<Current>,
 }
 
-/// What [`CallerAuth::reload`] did.
+#[derive(Debug)]
+struct Current {
+    set: Arc<CallerSet>,
+    /// What the set was made from, to skip reloads that change nothing.
+    source: Source,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Source {
+    Text([u8; 32]),
+    Unreadable(String),
+}
+
+/// What [`CallerAuth::reload`] or [`CallerAuth::unreadable`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reload {
+    /// The same text (or the same read error) as last time: nothing changed.
     Unchanged,
-    Replaced { tokens: usize },
+    /// The set is now exactly the file's valid lines; `dropped` lists the
+    /// invalid ones. `tokens` may be 0: the file then admits no caller.
+    Replaced {
+        tokens: usize,
+        dropped: Vec<CallerFileError>,
+    },
+    /// The file could not be read: no caller is admitted until it can.
+    Unreadable { error: String },
 }
+
+impl Reload {
+    /// The `result` label of `caller_token_reloads_total`: `ok`,
+    /// `invalid_lines`, `empty` or `unreadable`; `None` when nothing changed.
+    pub fn result(&self) -> Option<&'static str> {
+        match self {
+            Reload::Unchanged => None,
+            Reload::Replaced { tokens: 0, .. } => Some(RELOAD_EMPTY),
+            Reload::Replaced { dropped, .. } if !dropped.is_empty() => Some(RELOAD_INVALID_LINES),
+            Reload::Replaced { .. } => Some(RELOAD_OK),
+            Reload::Unreadable { .. } => Some(RELOAD_UNREADABLE),
+        }
+    }
+
+    /// The line numbers of the dropped lines (never their content).
+    pub fn dropped_lines(&self) -> Vec<usize> {
+        match self {
+            Reload::Replaced { dropped, .. } => dropped
+                .iter()
+                .filter_map(|e| match e {
+                    CallerFileError::TooShort { line } | CallerFileError::BadCharacter { line } => {
+                        Some(*line)
+                    }
+                    CallerFileError::Empty => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Every valid line applied, none dropped.
+pub const RELOAD_OK: &str = "ok";
+/// Some lines were invalid and dropped; the valid ones apply.
+pub const RELOAD_INVALID_LINES: &str = "invalid_lines";
+/// The file holds no valid token: no caller is admitted.
+pub const RELOAD_EMPTY: &str = "empty";
+/// The file could not be read: no caller is admitted.
+pub const RELOAD_UNREADABLE: &str = "unreadable";
+/// Every `result` label, for metrics that report each from the start.
+pub const RELOAD_RESULTS: [&str; 4] = [
+    RELOAD_OK,
+    RELOAD_INVALID_LINES,
+    RELOAD_EMPTY,
+    RELOAD_UNREADABLE,
+];
 
 impl CallerAuth {
     pub fn new(set: CallerSet) -> Self {
+        let source = Source::Text(set.source_digest);
         CallerAuth {
-            current: RwLock::new(Arc::new(set)),
+            current: RwLock::new(Current {
+                set: Arc::new(set),
+                source,
+            }),
         }
     }
 
@@ -153,6 +254,7 @@ impl CallerAuth {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .set
             .clone()
     }
 
@@ -180,16 +282,40 @@ impl CallerAuth {
         }
     }
 
-    /// Replaces the set with the one parsed from `text` if the text changed.
-    /// On a parse error the previous set stays in force.
-    pub fn reload(&self, text: &str) -> Result<Reload, CallerFileError> {
-        if self.snapshot().source_digest == sha256(text.as_bytes()) {
-            return Ok(Reload::Unchanged);
+    /// Replaces the set with the valid lines of `text` if the text changed.
+    /// Never keeps a token that is not in `text`: a revocation takes effect
+    /// even when the new file has mistakes.
+    pub fn reload(&self, text: &str) -> Reload {
+        let source = Source::Text(sha256(text.as_bytes()));
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if current.source == source {
+            return Reload::Unchanged;
         }
-        let set = CallerSet::parse(text)?;
+        let (set, dropped) = CallerSet::parse_valid_lines(text);
         let tokens = set.len();
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
-        Ok(Reload::Replaced { tokens })
+        *current = Current {
+            set: Arc::new(set),
+            source,
+        };
+        Reload::Replaced { tokens, dropped }
+    }
+
+    /// The file could not be read (`error`): no caller is admitted until it
+    /// can, since the tokens it holds now are unknown.
+    pub fn unreadable(&self, error: String) -> Reload {
+        let source = Source::Unreadable(error.clone());
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if current.source == source {
+            return Reload::Unchanged;
+        }
+        *current = Current {
+            set: Arc::new(CallerSet {
+                entries: Vec::new(),
+                source_digest: [0; 32],
+            }),
+            source,
+        };
+        Reload::Unreadable { error }
     }
 }
 
@@ -248,24 +374,50 @@ mod tests {
         assert_eq!(auth.check(None), AuthResult::Missing);
     }
 
+    fn bearer(t: &str) -> Vec<u8> {
+        format!("Bearer {t}").into_bytes()
+    }
+
     #[test]
-    fn reload_replaces_or_keeps() {
-        let auth = CallerAuth::new(CallerSet::parse(A).unwrap());
-        assert_eq!(auth.reload(A).unwrap(), Reload::Unchanged);
+    fn reload_replaces_with_exactly_the_valid_lines() {
+        let auth = CallerAuth::new(CallerSet::parse(&format!("{A}\n{B}\n")).unwrap());
+        assert_eq!(auth.reload(&format!("{A}\n{B}\n")), Reload::Unchanged);
+        // B revoked in a file that also has a mistake: A stays, B goes, the
+        // bad line is reported by number.
+        let reload = auth.reload(&format!("{A}\nshort\n"));
         assert_eq!(
-            auth.reload(&format!("{B}\n")).unwrap(),
-            Reload::Replaced { tokens: 1 }
+            reload,
+            Reload::Replaced {
+                tokens: 1,
+                dropped: vec![CallerFileError::TooShort { line: 2 }]
+            }
         );
-        assert_eq!(
-            auth.check(Some(format!("Bearer {A}").as_bytes())),
-            AuthResult::Invalid
-        );
-        // A broken file keeps the previous set.
-        assert!(auth.reload("").is_err());
-        assert_eq!(
-            auth.check(Some(format!("Bearer {B}").as_bytes())),
-            AuthResult::Ok(identity_of(B))
-        );
+        assert_eq!(reload.result(), Some(RELOAD_INVALID_LINES));
+        assert_eq!(reload.dropped_lines(), vec![2]);
+        assert_eq!(auth.check(Some(&bearer(A))), AuthResult::Ok(identity_of(A)));
+        assert_eq!(auth.check(Some(&bearer(B))), AuthResult::Invalid);
+
+        let reload = auth.reload(&format!("{B}\n"));
+        assert_eq!(reload.result(), Some(RELOAD_OK));
+        assert_eq!(auth.check(Some(&bearer(A))), AuthResult::Invalid);
         assert_eq!(auth.token_count(), 1);
+    }
+
+    #[test]
+    fn an_empty_or_unreadable_file_admits_no_caller() {
+        let auth = CallerAuth::new(CallerSet::parse(A).unwrap());
+        let reload = auth.reload("# emptied by mistake\n");
+        assert_eq!(reload.result(), Some(RELOAD_EMPTY));
+        assert_eq!(auth.check(Some(&bearer(A))), AuthResult::Invalid);
+        assert_eq!(auth.token_count(), 0);
+
+        assert_eq!(auth.reload(A).result(), Some(RELOAD_OK));
+        let reload = auth.unreadable("no such file".into());
+        assert_eq!(reload.result(), Some(RELOAD_UNREADABLE));
+        assert_eq!(auth.unreadable("no such file".into()), Reload::Unchanged);
+        assert_eq!(auth.check(Some(&bearer(A))), AuthResult::Invalid);
+        // The same text as before the read failed applies again.
+        assert_eq!(auth.reload(A).result(), Some(RELOAD_OK));
+        assert_eq!(auth.check(Some(&bearer(A))), AuthResult::Ok(identity_of(A)));
     }
 }

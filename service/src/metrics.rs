@@ -82,6 +82,15 @@ struct ReloadLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProblemLabel {
+    problem: &'static str,
+}
+
+const CALLER_FILE_INVALID_LINES: &str = "invalid_lines";
+const CALLER_FILE_NO_TOKENS: &str = "no_tokens";
+const CALLER_FILE_UNREADABLE: &str = "unreadable";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KeyLabels {
     kid: String,
     alg: &'static str,
@@ -98,8 +107,10 @@ pub struct Metrics {
     auth_failures: [Counter; 2],
     rate_limited: Counter,
     caller_tokens: Gauge,
-    /// `[ok, failed]`.
-    caller_reloads: [Counter; 2],
+    /// In the order of [`crate::callers::RELOAD_RESULTS`].
+    caller_reloads: [Counter; 4],
+    /// `[invalid_lines, no_tokens, unreadable]` of the tokens file as last read.
+    caller_file_problems: [Gauge; 3],
     key_age: Gauge,
     key_loaded: std::time::Instant,
     connections: ConnectionMetrics,
@@ -197,12 +208,31 @@ impl Metrics {
             caller_tokens.clone(),
         );
         let reload_family = Family::<ReloadLabel, Counter>::default();
-        let caller_reloads = ["ok", "failed"]
+        let caller_reloads = crate::callers::RELOAD_RESULTS
             .map(|result| reload_family.get_or_create(&ReloadLabel { result }).clone());
         registry.register(
             "caller_token_reloads",
-            "Changes of MACP_AUTH_MINT_TOKENS_FILE applied (ok) or refused (failed, previous set kept)",
+            "Changes of MACP_AUTH_MINT_TOKENS_FILE applied: every line (ok), the valid lines only \
+             (invalid_lines), none as the file holds no valid token (empty) or cannot be read \
+             (unreadable); the last two admit no caller",
             reload_family,
+        );
+        let problem_family = Family::<ProblemLabel, Gauge>::default();
+        let caller_file_problems = [
+            CALLER_FILE_INVALID_LINES,
+            CALLER_FILE_NO_TOKENS,
+            CALLER_FILE_UNREADABLE,
+        ]
+        .map(|problem| {
+            problem_family
+                .get_or_create(&ProblemLabel { problem })
+                .clone()
+        });
+        registry.register(
+            "caller_token_file_problems",
+            "Problems of MACP_AUTH_MINT_TOKENS_FILE as last read: invalid_lines (lines dropped), \
+             no_tokens (1: no caller admitted), unreadable (1: no caller admitted)",
+            problem_family,
         );
 
         let connections = ConnectionMetrics::default();
@@ -216,6 +246,7 @@ impl Metrics {
             rate_limited,
             caller_tokens,
             caller_reloads,
+            caller_file_problems,
             key_age,
             key_loaded: std::time::Instant::now(),
             connections,
@@ -240,8 +271,30 @@ impl Metrics {
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
+    /// [`Metrics::record_caller_file`] for a file applied whole (`ok`) or
+    /// not read at all.
     pub fn record_caller_reload(&self, ok: bool) {
-        self.caller_reloads[usize::from(!ok)].inc();
+        let result = if ok {
+            crate::callers::RELOAD_OK
+        } else {
+            crate::callers::RELOAD_UNREADABLE
+        };
+        self.record_caller_file(result, 0);
+    }
+
+    /// Counts one applied change of the tokens file (`result`, one of
+    /// [`crate::callers::RELOAD_RESULTS`]) and sets the file's problems.
+    pub fn record_caller_file(&self, result: &str, invalid_lines: usize) {
+        if let Some(i) = crate::callers::RELOAD_RESULTS
+            .iter()
+            .position(|r| *r == result)
+        {
+            self.caller_reloads[i].inc();
+        }
+        let [invalid, none, unreadable] = &self.caller_file_problems;
+        invalid.set(i64::try_from(invalid_lines).unwrap_or(i64::MAX));
+        none.set(i64::from(result == crate::callers::RELOAD_EMPTY));
+        unreadable.set(i64::from(result == crate::callers::RELOAD_UNREADABLE));
     }
 
     /// Records one `POST /tokens` outcome and how long it took.
@@ -304,7 +357,7 @@ mod tests {
         metrics.record_rate_limited();
         metrics.set_caller_tokens(4);
         metrics.record_caller_reload(true);
-        metrics.record_caller_reload(false);
+        metrics.record_caller_file("invalid_lines", 2);
         let text = metrics.encode().unwrap();
         for line in [
             r#"macp_auth_auth_failures_total{reason="missing"} 1"#,
@@ -312,7 +365,10 @@ mod tests {
             "macp_auth_rate_limited_total 1",
             "macp_auth_caller_tokens 4",
             r#"macp_auth_caller_token_reloads_total{result="ok"} 1"#,
-            r#"macp_auth_caller_token_reloads_total{result="failed"} 1"#,
+            r#"macp_auth_caller_token_reloads_total{result="invalid_lines"} 1"#,
+            r#"macp_auth_caller_token_reloads_total{result="unreadable"} 0"#,
+            r#"macp_auth_caller_token_file_problems{problem="invalid_lines"} 2"#,
+            r#"macp_auth_caller_token_file_problems{problem="no_tokens"} 0"#,
             r#"macp_auth_mints_total{outcome="unauthorized",alg="ES256"} 0"#,
             r#"macp_auth_mints_total{outcome="request_timeout",alg="ES256"} 0"#,
             "macp_auth_connections_open 0",

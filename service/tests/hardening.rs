@@ -134,8 +134,30 @@ async fn caller_auth_401_and_200() {
     server.stop().await;
 }
 
+/// Replaces the tokens file the way a Secret volume does: a new file
+/// renamed over the path.
+fn replace_file(path: &str, text: &str) {
+    let next = format!("{path}.next");
+    std::fs::write(&next, text).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+/// Mints with `bearer` until the answer is `want` (the file is polled every
+/// 50 ms); panics after 10 s.
+async fn until_status(client: &Client, server: &TestServer, bearer: &str, want: u16) {
+    let mut waited = Duration::ZERO;
+    while mint(client, server, Some(bearer)).await.0 != want {
+        assert!(
+            waited < Duration::from_secs(10),
+            "reload not seen: never {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        waited += Duration::from_millis(25);
+    }
+}
+
 #[tokio::test]
-async fn caller_tokens_reload_on_file_change_and_survive_a_bad_file() {
+async fn caller_tokens_reload_on_file_change_and_a_bad_file_admits_no_caller() {
     let dir = tempfile::tempdir().unwrap();
     let path = tokens_file(dir.path(), &format!("{TOKEN_A}\n"));
     let server = TestServer::start(Arc::new(app_state(&[(
@@ -147,32 +169,67 @@ async fn caller_tokens_reload_on_file_change_and_survive_a_bad_file() {
     assert_eq!(mint(&client, &server, Some(TOKEN_A)).await.0, 200);
     assert_eq!(mint(&client, &server, Some(TOKEN_B)).await.0, 401);
 
-    // Replace the file the way a Secret volume does: write a new file, then
-    // rename it over the path.
-    let next = dir.path().join("callers.next");
-    std::fs::write(&next, format!("{TOKEN_B}\n")).unwrap();
-    std::fs::rename(&next, &path).unwrap();
-    let mut waited = Duration::ZERO;
-    while mint(&client, &server, Some(TOKEN_B)).await.0 != 200 {
-        assert!(waited < Duration::from_secs(10), "reload not seen");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-        waited += Duration::from_millis(25);
-    }
+    replace_file(&path, &format!("{TOKEN_B}\n"));
+    until_status(&client, &server, TOKEN_B, 200).await;
     assert_eq!(mint(&client, &server, Some(TOKEN_A)).await.0, 401);
 
-    // An invalid file and a missing file keep the previous tokens.
-    std::fs::write(&path, "# emptied by mistake\n").unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(mint(&client, &server, Some(TOKEN_B)).await.0, 200);
-    std::fs::remove_file(&path).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(mint(&client, &server, Some(TOKEN_B)).await.0, 200);
+    // An emptied file admits no caller, and neither does a missing one.
+    replace_file(&path, "# emptied by mistake\n");
+    until_status(&client, &server, TOKEN_B, 401).await;
     let text = metrics(&client, &server).await;
     assert!(
-        text.contains(r#"macp_auth_caller_token_reloads_total{result="ok"} 1"#),
+        text.contains(r#"macp_auth_caller_token_file_problems{problem="no_tokens"} 1"#),
         "{text}"
     );
-    assert!(!text.contains(r#"macp_auth_caller_token_reloads_total{result="failed"} 0"#));
+    assert!(text.contains("macp_auth_caller_tokens 0"), "{text}");
+    replace_file(&path, &format!("{TOKEN_B}\n"));
+    until_status(&client, &server, TOKEN_B, 200).await;
+    std::fs::remove_file(&path).unwrap();
+    until_status(&client, &server, TOKEN_B, 401).await;
+    let text = metrics(&client, &server).await;
+    for line in [
+        r#"macp_auth_caller_token_reloads_total{result="ok"} 2"#,
+        r#"macp_auth_caller_token_reloads_total{result="empty"} 1"#,
+        r#"macp_auth_caller_token_reloads_total{result="unreadable"} 1"#,
+        r#"macp_auth_caller_token_file_problems{problem="unreadable"} 1"#,
+        r#"macp_auth_caller_token_file_problems{problem="no_tokens"} 0"#,
+    ] {
+        assert!(text.contains(line), "{line} missing in {text}");
+    }
+    server.stop().await;
+}
+
+/// Revoking one of two tokens with a file that also has a mistake: the
+/// revoked token is refused as soon as the file is re-read, the other one
+/// keeps minting, and the bad line is dropped and reported, not fatal.
+#[tokio::test]
+async fn a_revoked_token_is_refused_even_when_the_new_file_has_an_invalid_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tokens_file(dir.path(), &format!("{TOKEN_A}\n{TOKEN_B}\n"));
+    let server = TestServer::start(Arc::new(app_state(&[(
+        "MACP_AUTH_MINT_TOKENS_FILE",
+        &path,
+    )])))
+    .await;
+    let client = Client::new();
+    assert_eq!(mint(&client, &server, Some(TOKEN_A)).await.0, 200);
+    assert_eq!(mint(&client, &server, Some(TOKEN_B)).await.0, 200);
+
+    replace_file(&path, &format!("# B revoked\n{TOKEN_A}\nshort\n"));
+    until_status(&client, &server, TOKEN_B, 401).await;
+    // From the reload on, every attempt of the revoked token is refused.
+    for _ in 0..20 {
+        assert_eq!(mint(&client, &server, Some(TOKEN_B)).await.0, 401);
+    }
+    assert_eq!(mint(&client, &server, Some(TOKEN_A)).await.0, 200);
+    let text = metrics(&client, &server).await;
+    for line in [
+        "macp_auth_caller_tokens 1",
+        r#"macp_auth_caller_token_reloads_total{result="invalid_lines"} 1"#,
+        r#"macp_auth_caller_token_file_problems{problem="invalid_lines"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} missing in {text}");
+    }
     server.stop().await;
 }
 

@@ -167,8 +167,9 @@ async fn metric(addr: SocketAddr, series: &str) -> u64 {
 }
 
 /// Waits until the peer closes `stream` (EOF or reset), discarding what it
-/// sends; gives up after 15 s (every close these tests expect comes sooner).
-async fn until_closed(stream: &mut TcpStream) {
+/// sends; a connection still open after `within` fails the test, since every
+/// close these tests expect is a bound the service promises.
+async fn until_closed(stream: &mut TcpStream, within: Duration) {
     let mut buf = [0u8; 512];
     let closed = async {
         while let Ok(n) = stream.read(&mut buf).await {
@@ -177,7 +178,10 @@ async fn until_closed(stream: &mut TcpStream) {
             }
         }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(15), closed).await;
+    assert!(
+        tokio::time::timeout(within, closed).await.is_ok(),
+        "the service left the connection open for {within:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +213,7 @@ async fn three_thousand_half_sent_headers_under_a_descriptor_limit_of_1024() {
             let at = Instant::now();
             counter.fetch_add(1, Ordering::SeqCst);
             if wrote.is_ok() {
-                until_closed(&mut stream).await;
+                until_closed(&mut stream, Duration::from_secs(15)).await;
             }
             at.elapsed()
         });
@@ -387,7 +391,7 @@ async fn keep_alive_clients_that_behave_are_unaffected_and_idle_ones_are_closed(
     assert_eq!(get_on(&mut stream, "/readyz").await.status, 200);
     // Then the client idles: the connection is closed after the timeout.
     let idle_since = Instant::now();
-    until_closed(&mut stream).await;
+    until_closed(&mut stream, Duration::from_secs(15)).await;
     let idle = idle_since.elapsed();
     assert!(
         idle >= Duration::from_secs(2) && idle <= Duration::from_secs(3),
@@ -457,8 +461,14 @@ async fn shutdown_delay_keeps_serving_with_readyz_at_503_then_drains_and_exits_0
         TcpStream::connect(addr).await.is_err(),
         "still accepting after the delay"
     );
-    // ...the idle keep-alive connection is closed, the in-flight one finishes.
-    until_closed(&mut keep).await;
+    // ...the idle keep-alive connection is closed within a second of the
+    // drain's start (the end of the delay), the in-flight one finishes.
+    until_closed(&mut keep, Duration::from_secs(15)).await;
+    let closed_after_drain = signalled.elapsed().saturating_sub(DELAY);
+    assert!(
+        closed_after_drain <= Duration::from_secs(1),
+        "the idle keep-alive connection closed {closed_after_drain:?} after the drain began"
+    );
     late.write_all(rest.as_bytes()).await.unwrap();
     let response = read_response(&mut late).await;
     assert_eq!(response.status, 200, "{:?}", response.json());

@@ -1008,9 +1008,18 @@ async fn helm_installs_upgrades_reports_and_uninstalls_the_chart() {
         .server
         .get("apps", "deployments", Some(ns), "op-macp-auth-operator")
         .unwrap();
-    assert!(
-        d.to_string().contains("debug"),
-        "the upgrade reached the Deployment: {d:#}"
+    let rust_log: Vec<&str> = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["env"].as_array().into_iter().flatten())
+        .filter(|e| e["name"] == "RUST_LOG")
+        .filter_map(|e| e["value"].as_str())
+        .collect();
+    assert_eq!(
+        rust_log,
+        vec!["debug"],
+        "the upgrade's logLevel is the operator's RUST_LOG: {d:#}"
     );
 
     let r = k.helm(&["status", "op", "-n", ns]).await;

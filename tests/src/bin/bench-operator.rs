@@ -6,7 +6,9 @@
 //!
 //! Prints one line per N (`scripts/bench-operator` wraps it):
 //! `bench-operator n=<N> ready_s=<x> requests_per_object=<x> steady_writes_per_min=<x> ...`
-//! Nothing here asserts a timing; docs/performance.md records the figures.
+//! docs/performance.md records the figures. With `--check` the run also
+//! exits 1 when a figure misses its target (docs/performance.md), a storm
+//! rotation ends other than `Succeeded`, or an operator round fails.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -58,6 +60,89 @@ struct Args {
     /// Seconds to wait for any one step before giving up.
     #[arg(long, default_value_t = 600)]
     timeout_seconds: u64,
+    /// Exit 1 after the run if any target is missed, any storm rotation's
+    /// outcome is not `Succeeded`, or any operator round failed.
+    #[arg(long)]
+    check: bool,
+}
+
+/// The targets of docs/performance.md that `--check` holds the figures to.
+/// The Ready bound is n=1000's; smaller N are held to it as well, since
+/// they have less to do.
+const TARGET_READY_S: f64 = 60.0;
+const TARGET_STEADY_WRITES_PER_MIN: f64 = 0.0;
+const TARGET_PEAK_RSS_MIB: f64 = 150.0;
+
+/// What `--check` judges of one N.
+#[derive(Clone, Debug, Default)]
+struct Figures {
+    n: usize,
+    ready_s: f64,
+    steady_writes_per_min: f64,
+    peak_rss_mib: f64,
+    /// `None` when the storm was skipped.
+    storm: Option<StormFigures>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct StormFigures {
+    max_delay_s: f64,
+    /// Rotations per outcome (`Succeeded`, `RolledBack`, ...).
+    outcomes: BTreeMap<String, usize>,
+    /// Storm rotations that never finished.
+    unfinished: usize,
+    /// Failed operator rounds during the storm.
+    round_errors: f64,
+}
+
+/// Every way `f` misses: a target (the storm's bound is `rollout_s`, one
+/// rollout observed in the same run), a rotation not `Succeeded`, a round error.
+fn misses(f: &Figures, rollout_s: Option<f64>) -> Vec<String> {
+    let n = f.n;
+    let mut out = Vec::new();
+    if f.ready_s > TARGET_READY_S {
+        out.push(format!(
+            "n={n}: ready_s={:.1} > {TARGET_READY_S}",
+            f.ready_s
+        ));
+    }
+    if f.steady_writes_per_min > TARGET_STEADY_WRITES_PER_MIN {
+        out.push(format!(
+            "n={n}: steady_writes_per_min={:.1} > {TARGET_STEADY_WRITES_PER_MIN}",
+            f.steady_writes_per_min
+        ));
+    }
+    if f.peak_rss_mib > TARGET_PEAK_RSS_MIB {
+        out.push(format!(
+            "n={n}: peak_rss_mib={:.1} > {TARGET_PEAK_RSS_MIB}",
+            f.peak_rss_mib
+        ));
+    }
+    if let Some(storm) = &f.storm {
+        match rollout_s {
+            Some(bound) if storm.max_delay_s <= bound => {}
+            Some(bound) => out.push(format!(
+                "n={n}: storm_max_delay_s={:.1} > rollout_s={bound:.1}",
+                storm.max_delay_s
+            )),
+            None => out.push(format!("n={n}: no rollout_s to bound the storm by")),
+        }
+        for (outcome, count) in &storm.outcomes {
+            if outcome != "Succeeded" {
+                out.push(format!("n={n}: {count} storm rotation(s) {outcome}"));
+            }
+        }
+        if storm.unfinished > 0 {
+            out.push(format!(
+                "n={n}: {} storm rotation(s) never finished",
+                storm.unfinished
+            ));
+        }
+        if storm.round_errors > 0.0 {
+            out.push(format!("n={n}: storm_round_errors={}", storm.round_errors));
+        }
+    }
+    out
 }
 
 /// Scaled-down but valid rotation settings: the storm's waits are the cache
@@ -101,6 +186,7 @@ async fn main() -> anyhow::Result<()> {
          (pods are in-process token services, no kubelet); keys ES256; {} namespaces",
         args.namespaces
     );
+    let mut rollout_s = None;
     if !args.no_storm {
         let took = one_rollout(&args)
             .await
@@ -114,10 +200,24 @@ async fn main() -> anyhow::Result<()> {
              (rollouts of one MacpAuth's Deployment on the simulated kubelet: real service processes, \
              the pod spec's probes unscaled; the mean is the storm target's bound)"
         );
+        rollout_s = Some(mean);
     }
+    let mut missed = Vec::new();
     for &n in &args.sizes {
-        let line = run_one(&args, n).await.with_context(|| format!("n={n}"))?;
+        let (line, figures) = run_one(&args, n).await.with_context(|| format!("n={n}"))?;
         println!("{line}");
+        missed.extend(misses(&figures, rollout_s));
+    }
+    if args.check {
+        if !missed.is_empty() {
+            for m in &missed {
+                println!("bench-operator check: MISSED {m}");
+            }
+            std::process::exit(1);
+        }
+        println!(
+            "bench-operator check: every target met, every storm rotation Succeeded, no round error"
+        );
     }
     Ok(())
 }
@@ -480,7 +580,7 @@ fn by_resource(requests: &[RecordedRequest]) -> String {
         .join(",")
 }
 
-async fn run_one(args: &Args, n: usize) -> anyhow::Result<String> {
+async fn run_one(args: &Args, n: usize) -> anyhow::Result<(String, Figures)> {
     let timeout = Duration::from_secs(args.timeout_seconds);
     let harness_cpu_before = cpu_seconds("self")?;
     let server = FakeApiServer::start()
@@ -526,10 +626,14 @@ async fn run_one(args: &Args, n: usize) -> anyhow::Result<String> {
     let steady_writes = steady.iter().filter(|r| r.is_write()).count() as f64 * per_min;
     let steady_requests = steady.len() as f64 * per_min;
 
-    let storm = if args.no_storm {
-        String::from("storm_s=skipped storm_max_delay_s=skipped")
+    let (storm, storm_figures) = if args.no_storm {
+        (
+            String::from("storm_s=skipped storm_max_delay_s=skipped"),
+            None,
+        )
     } else {
-        storm(&server, &operator, n, created, timeout).await?
+        let (line, figures) = storm(&server, &operator, n, created, timeout).await?;
+        (line, Some(figures))
     };
     let (rss, cpu) = operator.usage()?;
     // The API server and the pod stand-ins share this process: their CPU
@@ -537,7 +641,14 @@ async fn run_one(args: &Args, n: usize) -> anyhow::Result<String> {
     let harness_cpu = cpu_seconds("self")? - harness_cpu_before;
     operator.stop().await;
     standin.shutdown().await;
-    Ok(format!(
+    let figures = Figures {
+        n,
+        ready_s: ready.as_secs_f64(),
+        steady_writes_per_min: steady_writes,
+        peak_rss_mib: rss,
+        storm: storm_figures,
+    };
+    let line = format!(
         "bench-operator n={n} ready_s={:.1} requests_per_object={:.2} steady_writes_per_min={steady_writes:.1} \
          peak_rss_mib={rss:.1} cpu_s={cpu:.1} {storm} steady_requests_per_min={steady_requests:.1} \
          requests_by_verb_per_object={} steady_requests={} harness_cpu_s={harness_cpu:.1} \
@@ -548,7 +659,8 @@ async fn run_one(args: &Args, n: usize) -> anyhow::Result<String> {
         by_resource(&steady),
         settle.as_secs_f64(),
         settle_requests as f64 / n as f64,
-    ))
+    );
+    Ok((line, figures))
 }
 
 /// Every MacpAuth's `rotation.interval` made due at the same moment, the way
@@ -568,7 +680,7 @@ async fn storm(
     n: usize,
     created: DateTime<Utc>,
     timeout: Duration,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, StormFigures)> {
     let list = all(server)?;
     let bases: Vec<(String, String, DateTime<Utc>)> = list
         .iter()
@@ -679,8 +791,10 @@ async fn storm(
     let mut max_start = f64::NEG_INFINITY;
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     let mut starts: Vec<f64> = Vec::with_capacity(n);
+    let mut unfinished = 0;
     for m in all(server)? {
         let Some((started, done, outcome)) = finished(&m) else {
+            unfinished += 1;
             continue;
         };
         let own = scheduled.get(&key_of(&m)).copied().unwrap_or(due);
@@ -696,12 +810,18 @@ async fn storm(
         *outcomes.entry(outcome).or_default() += 1;
     }
     let steps = storm_steps(server, window, &scheduled);
+    let figures = StormFigures {
+        max_delay_s: max_delay,
+        outcomes: outcomes.clone(),
+        unfinished,
+        round_errors: rounds.errors,
+    };
     let outcomes = outcomes
         .iter()
         .map(|(o, c)| format!("{o}:{c}"))
         .collect::<Vec<_>>()
         .join(",");
-    Ok(format!(
+    let line = format!(
         "storm_s={storm_s:.1} storm_max_delay_s={max_delay:.1} storm_max_start_s={max_start:.1} \
          storm_start_p50_s={:.1} storm_start_p90_s={:.1} storm_waits_s={waits:.0} \
          storm_window_s={:.1} storm_max_past_due_s={max_past_due:.1} storm_outcomes={outcomes} \
@@ -720,7 +840,8 @@ async fn storm(
             0.0
         },
         rounds.errors,
-    ))
+    );
+    Ok((line, figures))
 }
 
 /// The storm's due moment: at least [`STORM_MIN_INTERVAL_S`] after the
@@ -856,4 +977,70 @@ fn percentile(values: &mut [f64], q: f64) -> f64 {
     values.sort_by(f64::total_cmp);
     let rank = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len());
     values[rank - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> Figures {
+        Figures {
+            n: 1000,
+            ready_s: 3.7,
+            steady_writes_per_min: 0.0,
+            peak_rss_mib: 127.0,
+            storm: Some(StormFigures {
+                max_delay_s: 1.8,
+                outcomes: BTreeMap::from([("Succeeded".to_string(), 1000)]),
+                unfinished: 0,
+                round_errors: 0.0,
+            }),
+        }
+    }
+
+    /// Makes one figure of a good run miss.
+    type Spoil = fn(&mut Figures);
+
+    #[test]
+    fn check_passes_only_a_run_that_meets_every_target() {
+        assert_eq!(misses(&good(), Some(8.8)), Vec::<String>::new());
+        let cases: [(&str, Spoil); 7] = [
+            ("ready_s", |f| f.ready_s = 60.1),
+            ("steady_writes", |f| f.steady_writes_per_min = 2.0),
+            ("peak_rss", |f| f.peak_rss_mib = 150.5),
+            ("storm_max_delay", |f| {
+                if let Some(s) = f.storm.as_mut() {
+                    s.max_delay_s = 9.0;
+                }
+            }),
+            ("RolledBack", |f| {
+                if let Some(s) = f.storm.as_mut() {
+                    s.outcomes.insert("RolledBack".into(), 1);
+                }
+            }),
+            ("never finished", |f| {
+                if let Some(s) = f.storm.as_mut() {
+                    s.unfinished = 1;
+                }
+            }),
+            ("round_errors", |f| {
+                if let Some(s) = f.storm.as_mut() {
+                    s.round_errors = 1.0;
+                }
+            }),
+        ];
+        for (what, spoil) in cases {
+            let mut f = good();
+            spoil(&mut f);
+            let m = misses(&f, Some(8.8));
+            assert_eq!(m.len(), 1, "{what}: {m:?}");
+            assert!(m[0].contains(what), "{what}: {m:?}");
+        }
+        // A storm with no observed rollout has no bound: a miss, not a pass.
+        assert_eq!(misses(&good(), None).len(), 1);
+        // A skipped storm is judged on the other targets only.
+        let mut f = good();
+        f.storm = None;
+        assert!(misses(&f, None).is_empty());
+    }
 }

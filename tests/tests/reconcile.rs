@@ -30,8 +30,6 @@ use macp_auth_operator::keyset::{self, Keyset, PrivateKey};
 use macp_auth_operator::metrics::{Metrics, ObjectLabels};
 use macp_auth_operator::reconcile::{CONFLICT_REQUEUE, Context, reconcile};
 use macp_auth_operator::resources::{self, KEYSET_HASH_ANNOTATION};
-use macp_auth_operator::rotation::{early_start, schedule_base};
-use macp_auth_operator::spread;
 use macp_auth_operator::{Settings, State, rbac};
 use serde_json::json;
 
@@ -301,33 +299,61 @@ fn es256() -> serde_json::Value {
 }
 
 /// MacpAuths on the same schedule start their rotations at their own places
-/// in the window before it falls due, never after.
+/// in the window before it falls due, never after. The due moment comes from
+/// the test's own clock: one interval after the first key was made, which
+/// happened between the create and the end of the first reconcile. The
+/// window before it is the documented early start (a tenth of the interval)
+/// plus the time the next key needs to sign on every pod, at most the
+/// spec's cache TTL and a minute of slack for propagation, and three rollout
+/// timeouts (publish, activate, and the one that activated the current key).
 #[tokio::test]
 async fn the_same_interval_schedules_each_macpauth_at_its_own_place_before_the_due_moment() {
     let h = Harness::new().await;
-    let interval = Duration::from_secs(3600);
+    let interval = chrono::Duration::hours(1);
+    let (cache_ttl, rollout_timeout) = (60, 60);
     let mut spec = es256();
-    spec["rotation"]["interval"] = json!("1h");
+    spec["jwksCacheTtlSeconds"] = json!(cache_ttl);
+    // A drain (the longest token plus the verifier's leeway) that fits the hour.
+    spec["maxTtlSeconds"] = json!(300);
+    spec["defaultTtlSeconds"] = json!(300);
+    spec["rotation"] =
+        json!({"interval": "1h", "prepublish": true, "rolloutTimeoutSeconds": rollout_timeout});
+    let window = interval / 10 + chrono::Duration::seconds(cache_ttl + 60 + 3 * rollout_timeout);
     let mut scheduled = Vec::new();
     for name in ["auth-a", "auth-b", "auth-c"] {
+        let before = chrono::Utc::now();
         h.create(name, spec.clone()).await;
         h.reconcile(name).await;
+        let after = chrono::Utc::now();
         let status = h.status(name);
-        let due = schedule_base(&status).unwrap() + chrono::Duration::hours(1);
-        let next = status.next_rotation_time.expect("nextRotationTime");
-        let early = early_start(interval, spread::place(&spread::key(NS, name)));
-        assert!(early > Duration::ZERO, "{name}: no early start");
-        assert_eq!(
-            next,
-            due - chrono::Duration::from_std(early).unwrap(),
-            "{name}"
+        let next = status
+            .next_rotation_time
+            .unwrap_or_else(|| panic!("{name}: no nextRotationTime: {status:#?}"));
+        // The due moment lies in [before + interval, after + interval].
+        assert!(
+            next < before + interval,
+            "{name}: {next} is not before the due moment (from {})",
+            before + interval
         );
-        assert!(due - next <= chrono::Duration::minutes(6), "{name}: {next}");
+        assert!(
+            next >= before + interval - window,
+            "{name}: {next} is more than {window} before the due moment (from {})",
+            before + interval
+        );
+        assert!(
+            after - before < chrono::Duration::seconds(5),
+            "{name}: slow reconcile"
+        );
         scheduled.push(next);
     }
+    // Each at its own place: further apart than the clock's uncertainty.
     scheduled.sort();
-    scheduled.dedup();
-    assert_eq!(scheduled.len(), 3, "{scheduled:?}");
+    for pair in scheduled.windows(2) {
+        assert!(
+            pair[1] - pair[0] > chrono::Duration::seconds(5),
+            "two MacpAuths share a start: {scheduled:?}"
+        );
+    }
 }
 
 #[tokio::test]

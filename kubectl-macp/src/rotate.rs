@@ -1,5 +1,9 @@
 //! `kubectl macp rotate`: the request id it writes, and how it reads the
 //! rotation's progress and end from the status (pure; the client polls).
+//!
+//! The terminal's progress bar is one line redrawn with `\r` and an erase,
+//! not `indicatif`: that crate would bring its own dependency tree for what
+//! one formatted line does.
 
 use chrono::{DateTime, Utc};
 use macp_auth_operator::crd::{

@@ -262,14 +262,19 @@ pub fn build(m: &MacpAuth, raw_status: &Value, pods: &[PodInfo], now: DateTime<U
 
 /// The remaining steps as a table (shared with `rotate --wait`).
 pub fn steps_table(steps: &[Timed], now: DateTime<Utc>, indent: &str) -> String {
-    let mut t = Table::new(&[
-        "",
+    // The marker column only where a step is in flight (not in a plan).
+    let marked = steps.iter().any(|s| s.current);
+    let mut headers = vec![
         "phase",
         "wait",
         "ends (earliest)",
         "ends (latest)",
         "wait from",
-    ]);
+    ];
+    if marked {
+        headers.insert(0, "");
+    }
+    let mut t = Table::new(&headers);
     for s in steps {
         let end = |at: DateTime<Utc>| {
             format!(
@@ -278,14 +283,17 @@ pub fn steps_table(steps: &[Timed], now: DateTime<Utc>, indent: &str) -> String 
                 fmt::short(fmt::secs_between(now, at))
             )
         };
-        t.row([
-            if s.current { "now" } else { "" }.to_string(),
+        let mut row = vec![
             format!("{:?}", s.step.phase),
             s.step.wait.short(),
             end(s.earliest_end),
             end(s.latest_end),
             s.step.source.clone(),
-        ]);
+        ];
+        if marked {
+            row.insert(0, if s.current { "now" } else { "" }.to_string());
+        }
+        t.row(row);
     }
     t.render_indented(indent)
 }

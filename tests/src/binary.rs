@@ -1,5 +1,6 @@
 //! Locating the executables the simulated pods run: the token service, and the
-//! operator (the sandbox runs the chart's operator image as a pod).
+//! operator (the sandbox runs the chart's operator image as a pod); and the
+//! `kubectl macp` plugin that the journey and the sandbox put on kubectl's PATH.
 //!
 //! Cargo builds a package's binaries for its own integration tests only, and the
 //! service and operator live in other packages (artifact dependencies are
@@ -21,6 +22,8 @@ use std::sync::OnceLock;
 pub const SERVICE_BIN_ENV: &str = "MACP_AUTH_SERVICE_BIN";
 /// Env var naming a prebuilt operator executable.
 pub const OPERATOR_BIN_ENV: &str = "MACP_AUTH_OPERATOR_BIN";
+/// Env var naming a prebuilt `kubectl-macp` plugin executable.
+pub const KUBECTL_MACP_BIN_ENV: &str = "MACP_KUBECTL_MACP_BIN";
 
 /// Why an executable is unavailable.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -29,6 +32,7 @@ pub struct BinaryError(String);
 
 static SERVICE: OnceLock<Result<PathBuf, BinaryError>> = OnceLock::new();
 static OPERATOR: OnceLock<Result<PathBuf, BinaryError>> = OnceLock::new();
+static KUBECTL_MACP: OnceLock<Result<PathBuf, BinaryError>> = OnceLock::new();
 
 /// The service executable, building it first when needed (blocking; see the module docs).
 pub fn service_binary() -> Result<PathBuf, BinaryError> {
@@ -54,6 +58,20 @@ pub fn operator_binary() -> Result<PathBuf, BinaryError> {
 /// [`operator_binary`] off the async runtime's worker threads.
 pub async fn operator_binary_async() -> Result<PathBuf, BinaryError> {
     tokio::task::spawn_blocking(operator_binary)
+        .await
+        .map_err(|e| BinaryError(format!("build task failed: {e}")))?
+}
+
+/// The `kubectl-macp` plugin executable, building it first when needed (blocking).
+pub fn kubectl_macp_binary() -> Result<PathBuf, BinaryError> {
+    KUBECTL_MACP
+        .get_or_init(|| locate_or_build("kubectl-macp", KUBECTL_MACP_BIN_ENV))
+        .clone()
+}
+
+/// [`kubectl_macp_binary`] off the async runtime's worker threads.
+pub async fn kubectl_macp_binary_async() -> Result<PathBuf, BinaryError> {
+    tokio::task::spawn_blocking(kubectl_macp_binary)
         .await
         .map_err(|e| BinaryError(format!("build task failed: {e}")))?
 }

@@ -85,7 +85,16 @@ async fn main() -> anyhow::Result<()> {
         operator_bin,
     };
     let sandbox = Sandbox::start(config, Some(tx)).await?;
-    print_intro(&sandbox, &args);
+    let plugins = match binary::kubectl_macp_binary_async().await {
+        Ok(bin) => link_plugin(sandbox.dir(), &bin)
+            .map_err(|e| tracing::warn!(error = %e, "kubectl-macp not linked"))
+            .ok(),
+        Err(e) => {
+            tracing::warn!(error = %e, "no kubectl-macp plugin");
+            None
+        }
+    };
+    print_intro(&sandbox, &args, plugins.as_deref());
 
     let mut sample_wait = None;
     if !args.no_operator && !args.no_sample {
@@ -167,7 +176,17 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_intro(sandbox: &Sandbox, args: &Args) {
+/// `<dir>/bin/kubectl-macp` -> the plugin: a directory with the plugin
+/// alone, for the PATH the sandbox prints (kubectl runs `kubectl-<name>`
+/// executables it finds there as `kubectl <name>`).
+fn link_plugin(dir: &std::path::Path, bin: &std::path::Path) -> std::io::Result<PathBuf> {
+    let plugins = dir.join("bin");
+    std::fs::create_dir_all(&plugins)?;
+    std::os::unix::fs::symlink(bin, plugins.join("kubectl-macp"))?;
+    Ok(plugins)
+}
+
+fn print_intro(sandbox: &Sandbox, args: &Args, plugins: Option<&std::path::Path>) {
     let tools = repo_root().join(".cache/tools/bin");
     let kubectl = tools.join("kubectl");
     let kubectl_line = if kubectl.is_file() {
@@ -184,10 +203,13 @@ fn print_intro(sandbox: &Sandbox, args: &Args) {
          {kubectl_line}\n\n\
          In another shell:\n\n  \
          export KUBECONFIG={kc}\n  \
-         export PATH={tools}:$PATH\n",
+         export PATH={plugins}{tools}:$PATH\n",
         api = sandbox.api_url(),
         dir = sandbox.dir().display(),
         kc = sandbox.kubeconfig().display(),
+        plugins = plugins
+            .map(|p| format!("{}:", p.display()))
+            .unwrap_or_default(),
         tools = tools.display(),
     );
     if args.no_operator {
@@ -204,8 +226,11 @@ fn print_intro(sandbox: &Sandbox, args: &Args) {
             "  kubectl get macpauths -A -w\n  \
              kubectl get pods -A -o wide\n  \
              kubectl logs -n macp-system deploy/macp-auth-operator\n  \
-             kubectl annotate -n macp macpauth auth macp.io/rotate=$(date +%s) --overwrite\n  \
-             kubectl get macpauth -n macp auth -o jsonpath='{{.status.history}}'\n"
+             kubectl macp status -n macp auth\n  \
+             kubectl macp plan -n macp auth\n  \
+             kubectl macp rotate -n macp auth --wait\n  \
+             kubectl macp history -n macp auth\n  \
+             kubectl macp audit -n macp auth --kid <KID>\n"
         );
     }
 }

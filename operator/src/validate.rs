@@ -3,12 +3,14 @@
 //!
 //! A spec that fails here would make every token-service pod exit at startup,
 //! so the reconciler reports it as `Degraded` and changes nothing.
-//! `rotation.interval` is checked by the rotation state machine, which owns
-//! the schedule (reason `InvalidRotationInterval`).
+//! `rotation.interval`'s syntax is checked by the rotation state machine,
+//! which owns the schedule (reason `InvalidRotationInterval`); its minimum,
+//! which depends on the rest of the spec, is checked here.
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::{MIN_EMERGENCY_MAX_TTL_SECONDS, MacpAuthSpec};
+use crate::rotation;
 
 /// Highest rate-limit setting the token service accepts (it exits at startup above it).
 pub const RATE_LIMIT_MAX: u32 = 1_000_000;
@@ -52,6 +54,19 @@ pub enum SpecError {
         max_ttl + VERIFIER_LEEWAY_SECONDS
     )]
     DrainTooShort { drain: i64, max_ttl: i64 },
+    #[error(
+        "rotation.interval {interval:?} is shorter than one rotation can take: at least {min_seconds}s \
+         (drainSeconds {drain} + propagation wait {propagation}s + {rollouts} rollouts of \
+         rolloutTimeoutSeconds {rollout_timeout}), or the key would sign longer than the interval"
+    )]
+    IntervalTooShort {
+        interval: String,
+        min_seconds: u64,
+        drain: i64,
+        propagation: i64,
+        rollouts: u32,
+        rollout_timeout: i64,
+    },
     #[error("rateLimit.{field} must be between 1 and {RATE_LIMIT_MAX}, got {value}")]
     RateLimit { field: &'static str, value: u32 },
     #[error("mintPort must be between 1 and 65535, got {0}")]
@@ -121,7 +136,34 @@ pub fn validate(spec: &MacpAuthSpec) -> Vec<SpecError> {
     errors.extend(validate_hardening(spec));
     errors.extend(validate_production(spec));
     errors.extend(validate_drain(spec));
+    errors.extend(validate_interval(spec));
     errors
+}
+
+/// A key signs from its activation until the next key's, and a rotation
+/// runs only when the previous one is over (drained and retired), so an
+/// interval shorter than [`rotation::min_interval`] cannot be kept: rotations
+/// would run back to back and each key still sign longer than the interval.
+/// An interval that does not parse is the rotation machine's to report.
+fn validate_interval(spec: &MacpAuthSpec) -> Option<SpecError> {
+    let text = spec.rotation.interval.as_deref()?;
+    let interval = rotation::parse_interval(text).ok()?;
+    let min = rotation::min_interval(spec);
+    (interval < min).then(|| {
+        let prepublish = spec.rotation.prepublish;
+        SpecError::IntervalTooShort {
+            interval: text.to_string(),
+            min_seconds: min.as_secs(),
+            drain: spec.effective_drain_seconds(),
+            propagation: if prepublish {
+                spec.jwks_cache_ttl_seconds + rotation::PROPAGATION_SLACK_SECONDS
+            } else {
+                0
+            },
+            rollouts: if prepublish { 4 } else { 3 },
+            rollout_timeout: spec.rotation.rollout_timeout_seconds,
+        }
+    })
 }
 
 /// The old key stays published `drainSeconds` after it stopped signing; the
@@ -370,6 +412,55 @@ mod tests {
         assert_eq!(s.rotation.rollout_timeout_seconds, 600);
         assert_eq!(s.effective_drain_seconds(), 3660);
         assert_eq!(validate(&s), vec![]);
+    }
+
+    #[test]
+    fn an_interval_shorter_than_one_rotation_is_refused_naming_the_minimum() {
+        let base = serde_json::json!({
+            "maxTtlSeconds": 5,
+            "defaultTtlSeconds": 5,
+            "jwksCacheTtlSeconds": 2,
+            "rotation": {"interval": "3m", "rolloutTimeoutSeconds": 20}
+        });
+        // Drain 65 + propagation 12 + 4 rollouts of 20 = 157 s: 3m is enough.
+        assert_eq!(validate(&spec(base.clone())), vec![]);
+        let mut short = base;
+        short["rotation"]["interval"] = serde_json::json!("2m");
+        short["rotation"]["rolloutTimeoutSeconds"] = serde_json::json!(30);
+        let errs = validate(&spec(short));
+        assert_eq!(
+            errs,
+            vec![SpecError::IntervalTooShort {
+                interval: "2m".into(),
+                min_seconds: 65 + 12 + 4 * 30,
+                drain: 65,
+                propagation: 12,
+                rollouts: 4,
+                rollout_timeout: 30,
+            }]
+        );
+        assert!(
+            message(&errs).contains("at least 197s"),
+            "{}",
+            message(&errs)
+        );
+        // `1s` is no interval at all with the defaults.
+        let errs = validate(&spec(serde_json::json!({"rotation": {"interval": "1s"}})));
+        assert!(
+            matches!(
+                errs.as_slice(),
+                [SpecError::IntervalTooShort {
+                    min_seconds: 6370,
+                    ..
+                }]
+            ),
+            "{errs:?}"
+        );
+        // A syntax error is the rotation machine's to report.
+        assert_eq!(
+            validate(&spec(serde_json::json!({"rotation": {"interval": "soon"}}))),
+            vec![]
+        );
     }
 
     #[test]

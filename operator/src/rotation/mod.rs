@@ -162,7 +162,9 @@ use crate::crd::{MacpAuthSpec, MacpAuthStatus, SigningAlg};
 pub use machine::{decide, probe_plan};
 pub use plan::{KeysetPlan, PlanError, desired as desired_plan};
 pub use reasons::{DEGRADED_REASONS, degraded_by_rotation};
-pub use schedule::{IntervalError, early_start, parse_interval, schedule_base};
+pub use schedule::{
+    IntervalError, activation_lead, early_start, min_interval, parse_interval, schedule_base,
+};
 pub use verify::{Verdict, verify};
 
 /// How often a rollout phase re-checks pods while it waits (the controller

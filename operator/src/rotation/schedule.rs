@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::crd::{MacpAuthStatus, RotationOutcome};
+use crate::crd::{MacpAuthSpec, MacpAuthStatus, RotationOutcome};
+use crate::rotation::PROPAGATION_SLACK_SECONDS;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IntervalError {
@@ -91,13 +92,64 @@ pub fn until(now: DateTime<Utc>, t: DateTime<Utc>) -> Duration {
     (t - now).to_std().unwrap_or(Duration::ZERO)
 }
 
-/// The instant the schedule is measured from: the end of the last rotation, or the last key switch.
+/// The instant the schedule is measured from: the active key's activation
+/// (`lastRotationTime`, when every pod signs with it), or, before any
+/// rotation, the creation of the first key (its history entry). Not the end
+/// of the last rotation: that comes a drain later, and the key has signed
+/// since its activation.
 pub fn schedule_base(status: &MacpAuthStatus) -> Option<DateTime<Utc>> {
-    let finished = status.history.last().map(|r| r.finished_at);
-    match (finished, status.last_rotation_time) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
+    status
+        .last_rotation_time
+        .or_else(|| status.history.iter().map(|r| r.finished_at).max())
+}
+
+/// The rollouts between a rotation's start and the moment its key signs on
+/// every pod (publish and activate, or activate alone without
+/// `prepublish`), plus one for the rollout that activated the current key:
+/// its first pods signed up to one rollout before `lastRotationTime`.
+fn rollouts_to_activation(spec: &MacpAuthSpec) -> u32 {
+    if spec.rotation.prepublish { 3 } else { 2 }
+}
+
+/// The propagation wait of a rotation: the verifiers' cache TTL plus
+/// [`PROPAGATION_SLACK_SECONDS`], only with `prepublish`.
+fn propagation(spec: &MacpAuthSpec) -> Duration {
+    if spec.rotation.prepublish {
+        secs(
+            spec.jwks_cache_ttl_seconds
+                .saturating_add(PROPAGATION_SLACK_SECONDS),
+        )
+    } else {
+        Duration::ZERO
     }
+}
+
+fn secs(s: i64) -> Duration {
+    Duration::from_secs(s.max(0).unsigned_abs())
+}
+
+/// How long before the current key is `interval` old a scheduled rotation
+/// starts, so that the next key signs on every pod before then: the
+/// propagation wait and the rollouts up to the new key's activation, each
+/// rollout counted at `rolloutTimeoutSeconds` (a slower one fails and rolls
+/// back). Counted from the current key's first signature, which came up to
+/// one rollout before its recorded activation ([`schedule_base`]).
+pub fn activation_lead(spec: &MacpAuthSpec) -> Duration {
+    let rollout = secs(spec.rotation.rollout_timeout_seconds);
+    propagation(spec).saturating_add(rollout.saturating_mul(rollouts_to_activation(spec)))
+}
+
+/// The shortest `rotation.interval` that keeps a key from signing longer
+/// than the interval: what one rotation can take from the current key's
+/// first signature, the rotation after it included, when rotations run back
+/// to back (the next starts only when the previous one has drained and
+/// retired its old key). [`activation_lead`] plus the drain and the
+/// retiring rollout.
+pub fn min_interval(spec: &MacpAuthSpec) -> Duration {
+    let rollout = secs(spec.rotation.rollout_timeout_seconds);
+    activation_lead(spec)
+        .saturating_add(secs(spec.effective_drain_seconds()))
+        .saturating_add(rollout)
 }
 
 /// The share of an interval by which a scheduled rotation may start early.
@@ -125,19 +177,22 @@ pub fn early_start(interval: Duration, place: f64) -> Duration {
         .mul_f64(place)
 }
 
-/// `nextRotationTime` for an interval: one interval after the last rotation,
-/// less this MacpAuth's `early` start ([`early_start`]); kept earlier when
-/// already scheduled earlier (a retry after a rollback, or a first rotation
-/// scheduled before the interval was lengthened).
+/// `nextRotationTime` for an interval: one interval after the active key's
+/// activation ([`schedule_base`]), less the `lead` its successor needs to
+/// sign on every pod ([`activation_lead`]) and this MacpAuth's `early` start
+/// ([`early_start`]); kept earlier when already scheduled earlier (a retry
+/// after a rollback, or a first rotation scheduled before the interval was
+/// lengthened).
 pub fn next_rotation(
     status: &MacpAuthStatus,
     interval: Duration,
+    lead: Duration,
     early: Duration,
     now: DateTime<Utc>,
 ) -> DateTime<Utc> {
     let due = add(schedule_base(status).unwrap_or(now), interval);
     let candidate = due
-        .checked_sub_signed(chrono_duration(early))
+        .checked_sub_signed(chrono_duration(lead.saturating_add(early)))
         .unwrap_or(due);
     match status.next_rotation_time {
         Some(existing) if existing <= candidate => existing,
@@ -176,20 +231,34 @@ mod tests {
     }
 
     #[test]
-    fn the_next_rotation_is_one_interval_after_the_last_less_the_early_start() {
+    fn the_next_rotation_is_one_interval_after_the_activation_less_the_lead_and_the_early_start() {
         let t = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
+        // The last rotation finished (its drain over) 20 minutes after its
+        // key activated: the schedule counts from the activation.
         let status = MacpAuthStatus {
             last_rotation_time: Some(t),
+            history: vec![crate::crd::RotationRecord {
+                trigger: crate::crd::RotationTrigger::Scheduled,
+                request_id: None,
+                old_kid: None,
+                new_kid: None,
+                started_at: t - chrono::Duration::minutes(1),
+                finished_at: t + chrono::Duration::minutes(20),
+                outcome: RotationOutcome::Succeeded,
+                message: None,
+            }],
             ..MacpAuthStatus::default()
         };
+        assert_eq!(schedule_base(&status), Some(t));
         let hour = Duration::from_secs(3600);
+        let lead = Duration::from_secs(600);
         let early = Duration::from_secs(60);
         let later = t + chrono::Duration::days(9);
         assert_eq!(
-            next_rotation(&status, hour, early, later),
-            t + chrono::Duration::minutes(59)
+            next_rotation(&status, hour, lead, early, later),
+            t + chrono::Duration::minutes(49)
         );
         // An earlier schedule stands.
         let earlier = MacpAuthStatus {
@@ -197,9 +266,36 @@ mod tests {
             ..status.clone()
         };
         assert_eq!(
-            next_rotation(&earlier, hour, early, later),
+            next_rotation(&earlier, hour, lead, early, later),
             t + chrono::Duration::minutes(5)
         );
+        // Before any rotation: from the first key's creation.
+        let first = MacpAuthStatus {
+            last_rotation_time: None,
+            ..status
+        };
+        assert_eq!(
+            schedule_base(&first),
+            Some(t + chrono::Duration::minutes(20))
+        );
+    }
+
+    #[test]
+    fn the_lead_and_the_minimum_interval_count_the_waits_and_the_rollouts() {
+        let mut spec: MacpAuthSpec = serde_json::from_value(serde_json::json!({
+            "maxTtlSeconds": 600,
+            "jwksCacheTtlSeconds": 300,
+            "rotation": {"rolloutTimeoutSeconds": 100}
+        }))
+        .unwrap();
+        // Propagation 310, and three rollouts: publish, activate, and the
+        // current key's own activation.
+        assert_eq!(activation_lead(&spec), Duration::from_secs(310 + 300));
+        // Plus the drain (600 + 60) and the retiring rollout.
+        assert_eq!(min_interval(&spec), Duration::from_secs(610 + 660 + 100));
+        spec.rotation.prepublish = false;
+        assert_eq!(activation_lead(&spec), Duration::from_secs(200));
+        assert_eq!(min_interval(&spec), Duration::from_secs(200 + 660 + 100));
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! `status.nextRotationTime` from `spec.rotation.interval` (less this
+//! `status.nextRotationTime` from `spec.rotation.interval` (less the lead the
+//! next key needs to sign everywhere, [`activation_lead`], and this
 //! MacpAuth's early start, [`early_start`]), and the `Degraded` an invalid
 //! interval holds.
 
 use crate::conditions;
 use crate::rotation::reasons::REASON_INVALID_INTERVAL;
-use crate::rotation::schedule::{early_start, next_rotation, parse_interval};
+use crate::rotation::schedule::{activation_lead, early_start, next_rotation, parse_interval};
 
 use super::Machine;
 
@@ -16,8 +17,9 @@ impl Machine<'_> {
             Some(text) => match parse_interval(text) {
                 Ok(interval) => {
                     let early = early_start(interval, self.inp.schedule_place);
+                    let lead = activation_lead(self.inp.spec);
                     self.status.next_rotation_time =
-                        Some(next_rotation(&self.status, interval, early, now));
+                        Some(next_rotation(&self.status, interval, lead, early, now));
                     let held = conditions::degraded_by(
                         &self.status.conditions,
                         &[REASON_INVALID_INTERVAL],

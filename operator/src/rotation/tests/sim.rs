@@ -788,3 +788,133 @@ proptest! {
         w.settle();
     }
 }
+
+/// What happens between the operator's rounds in the key-age property: a
+/// round (after which time moves on to its requeue, at most a minute, and
+/// the kubelet replaces a pod), a restart at one of the three crash points,
+/// each routine and emergency trigger, and a few seconds of latency.
+#[derive(Clone, Debug)]
+enum AgeEv {
+    Tick,
+    Kill(Crash),
+    Rotate,
+    Emergency,
+    ToggleAlg,
+    Latency(i64),
+}
+
+fn age_event() -> impl Strategy<Value = AgeEv> {
+    prop_oneof![
+        12 => Just(AgeEv::Tick),
+        2 => prop_oneof![
+            Just(Crash::BeforeWrite),
+            Just(Crash::AfterSecret),
+            Just(Crash::BeforeStatus)
+        ]
+        .prop_map(AgeEv::Kill),
+        1 => Just(AgeEv::Rotate),
+        1 => Just(AgeEv::Emergency),
+        1 => Just(AgeEv::ToggleAlg),
+        2 => (1i64..=5).prop_map(AgeEv::Latency),
+    ]
+}
+
+impl World {
+    /// One round, then time moves on to its requeue (a pod change would
+    /// wake the operator sooner: at most a minute), then one kubelet step.
+    fn tick(&mut self) {
+        let d = self.reconcile(None);
+        let wait = d
+            .requeue_after
+            .map_or(2, |r| r.as_secs().max(1) as i64)
+            .min(60);
+        self.now += Secs::seconds(wait);
+        self.observe_pods();
+        self.kubelet();
+    }
+
+    /// The age of every key that signs now, measured from its first
+    /// signature on any pod, is at most `interval`.
+    fn check_signing_age(&self, interval: i64) {
+        for kid in &self.t.signing {
+            let first = self.t.first_signed.get(kid).copied().unwrap_or(self.now);
+            let age = (self.now - first).num_seconds();
+            if age > interval {
+                self.fail(
+                    "key age",
+                    &format!(
+                        "{kid} still signs {age}s after its first signature, interval {interval}s"
+                    ),
+                );
+            }
+        }
+    }
+
+    fn age_step(&mut self, ev: &AgeEv, interval: i64) {
+        self.log
+            .push(format!("t+{} {ev:?}", (self.now - t0()).num_seconds()));
+        match ev {
+            AgeEv::Tick => self.tick(),
+            AgeEv::Kill(point) => {
+                self.reconcile(Some(*point));
+            }
+            AgeEv::Rotate => self.step(&Ev::Rotate),
+            AgeEv::Emergency => self.step(&Ev::Emergency),
+            AgeEv::ToggleAlg => self.step(&Ev::ToggleAlg),
+            AgeEv::Latency(s) => self.step(&Ev::Advance(*s)),
+        }
+        self.check_signing_age(interval);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 128,
+        max_shrink_iters: 2000,
+        ..ProptestConfig::default()
+    })]
+
+    /// A key never signs longer than `rotation.interval`, whatever triggers
+    /// rotations (the schedule, `macp.io/rotate`, a signing-kind change, an
+    /// emergency) and wherever the operator restarts, for any interval the
+    /// spec check accepts (from its minimum up), as long as every rollout
+    /// completes within its timeout.
+    #[test]
+    fn a_key_never_signs_longer_than_the_interval(
+        extra in 0i64..1200,
+        events in proptest::collection::vec(age_event(), 1..200),
+    ) {
+        let mut w = World::new();
+        let min = crate::rotation::min_interval(&w.spec).as_secs() as i64;
+        let interval = min + extra;
+        w.spec.rotation.interval = Some(format!("{interval}s"));
+        // The first key's creation, as the reconciler records it.
+        w.status.history.push(crate::crd::RotationRecord {
+            trigger: RotationTrigger::Initial,
+            request_id: None,
+            old_kid: None,
+            new_kid: Some("k0".into()),
+            started_at: w.now,
+            finished_at: w.now,
+            outcome: crate::crd::RotationOutcome::Succeeded,
+            message: None,
+        });
+        for ev in &events {
+            w.age_step(ev, interval);
+        }
+        // Then several intervals of scheduled rotations alone.
+        let until = w.now + Secs::seconds(4 * interval);
+        let mut rounds = 0;
+        while w.now < until && rounds < 20_000 {
+            w.age_step(&AgeEv::Tick, interval);
+            rounds += 1;
+        }
+        let scheduled = w
+            .status
+            .history
+            .iter()
+            .filter(|r| r.trigger == RotationTrigger::Scheduled)
+            .count();
+        prop_assert!(scheduled >= 2, "only {scheduled} scheduled rotations in four intervals");
+    }
+}

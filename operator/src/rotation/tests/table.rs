@@ -935,25 +935,31 @@ fn a_deferred_request_is_reported_once_and_runs_after() {
 fn interval_schedules_rotations() {
     let mut f = Fixture::idle(keyset("k0", &[], None, None));
     f.spec.rotation.interval = Some("10m".into());
+    // Propagation (60 + 10) and three rollouts of 100 s: the next key signs
+    // on every pod before this one is 10 minutes old.
+    let lead = crate::rotation::activation_lead(&f.spec).as_secs() as i64;
+    assert_eq!(lead, 370);
     let d = f.decide();
     assert_eq!(
         d.status.next_rotation_time,
-        Some(f.now + Secs::seconds(600))
+        Some(f.now + Secs::seconds(600 - lead))
     );
-    assert_eq!(d.requeue_after, Some(Duration::from_secs(600)));
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(600 - 370)));
     f.status = d.status;
-    f.now += Secs::seconds(600);
+    f.now += Secs::seconds(600 - lead);
     let d = f.decide();
     let rot = d.status.rotation.unwrap();
     assert_eq!(rot.trigger, Some(RotationTrigger::Scheduled));
-    // After success the schedule restarts from the end of that rotation.
+    // After success the schedule restarts from the new key's activation, not
+    // from the end of the rotation a drain later.
     let mut g = fixture(Setup::Retiring, Stimulus::Complete);
     g.spec.rotation.interval = Some("10m".into());
     g.status.next_rotation_time = Some(at(-5));
+    g.status.last_rotation_time = Some(g.now - Secs::seconds(200));
     let d = g.decide();
     assert_eq!(
         d.status.next_rotation_time,
-        Some(g.now + Secs::seconds(600))
+        Some(g.now - Secs::seconds(200) + Secs::seconds(600 - lead))
     );
 }
 
@@ -962,15 +968,19 @@ fn a_scheduled_rotation_starts_early_by_its_place_in_a_tenth_of_the_interval() {
     let mut f = Fixture::idle(keyset("k0", &[], None, None));
     f.spec.rotation.interval = Some("10m".into());
     f.schedule_place = 0.5;
+    let lead = crate::rotation::activation_lead(&f.spec).as_secs() as i64;
     let d = f.decide();
-    // Half of a 60 s window: 30 s before the interval ends, never after.
+    // Half of a 60 s window: 30 s before the lead, never after.
     assert_eq!(
         d.status.next_rotation_time,
-        Some(f.now + Secs::seconds(570))
+        Some(f.now + Secs::seconds(570 - lead))
     );
-    assert_eq!(d.requeue_after, Some(Duration::from_secs(570)));
+    assert_eq!(
+        d.requeue_after,
+        Some(Duration::from_secs((570 - lead) as u64))
+    );
     f.status = d.status;
-    f.now += Secs::seconds(569);
+    f.now += Secs::seconds(569 - lead);
     let before = f.decide().status.rotation;
     assert!(
         before
@@ -988,7 +998,7 @@ fn a_scheduled_rotation_starts_early_by_its_place_in_a_tenth_of_the_interval() {
     g.schedule_place = 0.5;
     assert_eq!(
         g.decide().status.next_rotation_time,
-        Some(g.now + Secs::days(30) - Secs::minutes(30))
+        Some(g.now + Secs::days(30) - Secs::minutes(30) - Secs::seconds(lead))
     );
 }
 

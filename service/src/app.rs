@@ -30,6 +30,7 @@ use crate::keys::{self, SigningKey};
 use crate::listener::{self, Limits, RequestDeadline};
 use crate::metrics::{AuthFailure, Metrics, Outcome};
 use crate::ratelimit::{self, RateLimiter};
+use crate::verifiers::{VerifierLog, VerifiersReport};
 
 /// How often `MACP_AUTH_MINT_TOKENS_FILE` is re-read.
 pub const CALLERS_POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -56,6 +57,14 @@ pub struct AppState {
     pub published_kids: Vec<String>,
     /// The serialized JWKS, built once.
     jwks_body: Bytes,
+    /// A strong validator of `jwks_body` (its SHA-256), for `If-None-Match`.
+    jwks_etag: HeaderValue,
+    /// `public, max-age=<MACP_AUTH_JWKS_MAX_AGE_SECONDS>`: HTTP-aware verifiers
+    /// then cache exactly as long as the operator waits for them.
+    jwks_cache_control: HeaderValue,
+    jwks_max_age_seconds: u64,
+    /// Who fetched the JWKS (`GET /verifiers`).
+    verifiers: VerifierLog,
     metrics: Metrics,
     callers: Option<CallerFile>,
     rate_limiter: Option<RateLimiter>,
@@ -80,7 +89,13 @@ impl AppState {
             .map(|k| k["kid"].as_str().unwrap_or_default().to_string())
             .collect();
         let jwks_body = Bytes::from(keys::jwks(&published).to_string());
+        let jwks_etag = etag_of(&jwks_body);
+        let jwks_max_age_seconds = config.jwks_max_age.as_secs();
+        let jwks_cache_control =
+            HeaderValue::from_str(&format!("public, max-age={jwks_max_age_seconds}"))
+                .unwrap_or(HeaderValue::from_static("no-cache"));
         let metrics = Metrics::new(keys.active.alg(), keys.active.kid(), published.len());
+        metrics.set_jwks_max_age(jwks_max_age_seconds);
         AppState {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
@@ -90,6 +105,10 @@ impl AppState {
             key_source: keys.source,
             published_kids,
             jwks_body,
+            jwks_etag,
+            jwks_cache_control,
+            jwks_max_age_seconds,
+            verifiers: VerifierLog::new(config.verifier_records),
             metrics,
             callers: None,
             rate_limiter: config
@@ -98,6 +117,15 @@ impl AppState {
             audit: None,
             stopping: AtomicBool::new(false),
         }
+    }
+
+    /// What `GET /verifiers` answers now.
+    pub fn verifiers_report(&self) -> VerifiersReport {
+        self.verifiers.report(
+            &self.published_kids,
+            self.jwks_max_age_seconds,
+            Instant::now(),
+        )
     }
 
     /// Turns `/readyz` to 503 for good (the process is shutting down); every
@@ -146,6 +174,26 @@ impl AppState {
     }
 }
 
+/// A quoted, strong entity tag: the SHA-256 of the body, hex, first 128 bits.
+fn etag_of(body: &[u8]) -> HeaderValue {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(body);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    HeaderValue::from_str(&format!("\"{hex}\"")).unwrap_or(HeaderValue::from_static("\"jwks\""))
+}
+
+/// Whether an `If-None-Match` header names `etag` (or `*`). Weak tags match
+/// too (RFC 9110 13.1.2 compares `If-None-Match` weakly).
+fn none_match(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
+    let Ok(list) = if_none_match.to_str() else {
+        return false;
+    };
+    let ours = etag.as_bytes();
+    list.split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).as_bytes() == ours)
+}
+
 /// Polls the caller tokens file (by path: a Secret volume swaps a symlink,
 /// which inode watches miss). Each change is logged once, with the line
 /// numbers of dropped lines and never their content.
@@ -184,6 +232,23 @@ async fn poll_callers(state: Arc<AppState>) {
     }
 }
 
+/// Fetches a client needs before its shortest interval counts as its cache
+/// time: with two, one slow verification after an idle spell looks like a
+/// long cache.
+pub const MIN_FETCHES_FOR_INTERVAL: u64 = 3;
+
+/// The longest cache time among the clients with enough fetches: each one's
+/// shortest interval between fetches (a caching verifier never fetches
+/// sooner than its TTL). `None` when no client qualifies.
+pub fn longest_caching_interval(report: &VerifiersReport) -> Option<f64> {
+    report
+        .clients
+        .iter()
+        .filter(|c| c.fetches >= MIN_FETCHES_FOR_INTERVAL)
+        .filter_map(|c| c.shortest_interval_seconds)
+        .reduce(f64::max)
+}
+
 /// Effective lifetime for a request's `ttl_seconds` member (absent or `null`:
 /// `default`). A positive finite number is floored to whole seconds, at least
 /// 1, and clamped to `max`; anything else (zero, negative, a string, a bool, an
@@ -209,6 +274,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/verifiers", get(verifiers))
         .route("/tokens", post(mint))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
@@ -231,6 +297,7 @@ pub fn router_without_mint(state: Arc<AppState>, mint_port: u16) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/verifiers", get(verifiers))
         .route(
             "/tokens",
             post(move || {
@@ -367,11 +434,51 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn jwks(State(state): State<Arc<AppState>>) -> Response {
-    json_bytes(StatusCode::OK, state.jwks_body.clone())
+/// The JWKS, with `Cache-Control` and an `ETag`; a matching `If-None-Match`
+/// gets a 304 and no body. Every answer is recorded as a fetch by its client.
+async fn jwks(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let headers = request.headers();
+    if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        let agent = headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok());
+        let recorded = state.verifiers.record(peer.ip(), agent, Instant::now());
+        state
+            .metrics
+            .record_jwks_client(recorded.held, recorded.evicted);
+    }
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| none_match(v, &state.jwks_etag));
+    let mut response = if not_modified {
+        state.metrics.record_jwks_not_modified();
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        json_bytes(StatusCode::OK, state.jwks_body.clone())
+    };
+    let out = response.headers_mut();
+    out.insert(header::ETAG, state.jwks_etag.clone());
+    out.insert(header::CACHE_CONTROL, state.jwks_cache_control.clone());
+    response
+}
+
+/// The JWKS clients seen by this process. It carries no secret (addresses,
+/// user agents, counts and the public kids), and is served only on the main
+/// port, the one verifiers and the operator reach, never on the mint port.
+async fn verifiers(State(state): State<Arc<AppState>>) -> Response {
+    let report = state.verifiers_report();
+    match serde_json::to_vec(&report) {
+        Ok(body) => json_bytes(StatusCode::OK, body),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed"),
+    }
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    state
+        .metrics
+        .set_jwks_client_interval(longest_caching_interval(&state.verifiers_report()));
     match state.metrics.encode() {
         Ok(text) => {
             let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());

@@ -39,9 +39,11 @@ pub const MAX_CONNECTIONS: &str = "MACP_AUTH_MAX_CONNECTIONS";
 pub const SHUTDOWN_DELAY: &str = "MACP_AUTH_SHUTDOWN_DELAY_SECONDS";
 pub const MINT_PORT: &str = "MACP_AUTH_MINT_PORT";
 pub const MINT_BIND: &str = "MACP_AUTH_MINT_BIND";
+pub const JWKS_MAX_AGE: &str = "MACP_AUTH_JWKS_MAX_AGE_SECONDS";
+pub const VERIFIER_RECORDS: &str = "MACP_AUTH_VERIFIER_RECORDS";
 
 /// Every variable the service reads, for `main` to collect from the environment.
-pub const VARIABLES: [&str; 20] = [
+pub const VARIABLES: [&str; 22] = [
     PORT,
     BIND,
     ISSUER,
@@ -62,6 +64,8 @@ pub const VARIABLES: [&str; 20] = [
     SHUTDOWN_DELAY,
     MINT_PORT,
     MINT_BIND,
+    JWKS_MAX_AGE,
+    VERIFIER_RECORDS,
 ];
 
 pub const DEFAULT_PORT: u16 = 3200;
@@ -69,6 +73,14 @@ pub const DEFAULT_ISSUER: &str = "macp-auth-service";
 pub const DEFAULT_AUDIENCE: &str = "macp-runtime";
 pub const DEFAULT_MAX_TTL_SECONDS: u64 = 3600;
 pub const DEFAULT_DEFAULT_TTL_SECONDS: u64 = 300;
+/// `Cache-Control: max-age` of the JWKS when the service runs alone: the
+/// MacpAuth's default `jwksCacheTtlSeconds`, which the operator sets instead.
+pub const DEFAULT_JWKS_MAX_AGE_SECONDS: u64 = 300;
+/// JWKS clients remembered at once (`GET /verifiers`); the least recent is
+/// dropped for a new one. A record is about 200 bytes.
+pub const DEFAULT_VERIFIER_RECORDS: usize = 1024;
+/// Upper bound on `MACP_AUTH_VERIFIER_RECORDS`: 64k records are about 13 MiB.
+pub const VERIFIER_RECORDS_CEILING: usize = 65_536;
 /// Kid of the key generated when no key is configured.
 pub const EPHEMERAL_KID: &str = "dev-key-1";
 /// RSA size of the ephemeral key.
@@ -184,6 +196,10 @@ pub struct Config {
     pub mint_port: Option<u16>,
     /// `MACP_AUTH_MINT_BIND`: the mint listener's address; `bind` when unset.
     pub mint_bind: IpAddr,
+    /// `MACP_AUTH_JWKS_MAX_AGE_SECONDS`: the JWKS's `Cache-Control: max-age`.
+    pub jwks_max_age: Duration,
+    /// `MACP_AUTH_VERIFIER_RECORDS`: JWKS clients remembered; 0 remembers none.
+    pub verifier_records: usize,
 }
 
 /// The keys the service runs with.
@@ -307,6 +323,45 @@ fn parse_mint_listener(
         ));
     }
     Ok((Some(mint_port), mint_bind.unwrap_or(bind)))
+}
+
+/// Whole seconds from 0 to [`TTL_CEILING_SECONDS`]: the MacpAuth's
+/// `jwksCacheTtlSeconds`, which has no smaller ceiling.
+fn parse_jwks_max_age(vars: &HashMap<String, String>) -> Result<Duration, ConfigError> {
+    let Some(raw) = non_empty(vars, JWKS_MAX_AGE) else {
+        return Ok(Duration::from_secs(DEFAULT_JWKS_MAX_AGE_SECONDS));
+    };
+    raw.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|s| *s <= TTL_CEILING_SECONDS)
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            ConfigError::new(
+                JWKS_MAX_AGE,
+                format!(
+                    "must be a whole number of seconds from 0 to {TTL_CEILING_SECONDS}, got {raw:?}"
+                ),
+            )
+        })
+}
+
+fn parse_verifier_records(vars: &HashMap<String, String>) -> Result<usize, ConfigError> {
+    let Some(raw) = non_empty(vars, VERIFIER_RECORDS) else {
+        return Ok(DEFAULT_VERIFIER_RECORDS);
+    };
+    raw.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n <= VERIFIER_RECORDS_CEILING)
+        .ok_or_else(|| {
+            ConfigError::new(
+                VERIFIER_RECORDS,
+                format!(
+                    "must be a whole number from 0 (remember no JWKS client) to {VERIFIER_RECORDS_CEILING}, got {raw:?}"
+                ),
+            )
+        })
 }
 
 fn parse_max_connections(vars: &HashMap<String, String>) -> Result<Option<usize>, ConfigError> {
@@ -524,6 +579,8 @@ impl Config {
         let max_connections = parse_max_connections(&vars)?;
         let shutdown_delay = parse_seconds(&vars, SHUTDOWN_DELAY, 0, Duration::ZERO)?;
         let (mint_port, mint_bind) = parse_mint_listener(&vars, port, bind)?;
+        let jwks_max_age = parse_jwks_max_age(&vars)?;
+        let verifier_records = parse_verifier_records(&vars)?;
 
         Ok(Config {
             port,
@@ -544,6 +601,8 @@ impl Config {
             shutdown_delay,
             mint_port,
             mint_bind,
+            jwks_max_age,
+            verifier_records,
         })
     }
 

@@ -16,3 +16,4 @@ pub mod keys;
 pub mod listener;
 pub mod metrics;
 pub mod ratelimit;
+pub mod verifiers;

@@ -114,6 +114,17 @@ pub struct Metrics {
     key_age: Gauge,
     key_loaded: std::time::Instant,
     connections: ConnectionMetrics,
+    jwks: JwksMetrics,
+}
+
+/// The JWKS endpoint's caching and its clients.
+#[derive(Debug, Default)]
+struct JwksMetrics {
+    max_age: Gauge,
+    not_modified: Counter,
+    clients: Gauge,
+    evicted: Counter,
+    client_interval: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -238,6 +249,35 @@ impl Metrics {
         let connections = ConnectionMetrics::default();
         connections.register(&mut registry);
 
+        let jwks = JwksMetrics::default();
+        registry.register_with_unit(
+            "jwks_max_age",
+            "Cache-Control max-age of the JWKS (MACP_AUTH_JWKS_MAX_AGE_SECONDS; the MacpAuth's jwksCacheTtlSeconds)",
+            prometheus_client::registry::Unit::Seconds,
+            jwks.max_age.clone(),
+        );
+        registry.register(
+            "jwks_not_modified",
+            "JWKS requests answered 304 Not Modified (If-None-Match matched the ETag)",
+            jwks.not_modified.clone(),
+        );
+        registry.register(
+            "jwks_clients",
+            "JWKS clients (peer address and User-Agent) remembered for GET /verifiers",
+            jwks.clients.clone(),
+        );
+        registry.register(
+            "jwks_clients_evicted",
+            "JWKS client records dropped at MACP_AUTH_VERIFIER_RECORDS for a newer client",
+            jwks.evicted.clone(),
+        );
+        registry.register_with_unit(
+            "jwks_client_interval",
+            "Longest cache time among JWKS clients with at least 3 fetches (each one's shortest time between two fetches); NaN when none",
+            prometheus_client::registry::Unit::Seconds,
+            jwks.client_interval.clone(),
+        );
+
         Metrics {
             registry,
             mints,
@@ -250,6 +290,7 @@ impl Metrics {
             key_age,
             key_loaded: std::time::Instant::now(),
             connections,
+            jwks,
         }
     }
 
@@ -295,6 +336,30 @@ impl Metrics {
         invalid.set(i64::try_from(invalid_lines).unwrap_or(i64::MAX));
         none.set(i64::from(result == crate::callers::RELOAD_EMPTY));
         unreadable.set(i64::from(result == crate::callers::RELOAD_UNREADABLE));
+    }
+
+    pub fn set_jwks_max_age(&self, seconds: u64) {
+        self.jwks
+            .max_age
+            .set(i64::try_from(seconds).unwrap_or(i64::MAX));
+    }
+
+    pub fn record_jwks_not_modified(&self) {
+        self.jwks.not_modified.inc();
+    }
+
+    /// One JWKS fetch recorded: `held` records now, `evicted` if one was dropped for it.
+    pub fn record_jwks_client(&self, held: usize, evicted: bool) {
+        self.jwks
+            .clients
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+        if evicted {
+            self.jwks.evicted.inc();
+        }
+    }
+
+    pub fn set_jwks_client_interval(&self, seconds: Option<f64>) {
+        self.jwks.client_interval.set(seconds.unwrap_or(f64::NAN));
     }
 
     /// Records one `POST /tokens` outcome and how long it took.

@@ -12,7 +12,7 @@
 //! fetching through it knew at any moment (see [`crate::load`]), and every
 //! response carries the answering pod in [`ENDPOINT_HEADER`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use crate::apiserver::ApiHandle;
@@ -56,6 +56,32 @@ struct ProxyState {
     resets: Mutex<Vec<Reset>>,
     /// Connections to reset on purpose before any other is forwarded.
     reset_next: AtomicUsize,
+    /// The address its connections to a pod come from: this proxy's node.
+    source: Ipv4Addr,
+}
+
+/// Node addresses, 127.1.0.1 onwards (pods are 127.0.0.x). kube-proxy keeps
+/// the client's address on a ClusterIP connection, so a pod tells its clients
+/// apart by address; each proxy (each verifier's node) gets its own, and the
+/// token service's `GET /verifiers` sees one client per verifier, as in a
+/// cluster.
+fn next_source() -> Ipv4Addr {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) % (250 * 250);
+    Ipv4Addr::new(127, 1, (n / 250) as u8, (n % 250) as u8 + 1)
+}
+
+/// Connects to `ep` from `source` when both are loopback (the simulated
+/// cluster); from wherever the system chooses otherwise (a real cluster's pods).
+async fn connect_from(source: Ipv4Addr, ep: SocketAddr) -> std::io::Result<TcpStream> {
+    match ep.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => {
+            let socket = TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::from((source, 0)))?;
+            socket.connect(ep).await
+        }
+        _ => TcpStream::connect(ep).await,
+    }
 }
 
 struct StopOnDrop(watch::Sender<bool>);
@@ -103,6 +129,7 @@ impl ServiceProxy {
             jwks: Mutex::new(Vec::new()),
             resets: Mutex::new(Vec::new()),
             reset_next: AtomicUsize::new(0),
+            source: next_source(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let accept_state = state.clone();
@@ -129,6 +156,11 @@ impl ServiceProxy {
             addr,
             _stop: Arc::new(StopOnDrop(stop_tx)),
         })
+    }
+
+    /// The address this proxy's connections to pods come from.
+    pub fn source_addr(&self) -> IpAddr {
+        IpAddr::V4(self.state.source)
     }
 
     /// `http://127.0.0.1:<port>`: the Service's address for clients.
@@ -206,7 +238,7 @@ async fn connection(state: Arc<ProxyState>, client: TcpStream, stop: watch::Rece
         return reset(&state, client, None, "no endpoints".into());
     }
     let ep = eps[rand::random_range(0..eps.len())];
-    let backend = match TcpStream::connect(ep).await {
+    let backend = match connect_from(state.source, ep).await {
         Ok(b) => b,
         Err(e) => return reset(&state, client, Some(ep), format!("connect: {e}")),
     };

@@ -390,6 +390,16 @@ mod tests {
         assert_eq!(e[0].latest_end, t("2026-12-06T12:06:00Z"));
         assert_eq!(e[1].earliest_end, t("2026-12-06T12:06:00Z"));
         assert_eq!(e[1].latest_end, t("2026-12-06T12:16:00Z"));
+        // A drain re-entered with a retry backoff (after a stalled
+        // retirement) lasts what the operator wrote, not what the spec says.
+        let r = rot(
+            Draining,
+            "2026-12-06T12:00:00Z",
+            Some("2026-12-06T12:30:00Z"),
+        );
+        let e = eta(&spec(), &r, now);
+        assert_eq!(e[0].earliest_end, t("2026-12-06T12:30:00Z"));
+        assert_eq!(e[1].latest_end, t("2026-12-06T12:40:00Z"));
     }
 
     #[test]

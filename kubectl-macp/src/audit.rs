@@ -647,6 +647,20 @@ client ::1        1        0         agent://c
             vec![],
         );
         assert!(!gone.complete);
+        // The audit log off alone makes the answer incomplete.
+        let off = Report::new(
+            "macp",
+            "auth",
+            "k2",
+            None,
+            false,
+            vec!["auth-0".into()],
+            vec![],
+            vec![],
+            None,
+            mints.clone(),
+        );
+        assert!(!off.complete);
         let text = gone.render(false);
         assert!(text.contains("the mint audit log is off"), "{text}");
         assert!(text.contains("WARNING: pod auth-9 not read: 404"), "{text}");

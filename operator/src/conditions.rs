@@ -18,6 +18,10 @@ pub const READY: &str = "Ready";
 pub const DEGRADED: &str = "Degraded";
 /// A rotation is in flight (maintained by [`crate::rotation`] alone).
 pub const ROTATING: &str = "Rotating";
+/// The last `macp.io/emergency-rotate` value: `True` once acted on, `False`
+/// (reason `EmergencyRequestAlreadyHandled`) while a value already handled is
+/// set again (maintained by [`crate::rotation`] alone).
+pub const EMERGENCY_REQUEST: &str = "EmergencyRequest";
 
 pub const TRUE: &str = "True";
 pub const FALSE: &str = "False";

@@ -28,6 +28,26 @@ pub const MINT_PORT_RULE: &str = "!has(self.mintPort) || self.mintPort != self.p
 /// The message of [`MINT_PORT_RULE`].
 pub const MINT_PORT_RULE_MESSAGE: &str = "mintPort must differ from port";
 
+/// CEL rules on the spec that repeat checks of `validate` the schema can
+/// express, so that `kubectl apply` refuses such a spec instead of the
+/// operator reporting it `Degraded` after it was stored. Each guards with
+/// `has()`: the API server applies the schema's defaults first, but an
+/// object stored before a default existed may lack the field. Rule, message.
+pub const SPEC_RULES: [(&str, &str); 3] = [
+    (
+        "!has(self.rotation) || !has(self.rotation.drainSeconds) || !has(self.maxTtlSeconds) || self.rotation.drainSeconds >= self.maxTtlSeconds + 60",
+        "rotation.drainSeconds must be at least maxTtlSeconds + 60 (the verifiers' clock leeway), or unset",
+    ),
+    (
+        "!has(self.defaultTtlSeconds) || !has(self.maxTtlSeconds) || self.defaultTtlSeconds <= self.maxTtlSeconds",
+        "defaultTtlSeconds must not exceed maxTtlSeconds",
+    ),
+    (
+        "!has(self.emergency) || !has(self.maxTtlSeconds) || self.emergency.maxTtlSeconds <= self.maxTtlSeconds",
+        "emergency.maxTtlSeconds must not exceed maxTtlSeconds",
+    ),
+];
+
 /// Annotation whose new value requests a routine rotation.
 pub const ROTATE_ANNOTATION: &str = "macp.io/rotate";
 /// Annotation whose new value requests an emergency rotation.
@@ -54,10 +74,12 @@ pub const EMERGENCY_ROTATE_ANNOTATION: &str = "macp.io/emergency-rotate";
     validation = kube::core::Rule::new(NAME_RULE).message(NAME_RULE_MESSAGE)
 )]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [{
-    "rule": MINT_PORT_RULE,
-    "message": MINT_PORT_RULE_MESSAGE
-}]))]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": MINT_PORT_RULE, "message": MINT_PORT_RULE_MESSAGE},
+    {"rule": SPEC_RULES[0].0, "message": SPEC_RULES[0].1},
+    {"rule": SPEC_RULES[1].0, "message": SPEC_RULES[1].1},
+    {"rule": SPEC_RULES[2].0, "message": SPEC_RULES[2].1}
+]))]
 pub struct MacpAuthSpec {
     /// Token service image; the operator's configured default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -406,12 +428,31 @@ pub struct MacpAuthStatus {
     /// The last `macp.io/emergency-rotate` value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_emergency_request: Option<String>,
+    /// When `handledEmergencyRequest` was acted on (the operator then removes the annotation, so that setting the same value again is seen and answered with a Warning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_emergency_request_time: Option<DateTime<Utc>>,
+    /// The last spec that passed the operator's checks, as applied: an emergency rotation requested while the spec is invalid runs with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_valid_spec: Option<LastValidSpec>,
     /// Kids withdrawn by an emergency rotation: never published again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suspect_kids: Vec<String>,
     /// Present while the Deployment runs with the emergency max TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub emergency_ttl_clamp: Option<TtlClampStatus>,
+}
+
+/// A spec the operator accepted, kept in the status (not typed: an older
+/// operator's spec must still read back after an upgrade).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastValidSpec {
+    /// The generation of the MacpAuth that had this spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// The spec, as `spec` read then.
+    #[schemars(extend("type" = "object", "x-kubernetes-preserve-unknown-fields" = true))]
+    pub spec: serde_json::Value,
 }
 
 /// The emergency TTL clamp as rendered into the Deployment.
@@ -555,5 +596,33 @@ mod name_rule_tests {
         // The same rule as the reconciler's check, which covers servers without CEL.
         assert!(NAME_RULE.contains("<= 63"));
         assert!(NAME_RULE.contains("^[a-z]([-a-z0-9]*[a-z0-9])?$"));
+    }
+}
+
+#[cfg(test)]
+mod spec_rule_tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    /// The CEL rules are on the spec, each the schema's form of a check
+    /// `validate` makes (its message names the same fields).
+    #[test]
+    fn the_crd_refuses_what_the_spec_check_refuses_where_cel_can_say_it() {
+        let crd = serde_json::to_value(MacpAuth::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let rules = spec["x-kubernetes-validations"].as_array().unwrap();
+        for (rule, message) in SPEC_RULES {
+            assert!(
+                rules.contains(&serde_json::json!({"rule": rule, "message": message})),
+                "{rule} missing in {rules:?}"
+            );
+        }
+        // The verifiers' leeway, as in `validate::validate_drain`.
+        assert!(SPEC_RULES[0].0.contains("self.maxTtlSeconds + 60"));
+        // The last valid spec is kept whole, whatever fields it has.
+        let status =
+            &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"];
+        let last = &status["properties"]["lastValidSpec"]["properties"]["spec"];
+        assert_eq!(last["x-kubernetes-preserve-unknown-fields"], true);
     }
 }

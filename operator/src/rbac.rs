@@ -27,10 +27,12 @@ const SECRETS: &[&str] = &["get", "list", "watch", "create", "patch", "update"];
 const OPTIONAL_OWNED: &[&str] = &["get", "create", "patch", "delete"];
 
 const RULES: &[Rule] = &[
+    // `patch`: only to remove a handled `macp.io/emergency-rotate`
+    // annotation (`reconcile::incident`); the spec is never written.
     Rule {
         group: "macp.io",
         resource: "macpauths",
-        verbs: &["get", "list", "watch"],
+        verbs: &["get", "list", "watch", "patch"],
     },
     Rule {
         group: "macp.io",

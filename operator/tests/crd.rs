@@ -101,7 +101,12 @@ fn cross_field_rules_are_cel_in_the_schema() {
     };
     assert_eq!(
         rules(spec),
-        ["!has(self.mintPort) || self.mintPort != self.port"]
+        [
+            "!has(self.mintPort) || self.mintPort != self.port",
+            "!has(self.rotation) || !has(self.rotation.drainSeconds) || !has(self.maxTtlSeconds) || self.rotation.drainSeconds >= self.maxTtlSeconds + 60",
+            "!has(self.defaultTtlSeconds) || !has(self.maxTtlSeconds) || self.defaultTtlSeconds <= self.maxTtlSeconds",
+            "!has(self.emergency) || !has(self.maxTtlSeconds) || self.emergency.maxTtlSeconds <= self.maxTtlSeconds",
+        ]
     );
     assert_eq!(
         rules(&spec["properties"]["autoscaling"]),

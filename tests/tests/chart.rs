@@ -332,7 +332,7 @@ fn install_dry_run_with_defaults_prints_notes_for_first_macpauth_and_rotations()
         "apiVersion: macp.io/v1alpha1",
         &format!("{}=", macp_auth_operator::crd::ROTATE_ANNOTATION),
         &format!(
-            "{}=INC-1234",
+            "{}=\"INC-$(date +%s)\"",
             macp_auth_operator::crd::EMERGENCY_ROTATE_ANNOTATION
         ),
         "kubectl annotate macpauth",

@@ -68,7 +68,7 @@ that list, so change both together.
 {{- define "macp-auth-operator.rules" -}}
 - apiGroups: ["macp.io"]
   resources: ["macpauths"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["macp.io"]
   resources: ["macpauths/status"]
   verbs: ["get", "patch"]

@@ -46,6 +46,7 @@ mod check;
 mod decide;
 mod error;
 mod execute;
+mod incident;
 mod keygen;
 mod load;
 mod observe;
@@ -339,8 +340,9 @@ async fn reconcile_one(
     let executed = round.execute(&decision, keys, applied).await?;
     // 7. Assess.
     let requeue = round.assess(decision, &executed, &seen);
-    // 8. Report.
+    // 8. Report, then remove an emergency annotation the status now records.
     let requeue = round.report(requeue).await?;
+    round.remove_handled_emergency_request().await?;
     let pods = observe::SeenPods::carry(seen, &round.status);
     let written = round.written.take();
     drop(round);

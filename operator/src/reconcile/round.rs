@@ -58,6 +58,9 @@ pub(super) struct Round<'a> {
     pub(super) events: Vec<Event>,
     /// The `MacpAuth` as the API server answered this round's status patch.
     pub(super) written: Option<MacpAuth>,
+    /// The last valid spec, which this round runs with instead of the
+    /// invalid current one: only for an emergency rotation ([`super::check`]).
+    pub(super) fallback: Option<MacpAuthSpec>,
 }
 
 impl<'a> Round<'a> {
@@ -77,13 +80,16 @@ impl<'a> Round<'a> {
             status,
             events: Vec::new(),
             written: None,
+            fallback: None,
         })
     }
 }
 
 impl Round<'_> {
+    /// The spec the round applies: the `MacpAuth`'s, or the last valid one
+    /// while an emergency runs past an invalid spec.
     pub(super) fn spec(&self) -> &MacpAuthSpec {
-        &self.mauth.spec
+        self.fallback.as_ref().unwrap_or(&self.mauth.spec)
     }
 
     /// The TTLs to render with `clamp`.
@@ -125,6 +131,10 @@ impl Round<'_> {
 
     /// Clears `Degraded` if we set it; rotation's reasons are rotation's to clear.
     pub(super) fn undegrade(&mut self) {
+        // Running on the last valid spec, the current one is still invalid.
+        if self.fallback.is_some() {
+            return;
+        }
         let held = conditions::is_true(&self.status.conditions, DEGRADED, None);
         let held_by_others =
             held && !conditions::degraded_by(&self.status.conditions, OWN_DEGRADED_REASONS);

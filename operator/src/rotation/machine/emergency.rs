@@ -1,13 +1,119 @@
 //! An emergency rotation starts: whatever is in flight is superseded and
-//! every kid in the Secret becomes a suspect.
+//! every kid in the Secret becomes a suspect. A value already handled and set
+//! again is answered, not ignored: the reconciler removes the annotation once
+//! the status records it (`reconcile::incident`), so it coming back is a
+//! change, reported with a Warning and the `EmergencyRequest` condition.
 
+use crate::conditions::{self, EMERGENCY_REQUEST};
 use crate::crd::RotationPhase::Idle;
-use crate::crd::{RotationOutcome, RotationTrigger};
+use crate::crd::{EMERGENCY_ROTATE_ANNOTATION, RotationOutcome, RotationTrigger};
 use crate::rotation::{Action, KeysetPlan, KeysetView};
 
-use super::Machine;
+use super::{Machine, annotation};
+
+/// Reason of the `EmergencyRequest` condition and Warning event for a value
+/// already handled.
+pub const REASON_ALREADY_HANDLED: &str = "EmergencyRequestAlreadyHandled";
+/// Reason of the `EmergencyRequest` condition once a value was acted on.
+const REASON_HANDLED: &str = "Handled";
 
 impl Machine<'_> {
+    /// Acts on `macp.io/emergency-rotate`: `true` when an emergency started
+    /// (the round ends there).
+    pub(super) fn emergency_request(&mut self, keyset: &KeysetView) -> bool {
+        let Some(id) = annotation(self.inp, EMERGENCY_ROTATE_ANNOTATION) else {
+            self.forget_reused_request();
+            return false;
+        };
+        if self.status.handled_emergency_request.as_deref() != Some(id) {
+            self.start_emergency(id.to_string(), keyset);
+            return true;
+        }
+        // Still there while its own rotation runs: the reconciler is removing it.
+        let own = self.rot.phase != Idle
+            && self.is_emergency()
+            && self.rot.request_id.as_deref() == Some(id);
+        if !own {
+            self.reused_request(id.to_string());
+        }
+        false
+    }
+
+    /// A handled value set again: a Warning (once) and the condition naming
+    /// the value and when it was handled. Nothing rotates.
+    fn reused_request(&mut self, id: String) {
+        let when = self
+            .status
+            .handled_emergency_request_time
+            .or_else(|| {
+                self.status
+                    .history
+                    .iter()
+                    .rev()
+                    .find(|r| {
+                        r.trigger == RotationTrigger::Emergency
+                            && r.request_id.as_deref() == Some(id.as_str())
+                    })
+                    .map(|r| r.started_at)
+            })
+            .map_or_else(
+                || "earlier".to_string(),
+                |t| {
+                    format!(
+                        "at {}",
+                        t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    )
+                },
+            );
+        let message = format!(
+            "{EMERGENCY_ROTATE_ANNOTATION}={id} was already handled {when}: nothing was rotated now. \
+             Each value acts once; to rotate again set a new one, e.g. INC-$(date +%s)"
+        );
+        let shown = conditions::get(&self.status.conditions, EMERGENCY_REQUEST)
+            .is_some_and(|c| c.reason == REASON_ALREADY_HANDLED && c.message == message);
+        if !shown {
+            self.event(true, REASON_ALREADY_HANDLED, message.clone());
+        }
+        self.set_request_condition(false, REASON_ALREADY_HANDLED, &message);
+    }
+
+    /// Once a reused value is taken away, setting it again is news again.
+    fn forget_reused_request(&mut self) {
+        let reused = conditions::get(&self.status.conditions, EMERGENCY_REQUEST)
+            .is_some_and(|c| c.reason == REASON_ALREADY_HANDLED);
+        if reused {
+            let message = self.handled_message();
+            self.set_request_condition(true, REASON_HANDLED, &message);
+        }
+    }
+
+    fn handled_message(&self) -> String {
+        let id = self
+            .status
+            .handled_emergency_request
+            .as_deref()
+            .unwrap_or("?");
+        match self.status.handled_emergency_request_time {
+            Some(t) => format!(
+                "{EMERGENCY_ROTATE_ANNOTATION}={id} handled at {}",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            None => format!("{EMERGENCY_ROTATE_ANNOTATION}={id} handled"),
+        }
+    }
+
+    fn set_request_condition(&mut self, value: bool, reason: &str, message: &str) {
+        conditions::set(
+            &mut self.status.conditions,
+            EMERGENCY_REQUEST,
+            value,
+            reason,
+            message,
+            self.inp.now,
+            self.inp.generation,
+        );
+    }
+
     pub(super) fn start_emergency(&mut self, id: String, keyset: &KeysetView) {
         if !self.fresh_kid_ok(keyset) {
             self.kid_collision();
@@ -26,6 +132,9 @@ impl Machine<'_> {
             self.event(true, "RotationSuperseded", message);
         }
         self.status.handled_emergency_request = Some(id.clone());
+        self.status.handled_emergency_request_time = Some(self.now());
+        let handled = self.handled_message();
+        self.set_request_condition(true, REASON_HANDLED, &handled);
         let message = format!(
             "emergency rotation {id}: generating fresh key {}; suspect kids {} are withdrawn when it activates",
             self.inp.new_kid,

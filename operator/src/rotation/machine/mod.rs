@@ -19,9 +19,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::crd::{
-    EMERGENCY_ROTATE_ANNOTATION, MacpAuthStatus, RotationStatus, RotationTrigger, SigningAlg,
-};
+use crate::crd::{MacpAuthStatus, RotationStatus, RotationTrigger, SigningAlg};
 
 use crate::conditions::{self, DEGRADED, ROTATING};
 
@@ -123,10 +121,7 @@ impl Machine<'_> {
         self.status.active_kid = Some(keyset.active.kid.clone());
         self.status.published_kids = keyset.published.clone();
         self.schedule();
-        if let Some(id) = annotation(self.inp, EMERGENCY_ROTATE_ANNOTATION)
-            .filter(|id| self.status.handled_emergency_request.as_deref() != Some(*id))
-        {
-            self.start_emergency(id.to_string(), keyset);
+        if self.emergency_request(keyset) {
             return;
         }
         match self.rot.phase {

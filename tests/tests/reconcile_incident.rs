@@ -1,0 +1,424 @@
+//! The incident path at the reconciler level (the real reconciler, through
+//! the real kube client, against the in-process API server enforcing the
+//! operator's RBAC; pods and Deployment status set by hand, a fake prober
+//! answering for the pods, as in `reconcile.rs`):
+//!
+//! - an emergency rotation requested while the spec is invalid runs with the
+//!   last valid spec, `Degraded`/`InvalidSpec` stays, a Warning says so, and
+//!   a routine rotation keeps waiting;
+//! - the operator removes a handled `macp.io/emergency-rotate` annotation, so
+//!   setting the same value again is seen and answered with a Warning and the
+//!   `EmergencyRequest` condition naming the value and when it was handled.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::Reporter;
+use macp_auth_e2e::apiserver::FakeApiServer;
+use macp_auth_operator::crd::{
+    EMERGENCY_ROTATE_ANNOTATION, MacpAuth, MacpAuthStatus, ROTATE_ANNOTATION, RotationPhase,
+    RotationTrigger,
+};
+use macp_auth_operator::events::EventRecorders;
+use macp_auth_operator::fixtures::{self, FakeProber};
+use macp_auth_operator::keyset::Keyset;
+use macp_auth_operator::metrics::Metrics;
+use macp_auth_operator::reconcile::{Context, reconcile};
+use macp_auth_operator::{Settings, rbac, resources};
+use serde_json::{Value, json};
+
+const NS: &str = "auth";
+
+struct Harness {
+    server: FakeApiServer,
+    prober: Arc<FakeProber>,
+    ctx: Arc<Context>,
+}
+
+impl Harness {
+    async fn new() -> Self {
+        let server = FakeApiServer::start().await.unwrap();
+        server.enforce_operator_rbac(&rbac::Mode::Namespaced(vec![NS.to_string()]), None);
+        let prober = Arc::new(FakeProber::default());
+        let client = server.operator_client().unwrap();
+        let recorder = EventRecorders::new(
+            &client,
+            &Reporter {
+                controller: "macp-auth-operator".into(),
+                instance: None,
+            },
+        );
+        let settings = Settings {
+            service_image: "registry.test/macp-auth-service:test".to_string(),
+            watch_namespaces: vec![NS.to_string()],
+            ..Settings::default()
+        };
+        let ctx = Arc::new(Context::new(
+            client,
+            settings,
+            prober.clone(),
+            recorder,
+            Metrics::default(),
+        ));
+        Self {
+            server,
+            prober,
+            ctx,
+        }
+    }
+
+    fn api(&self) -> Api<MacpAuth> {
+        Api::namespaced(self.server.client(), NS)
+    }
+
+    fn mauth(&self, name: &str) -> MacpAuth {
+        self.server
+            .get_as::<MacpAuth>(Some(NS), name)
+            .unwrap()
+            .unwrap()
+    }
+
+    fn status(&self, name: &str) -> MacpAuthStatus {
+        self.mauth(name).status.unwrap_or_default()
+    }
+
+    async fn reconcile(&self, name: &str) {
+        reconcile(Arc::new(self.mauth(name)), self.ctx.clone())
+            .await
+            .unwrap();
+    }
+
+    fn keyset(&self, name: &str) -> Keyset {
+        let secret = self
+            .server
+            .get_as::<Secret>(Some(NS), &resources::secret_name(name))
+            .unwrap()
+            .unwrap();
+        Keyset::from_secret_data(&secret.data.unwrap()).unwrap()
+    }
+
+    fn deployment(&self, name: &str) -> Deployment {
+        self.server
+            .get_as::<Deployment>(Some(NS), name)
+            .unwrap()
+            .unwrap()
+    }
+
+    /// The token service's max TTL as rendered into the Deployment.
+    fn rendered_max_ttl(&self, name: &str) -> String {
+        let d = self.deployment(name);
+        let env = d.spec.unwrap().template.spec.unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap();
+        env.into_iter()
+            .find(|e| e.name == "MACP_AUTH_MAX_TTL_SECONDS")
+            .and_then(|e| e.value)
+            .unwrap()
+    }
+
+    /// Plays the Deployment controller and kubelet: every replica of the
+    /// current template is up, ready, and serves `kids` (signing with the first).
+    fn roll_out(&self, name: &str, kids: &[&str]) {
+        let d = self.deployment(name);
+        let replicas = d.spec.as_ref().unwrap().replicas.unwrap();
+        let template = d.spec.as_ref().unwrap().template.metadata.clone().unwrap();
+        for p in self.server.list_as::<Pod>(Some(NS)).unwrap() {
+            self.server
+                .delete_as::<Pod>(Some(NS), &p.metadata.name.unwrap())
+                .unwrap();
+        }
+        for i in 0..replicas {
+            let ip = format!("10.0.0.{}", i + 1);
+            let pod: Pod = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("{name}-{i}"), "namespace": NS,
+                             "labels": template.labels, "annotations": template.annotations},
+                "status": {"phase": "Running", "podIP": ip,
+                           "conditions": [{"type": "Ready", "status": "True"}]}
+            }))
+            .unwrap();
+            self.server.create_as(&pod).unwrap();
+            self.prober.serve(&ip, kids);
+        }
+        self.server
+            .modify_as::<Deployment>(Some(NS), name, |d| {
+                let generation = d.metadata.generation;
+                d.status = Some(DeploymentStatus {
+                    observed_generation: generation,
+                    replicas: Some(replicas),
+                    updated_replicas: Some(replicas),
+                    ready_replicas: Some(replicas),
+                    available_replicas: Some(replicas),
+                    ..DeploymentStatus::default()
+                });
+            })
+            .unwrap();
+    }
+
+    /// A MacpAuth created with `spec`, rolled out and reconciled to Ready; its active kid.
+    async fn create_ready(&self, name: &str, spec: Value) -> String {
+        let m = fixtures::macpauth(name).spec(spec).build();
+        self.api().create(&PostParams::default(), &m).await.unwrap();
+        self.reconcile(name).await;
+        let kid = self.keyset(name).active.kid;
+        self.roll_out(name, &[&kid]);
+        self.reconcile(name).await;
+        assert_eq!(condition(&self.status(name), "Ready").0, "True");
+        kid
+    }
+
+    /// A merge patch through the API, as `kubectl annotate` / `kubectl edit` send.
+    async fn patch(&self, name: &str, patch: Value) {
+        self.api()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+
+    async fn annotate(&self, name: &str, key: &str, value: Option<&str>) {
+        self.patch(name, json!({"metadata": {"annotations": {key: value}}}))
+            .await;
+    }
+
+    fn annotation(&self, name: &str, key: &str) -> Option<String> {
+        self.mauth(name)
+            .metadata
+            .annotations
+            .and_then(|a| a.get(key).cloned())
+    }
+
+    /// Rounds, rolling out whatever the Secret holds, until no rotation is in flight.
+    async fn drive_to_idle(&self, name: &str) {
+        for _ in 0..12 {
+            let idle = self
+                .status(name)
+                .rotation
+                .is_none_or(|r| r.phase == RotationPhase::Idle);
+            if idle {
+                return;
+            }
+            let ks = self.keyset(name);
+            let mut kids = vec![ks.active.kid.clone()];
+            kids.extend(ks.published_kids());
+            let kids: Vec<&str> = kids.iter().map(String::as_str).collect();
+            self.roll_out(name, &kids);
+            self.reconcile(name).await;
+        }
+        panic!("the rotation did not finish: {:#?}", self.status(name));
+    }
+
+    /// How often an event of `reason` was published: repeats of one note
+    /// are aggregated into a series (`series.count`).
+    fn occurrences(&self, reason: &str) -> u64 {
+        self.server
+            .list("events.k8s.io", "events", Some(NS))
+            .into_iter()
+            .filter(|e| e["reason"] == reason)
+            .map(|e| e["series"]["count"].as_u64().unwrap_or(1))
+            .sum()
+    }
+
+    fn events(&self, reason: &str) -> Vec<String> {
+        self.server
+            .list("events.k8s.io", "events", Some(NS))
+            .into_iter()
+            .filter(|e| e["reason"] == reason)
+            .filter_map(|e| e["note"].as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+fn condition(s: &MacpAuthStatus, type_: &str) -> (String, String, String) {
+    let c = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {s:?}"));
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+/// Short token lifetimes with a pinned drain: the spec the sandbox run made
+/// invalid by raising `maxTtlSeconds`.
+fn pinned_drain_spec() -> Value {
+    json!({
+        "signingAlg": "ES256",
+        "maxTtlSeconds": 5,
+        "defaultTtlSeconds": 5,
+        "rotation": {"drainSeconds": 65}
+    })
+}
+
+#[tokio::test]
+async fn an_emergency_runs_past_an_invalid_spec_with_the_last_valid_one() {
+    let h = Harness::new().await;
+    let suspect = h.create_ready("inc", pinned_drain_spec()).await;
+    let valid = h.status("inc").last_valid_spec.expect("lastValidSpec");
+    assert_eq!(valid.generation, Some(1));
+    assert_eq!(valid.spec["maxTtlSeconds"], 5);
+
+    // The edit: maxTtlSeconds raised past the pinned drain. This server,
+    // like one without CEL, stores it; the operator refuses it.
+    h.patch("inc", json!({"spec": {"maxTtlSeconds": 600}}))
+        .await;
+    h.reconcile("inc").await;
+    let (status, reason, _) = condition(&h.status("inc"), "Degraded");
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "InvalidSpec"));
+    assert_eq!(
+        h.status("inc").last_valid_spec.unwrap().generation,
+        Some(1),
+        "an invalid spec is never recorded as valid"
+    );
+
+    // A routine request waits for a valid spec.
+    h.annotate("inc", ROTATE_ANNOTATION, Some("routine-1"))
+        .await;
+    h.reconcile("inc").await;
+    assert!(
+        h.status("inc")
+            .rotation
+            .is_none_or(|r| r.phase == RotationPhase::Idle)
+    );
+    assert_eq!(h.keyset("inc").active.kid, suspect);
+
+    // The incident.
+    h.annotate("inc", EMERGENCY_ROTATE_ANNOTATION, Some("INC-77"))
+        .await;
+    h.reconcile("inc").await;
+    let rot = h.status("inc").rotation.unwrap();
+    assert_eq!(rot.trigger, Some(RotationTrigger::Emergency), "{rot:?}");
+    let notes = h.events("EmergencyWithLastValidSpec");
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].contains("INC-77") && notes[0].contains("generation 1"),
+        "{notes:?}"
+    );
+    h.drive_to_idle("inc").await;
+
+    let s = h.status("inc");
+    let fresh = h.keyset("inc");
+    assert_ne!(fresh.active.kid, suspect);
+    assert!(
+        !fresh.view().kids().contains(&suspect),
+        "the suspect key is still in the Secret: {:?}",
+        fresh.view().kids()
+    );
+    assert!(s.suspect_kids.contains(&suspect));
+    let last = s.history.last().unwrap();
+    assert_eq!(
+        (last.trigger, last.request_id.as_deref()),
+        (RotationTrigger::Emergency, Some("INC-77"))
+    );
+    // Rendered from the last valid spec, not from the invalid one.
+    assert_eq!(h.rendered_max_ttl("inc"), "5");
+    let (status, reason, message) = condition(&s, "Degraded");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "InvalidSpec"),
+        "{message}"
+    );
+    assert!(message.contains("drainSeconds"), "{message}");
+
+    // The emergency over, the routine request still waits for the spec.
+    h.roll_out("inc", &[&fresh.active.kid]);
+    h.reconcile("inc").await;
+    h.reconcile("inc").await;
+    assert!(
+        h.status("inc")
+            .rotation
+            .is_none_or(|r| r.phase == RotationPhase::Idle)
+    );
+    assert_eq!(h.status("inc").history.len(), s.history.len());
+    assert_eq!(h.status("inc").handled_rotate_request, None);
+
+    // Fixed, the routine request runs.
+    h.patch("inc", json!({"spec": {"maxTtlSeconds": 5}})).await;
+    h.reconcile("inc").await;
+    let s = h.status("inc");
+    assert_eq!(s.handled_rotate_request.as_deref(), Some("routine-1"));
+    assert_eq!(condition(&s, "Degraded").0, "False");
+    assert_eq!(s.last_valid_spec.unwrap().generation, Some(3));
+    assert_eq!(h.server.forbidden(), vec![]);
+}
+
+#[tokio::test]
+async fn a_reused_emergency_id_is_answered_with_a_warning_naming_when_it_was_handled() {
+    let h = Harness::new().await;
+    let first = h
+        .create_ready("drill", json!({"signingAlg": "ES256"}))
+        .await;
+
+    // The drill, run from the docs with a fixed id.
+    h.annotate("drill", EMERGENCY_ROTATE_ANNOTATION, Some("INC-1234"))
+        .await;
+    h.reconcile("drill").await;
+    let s = h.status("drill");
+    assert_eq!(s.handled_emergency_request.as_deref(), Some("INC-1234"));
+    let handled_at = s.handled_emergency_request_time.expect("handled time");
+    assert_eq!(
+        h.annotation("drill", EMERGENCY_ROTATE_ANNOTATION),
+        None,
+        "the handled annotation is removed once the status records it"
+    );
+    h.drive_to_idle("drill").await;
+    let after_drill = h.keyset("drill").active.kid;
+    assert_ne!(after_drill, first);
+    let rotations = h.status("drill").history.len();
+
+    // The real incident, with the same id: a change, answered.
+    h.annotate("drill", EMERGENCY_ROTATE_ANNOTATION, Some("INC-1234"))
+        .await;
+    h.reconcile("drill").await;
+    let s = h.status("drill");
+    assert_eq!(s.history.len(), rotations, "a reused id rotated");
+    assert!(
+        s.rotation
+            .as_ref()
+            .is_none_or(|r| r.phase == RotationPhase::Idle)
+    );
+    assert_eq!(h.keyset("drill").active.kid, after_drill);
+    let when = handled_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (status, reason, message) = condition(&s, "EmergencyRequest");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "EmergencyRequestAlreadyHandled")
+    );
+    assert!(
+        message.contains("INC-1234") && message.contains(&when),
+        "{message}"
+    );
+    let warnings = h.events("EmergencyRequestAlreadyHandled");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains(&when), "{warnings:?}");
+    // Left in place (a GitOps tool re-applying it sees it stay) and warned once.
+    assert_eq!(
+        h.annotation("drill", EMERGENCY_ROTATE_ANNOTATION)
+            .as_deref(),
+        Some("INC-1234")
+    );
+    h.reconcile("drill").await;
+    assert_eq!(h.occurrences("EmergencyRequestAlreadyHandled"), 1);
+
+    // Taken away and set again: answered again.
+    h.annotate("drill", EMERGENCY_ROTATE_ANNOTATION, None).await;
+    h.reconcile("drill").await;
+    assert_eq!(condition(&h.status("drill"), "EmergencyRequest").0, "True");
+    h.annotate("drill", EMERGENCY_ROTATE_ANNOTATION, Some("INC-1234"))
+        .await;
+    h.reconcile("drill").await;
+    assert_eq!(h.occurrences("EmergencyRequestAlreadyHandled"), 2);
+
+    // A fresh id rotates at once.
+    h.annotate("drill", EMERGENCY_ROTATE_ANNOTATION, Some("INC-1701"))
+        .await;
+    h.reconcile("drill").await;
+    let s = h.status("drill");
+    assert_eq!(
+        s.rotation.clone().map(|r| (r.trigger, r.request_id)),
+        Some((Some(RotationTrigger::Emergency), Some("INC-1701".into())))
+    );
+    assert_eq!(condition(&s, "EmergencyRequest").0, "True");
+    assert_eq!(h.server.forbidden(), vec![]);
+}

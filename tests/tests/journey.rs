@@ -6,9 +6,12 @@
 //! 2. kubectl apply both samples;
 //! 3. wait Ready;
 //! 4. mint a token and verify it with macp-auth;
-//! 5. `macp.io/rotate` under load until the history says `Succeeded`, with 0
-//!    failed verifications;
-//! 6. `macp.io/emergency-rotate`: the suspect key leaves the JWKS;
+//! 5. `kubectl macp rotate --wait` under load: it follows the phases and
+//!    exits 0 on `Succeeded`, with 0 failed verifications and mints, and the
+//!    old key's last tokens re-verified in their last second;
+//! 6. the incident: `kubectl macp audit --kid` names who minted with the
+//!    suspect key and says which pods are gone, then `kubectl macp rotate
+//!    --emergency --wait` withdraws it from the JWKS;
 //! 7. helm upgrade with a changed value;
 //! 8. helm uninstall: the signing-key Secrets stay and the token services
 //!    still serve;
@@ -27,13 +30,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use macp_auth::auth::resolvers::jwt_bearer::{JwtBearerResolver, JwtConfig};
-use macp_auth_e2e::binary::{operator_binary_async, service_binary_async};
+use macp_auth_e2e::binary::{
+    kubectl_macp_binary_async, operator_binary_async, service_binary_async,
+};
 use macp_auth_e2e::endpoints::EndpointSource;
 use macp_auth_e2e::helm::{repo_root, tool_path};
 use macp_auth_e2e::load::{self, LoadConfig, LoadGenerator, token_kid};
 use macp_auth_e2e::proxy::ServiceProxy;
 use macp_auth_e2e::sandbox::{Sandbox, SandboxConfig};
 use macp_auth_e2e::wait::{Displayed, try_wait_until};
+use macp_auth_operator::crd::{EMERGENCY_ROTATE_ANNOTATION, ROTATE_ANNOTATION};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::Command;
@@ -51,6 +57,8 @@ const CACHE_TTL: u64 = 2;
 /// A client command's outcome.
 struct Out {
     ok: bool,
+    /// The exit code (`None`: killed by a signal).
+    code: Option<i32>,
     stdout: String,
     stderr: String,
 }
@@ -60,6 +68,8 @@ struct Journey {
     step: String,
     kubeconfig: PathBuf,
     helm_home: PathBuf,
+    /// kubectl's PATH: a directory holding only the `kubectl-macp` plugin, then the inherited one.
+    path: std::ffi::OsString,
     started: Instant,
 }
 
@@ -84,12 +94,19 @@ impl Journey {
             .env("HELM_CONFIG_HOME", self.helm_home.join("config"))
             .env("HELM_CACHE_HOME", self.helm_home.join("cache"))
             .env("HELM_DATA_HOME", self.helm_home.join("data"))
+            .env("PATH", &self.path)
             .kill_on_drop(true);
         cmd
     }
 
     /// Runs `tool args`, printing the command line and its output.
     async fn run(&self, tool: &str, args: &[&str]) -> Out {
+        self.run_echo(tool, args, true).await
+    }
+
+    /// [`run`](Self::run); `echo` false prints only the size of the output
+    /// (for machine output the caller parses and checks).
+    async fn run_echo(&self, tool: &str, args: &[&str], echo: bool) -> Out {
         println!("$ {tool} {}", shell_words(args));
         let out = match self.command(tool, args).output().await {
             Ok(o) => o,
@@ -97,10 +114,18 @@ impl Journey {
         };
         let out = Out {
             ok: out.status.success(),
+            code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         };
-        print!("{}", indent(&out.stdout));
+        if echo {
+            print!("{}", indent(&out.stdout));
+        } else {
+            println!(
+                "  ({} lines on stdout, checked below)",
+                out.stdout.lines().count()
+            );
+        }
         print!("{}", indent(&out.stderr));
         out
     }
@@ -248,7 +273,7 @@ fn write_samples(dir: &Path) -> (PathBuf, PathBuf) {
     let scaled = text.replace(
         "spec: {}",
         &format!(
-            "spec:\n  maxTtlSeconds: {MAX_TTL}\n  defaultTtlSeconds: {MAX_TTL}\n  jwksCacheTtlSeconds: {CACHE_TTL}"
+            "spec:\n  maxTtlSeconds: {MAX_TTL}\n  defaultTtlSeconds: {MAX_TTL}\n  jwksCacheTtlSeconds: {CACHE_TTL}\n  audit:\n    enabled: true"
         ),
     );
     assert_ne!(
@@ -264,6 +289,9 @@ fn write_samples(dir: &Path) -> (PathBuf, PathBuf) {
 async fn start_no_operator() -> (Sandbox, Journey) {
     let service_bin = service_binary_async().await.expect("service binary");
     let operator_bin = operator_binary_async().await.expect("operator binary");
+    let plugin_bin = kubectl_macp_binary_async()
+        .await
+        .expect("kubectl-macp binary");
     let sandbox = Sandbox::start(
         SandboxConfig {
             api_addr: "127.0.0.1:0".parse().expect("address"),
@@ -275,10 +303,21 @@ async fn start_no_operator() -> (Sandbox, Journey) {
     )
     .await
     .expect("sandbox starts");
+    // kubectl finds plugins on its PATH, as `kubectl-<name>` executables.
+    let plugins = sandbox.dir().join("bin");
+    std::fs::create_dir_all(&plugins).expect("create the plugin directory");
+    std::os::unix::fs::symlink(&plugin_bin, plugins.join("kubectl-macp"))
+        .expect("link kubectl-macp into the plugin directory");
+    let mut dirs = vec![plugins];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let path = std::env::join_paths(dirs).expect("a PATH");
     let j = Journey {
         step: "start".into(),
         kubeconfig: sandbox.kubeconfig().to_path_buf(),
         helm_home: sandbox.dir().join("helm"),
+        path,
         started: Instant::now(),
     };
     (sandbox, j)
@@ -348,6 +387,34 @@ async fn the_user_journey_through_helm_and_kubectl() {
     j.kubectl(&["get", "macpauths", "-n", NS]).await;
     j.kubectl(&["get", "deploy,svc,pods", "-n", NS, "-o", "wide"])
         .await;
+    let status = j.kubectl(&["macp", "status", "-n", NS]).await;
+    for part in [
+        "MacpAuth macp/auth\n",
+        "MacpAuth macp/auth-es256\n",
+        "  Phase:          Idle",
+        "   active ",
+    ] {
+        if !status.contains(part) {
+            j.fail(&format!("`kubectl macp status` lacks {part:?}"));
+        }
+    }
+    // The waits of the scaled sample, and where each comes from.
+    let plan = j.kubectl(&["macp", "plan", "auth", "-n", NS]).await;
+    for part in [
+        format!("verifier cache: jwksCacheTtlSeconds {CACHE_TTL} + slack 10"),
+        format!("drain: maxTtlSeconds {MAX_TTL} + 60 s verifier leeway"),
+        "The new key signs from ".to_string(),
+    ] {
+        if !plan.contains(&part) {
+            j.fail(&format!("`kubectl macp plan` lacks {part:?}"));
+        }
+    }
+    let missing = j
+        .run("kubectl", &["macp", "status", "nosuch", "-n", NS])
+        .await;
+    if missing.code != Some(1) || !missing.stderr.contains("MacpAuth macp/nosuch not found") {
+        j.fail("`kubectl macp status nosuch` did not exit 1 naming the object");
+    }
     // The whole (short) log: stdout and stderr lines interleave in any order.
     let logs = j.kubectl(&["logs", "-n", NS, "deploy/auth"]).await;
     if !logs.contains("[auth-service] listening on port 3200") {
@@ -371,7 +438,7 @@ async fn the_user_journey_through_helm_and_kubectl() {
         Err(e) => j.fail(&format!("macp-auth refused the token: {e}")),
     }
 
-    j.step("5 macp.io/rotate under load until the history says Succeeded");
+    j.step("5 kubectl macp rotate --wait under load");
     let addr: SocketAddr = url
         .trim_start_matches("http://")
         .parse()
@@ -433,44 +500,133 @@ async fn the_user_journey_through_helm_and_kubectl() {
             (child, printer)
         });
     tokio::time::sleep(Duration::from_secs(3)).await;
-    j.kubectl(&[
-        "annotate",
-        "-n",
-        NS,
-        "macpauth/auth",
-        "macp.io/rotate=journey-1",
-        "--overwrite",
-    ])
-    .await;
-    j.kubectl(&[
-        "wait",
-        "-n",
-        NS,
-        "macpauth/auth",
-        "--for=jsonpath={.status.history[?(@.requestId==\"journey-1\")].outcome}=Succeeded",
-        "--timeout=300s",
-    ])
-    .await;
+    // The rotation through the plugin, and its status (remaining steps and
+    // ETA) read by the plugin while it runs.
+    let rotate = j.run(
+        "kubectl",
+        &[
+            "macp",
+            "rotate",
+            "auth",
+            "-n",
+            NS,
+            "--wait",
+            "--timeout",
+            "300s",
+        ],
+    );
+    let in_flight = async {
+        try_wait_until(
+            "kubectl macp status to show the rotation's remaining steps",
+            Duration::from_secs(60),
+            Duration::from_secs(3),
+            async || {
+                let out = j
+                    .run("kubectl", &["macp", "status", "auth", "-n", NS])
+                    .await;
+                if out.ok && out.stdout.contains("Remaining steps") {
+                    ControlFlow::Break(out.stdout)
+                } else {
+                    ControlFlow::Continue(Displayed(out.stdout + &out.stderr))
+                }
+            },
+        )
+        .await
+    };
+    let (rotated, in_flight) = tokio::join!(rotate, in_flight);
+    let in_flight = in_flight.unwrap_or_else(|e| j.fail(&e.to_string()));
+    for part in [
+        "Rotation:       manual, request rotate-",
+        "  ETA:  ",
+        "Pods:",
+    ] {
+        if !in_flight.contains(part) {
+            j.fail(&format!(
+                "`kubectl macp status` during the rotation lacks {part:?}"
+            ));
+        }
+    }
+    if rotated.code != Some(0) {
+        j.fail(&format!(
+            "`kubectl macp rotate --wait` exited {:?}, not 0:\n{}{}",
+            rotated.code, rotated.stdout, rotated.stderr
+        ));
+    }
+    let request = rotated
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("request id: "))
+        .unwrap_or_else(|| j.fail("`kubectl macp rotate` printed no request id"))
+        .to_string();
+    if !request.starts_with("rotate-") {
+        j.fail(&format!("request id {request:?} is not a fresh rotate- id"));
+    }
+    // Not a terminal: one plain line per phase, then the outcome.
+    for phase in [
+        "Publishing",
+        "Propagating",
+        "Activating",
+        "Draining",
+        "Retiring",
+    ] {
+        if !rotated.stdout.contains(&format!(" {phase} (step ")) {
+            j.fail(&format!(
+                "`kubectl macp rotate --wait` printed no {phase} line:\n{}",
+                rotated.stdout
+            ));
+        }
+    }
+    if !rotated
+        .stdout
+        .contains(&format!(" Succeeded: {old_kid} -> "))
+    {
+        j.fail("`kubectl macp rotate --wait` did not report Succeeded from the old kid");
+    }
+    // The plugin's word checked against the status itself.
+    let annotated = j.get_json(&["macpauth", "-n", NS, "auth"]).await;
+    let recorded = annotated
+        .pointer("/status/history")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|r| r.get("requestId").and_then(Value::as_str) == Some(&request));
+    if recorded
+        .and_then(|r| r.get("outcome"))
+        .and_then(Value::as_str)
+        != Some("Succeeded")
+    {
+        j.fail(&format!(
+            "no Succeeded history entry for request {request}: {recorded:?}"
+        ));
+    }
+    let annotation = format!(
+        "/metadata/annotations/{}",
+        ROTATE_ANNOTATION.replace('/', "~1")
+    );
+    if annotated.pointer(&annotation).and_then(Value::as_str) != Some(&request) {
+        j.fail(&format!("{ROTATE_ANNOTATION} does not hold {request}"));
+    }
     // Tokens minted just before the end are re-verified until they expire.
     tokio::time::sleep(Duration::from_secs(MAX_TTL + 1)).await;
     let report = load.stop().await;
+    let mut watched = Vec::new();
     if let Some((mut child, printer)) = watcher {
         let _ = child.kill().await;
-        let lines = printer.await.unwrap_or_default();
-        if lines.is_empty() {
-            println!("  (kubectl get -w printed nothing)");
-        }
+        watched = printer.await.unwrap_or_default();
     }
-    j.kubectl(&[
-        "get",
-        "macpauth",
-        "-n",
-        NS,
-        "auth",
-        "-o",
-        "jsonpath={.status.history}",
-    ])
-    .await;
+    // The printer columns show the phase: a person watching saw the drain.
+    if !watched.iter().any(|l| l.contains("Draining")) {
+        j.fail(&format!(
+            "`kubectl get -w` showed no Draining line: {watched:?}"
+        ));
+    }
+    let history = j.kubectl(&["macp", "history", "auth", "-n", NS]).await;
+    if !history
+        .lines()
+        .any(|l| l.starts_with("manual") && l.contains(&request) && l.contains("Succeeded"))
+    {
+        j.fail("`kubectl macp history` has no Succeeded row for the request");
+    }
     println!();
     println!("{}", report.summary_line("journey rotate"));
     let after = j.get_json(&["macpauth", "-n", NS, "auth"]).await;
@@ -484,14 +640,29 @@ async fn the_user_journey_through_helm_and_kubectl() {
             "activeKid {old_kid:?} -> {new_kid:?}: no new key signs"
         ));
     }
-    if report.minted == 0 || report.verify_failures + report.late_verify_failures > 0 {
+    if report.minted == 0
+        || report.mint_errors > 0
+        || report.verify_failures + report.late_verify_failures > 0
+    {
         j.fail(&format!(
-            "expected tokens minted and 0 failed verifications: {} {:?} {:?}",
+            "expected tokens minted, 0 failed mints and 0 failed verifications: {} {:?} {:?} {:?}",
             report.summary_line("journey rotate"),
+            report.mint_error_reasons,
             report.failure_reasons,
             report.late_failure_reasons
         ));
     }
+    if report.late_checks == 0 {
+        j.fail("no held token was re-verified later in its life");
+    }
+    let second = Duration::from_secs(1);
+    let last_second = report.final_tokens_checked_at_end_of_life(&old_kid, second, second);
+    if last_second == 0 {
+        j.fail(&format!(
+            "no max-TTL token of the old key {old_kid} from its last second of signing was re-verified in its own last second"
+        ));
+    }
+    println!("  old key's final tokens re-verified in their last second: {last_second}");
     if !report.per_kid.contains_key(&new_kid) || !report.per_kid.contains_key(&old_kid) {
         j.fail(&format!(
             "the load did not see both keys sign: {:?}",
@@ -499,26 +670,157 @@ async fn the_user_journey_through_helm_and_kubectl() {
         ));
     }
 
-    j.step("6 macp.io/emergency-rotate: the suspect key leaves the JWKS");
+    j.step("6 the incident: who minted with the suspect key, then the emergency rotation");
     let suspect = new_kid;
-    j.kubectl(&[
-        "annotate",
-        "-n",
-        NS,
-        "macpauth/auth",
-        "macp.io/emergency-rotate=INC-journey",
-        "--overwrite",
-    ])
-    .await;
-    j.kubectl(&[
-        "wait",
-        "-n",
-        NS,
-        "macpauth/auth",
-        "--for=jsonpath={.status.history[?(@.requestId==\"INC-journey\")].outcome}=Succeeded",
-        "--timeout=180s",
-    ])
-    .await;
+    // Mints the audit must find, with a subject of their own.
+    for _ in 0..3 {
+        mint(&http, &url).await.unwrap_or_else(|e| j.fail(&e));
+    }
+    println!("  minted 3 tokens as agent://journey");
+    // The pods that signed with the suspect key during Activating and
+    // Draining were replaced by Retiring's: the audit reads who is left and
+    // says which stretch no readable pod covers (exit 5, incomplete).
+    let audit = j
+        .run(
+            "kubectl",
+            &["macp", "audit", "auth", "-n", NS, "--kid", &suspect],
+        )
+        .await;
+    if audit.code != Some(5) {
+        j.fail(&format!(
+            "`kubectl macp audit` exited {:?}, not 5 (incomplete: the pods of the rotation's first rollouts are gone)",
+            audit.code
+        ));
+    }
+    if !audit
+        .stdout
+        .lines()
+        .any(|l| l.contains("agent://journey") && l.contains("issued"))
+    {
+        j.fail("`kubectl macp audit` lists no token issued to agent://journey");
+    }
+    for part in [
+        "WARNING: no pod running now ran between ",
+        "MAY BE INCOMPLETE",
+        "Per caller:",
+    ] {
+        if !audit.stdout.contains(part) {
+            j.fail(&format!("`kubectl macp audit` lacks {part:?}"));
+        }
+    }
+    if !audit.stderr.contains(&format!(
+        "error: the audit of kid {suspect} in MacpAuth {NS}/auth may be incomplete"
+    )) {
+        j.fail("`kubectl macp audit` did not name the object and the kid on stderr");
+    }
+    let json = j
+        .run_echo(
+            "kubectl",
+            &[
+                "macp", "audit", "auth", "-n", NS, "--kid", &suspect, "-o", "json",
+            ],
+            false,
+        )
+        .await;
+    let parsed: Value = serde_json::from_str(&json.stdout)
+        .unwrap_or_else(|e| j.fail(&format!("`kubectl macp audit -o json`: not JSON: {e}")));
+    // The three tokens minted above, each with its subject, TTL and pod.
+    let ours: Vec<&Value> = parsed
+        .get("mints")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|m| {
+            m.get("subject").and_then(Value::as_str) == Some("agent://journey")
+                && m.get("status").and_then(Value::as_u64) == Some(200)
+                && m.get("ttlSeconds").and_then(Value::as_u64) == Some(MAX_TTL)
+                && m.get("pod")
+                    .and_then(Value::as_str)
+                    .is_some_and(|p| p.starts_with("auth-"))
+        })
+        .collect();
+    let callers = parsed
+        .get("callers")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    if json.code != Some(5)
+        || parsed.get("complete") != Some(&Value::Bool(false))
+        || ours.len() < 3
+        || callers == 0
+    {
+        j.fail(&format!(
+            "`kubectl macp audit -o json`: exit {:?}, complete {:?}, {} tokens of agent://journey (3 minted), {callers} callers",
+            json.code,
+            parsed.get("complete"),
+            ours.len()
+        ));
+    }
+    println!(
+        "  -o json: {} mints of agent://journey, {callers} callers, complete=false",
+        ours.len()
+    );
+
+    let emergency = j
+        .run(
+            "kubectl",
+            &[
+                "macp",
+                "rotate",
+                "auth",
+                "-n",
+                NS,
+                "--emergency",
+                "INC-journey",
+                "--wait",
+                "--timeout",
+                "180s",
+            ],
+        )
+        .await;
+    if emergency.code != Some(0) || !emergency.stdout.contains(" Succeeded: ") {
+        j.fail(&format!(
+            "`kubectl macp rotate --emergency --wait` exited {:?}:\n{}{}",
+            emergency.code, emergency.stdout, emergency.stderr
+        ));
+    }
+    let incident = emergency
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("request id: "))
+        .unwrap_or_default()
+        .to_string();
+    if !incident.starts_with("INC-journey-") {
+        j.fail(&format!(
+            "emergency request id {incident:?} does not carry the incident"
+        ));
+    }
+    // The status records the request as handled, and its history entry as
+    // Succeeded: the plugin's exit code checked against the operator's record.
+    let status = j.get_json(&["macpauth", "-n", NS, "auth"]).await;
+    if status
+        .pointer("/status/handledEmergencyRequest")
+        .and_then(Value::as_str)
+        != Some(incident.as_str())
+    {
+        j.fail(&format!(
+            "status.handledEmergencyRequest is not {incident} ({EMERGENCY_ROTATE_ANNOTATION})"
+        ));
+    }
+    let recorded = status
+        .pointer("/status/history")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|r| r.get("requestId").and_then(Value::as_str) == Some(incident.as_str()));
+    if recorded
+        .and_then(|r| r.get("outcome"))
+        .and_then(Value::as_str)
+        != Some("Succeeded")
+    {
+        j.fail(&format!(
+            "no Succeeded history entry for {incident}: {recorded:?}"
+        ));
+    }
     j.kubectl(&["get", "macpauth", "-n", NS, "auth"]).await;
     for i in 0..6 {
         println!(
@@ -536,6 +838,51 @@ async fn the_user_journey_through_helm_and_kubectl() {
             j.fail("the JWKS is empty");
         }
     }
+    // Every pod that signed with the suspect key is gone now: the audit finds
+    // none of its lines and says so.
+    let after = j
+        .run(
+            "kubectl",
+            &["macp", "audit", "auth", "-n", NS, "--kid", &suspect],
+        )
+        .await;
+    if after.code != Some(5)
+        || !after
+            .stdout
+            .contains("No mint with this kid in the logs read.")
+    {
+        j.fail(&format!(
+            "`kubectl macp audit` after the emergency: exit {:?}, expected 5 and no mint found",
+            after.code
+        ));
+    }
+    // The fresh key, over the last seconds only, on pods that all ran then: complete.
+    let fresh = status
+        .pointer("/status/activeKid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    mint(&http, &url).await.unwrap_or_else(|e| j.fail(&e));
+    let recent = j
+        .run(
+            "kubectl",
+            &[
+                "macp", "audit", "auth", "-n", NS, "--kid", &fresh, "--since", "5s",
+            ],
+        )
+        .await;
+    if recent.code != Some(0)
+        || !recent
+            .stdout
+            .contains("every pod that could have signed with it was read")
+    {
+        j.fail(&format!(
+            "`kubectl macp audit --kid {fresh} --since 5s` exited {:?}, not 0 with a complete answer",
+            recent.code
+        ));
+    }
+    j.kubectl(&["macp", "history", "auth", "-n", NS, "-o", "wide"])
+        .await;
 
     j.step("7 helm upgrade with a changed value");
     let operator_pods = [

@@ -439,13 +439,19 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 async fn jwks(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let headers = request.headers();
     if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
-        let agent = headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok());
-        let recorded = state.verifiers.record(peer.ip(), agent, Instant::now());
-        state
-            .metrics
-            .record_jwks_client(recorded.held, recorded.evicted);
+        let agent = || {
+            headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+        };
+        if let Some(recorded) = state
+            .verifiers
+            .record_connection(*peer, agent, Instant::now())
+        {
+            state
+                .metrics
+                .record_jwks_client(recorded.held, recorded.evicted);
+        }
     }
     let not_modified = headers
         .get(header::IF_NONE_MATCH)

@@ -14,14 +14,23 @@
 //! skewed wall clock still places them correctly on its own clock.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 /// Longest `User-Agent` kept; a longer one is cut (clients choose it freely).
 pub const MAX_USER_AGENT_BYTES: usize = 200;
+/// Fetches on one connection closer together than this count once. A caching
+/// verifier fetches once per TTL (a second at least); only a client
+/// hammering the JWKS comes closer, and recording each of its requests under
+/// the lock would cost the JWKS a tenth of its throughput
+/// (docs/performance.md, "The JWKS client record").
+pub const COALESCE: Duration = Duration::from_millis(250);
+/// Slots of the per-connection filter that spares the lock: a power of two.
+const RECENT_SLOTS: usize = 4096;
 
 /// What `GET /verifiers` answers: the records plus what every fetch of this
 /// process was served.
@@ -87,6 +96,11 @@ pub struct VerifierLog {
     capacity: usize,
     started: Instant,
     inner: Mutex<Inner>,
+    /// Per connection (a hash of its peer address and port), the tag of the
+    /// connection and when it was last recorded, in milliseconds since
+    /// `started`: `tag << 40 | millis`. Lock-free, so a connection's repeat
+    /// within [`COALESCE`] costs one atomic load.
+    recent: Box<[AtomicU64]>,
 }
 
 /// What one [`VerifierLog::record`] did, for the metrics.
@@ -122,12 +136,41 @@ impl VerifierLog {
             capacity,
             started,
             inner: Mutex::new(Inner::default()),
+            recent: (0..RECENT_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves plain counters behind: still usable.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records one JWKS fetch on the connection from `peer` at `now`, unless
+    /// the same connection was recorded less than [`COALESCE`] ago (then
+    /// `None`). `user_agent` is read only when the fetch is recorded.
+    pub fn record_connection<'a>(
+        &self,
+        peer: SocketAddr,
+        user_agent: impl FnOnce() -> Option<&'a str>,
+        now: Instant,
+    ) -> Option<Recorded> {
+        if self.capacity == 0 {
+            return None;
+        }
+        let hash = connection_hash(peer);
+        let slot = &self.recent[(hash as usize) & (RECENT_SLOTS - 1)];
+        // `| 1` keeps a stored value non-zero (zero is "empty").
+        let tag = (hash >> 40) | 1;
+        let millis = u64::try_from(now.saturating_duration_since(self.started).as_millis())
+            .unwrap_or(u64::MAX)
+            & ((1 << 40) - 1);
+        let seen = slot.load(Ordering::Relaxed);
+        let coalesce = u64::try_from(COALESCE.as_millis()).unwrap_or(0);
+        if seen >> 40 == tag && millis.wrapping_sub(seen & ((1 << 40) - 1)) < coalesce {
+            return None;
+        }
+        slot.store((tag << 40) | millis, Ordering::Relaxed);
+        Some(self.record(peer.ip(), user_agent(), now))
     }
 
     /// Records one JWKS fetch by `address` with `user_agent` at `now`.
@@ -202,6 +245,25 @@ impl VerifierLog {
             clients,
         }
     }
+}
+
+/// A cheap, well-mixed hash of a connection's peer (address and port): the
+/// filter only needs to tell connections apart, not to resist anyone (a
+/// collision records a fetch it could have skipped, or skips one within
+/// [`COALESCE`] of another connection's).
+fn connection_hash(peer: SocketAddr) -> u64 {
+    let mut x = match peer.ip() {
+        IpAddr::V4(ip) => u64::from(u32::from(ip)),
+        IpAddr::V6(ip) => {
+            let v = u128::from(ip);
+            (v as u64) ^ ((v >> 64) as u64).rotate_left(17)
+        }
+    };
+    x = (x << 16) ^ u64::from(peer.port());
+    // splitmix64's finaliser.
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 impl Inner {
@@ -286,6 +348,33 @@ mod tests {
         let addresses: Vec<IpAddr> = report.clients.iter().map(|c| c.address).collect();
         assert_eq!(addresses, vec![ip(3), ip(1)]);
         assert_eq!(report.evicted, 1);
+    }
+
+    #[test]
+    fn a_connection_fetching_again_within_the_coalescing_window_counts_once() {
+        let t0 = Instant::now();
+        let log = VerifierLog::started_at(8, t0);
+        let a = SocketAddr::from(([127, 0, 0, 1], 40000));
+        let b = SocketAddr::from(([127, 0, 0, 1], 40001));
+        let ms = Duration::from_millis;
+        assert!(log.record_connection(a, || Some("v"), t0 + ms(1)).is_some());
+        assert!(
+            log.record_connection(a, || Some("v"), t0 + ms(100))
+                .is_none()
+        );
+        // Another connection of the same client is recorded.
+        assert!(
+            log.record_connection(b, || Some("v"), t0 + ms(101))
+                .is_some()
+        );
+        // The first connection again, past the window.
+        assert!(
+            log.record_connection(a, || Some("v"), t0 + ms(1 + 250))
+                .is_some()
+        );
+        let report = log.report(&[], 0, t0 + ms(300));
+        assert_eq!(report.clients.len(), 1);
+        assert_eq!(report.clients[0].fetches, 3);
     }
 
     #[test]

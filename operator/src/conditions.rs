@@ -22,6 +22,9 @@ pub const ROTATING: &str = "Rotating";
 /// (reason `EmergencyRequestAlreadyHandled`) while a value already handled is
 /// set again (maintained by [`crate::rotation`] alone).
 pub const EMERGENCY_REQUEST: &str = "EmergencyRequest";
+/// Whether the last rotation's new key reached every verifier seen fetching
+/// the JWKS before it signed (maintained by [`crate::rotation`] alone).
+pub const VERIFIERS_PROPAGATED: &str = "VerifiersPropagated";
 
 pub const TRUE: &str = "True";
 pub const FALSE: &str = "False";

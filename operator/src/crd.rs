@@ -48,6 +48,11 @@ pub const SPEC_RULES: [(&str, &str); 3] = [
     ),
 ];
 
+/// How long past `exp` the MACP runtime's verifier still accepts a token
+/// (its clock-skew leeway): a key must stay published that much longer than
+/// the last token it signed lives.
+pub const VERIFIER_LEEWAY_SECONDS: i64 = 60;
+
 /// Annotation whose new value requests a routine rotation.
 pub const ROTATE_ANNOTATION: &str = "macp.io/rotate";
 /// Annotation whose new value requests an emergency rotation.
@@ -324,6 +329,13 @@ pub struct RotationSpec {
     /// Stops new routine rotations (never an emergency one).
     #[serde(default)]
     pub paused: bool,
+    /// Before the new key signs, also wait until every verifier seen fetching the JWKS (by the token-service pods, recently) has fetched one holding the new key. Off: wait jwksCacheTtlSeconds + 10 s only, trusting that no verifier caches longer.
+    #[serde(default = "default_true")]
+    pub verifier_evidence: bool,
+    /// The longest the Propagating phase waits for verifier evidence, counted from its start; then the rotation goes on with a Warning naming the verifiers that never fetched the new key.
+    #[serde(default = "default_propagation_timeout")]
+    #[schemars(range(min = 1))]
+    pub propagation_timeout_seconds: i64,
 }
 
 impl Default for RotationSpec {
@@ -334,6 +346,8 @@ impl Default for RotationSpec {
             drain_seconds: None,
             rollout_timeout_seconds: default_rollout_timeout(),
             paused: false,
+            verifier_evidence: true,
+            propagation_timeout_seconds: default_propagation_timeout(),
         }
     }
 }
@@ -358,7 +372,7 @@ impl MacpAuthSpec {
     pub fn effective_drain_seconds(&self) -> i64 {
         self.rotation
             .drain_seconds
-            .unwrap_or(self.max_ttl_seconds + 60)
+            .unwrap_or(self.max_ttl_seconds + VERIFIER_LEEWAY_SECONDS)
     }
 }
 
@@ -394,6 +408,9 @@ fn default_jwks_cache_ttl() -> i64 {
 }
 fn default_rollout_timeout() -> i64 {
     600
+}
+fn default_propagation_timeout() -> i64 {
+    3600
 }
 fn default_true() -> bool {
     true
@@ -440,6 +457,91 @@ pub struct MacpAuthStatus {
     /// Present while the Deployment runs with the emergency max TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub emergency_ttl_clamp: Option<TtlClampStatus>,
+    /// Every key in the Secret: its role, the longest token lifetime any pod could mint with while it signed, and the earliest time it may leave the JWKS.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyStatus>,
+    /// The JWKS cache TTL the Propagating wait counts: jwksCacheTtlSeconds, or a higher value it had before, until verifier evidence shows every verifier caching for the lower one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_cache_ttl_in_effect_seconds: Option<i64>,
+    /// The verifiers seen fetching the JWKS from the token-service pods, during the last rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifiers: Option<VerifiersStatus>,
+}
+
+/// A key's role in the Secret.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum KeyRole {
+    /// Signs (`active.jwk.json`).
+    Active,
+    /// Generated for the rotation in flight; published before it signs (`next.jwk.json`).
+    Next,
+    /// Signed before the active key; published while its tokens expire (`previous.jwk.json`).
+    Previous,
+    /// Published only: no private key in the Secret.
+    Published,
+}
+
+/// One key in the Secret and its drain ledger.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyStatus {
+    pub kid: String,
+    pub role: KeyRole,
+    /// The longest token lifetime any pod could mint with while this key was active: every maxTtlSeconds in effect (lowering the spec never lowers it), pods of older templates included. Unset for a key that never signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_token_ttl_seconds: Option<i64>,
+    /// When the last pod that could sign with it stopped (terminating pods included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_signing_at: Option<DateTime<Utc>>,
+    /// The earliest time it may leave the JWKS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_after: Option<DateTime<Utc>>,
+    /// Why not sooner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_reason: Option<String>,
+}
+
+/// JWKS clients seen by the token-service pods (`GET /verifiers` on each pod).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifiersStatus {
+    /// When the pods were last asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<DateTime<Utc>>,
+    /// Verifiers seen fetching recently (each within three of its own fetch intervals, or of the cache TTL).
+    pub observed: u32,
+    /// Of those, how many last fetched a JWKS holding the new key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holding_new_kid: Option<u32>,
+    /// The longest cache time observed: a verifier's shortest interval between two fetches, over those with at least three.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longest_interval_seconds: Option<i64>,
+    /// Recent verifiers whose last fetch lacked the new key, while Propagating waits for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
+    /// Every verifier remembered, most recent first (at most 100), so that a restart or a pod roll loses none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub known: Vec<KnownVerifier>,
+}
+
+/// One verifier: a peer address and User-Agent, merged over every pod.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KnownVerifier {
+    /// `address` or `address (user agent)`.
+    pub id: String,
+    pub last_fetch: DateTime<Utc>,
+    /// Its mean interval between fetches over every pod, in whole seconds rounded up: how long it stays counted as present (three of these). Unset before its second fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<i64>,
+    /// Its shortest interval between two fetches on one pod, rounded up: at least its cache time, so what shows a lowered cache TTL in effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shortest_interval_seconds: Option<i64>,
+    /// Fetches seen (on the pod that saw the most).
+    pub fetches: u64,
+    /// Whether its last fetch got a JWKS holding the rotation's new key.
+    #[serde(default)]
+    pub holds_new_kid: bool,
 }
 
 /// A spec the operator accepted, kept in the status (not typed: an older

@@ -10,10 +10,19 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use macp_auth_service::verifiers::VerifiersReport;
 use serde_json::{Map, Value, json};
 
 use crate::crd::{MacpAuth, MacpAuthSpec};
 use crate::probe::{PodProber, ProbeError};
+
+/// A test hook, compiled only with the `fixtures` feature (never in the
+/// operator's release binary): on a MacpAuth with this annotation, the
+/// rotation's Draining wait ends at once, so the old key is retired right
+/// after Activating while its tokens are still within the verifier's leeway.
+/// The e2e scenario `early_retire_control` uses it to show that the load
+/// generator's late checks catch a drain that is too short.
+pub const RETIRE_EARLY_ANNOTATION: &str = "test.macp.io/retire-old-key-at-activation";
 
 /// A `MacpAuth` named `name`, with the CRD's default spec, no namespace and no uid.
 pub fn macpauth(name: &str) -> MacpAuthBuilder {
@@ -110,12 +119,20 @@ pub struct FakeProber {
     pub on_probe: Mutex<Option<Hook>>,
     /// The ports the signing probes minted on, in order.
     pub mint_ports: Mutex<Vec<u16>>,
+    /// What each pod answers to `GET /verifiers`; a pod not listed has no such endpoint.
+    reports: Mutex<BTreeMap<String, VerifiersReport>>,
 }
 
 impl FakeProber {
     /// The pod at `ip` serves `kids` from now on.
     pub fn serve(&self, ip: &str, kids: &[&str]) {
         lock(&self.served).insert(ip.to_string(), kids.iter().map(|k| k.to_string()).collect());
+    }
+
+    /// The pod at `ip` answers `GET /verifiers` with `report` from now on
+    /// (its `kids` are replaced by what the pod serves when asked).
+    pub fn report_verifiers(&self, ip: &str, report: VerifiersReport) {
+        lock(&self.reports).insert(ip.to_string(), report);
     }
 }
 
@@ -138,6 +155,22 @@ impl PodProber for FakeProber {
                 url: ip.to_string(),
                 message: "connection refused".into(),
             })
+    }
+
+    async fn verifiers(&self, ip: &str, _port: u16) -> Result<VerifiersReport, ProbeError> {
+        let kids = lock(&self.served).get(ip).cloned();
+        let report = lock(&self.reports).get(ip).cloned();
+        match (kids, report) {
+            (Some(kids), Some(report)) => Ok(VerifiersReport { kids, ..report }),
+            (Some(_), None) => Err(ProbeError::Status {
+                url: ip.to_string(),
+                status: 404,
+            }),
+            (None, _) => Err(ProbeError::Request {
+                url: ip.to_string(),
+                message: "connection refused".into(),
+            }),
+        }
     }
 
     async fn signing_kid(&self, ip: &str, port: u16, mint_port: u16) -> Result<String, ProbeError> {

@@ -58,6 +58,9 @@ pub struct Metrics {
     pub rotation_phase: Family<PhaseLabels, Gauge>,
     pub seconds_since_last_rotation: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
     pub rotation_verify_failures: Family<ObjectLabels, Counter>,
+    /// Propagating phases that reached `rotation.propagationTimeoutSeconds`
+    /// with verifiers that never fetched the new key.
+    pub propagation_timeouts: Family<ObjectLabels, Counter>,
     /// Seconds the rotation in flight has spent in its current phase.
     pub rotation_phase_seconds: Family<ObjectLabels, Gauge<f64, AtomicU64>>,
     /// How long the current phase may take before it counts as stuck: the
@@ -118,6 +121,12 @@ impl Default for Metrics {
             "Pods seen contradicting the keyset a rotation expects (JWKS or signing kid), per MacpAuth",
             rotation_verify_failures.clone(),
         );
+        let propagation_timeouts = Family::<ObjectLabels, Counter>::default();
+        registry.register(
+            "propagation_timeouts",
+            "Rotations whose new key started signing at rotation.propagationTimeoutSeconds, before every verifier seen fetching the JWKS had fetched it",
+            propagation_timeouts.clone(),
+        );
         let rotation_phase_seconds = Family::<ObjectLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "rotation_phase_seconds",
@@ -159,6 +168,7 @@ impl Default for Metrics {
             rotation_phase,
             seconds_since_last_rotation,
             rotation_verify_failures,
+            propagation_timeouts,
             rotation_phase_seconds,
             rotation_phase_limit_seconds,
             rotation_interval_seconds,
@@ -253,6 +263,13 @@ impl Metrics {
         }
     }
 
+    /// One Propagating phase ended at its ceiling without every verifier's evidence.
+    pub fn propagation_timed_out(&self, namespace: &str, name: &str) {
+        self.propagation_timeouts
+            .get_or_create(&object_labels(namespace, name))
+            .inc();
+    }
+
     /// Drops every series of a deleted `MacpAuth`.
     pub fn forget(&self, namespace: &str, name: &str) {
         for phase in RotationPhase::ALL {
@@ -262,6 +279,7 @@ impl Metrics {
         let object = object_labels(namespace, name);
         self.seconds_since_last_rotation.remove(&object);
         self.rotation_verify_failures.remove(&object);
+        self.propagation_timeouts.remove(&object);
         self.rotation_phase_seconds.remove(&object);
         self.rotation_phase_limit_seconds.remove(&object);
         self.rotation_interval_seconds.remove(&object);
@@ -297,10 +315,14 @@ impl RotationGauges {
         let since = in_flight.and_then(|r| r.phase_since);
         let phase_seconds = since.map(|t| seconds(now - t));
         let phase_limit_seconds = in_flight.map(|r| {
-            let wait = match (r.phase_since, r.wait_until) {
+            let mut wait = match (r.phase_since, r.wait_until) {
                 (Some(from), Some(to)) => seconds(to - from),
                 _ => 0.0,
             };
+            // Propagating may hold for verifier evidence up to its ceiling.
+            if r.phase == RotationPhase::Propagating && spec.verifier_evidence {
+                wait = wait.max(spec.propagation_timeout_seconds.max(0) as f64);
+            }
             spec.rollout_timeout_seconds.max(0) as f64 + wait
         });
         let interval_seconds = spec
@@ -469,6 +491,7 @@ mod tests {
                     signing_kid: None,
                 },
             ],
+            verifiers: Vec::new(),
         };
         assert_eq!(failed_verifications(&status, &observed), 2);
         // While the rollout runs, old pods are expected: nothing counts.

@@ -135,6 +135,19 @@ fn is_ready(p: &Pod) -> bool {
             .any(|c| c.type_ == "Ready" && c.status == TRUE)
 }
 
+/// The highest max token TTL in the environment of any listed pod, running
+/// or terminating, whatever its template: what a pod of an older template
+/// may still mint with. `None` when no pod carries one.
+pub fn highest_pod_max_ttl(pods: &[Pod]) -> Option<i64> {
+    pods.iter()
+        .filter_map(|p| p.spec.as_ref())
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.env.iter().flatten())
+        .filter(|e| e.name == macp_auth_service::config::MAX_TTL)
+        .filter_map(|e| e.value.as_deref()?.trim().parse::<i64>().ok())
+        .max()
+}
+
 /// Ready, running, not terminating pods whose template carries `keyset_hash`,
 /// sorted by name so probe order (and messages) are stable.
 pub fn current_pods(pods: &[Pod], keyset_hash: &str) -> Vec<PodTarget> {
@@ -176,6 +189,38 @@ mod tests {
     fn done(generation: i64) -> serde_json::Value {
         json!({"observedGeneration": generation, "replicas": 2, "updatedReplicas": 2,
                "readyReplicas": 2, "availableReplicas": 2})
+    }
+
+    #[test]
+    fn the_highest_max_ttl_of_any_pod_counts_terminating_and_older_ones() {
+        let pod = |ttl: Option<&str>, terminating: bool| -> Pod {
+            let env = ttl.map_or(
+                json!([]),
+                |t| json!([{"name": "MACP_AUTH_MAX_TTL_SECONDS", "value": t}]),
+            );
+            let mut meta = json!({"name": "p"});
+            if terminating {
+                meta["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+            }
+            serde_json::from_value(json!({
+                "metadata": meta,
+                "spec": {"containers": [{"name": "token-service", "env": env}]}
+            }))
+            .unwrap()
+        };
+        assert_eq!(highest_pod_max_ttl(&[]), None);
+        assert_eq!(
+            highest_pod_max_ttl(&[
+                pod(Some("5"), false),
+                pod(Some("600"), true),
+                pod(None, false)
+            ]),
+            Some(600)
+        );
+        assert_eq!(
+            highest_pod_max_ttl(&[pod(Some("not a number"), false)]),
+            None
+        );
     }
 
     #[test]

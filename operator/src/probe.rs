@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
+use macp_auth_service::verifiers::VerifiersReport;
 use serde_json::Value;
+
+use crate::rotation::evidence::PROBE_USER_AGENT;
 
 /// Sender name of probe tokens, recognisable in the service's logs and metrics.
 pub const PROBE_SENDER: &str = "macp-operator-probe";
@@ -29,6 +32,8 @@ pub trait PodProber: Send + Sync {
     /// unless the service has a separate mint listener) and returns the `kid`
     /// of its header. `port` serves everything else (`/metrics`).
     async fn signing_kid(&self, ip: &str, port: u16, mint_port: u16) -> Result<String, ProbeError>;
+    /// The pod's record of the clients that fetched its JWKS (`GET /verifiers` on `port`).
+    async fn verifiers(&self, ip: &str, port: u16) -> Result<VerifiersReport, ProbeError>;
 }
 
 /// Kids of a JWKS document, in order.
@@ -80,6 +85,9 @@ impl HttpProber {
             .connect_timeout(timeout)
             // Pod IPs are direct: a cluster-wide HTTP proxy must not intercept them.
             .no_proxy()
+            // The pods record who fetches their JWKS; the operator's own
+            // probes must not count as a verifier.
+            .user_agent(PROBE_USER_AGENT)
             .build()
             .map_err(|e| ProbeError::Request {
                 url: String::new(),
@@ -159,6 +167,15 @@ impl PodProber for HttpProber {
         let url = format!("{}/.well-known/jwks.json", base(ip, port));
         let body = self.json(self.client.get(&url), &url).await?;
         jwks_kids(&body).map_err(|message| ProbeError::Body { url, message })
+    }
+
+    async fn verifiers(&self, ip: &str, port: u16) -> Result<VerifiersReport, ProbeError> {
+        let url = format!("{}/verifiers", base(ip, port));
+        let body = self.json(self.client.get(&url), &url).await?;
+        serde_json::from_value(body).map_err(|e| ProbeError::Body {
+            url,
+            message: e.to_string(),
+        })
     }
 
     async fn signing_kid(&self, ip: &str, port: u16, mint_port: u16) -> Result<String, ProbeError> {

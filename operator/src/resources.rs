@@ -312,6 +312,8 @@ fn service_env(
             keyset::PUBLISHED,
         ),
         env(service_env::SHUTDOWN_DELAY, SHUTDOWN_DELAY_SECONDS),
+        // HTTP-aware verifiers then cache for exactly what the rotation waits out.
+        env(service_env::JWKS_MAX_AGE, spec.jwks_cache_ttl_seconds),
     ];
     if spec.caller_auth.is_some() {
         vars.push(env(service_env::MINT_TOKENS_FILE, caller_tokens_path()));
@@ -837,7 +839,12 @@ mod tests {
         ] {
             assert!(!env.contains_key(var), "{var} rendered");
         }
-        assert_eq!(env.len(), 9);
+        assert_eq!(env.len(), 10);
+        // The JWKS's max-age is the cache TTL the rotation waits out.
+        assert_eq!(
+            env[service_env::JWKS_MAX_AGE].value,
+            Some(spec.jwks_cache_ttl_seconds.to_string())
+        );
         let ps = pod_spec(&d);
         assert!(ps.volumes.is_none());
         assert!(ps.containers[0].volume_mounts.is_none());

@@ -26,17 +26,19 @@ const TEST_RUNBOOK: &str = "https://runbooks.test/operations.md";
 const RULE_TESTS: &str = "tests/promtool/alerts.test.yaml";
 
 /// The alerts the chart promises (docs/operations.md, "Alerts").
-const ALERTS: [&str; 12] = [
+const ALERTS: [&str; 14] = [
     "MacpAuthRotationStuck",
     "MacpAuthRotationOverdue",
     "MacpAuthSigningKeyOld",
     "MacpAuthRotationVerifyFailures",
+    "MacpAuthVerifiersNotPropagated",
     "MacpAuthRotationRolledBack",
     "MacpAuthOperatorReconcileErrors",
     "MacpAuthOperatorNoLeader",
     "MacpAuthOperatorSeveralLeaders",
     "MacpAuthTokenService5xx",
     "MacpAuthMintLatencyHigh",
+    "MacpAuthVerifierCachesLonger",
     "MacpAuthCallerTokensDropped",
     "MacpAuthCallerTokensNone",
 ];
@@ -302,6 +304,7 @@ fn operator_metrics() -> String {
     };
     m.observe_rotation("auth", "prod", &spec, &status, t(200));
     m.verify_failed("auth", "prod", 1);
+    m.propagation_timed_out("auth", "prod");
     state.metrics.leader.set(1);
     state.render_metrics()
 }
@@ -316,6 +319,10 @@ fn service_metrics() -> String {
     m.record_rate_limited();
     m.set_caller_tokens(1);
     m.record_caller_reload(true);
+    m.set_jwks_max_age(300);
+    m.record_jwks_not_modified();
+    m.record_jwks_client(1, true);
+    m.set_jwks_client_interval(Some(30.0));
     m.encode().expect("encode service metrics")
 }
 

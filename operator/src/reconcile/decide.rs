@@ -5,6 +5,7 @@ use kube::ResourceExt;
 
 use crate::keyset;
 use crate::metrics;
+use crate::observe;
 use crate::rotation::{self, Decision, Inputs};
 use crate::spread;
 
@@ -12,7 +13,8 @@ use super::observe::Seen;
 use super::round::Round;
 
 impl Round<'_> {
-    pub(super) fn decide(&self, seen: &Seen) -> Decision {
+    /// `rendered_max_ttl`: the max token TTL step 3 rendered into the template.
+    pub(super) fn decide(&self, seen: &Seen, rendered_max_ttl: i64) -> Decision {
         self.ctx.metrics.verify_failed(
             &self.owner.namespace,
             &self.owner.name,
@@ -28,6 +30,8 @@ impl Round<'_> {
             observed: &seen.observed,
             now: self.now,
             new_kid: &new_kid,
+            max_ttl_in_effect: observe::highest_pod_max_ttl(&seen.pods)
+                .map_or(rendered_max_ttl, |t| t.max(rendered_max_ttl)),
             schedule_place: spread::place(&spread::key(&self.owner.namespace, &self.owner.name)),
         })
     }

@@ -335,7 +335,7 @@ async fn reconcile_one(
         .observe(&keys.keyset, &applied.deployment, pods)
         .await?;
     // 5. Decide.
-    let decision = round.decide(&seen);
+    let decision = round.decide(&seen, applied.ttl.max_ttl_seconds);
     // 6. Execute.
     let executed = round.execute(&decision, keys, applied).await?;
     // 7. Assess.

@@ -35,8 +35,10 @@ impl SeenPods {
     /// What `seen` leaves for the next pass, when that pass's decision reads
     /// no pod (its persisted `status` asks for no probe): the pods then only
     /// feed `Ready`. A rollout phase's verification always lists and probes.
+    /// The verifiers' records are asked for afresh in every pass that wants them.
     pub(super) fn carry(seen: Seen, status: &crate::crd::MacpAuthStatus) -> Option<Self> {
-        (rotation::probe_plan(status) == rotation::ProbePlan::default()).then_some(Self {
+        let plan = rotation::probe_plan(status);
+        (!plan.jwks && !plan.signing).then_some(Self {
             pods: seen.pods,
             views: seen.observed.pods,
         })
@@ -73,6 +75,11 @@ impl Round<'_> {
             plan.signing,
         )
         .await;
+        let verifiers = if plan.verifiers {
+            ask_verifiers(prober, &views, &targets, port).await
+        } else {
+            Vec::new()
+        };
         let observed = Observed {
             keyset: Some(keyset.view()),
             rollout: if rollout == RolloutState::Complete {
@@ -81,6 +88,7 @@ impl Round<'_> {
                 Rollout::InProgress
             },
             pods: views,
+            verifiers,
         };
         Ok(Seen {
             rollout,
@@ -99,6 +107,26 @@ impl Round<'_> {
             .ctx("list", "Pod", &selector)?
             .items)
     }
+}
+
+/// Each probed pod's record of the verifiers that fetched its JWKS, in the
+/// order of `views` (the rotation machine pairs them up).
+async fn ask_verifiers(
+    prober: &dyn PodProber,
+    views: &[PodView],
+    targets: &[PodTarget],
+    port: u16,
+) -> Vec<rotation::evidence::PodReport> {
+    let asks = views.iter().map(|v| async move {
+        match targets.iter().find(|t| t.name == v.name) {
+            Some(t) => prober
+                .verifiers(&t.ip, port)
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("not a pod of the current template".to_string()),
+        }
+    });
+    futures::future::join_all(asks).await
 }
 
 /// Probes each target at once: its JWKS, and with `signing` a probe mint,
@@ -229,6 +257,7 @@ mod tests {
                 keyset: None,
                 rollout: Rollout::Complete,
                 pods: vec![view("p0", &["k0"], None)],
+                verifiers: Vec::new(),
             },
             pods: vec![Pod::default()],
         }

@@ -10,6 +10,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use tracing::{debug, info, warn};
 
 use crate::resources::MANAGER;
+use crate::rotation;
 use crate::status;
 
 use super::round::Round;
@@ -79,6 +80,11 @@ impl Round<'_> {
     async fn publish_events(&mut self) {
         let reference = self.mauth.object_ref(&());
         for e in self.events.drain(..) {
+            if e.reason == rotation::REASON_PROPAGATION_TIMEOUT {
+                self.ctx
+                    .metrics
+                    .propagation_timed_out(&self.owner.namespace, &self.owner.name);
+            }
             let event = KubeEvent {
                 type_: if e.warning {
                     EventType::Warning

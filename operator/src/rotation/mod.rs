@@ -15,7 +15,7 @@
 //! start with the name of the invariant they broke.
 //!
 //! - `I1 publish-before-sign`: with `prepublish`, a routine key signs only after every pod served it for the cache TTL + slack.
-//! - `I2 drain-before-unpublish`: a routine key that signed leaves the JWKS only `drainSeconds` after its last signature.
+//! - `I2 drain-before-unpublish`: a routine key that signed leaves the JWKS only `drainSeconds` after its last signature, and never while a token it could have signed under any max TTL in effect is alive ([`ledger`]).
 //! - `I3 keys-durable`: a key is in the Secret, read back, before anything names it; the active key is only ever replaced.
 //! - `I4 restart-safe`: a restart at any point completes the rotation, with no step skipped and no effect repeated.
 //! - `I5 suspect-never-returns`: after an emergency request, a withdrawn suspect key is never published again.
@@ -66,9 +66,9 @@
 //! |---|---|---|---|---|---|
 //! | KeyGenerated | K | - | K' | - | K' is in the Secret |
 //! | Publishing | K | K' | K' | - | rollout done, every pod serves {K, K'} |
-//! | Propagating | K | K' | K' | - | `jwksCacheTtlSeconds` + [`PROPAGATION_SLACK_SECONDS`] after that |
+//! | Propagating | K | K' | K' | - | the cache TTL in effect + [`PROPAGATION_SLACK_SECONDS`] after that, and every recent verifier fetched K' ([`evidence`]), or the ceiling |
 //! | Activating | K' | K | - | K | rollout done, every pod serves {K', K} and mints with K' |
-//! | Draining | K' | K | - | K | `drainSeconds` after that |
+//! | Draining | K' | K | - | K | K's [`ledger`] + 60 s (at least `drainSeconds`) after that |
 //! | Retiring | K' | - | - | K | rollout done, every pod serves {K'} only; then `previous` is deleted |
 //!
 //! `prepublish: false` goes from KeyGenerated straight to Activating.
@@ -143,6 +143,8 @@
 //! successful rotation; a `Degraded` condition with any other reason belongs
 //! to the reconciler and is left alone.
 
+pub mod evidence;
+pub mod ledger;
 mod machine;
 mod plan;
 mod reasons;
@@ -161,7 +163,7 @@ use crate::crd::{MacpAuthSpec, MacpAuthStatus, SigningAlg};
 
 pub use machine::{decide, probe_plan};
 pub use plan::{KeysetPlan, PlanError, desired as desired_plan};
-pub use reasons::{DEGRADED_REASONS, degraded_by_rotation};
+pub use reasons::{DEGRADED_REASONS, REASON_PROPAGATION_TIMEOUT, degraded_by_rotation};
 pub use schedule::{
     IntervalError, activation_lead, early_start, min_interval, parse_interval, schedule_base,
 };
@@ -261,12 +263,14 @@ pub struct PodView {
 }
 
 /// What the reconciler saw this round.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Observed {
     /// `None` while the Secret does not exist (the reconciler creates the first key).
     pub keyset: Option<KeysetView>,
     pub rollout: Rollout,
     pub pods: Vec<PodView>,
+    /// Each probed pod's `GET /verifiers`, when [`ProbePlan::verifiers`] asked for it.
+    pub verifiers: Vec<evidence::PodReport>,
 }
 
 /// Everything [`decide`] reads.
@@ -282,6 +286,10 @@ pub struct Inputs<'a> {
     pub now: DateTime<Utc>,
     /// A fresh, unused kid; reserved only when a rotation starts.
     pub new_kid: &'a str,
+    /// The highest max token TTL any pod can mint with now: the one rendered
+    /// into the template this round, or a higher one still in a running
+    /// pod's environment (a pod of an older template). The drain ledger.
+    pub max_ttl_in_effect: i64,
     /// This MacpAuth's fixed place in `[0, 1)` ([`crate::spread::place`]):
     /// its scheduled rotations start that share of their early-start window
     /// before they fall due ([`early_start`]).
@@ -329,4 +337,6 @@ pub struct ProbePlan {
     pub jwks: bool,
     /// Mint a probe token on each ready pod and report its kid.
     pub signing: bool,
+    /// Ask each ready pod which verifiers fetched its JWKS (`GET /verifiers`).
+    pub verifiers: bool,
 }

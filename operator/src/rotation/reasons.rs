@@ -12,6 +12,14 @@ pub const REASON_RETIREMENT_STALLED: &str = "RetirementStalled";
 pub const REASON_KEY_MISSING: &str = "RotationKeyMissing";
 pub const REASON_INVALID_INTERVAL: &str = "InvalidRotationInterval";
 pub const REASON_ROTATION_SUCCEEDED: &str = "RotationSucceeded";
+/// `VerifiersPropagated=False`, and the Warning event: the ceiling passed
+/// with verifiers that never fetched the new key.
+pub const REASON_PROPAGATION_TIMEOUT: &str = "PropagationTimeout";
+/// `VerifiersPropagated=True`: every verifier seen fetching got the new key.
+pub const REASON_VERIFIERS_FETCHED: &str = "AllVerifiersFetched";
+/// `VerifiersPropagated=True`: the rotation did not wait for evidence
+/// (switched off, or the pods do not report verifiers).
+pub const REASON_EVIDENCE_NOT_USED: &str = "EvidenceNotUsed";
 
 /// `Degraded` reasons owned by rotation; rotation clears only these.
 pub const DEGRADED_REASONS: &[&str] = &[

@@ -93,6 +93,7 @@ mod tests {
             keyset: None,
             rollout,
             pods,
+            verifiers: Vec::new(),
         }
     }
 

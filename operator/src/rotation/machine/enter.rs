@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::crd::RotationPhase::{self, *};
+use crate::rotation::ledger;
 use crate::rotation::plan::{desired, reversed};
 use crate::rotation::schedule::{add, add_secs, until};
 use crate::rotation::{Action, KeysetPlan, KeysetView, POLL, PROPAGATION_SLACK_SECONDS};
@@ -37,15 +38,25 @@ impl Machine<'_> {
                 false,
                 format!("publishing {new} next to the active key {old}"),
             ),
-            Propagating => (
-                add_secs(now, spec.jwks_cache_ttl_seconds + PROPAGATION_SLACK_SECONDS),
-                false,
-                format!(
-                    "every pod serves {new}; waiting {}s (cache TTL {}s + slack) for verifier caches",
-                    spec.jwks_cache_ttl_seconds + PROPAGATION_SLACK_SECONDS,
-                    spec.jwks_cache_ttl_seconds
-                ),
-            ),
+            Propagating => {
+                let ttl = self.cache_ttl();
+                let lowered = if ttl > spec.jwks_cache_ttl_seconds {
+                    format!(
+                        ", the earlier TTL: verifiers have not shown caching for jwksCacheTtlSeconds {}s yet",
+                        spec.jwks_cache_ttl_seconds
+                    )
+                } else {
+                    String::new()
+                };
+                (
+                    add_secs(now, ttl + PROPAGATION_SLACK_SECONDS),
+                    false,
+                    format!(
+                        "every pod serves {new}; waiting {}s (cache TTL {ttl}s{lowered} + slack) for verifier caches",
+                        ttl + PROPAGATION_SLACK_SECONDS,
+                    ),
+                )
+            }
             Activating if self.is_emergency() => (
                 add_secs(now, spec.rotation.rollout_timeout_seconds),
                 true,
@@ -57,14 +68,28 @@ impl Machine<'_> {
                 format!("activating {new}; {old} stays published"),
             ),
             Draining => {
-                let wait = wait.unwrap_or(Duration::from_secs(
-                    spec.effective_drain_seconds().max(0) as u64,
-                ));
+                let (drain, why) = ledger::drain_seconds(spec, &self.status.keys, &retiring);
+                let wait = wait.unwrap_or(Duration::from_secs(drain.max(0).unsigned_abs()));
+                // The e2e control that shows the harness sees an early retirement.
+                #[cfg(feature = "fixtures")]
+                let wait =
+                    match super::annotation(self.inp, crate::fixtures::RETIRE_EARLY_ANNOTATION) {
+                        Some(_) => Duration::ZERO,
+                        None => wait,
+                    };
+                let retire_after = add(now, wait);
+                ledger::mark_stopped(
+                    &mut self.status.keys,
+                    &retiring,
+                    now,
+                    retire_after,
+                    why.clone(),
+                );
                 (
-                    add(now, wait),
+                    retire_after,
                     false,
                     format!(
-                        "{keeping} signs; {retiring} stays published for {}s while its tokens expire",
+                        "{keeping} signs; {retiring} stays published for {}s while its tokens expire ({why})",
                         wait.as_secs()
                     ),
                 )

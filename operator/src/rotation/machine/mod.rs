@@ -13,6 +13,7 @@ mod idle;
 mod key_generated;
 mod rollout;
 mod schedule;
+mod verifiers;
 mod wait;
 
 use std::time::Duration;
@@ -23,6 +24,7 @@ use crate::crd::{MacpAuthStatus, RotationStatus, RotationTrigger, SigningAlg};
 
 use crate::conditions::{self, DEGRADED, ROTATING};
 
+use super::ledger;
 use super::reasons::REASON_ROTATION_SUCCEEDED;
 use super::{Action, Decision, Event, Inputs, KeysetView, MAX_BACKOFF, ProbePlan};
 
@@ -33,13 +35,20 @@ pub fn probe_plan(status: &MacpAuthStatus) -> ProbePlan {
     match status.rotation.as_ref().map(|r| r.phase) {
         Some(Publishing | Retiring) => ProbePlan {
             jwks: true,
-            signing: false,
+            ..ProbePlan::default()
         },
         Some(Activating | RollingBack) => ProbePlan {
             jwks: true,
             signing: true,
+            ..ProbePlan::default()
         },
-        _ => ProbePlan::default(),
+        // KeyGenerated: the snapshot of the verifiers the old pods saw, taken
+        // in the round that starts publishing. Propagating: the evidence.
+        Some(KeyGenerated | Propagating) => ProbePlan {
+            verifiers: true,
+            ..ProbePlan::default()
+        },
+        Some(Idle | Draining) | None => ProbePlan::default(),
     }
 }
 
@@ -120,6 +129,8 @@ impl Machine<'_> {
         };
         self.status.active_kid = Some(keyset.active.kid.clone());
         self.status.published_kids = keyset.published.clone();
+        self.status.keys = ledger::update(&self.status.keys, keyset, self.inp.max_ttl_in_effect);
+        self.observe_verifiers();
         self.schedule();
         if self.emergency_request(keyset) {
             return;

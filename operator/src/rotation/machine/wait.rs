@@ -44,7 +44,11 @@ impl Machine<'_> {
             return;
         }
         match self.rot.phase {
-            Propagating => self.enter(Activating, keyset, None),
+            Propagating => {
+                if self.evidence_allows_activation() {
+                    self.enter(Activating, keyset, None);
+                }
+            }
             _ => self.enter(Retiring, keyset, None),
         }
     }

@@ -1,6 +1,7 @@
 //! Table tests of every transition and property tests of the rotation invariants
 //! (docs/architecture.md, Rotation invariants).
 
+mod evidence;
 mod sim;
 mod table;
 
@@ -89,6 +90,8 @@ pub struct Fixture {
     pub now: DateTime<Utc>,
     pub new_kid: String,
     pub schedule_place: f64,
+    /// The max TTL the pods can mint with; the spec's when `None`.
+    pub max_ttl_in_effect: Option<i64>,
 }
 
 impl Fixture {
@@ -102,10 +105,12 @@ impl Fixture {
                 keyset: Some(ks),
                 rollout: Rollout::Complete,
                 pods,
+                verifiers: Vec::new(),
             },
             now: t0(),
             new_kid: "k-new".to_string(),
             schedule_place: 0.0,
+            max_ttl_in_effect: None,
         }
     }
 
@@ -119,6 +124,7 @@ impl Fixture {
             now: self.now,
             new_kid: &self.new_kid,
             schedule_place: self.schedule_place,
+            max_ttl_in_effect: self.max_ttl_in_effect.unwrap_or(self.spec.max_ttl_seconds),
         })
     }
 

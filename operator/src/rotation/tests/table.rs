@@ -1172,15 +1172,15 @@ fn a_used_kid_is_never_reserved() {
 fn probes_follow_the_phase() {
     let mut status = MacpAuthStatus::default();
     assert_eq!(probe_plan(&status), ProbePlan::default());
-    for (phase, jwks, signing) in [
-        (RotationPhase::Idle, false, false),
-        (RotationPhase::KeyGenerated, false, false),
-        (RotationPhase::Publishing, true, false),
-        (RotationPhase::Propagating, false, false),
-        (RotationPhase::Activating, true, true),
-        (RotationPhase::Draining, false, false),
-        (RotationPhase::Retiring, true, false),
-        (RotationPhase::RollingBack, true, true),
+    for (phase, jwks, signing, verifiers) in [
+        (RotationPhase::Idle, false, false, false),
+        (RotationPhase::KeyGenerated, false, false, true),
+        (RotationPhase::Publishing, true, false, false),
+        (RotationPhase::Propagating, false, false, true),
+        (RotationPhase::Activating, true, true, false),
+        (RotationPhase::Draining, false, false, false),
+        (RotationPhase::Retiring, true, false, false),
+        (RotationPhase::RollingBack, true, true, false),
     ] {
         status.rotation = Some(RotationStatus {
             phase,
@@ -1188,7 +1188,11 @@ fn probes_follow_the_phase() {
         });
         assert_eq!(
             probe_plan(&status),
-            ProbePlan { jwks, signing },
+            ProbePlan {
+                jwks,
+                signing,
+                verifiers
+            },
             "{phase:?}"
         );
     }

@@ -252,7 +252,7 @@ async fn plan_cmd(
     let spec = &f.macpauth.spec;
     let st = f.macpauth.status.clone().unwrap_or_default();
     let now = Utc::now();
-    let plan = steps::plan(spec, emergency, now);
+    let plan = steps::plan(spec, &st, emergency, now);
     if let Some(o) = structured(output) {
         return print_structured(
             &serde_json::json!({
@@ -321,7 +321,7 @@ async fn plan_cmd(
         );
     }
     if !emergency && let Some(next) = st.next_rotation_time {
-        let sched = steps::plan(spec, false, next);
+        let sched = steps::plan(spec, &st, false, next);
         if let (Some(a), Some(r)) = (steps::new_key_signs(&sched), steps::old_key_retires(&sched)) {
             out.push_str(&format!(
                 "The next scheduled rotation starts {}: its new key signs from {}, {active} retires from {}.\n",
@@ -362,8 +362,9 @@ async fn rotate_cmd(
         return Ok(());
     }
     let spec = f.macpauth.spec.clone();
+    let current = f.macpauth.status.clone().unwrap_or_default();
     let timeout = timeout.unwrap_or_else(|| {
-        let plan = steps::plan(&spec, emergency.is_some(), now);
+        let plan = steps::plan(&spec, &current, emergency.is_some(), now);
         let latest = plan
             .last()
             .map_or(0, |s| fmt::secs_between(now, s.latest_end));
@@ -417,7 +418,7 @@ async fn rotate_cmd(
                         state = format!("{:?}", rot.phase);
                         if last_phase != Some(rot.phase) {
                             last_phase = Some(rot.phase);
-                            let line = rotate::phase_line(&spec, &rot, now);
+                            let line = rotate::phase_line(&spec, &st, now);
                             print(&if tty {
                                 format!("\r\x1b[2K{line}\n")
                             } else {
@@ -427,7 +428,7 @@ async fn rotate_cmd(
                         if tty {
                             print(&format!(
                                 "\r\x1b[2K{}",
-                                rotate::progress_line(&spec, &rot, now)
+                                rotate::progress_line(&spec, &st, now)
                             ))?;
                         }
                     }

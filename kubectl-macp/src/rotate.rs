@@ -93,9 +93,14 @@ pub fn failure(record: &RotationRecord) -> Option<String> {
 }
 
 /// Step `i` of `n` of the rotation's whole sequence (1-based), for a phase on it.
-pub fn step_number(spec: &MacpAuthSpec, rot: &RotationStatus) -> Option<(usize, usize)> {
+pub fn step_number(
+    spec: &MacpAuthSpec,
+    status: &MacpAuthStatus,
+    rot: &RotationStatus,
+) -> Option<(usize, usize)> {
     let emergency = rot.trigger == Some(macp_auth_operator::crd::RotationTrigger::Emergency);
-    let all = steps::sequence(spec, emergency);
+    let retiring = rot.old_kid.as_deref().unwrap_or_default();
+    let all = steps::sequence(spec, status, emergency, retiring);
     let i = all.iter().position(|s| s.phase == rot.phase)?;
     Some((i + 1, all.len()))
 }
@@ -115,8 +120,9 @@ fn eta_text(remaining: &[Timed], now: DateTime<Utc>) -> String {
 }
 
 /// One plain line per phase (not a terminal): `<time> <phase> (step i/n): <message>; <eta>`.
-pub fn phase_line(spec: &MacpAuthSpec, rot: &RotationStatus, now: DateTime<Utc>) -> String {
-    let step = step_number(spec, rot)
+pub fn phase_line(spec: &MacpAuthSpec, status: &MacpAuthStatus, now: DateTime<Utc>) -> String {
+    let rot = status.rotation.clone().unwrap_or_default();
+    let step = step_number(spec, status, &rot)
         .map(|(i, n)| format!(" (step {i}/{n})"))
         .unwrap_or_default();
     let message = rot
@@ -128,7 +134,7 @@ pub fn phase_line(spec: &MacpAuthSpec, rot: &RotationStatus, now: DateTime<Utc>)
         "{} {:?}{step}{message}; {}",
         fmt::instant(now),
         rot.phase,
-        eta_text(&steps::eta(spec, rot, now), now)
+        eta_text(&steps::eta(spec, status, now), now)
     )
 }
 
@@ -139,8 +145,9 @@ pub fn bar(done: f64, width: usize) -> String {
 }
 
 /// The terminal's progress line: time elapsed against the earliest end.
-pub fn progress_line(spec: &MacpAuthSpec, rot: &RotationStatus, now: DateTime<Utc>) -> String {
-    let remaining = steps::eta(spec, rot, now);
+pub fn progress_line(spec: &MacpAuthSpec, status: &MacpAuthStatus, now: DateTime<Utc>) -> String {
+    let rot = status.rotation.clone().unwrap_or_default();
+    let remaining = steps::eta(spec, status, now);
     let done = match (rot.started_at, remaining.last()) {
         (Some(start), Some(last)) => {
             let total = (last.earliest_end - start).num_milliseconds().max(1) as f64;
@@ -148,7 +155,7 @@ pub fn progress_line(spec: &MacpAuthSpec, rot: &RotationStatus, now: DateTime<Ut
         }
         _ => 0.0,
     };
-    let step = step_number(spec, rot)
+    let step = step_number(spec, status, &rot)
         .map(|(i, n)| format!(" {i}/{n}"))
         .unwrap_or_default();
     format!(
@@ -243,13 +250,17 @@ mod tests {
             ..RotationStatus::default()
         };
         let now = t("2026-12-06T12:00:25Z");
+        let status = MacpAuthStatus {
+            rotation: Some(rot),
+            ..MacpAuthStatus::default()
+        };
         assert_eq!(
-            phase_line(&spec, &rot, now),
+            phase_line(&spec, &status, now),
             "2026-12-06T12:00:25Z Draining (step 5/6): k2 signs; done 2026-12-06T12:01:25Z (in 60s) at the earliest, 2026-12-06T12:11:25Z at the latest"
         );
         // 25 s of 85 s to the earliest end.
         assert_eq!(
-            progress_line(&spec, &rot, now),
+            progress_line(&spec, &status, now),
             "[#########.....................] Draining 5/6  done 2026-12-06T12:01:25Z (in 60s) at the earliest, 2026-12-06T12:11:25Z at the latest"
         );
         assert_eq!(bar(2.0, 4), "[####]");

@@ -226,7 +226,7 @@ fn ready_text(status: &MacpAuthStatus) -> String {
 pub fn build(m: &MacpAuth, raw_status: &Value, pods: &[PodInfo], now: DateTime<Utc>) -> StatusView {
     let status = m.status.clone().unwrap_or_default();
     let rot = status.rotation.clone().unwrap_or_default();
-    let remaining = steps::eta(&m.spec, &rot, now);
+    let remaining = steps::eta(&m.spec, &status, now);
     let schedule_note = if m.spec.rotation.paused {
         Some(
             "paused (spec.rotation.paused): routine rotations wait, emergencies do not".to_string(),
@@ -400,7 +400,7 @@ pub fn render(v: &StatusView, now: DateTime<Utc>, wide: bool) -> String {
             }
         }
         Some(other) => out.push_str(&format!("  Verifiers:      {other}\n")),
-        None => out.push_str("  Verifiers:      not reported by this operator version\n"),
+        None => out.push_str("  Verifiers:      none reported yet (the operator reports those it sees fetching the JWKS during a rotation)\n"),
     }
     out
 }
@@ -606,10 +606,10 @@ mod tests {
   Next rotation:  none scheduled: spec.rotation.interval is unset (rotates on request only)
   Remaining steps (rollouts: earliest counts them instant, latest at their full timeout):
           PHASE      WAIT   ENDS (EARLIEST)                ENDS (LATEST)                   WAIT FROM
-    now   Draining   6m     2026-12-06T12:07:00Z (in 5m)   2026-12-06T12:07:00Z (in 5m)    drain: maxTtlSeconds 300 + 60 s verifier leeway (drainSeconds unset)
+    now   Draining   6m     2026-12-06T12:07:00Z (in 5m)   2026-12-06T12:07:00Z (in 5m)    drain: tokens it signed live up to 300s + 60s verifier leeway
           Retiring   ≤10m   2026-12-06T12:07:00Z (in 5m)   2026-12-06T12:17:00Z (in 15m)   rollout: no pod serves the old key (at most rolloutTimeoutSeconds 600)
   ETA:            2026-12-06T12:07:00Z (in 5m) at the earliest, 2026-12-06T12:17:00Z at the latest
-  Verifiers:      not reported by this operator version
+  Verifiers:      none reported yet (the operator reports those it sees fetching the JWKS during a rotation)
 "#;
         assert_eq!(text, want);
     }

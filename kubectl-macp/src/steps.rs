@@ -1,18 +1,23 @@
 //! The steps of a rotation and when each ends, worked out from the spec and
 //! the status alone (docs/architecture.md, Key rotation).
 //!
-//! Fixed waits (Propagating, Draining) are exact: the operator records their
-//! end in `status.rotation.waitUntil`, and a step still to come lasts what
-//! the spec says, with the operator's own constants. A rollout step lasts as
-//! long as the pods take to roll, which nothing predicts: it is counted as
-//! instant for the earliest end and as its whole `rolloutTimeoutSeconds` for
-//! the latest one. So every step has a window `[earliest, latest]`.
+//! Timed waits are exact: the operator records their end in
+//! `status.rotation.waitUntil`, and a step still to come lasts what the
+//! operator's own rules say (the cache TTL in effect plus the slack, the
+//! drain from the retiring key's ledger). A rollout step lasts as long as the
+//! pods take to roll, which nothing predicts: it is counted as instant for
+//! the earliest end and as its whole `rolloutTimeoutSeconds` for the latest
+//! one. Propagating with verifier evidence likewise ends between the cache
+//! wait and `propagationTimeoutSeconds`. So every step has a window
+//! `[earliest, latest]`.
 
 use chrono::{DateTime, Duration, Utc};
 use macp_auth_operator::crd::{
-    MacpAuthSpec, RotationOutcome, RotationPhase, RotationStatus, RotationTrigger,
+    MacpAuthSpec, MacpAuthStatus, RotationOutcome, RotationPhase, RotationStatus, RotationTrigger,
 };
 use macp_auth_operator::rotation::PROPAGATION_SLACK_SECONDS;
+use macp_auth_operator::rotation::evidence::cache_ttl_in_effect;
+use macp_auth_operator::rotation::ledger::drain_seconds;
 use serde::Serialize;
 
 /// How long a step waits.
@@ -25,13 +30,16 @@ pub enum Wait {
     Rollout { timeout_seconds: i64 },
     /// A fixed wait of `seconds`.
     Fixed { seconds: i64 },
+    /// At least `seconds`, then until every verifier seen fetching has the
+    /// new key, at most `timeout_seconds` from the phase's start.
+    Evidence { seconds: i64, timeout_seconds: i64 },
 }
 
 impl Wait {
     fn min_secs(&self) -> i64 {
         match self {
             Wait::Instant | Wait::Rollout { .. } => 0,
-            Wait::Fixed { seconds } => *seconds,
+            Wait::Fixed { seconds } | Wait::Evidence { seconds, .. } => *seconds,
         }
     }
 
@@ -40,6 +48,10 @@ impl Wait {
             Wait::Instant => 0,
             Wait::Rollout { timeout_seconds } => *timeout_seconds,
             Wait::Fixed { seconds } => *seconds,
+            Wait::Evidence {
+                seconds,
+                timeout_seconds,
+            } => (*seconds).max(*timeout_seconds),
         }
     }
 
@@ -51,6 +63,14 @@ impl Wait {
                 format!("≤{}", crate::fmt::short(*timeout_seconds))
             }
             Wait::Fixed { seconds } => crate::fmt::short(*seconds),
+            Wait::Evidence {
+                seconds,
+                timeout_seconds,
+            } => format!(
+                "{}..{}",
+                crate::fmt::short(*seconds),
+                crate::fmt::short((*seconds).max(*timeout_seconds))
+            ),
         }
     }
 }
@@ -88,32 +108,57 @@ fn rollout(spec: &MacpAuthSpec, phase: RotationPhase, what: &str) -> Step {
     }
 }
 
-fn propagating(spec: &MacpAuthSpec) -> Step {
-    let ttl = spec.jwks_cache_ttl_seconds;
-    Step {
-        phase: RotationPhase::Propagating,
-        wait: Wait::Fixed {
-            seconds: ttl + PROPAGATION_SLACK_SECONDS,
-        },
-        source: format!(
-            "verifier cache: jwksCacheTtlSeconds {ttl} + slack {PROPAGATION_SLACK_SECONDS}"
-        ),
+/// The cache wait counts the TTL in effect (a lowered `jwksCacheTtlSeconds`
+/// counts at its old value until verifiers show the new one); with verifier
+/// evidence the phase may last up to `propagationTimeoutSeconds`.
+fn propagating(spec: &MacpAuthSpec, status: &MacpAuthStatus) -> Step {
+    let configured = spec.jwks_cache_ttl_seconds;
+    // Asking the pods nothing (no reports), the TTL in effect stays what the
+    // status holds, and the clock is not read.
+    let ttl = cache_ttl_in_effect(
+        status.jwks_cache_ttl_in_effect_seconds,
+        configured,
+        None,
+        DateTime::<Utc>::MIN_UTC,
+    );
+    let ttl_source = if ttl > configured {
+        format!(
+            "cache TTL in effect {ttl} (jwksCacheTtlSeconds {configured} not yet shown by the verifiers)"
+        )
+    } else {
+        format!("jwksCacheTtlSeconds {ttl}")
+    };
+    let seconds = ttl + PROPAGATION_SLACK_SECONDS;
+    if spec.rotation.verifier_evidence {
+        let timeout_seconds = spec.rotation.propagation_timeout_seconds;
+        Step {
+            phase: RotationPhase::Propagating,
+            wait: Wait::Evidence {
+                seconds,
+                timeout_seconds,
+            },
+            source: format!(
+                "verifier cache: {ttl_source} + slack {PROPAGATION_SLACK_SECONDS}, then every verifier seen fetching has the new key (at most propagationTimeoutSeconds {timeout_seconds})"
+            ),
+        }
+    } else {
+        Step {
+            phase: RotationPhase::Propagating,
+            wait: Wait::Fixed { seconds },
+            source: format!("verifier cache: {ttl_source} + slack {PROPAGATION_SLACK_SECONDS}"),
+        }
     }
 }
 
-fn draining(spec: &MacpAuthSpec) -> Step {
-    let seconds = spec.effective_drain_seconds().max(0);
-    let source = match spec.rotation.drain_seconds {
-        Some(d) => format!("drain: rotation.drainSeconds {d}"),
-        None => format!(
-            "drain: maxTtlSeconds {} + 60 s verifier leeway (drainSeconds unset)",
-            spec.max_ttl_seconds
-        ),
-    };
+/// The drain of the key that stops signing, from its ledger (the operator's rule).
+fn draining(spec: &MacpAuthSpec, status: &MacpAuthStatus, retiring: &str) -> Step {
+    let (seconds, why) = drain_seconds(spec, &status.keys, retiring);
     Step {
         phase: RotationPhase::Draining,
-        wait: Wait::Fixed { seconds },
-        source,
+        wait: Wait::Fixed {
+            seconds: seconds.max(0),
+        },
+        source: format!("drain: {why}"),
     }
 }
 
@@ -125,8 +170,14 @@ fn key_generated() -> Step {
     }
 }
 
-/// Every step of a rotation started from Idle, in order.
-pub fn sequence(spec: &MacpAuthSpec, emergency: bool) -> Vec<Step> {
+/// Every step of a rotation started from Idle, in order; `retiring` is the
+/// key that stops signing (the active one).
+pub fn sequence(
+    spec: &MacpAuthSpec,
+    status: &MacpAuthStatus,
+    emergency: bool,
+    retiring: &str,
+) -> Vec<Step> {
     use RotationPhase::*;
     if emergency {
         return vec![
@@ -145,24 +196,35 @@ pub fn sequence(spec: &MacpAuthSpec, emergency: bool) -> Vec<Step> {
             Publishing,
             "every pod serves the new key next to the old one",
         ));
-        steps.push(propagating(spec));
+        steps.push(propagating(spec, status));
     }
     steps.push(rollout(
         spec,
         Activating,
         "every pod signs with the new key",
     ));
-    steps.push(draining(spec));
+    steps.push(draining(spec, status, retiring));
     steps.push(rollout(spec, Retiring, "no pod serves the old key"));
     steps
 }
 
 /// The steps still ahead of a rotation in flight, the current one first.
 /// Empty when Idle.
-pub fn remaining_steps(spec: &MacpAuthSpec, rot: &RotationStatus) -> Vec<Step> {
+pub fn remaining_steps(
+    spec: &MacpAuthSpec,
+    status: &MacpAuthStatus,
+    rot: &RotationStatus,
+) -> Vec<Step> {
     use RotationPhase::*;
     let rolled_back = rot.outcome == Some(RotationOutcome::RolledBack);
     let emergency = rot.trigger == Some(RotationTrigger::Emergency);
+    // A rollback retires the new key; otherwise the old one retires.
+    let retiring = if rolled_back || rot.phase == RollingBack {
+        rot.new_kid.as_deref()
+    } else {
+        rot.old_kid.as_deref()
+    }
+    .unwrap_or_default();
     match rot.phase {
         Idle => Vec::new(),
         RollingBack => {
@@ -173,7 +235,7 @@ pub fn remaining_steps(spec: &MacpAuthSpec, rot: &RotationStatus) -> Vec<Step> {
             )];
             // After a failed Publishing the new key never signed: nothing drains.
             if matches!(rot.rollback_from, Some(Activating) | Some(Retiring)) {
-                steps.push(draining(spec));
+                steps.push(draining(spec, status, retiring));
                 steps.push(rollout(spec, Retiring, "no pod serves the retired key"));
             }
             steps
@@ -181,7 +243,7 @@ pub fn remaining_steps(spec: &MacpAuthSpec, rot: &RotationStatus) -> Vec<Step> {
         phase => {
             // A rolled-back rotation drains and retires its new key: the same
             // steps as a routine rotation from Draining on.
-            let all = sequence(spec, emergency && !rolled_back);
+            let all = sequence(spec, status, emergency && !rolled_back, retiring);
             match all.iter().position(|s| s.phase == phase) {
                 Some(i) => all[i..].to_vec(),
                 None => Vec::new(),
@@ -217,6 +279,15 @@ pub fn timeline(steps: &[Step], rot: Option<&RotationStatus>, now: DateTime<Utc>
                     latest = end;
                 }
                 Wait::Rollout { .. } => latest = end,
+                // The cache wait ends at waitUntil; the evidence may hold it
+                // until the timeout, counted from the phase's start.
+                Wait::Evidence {
+                    timeout_seconds, ..
+                } => {
+                    earliest = end;
+                    let ceiling = r.phase_since.unwrap_or(now) + Duration::seconds(timeout_seconds);
+                    latest = end.max(ceiling).max(now);
+                }
                 Wait::Instant => {}
             }
         } else {
@@ -233,14 +304,21 @@ pub fn timeline(steps: &[Step], rot: Option<&RotationStatus>, now: DateTime<Utc>
     out
 }
 
-/// The steps ahead of `rot` with their ends; empty when Idle.
-pub fn eta(spec: &MacpAuthSpec, rot: &RotationStatus, now: DateTime<Utc>) -> Vec<Timed> {
-    timeline(&remaining_steps(spec, rot), Some(rot), now)
+/// The steps ahead of the rotation in `status` with their ends; empty when Idle.
+pub fn eta(spec: &MacpAuthSpec, status: &MacpAuthStatus, now: DateTime<Utc>) -> Vec<Timed> {
+    let rot = status.rotation.clone().unwrap_or_default();
+    timeline(&remaining_steps(spec, status, &rot), Some(&rot), now)
 }
 
 /// A dry run of a rotation requested at `start`.
-pub fn plan(spec: &MacpAuthSpec, emergency: bool, start: DateTime<Utc>) -> Vec<Timed> {
-    timeline(&sequence(spec, emergency), None, start)
+pub fn plan(
+    spec: &MacpAuthSpec,
+    status: &MacpAuthStatus,
+    emergency: bool,
+    start: DateTime<Utc>,
+) -> Vec<Timed> {
+    let active = status.active_kid.as_deref().unwrap_or_default();
+    timeline(&sequence(spec, status, emergency, active), None, start)
 }
 
 /// When the new key starts signing (the end of Activating), if still ahead.
@@ -271,9 +349,17 @@ mod tests {
         spec.jwks_cache_ttl_seconds = 50;
         spec.rotation = RotationSpec {
             rollout_timeout_seconds: 600,
+            verifier_evidence: false,
             ..RotationSpec::default()
         };
         spec
+    }
+
+    fn st() -> MacpAuthStatus {
+        MacpAuthStatus {
+            active_kid: Some("k1".into()),
+            ..MacpAuthStatus::default()
+        }
     }
 
     fn rot(phase: RotationPhase, since: &str, wait_until: Option<&str>) -> RotationStatus {
@@ -286,13 +372,20 @@ mod tests {
         }
     }
 
+    fn in_flight(r: &RotationStatus) -> MacpAuthStatus {
+        MacpAuthStatus {
+            rotation: Some(r.clone()),
+            ..st()
+        }
+    }
+
     fn phases(steps: &[Step]) -> Vec<RotationPhase> {
         steps.iter().map(|s| s.phase).collect()
     }
 
     #[test]
     fn waits_come_from_the_spec_and_the_operators_constants() {
-        let steps = sequence(&spec(), false);
+        let steps = sequence(&spec(), &st(), false, "k1");
         assert_eq!(
             phases(&steps),
             [
@@ -312,10 +405,9 @@ mod tests {
         );
         // drainSeconds unset: every token's lifetime plus the verifiers' minute.
         assert_eq!(steps[4].wait, Wait::Fixed { seconds: 360 });
-        assert!(
-            steps[4].source.contains("maxTtlSeconds 300 + 60"),
-            "{}",
-            steps[4].source
+        assert_eq!(
+            steps[4].source,
+            "drain: tokens it signed live up to 300s + 60s verifier leeway"
         );
         assert_eq!(
             steps[3].wait,
@@ -325,22 +417,25 @@ mod tests {
         );
 
         let mut s = spec();
-        s.rotation.drain_seconds = Some(90);
+        s.rotation.drain_seconds = Some(900);
         s.rotation.prepublish = false;
-        let steps = sequence(&s, false);
+        let steps = sequence(&s, &st(), false, "k1");
         assert_eq!(
             phases(&steps),
             [KeyGenerated, Activating, Draining, Retiring]
         );
-        assert_eq!(steps[2].wait, Wait::Fixed { seconds: 90 });
-        assert_eq!(steps[2].source, "drain: rotation.drainSeconds 90");
-        assert_eq!(phases(&sequence(&s, true)), [KeyGenerated, Activating]);
+        assert_eq!(steps[2].wait, Wait::Fixed { seconds: 900 });
+        assert_eq!(steps[2].source, "drain: rotation.drainSeconds is 900s");
+        assert_eq!(
+            phases(&sequence(&s, &st(), true, "k1")),
+            [KeyGenerated, Activating]
+        );
     }
 
     #[test]
     fn a_plan_adds_fixed_waits_and_bounds_rollouts_by_their_timeout() {
         let start = t("2026-12-06T12:00:00Z");
-        let p = plan(&spec(), false, start);
+        let p = plan(&spec(), &st(), false, start);
         let ends: Vec<(i64, i64)> = p
             .iter()
             .map(|s| {
@@ -380,7 +475,7 @@ mod tests {
             "2026-12-06T12:00:00Z",
             Some("2026-12-06T12:06:00Z"),
         );
-        let e = eta(&spec(), &r, now);
+        let e = eta(&spec(), &in_flight(&r), now);
         assert_eq!(
             phases(&e.iter().map(|s| s.step.clone()).collect::<Vec<_>>()),
             [Draining, Retiring]
@@ -397,7 +492,7 @@ mod tests {
             "2026-12-06T12:00:00Z",
             Some("2026-12-06T12:30:00Z"),
         );
-        let e = eta(&spec(), &r, now);
+        let e = eta(&spec(), &in_flight(&r), now);
         assert_eq!(e[0].earliest_end, t("2026-12-06T12:30:00Z"));
         assert_eq!(e[1].latest_end, t("2026-12-06T12:40:00Z"));
     }
@@ -410,7 +505,7 @@ mod tests {
             "2026-12-06T12:00:00Z",
             Some("2026-12-06T12:10:00Z"),
         );
-        let e = eta(&spec(), &r, now);
+        let e = eta(&spec(), &in_flight(&r), now);
         assert_eq!(e.len(), 5);
         assert_eq!(
             (e[0].earliest_end, e[0].latest_end),
@@ -421,7 +516,7 @@ mod tests {
         assert_eq!(e[1].latest_end, t("2026-12-06T12:11:00Z"));
         // A deadline already past (a retry with backoff): not before now.
         let late = t("2026-12-06T12:20:00Z");
-        let e = eta(&spec(), &r, late);
+        let e = eta(&spec(), &in_flight(&r), late);
         assert_eq!((e[0].earliest_end, e[0].latest_end), (late, late));
     }
 
@@ -429,7 +524,7 @@ mod tests {
     fn without_a_wait_timestamp_the_phase_start_counts() {
         let now = t("2026-12-06T12:00:10Z");
         let r = rot(Propagating, "2026-12-06T12:00:00Z", None);
-        let e = eta(&spec(), &r, now);
+        let e = eta(&spec(), &in_flight(&r), now);
         assert_eq!(e[0].earliest_end, t("2026-12-06T12:01:00Z"));
     }
 
@@ -437,19 +532,82 @@ mod tests {
     fn rollbacks_and_emergencies_have_their_own_remaining_steps() {
         let mut r = rot(RollingBack, "2026-12-06T12:00:00Z", None);
         r.rollback_from = Some(Publishing);
-        assert_eq!(phases(&remaining_steps(&spec(), &r)), [RollingBack]);
+        assert_eq!(phases(&remaining_steps(&spec(), &st(), &r)), [RollingBack]);
         r.rollback_from = Some(Activating);
         assert_eq!(
-            phases(&remaining_steps(&spec(), &r)),
+            phases(&remaining_steps(&spec(), &st(), &r)),
             [RollingBack, Draining, Retiring]
         );
         let mut e = rot(Activating, "2026-12-06T12:00:00Z", None);
         e.trigger = Some(RotationTrigger::Emergency);
-        assert_eq!(phases(&remaining_steps(&spec(), &e)), [Activating]);
+        assert_eq!(phases(&remaining_steps(&spec(), &st(), &e)), [Activating]);
         // A rotation rolled back from Activating drains its new key like an old one.
         let mut d = rot(Draining, "2026-12-06T12:00:00Z", None);
         d.outcome = Some(RotationOutcome::RolledBack);
-        assert_eq!(phases(&remaining_steps(&spec(), &d)), [Draining, Retiring]);
-        assert!(remaining_steps(&spec(), &RotationStatus::default()).is_empty());
+        assert_eq!(
+            phases(&remaining_steps(&spec(), &st(), &d)),
+            [Draining, Retiring]
+        );
+        assert!(remaining_steps(&spec(), &st(), &RotationStatus::default()).is_empty());
+    }
+
+    #[test]
+    fn the_drain_counts_the_retiring_keys_ledger_and_the_cache_wait_the_ttl_in_effect() {
+        use macp_auth_operator::crd::{KeyRole, KeyStatus};
+        // k1 signed while maxTtlSeconds was 900: its tokens outlive the spec's 300.
+        let mut status = st();
+        status.keys = vec![KeyStatus {
+            kid: "k1".into(),
+            role: KeyRole::Active,
+            max_token_ttl_seconds: Some(900),
+            stopped_signing_at: None,
+            retire_after: None,
+            retire_reason: None,
+        }];
+        // jwksCacheTtlSeconds was lowered from 120 to 50, not yet shown by the verifiers.
+        status.jwks_cache_ttl_in_effect_seconds = Some(120);
+        let steps = sequence(&spec(), &status, false, "k1");
+        assert_eq!(steps[4].wait, Wait::Fixed { seconds: 960 });
+        assert!(
+            steps[4].source.contains("live up to 900s"),
+            "{}",
+            steps[4].source
+        );
+        assert_eq!(steps[2].wait, Wait::Fixed { seconds: 130 });
+        assert!(
+            steps[2].source.contains("cache TTL in effect 120"),
+            "{}",
+            steps[2].source
+        );
+    }
+
+    #[test]
+    fn verifier_evidence_may_hold_propagating_until_its_timeout() {
+        let mut s = spec();
+        s.rotation.verifier_evidence = true;
+        s.rotation.propagation_timeout_seconds = 3600;
+        let start = t("2026-12-06T12:00:00Z");
+        let p = plan(&s, &st(), false, start);
+        assert_eq!(
+            p[2].step.wait,
+            Wait::Evidence {
+                seconds: 60,
+                timeout_seconds: 3600
+            }
+        );
+        assert_eq!(p[2].step.wait.short(), "60s..60m");
+        // After Publishing (0..600 s): 60 s at the earliest, the whole hour at the latest.
+        assert_eq!((p[2].earliest_end - start).num_seconds(), 60);
+        assert_eq!((p[2].latest_end - start).num_seconds(), 600 + 3600);
+        // In flight: the cache wait ends at waitUntil, the evidence an hour after the phase began.
+        let mut r = rot(
+            Propagating,
+            "2026-12-06T12:00:00Z",
+            Some("2026-12-06T12:01:00Z"),
+        );
+        r.trigger = Some(RotationTrigger::Manual);
+        let e = eta(&s, &in_flight(&r), t("2026-12-06T12:00:30Z"));
+        assert_eq!(e[0].earliest_end, t("2026-12-06T12:01:00Z"));
+        assert_eq!(e[0].latest_end, t("2026-12-06T13:00:00Z"));
     }
 }

@@ -402,7 +402,7 @@ async fn the_user_journey_through_helm_and_kubectl() {
     let plan = j.kubectl(&["macp", "plan", "auth", "-n", NS]).await;
     for part in [
         format!("verifier cache: jwksCacheTtlSeconds {CACHE_TTL} + slack 10"),
-        format!("drain: maxTtlSeconds {MAX_TTL} + 60 s verifier leeway"),
+        format!("drain: tokens it signed live up to {MAX_TTL}s + 60s verifier leeway"),
         "The new key signs from ".to_string(),
     ] {
         if !plan.contains(&part) {

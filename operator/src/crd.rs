@@ -66,6 +66,8 @@ pub const EMERGENCY_ROTATE_ANNOTATION: &str = "macp.io/emergency-rotate";
     plural = "macpauths",
     singular = "macpauth",
     shortname = "macpauth",
+    shortname = "macp",
+    category = "macp",
     namespaced,
     status = "MacpAuthStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
@@ -78,6 +80,8 @@ pub const EMERGENCY_ROTATE_ANNOTATION: &str = "macp.io/emergency-rotate";
     // rather than by a 422 on the Service (validate::validate_name checks it too).
     validation = kube::core::Rule::new(NAME_RULE).message(NAME_RULE_MESSAGE)
 )]
+/// The token service a MacpAuth runs: its issuer and audience, token
+/// lifetimes, signing key and its rotation, and how its pods are scheduled.
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": MINT_PORT_RULE, "message": MINT_PORT_RULE_MESSAGE},
@@ -87,11 +91,17 @@ pub const EMERGENCY_ROTATE_ANNOTATION: &str = "macp.io/emergency-rotate";
 ]))]
 pub struct MacpAuthSpec {
     /// Token service image; the operator's configured default when unset.
+    /// A tag (`repo:tag`) or, to pin the exact build, a digest
+    /// (`repo@sha256:<64 hex digits>`, optionally after a tag).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Number of token-service pods; ignored (left to the autoscaler) when
+    /// `autoscaling` is set.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 1))]
     pub replicas: i32,
+    /// Container and Service port of the JWKS, health and metrics endpoints,
+    /// and of `POST /tokens` unless `mintPort` moves it.
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
@@ -101,20 +111,29 @@ pub struct MacpAuthSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub mint_port: Option<i32>,
+    /// The `iss` claim of every token the service mints; verifiers must expect the same value.
     #[serde(default = "default_issuer")]
     #[schemars(length(min = 1))]
     pub issuer: String,
+    /// The `aud` claim of every token the service mints; verifiers must expect the same value.
     #[serde(default = "default_audience")]
     #[schemars(length(min = 1))]
     pub audience: String,
+    /// The longest lifetime, in seconds, of a token the service mints; a
+    /// longer request is capped. Also sets how long a retired key stays
+    /// published (see `rotation.drainSeconds`).
     #[serde(default = "default_max_ttl")]
     #[schemars(range(min = 1))]
     pub max_ttl_seconds: i64,
+    /// Lifetime, in seconds, of a token whose request names none; at most `maxTtlSeconds`.
     #[serde(default = "default_default_ttl")]
     #[schemars(range(min = 1))]
     pub default_ttl_seconds: i64,
+    /// Algorithm of the keys the operator generates; a change takes effect
+    /// at the next rotation.
     #[serde(default)]
     pub signing_alg: SigningAlg,
+    /// Modulus size of generated RS256 keys; ignored for ES256.
     #[serde(default = "default_rsa_key_bits")]
     #[schemars(extend("enum" = [2048, 3072, 4096]))]
     pub rsa_key_bits: u32,
@@ -122,16 +141,24 @@ pub struct MacpAuthSpec {
     #[serde(default = "default_jwks_cache_ttl")]
     #[schemars(range(min = 1))]
     pub jwks_cache_ttl_seconds: i64,
+    /// Key rotation: its schedule and the waits and timeouts of each phase.
     #[serde(default)]
     pub rotation: RotationSpec,
+    /// The token-service container's compute resources. Unset: the
+    /// operator's defaults (requests of CPU and memory and a memory limit,
+    /// docs/objects.md); when set it replaces them whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Node labels the pods must be scheduled on, as in a pod spec.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// The pods' tolerations, as in a pod spec.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+    /// Extra labels on the pods; they never replace the operator's selector labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pod_labels: BTreeMap<String, String>,
+    /// Extra annotations on the pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pod_annotations: BTreeMap<String, String>,
     /// The pods' affinity (node, pod affinity and anti-affinity), as in a pod spec.
@@ -142,9 +169,11 @@ pub struct MacpAuthSpec {
     /// `[]` turns that default off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    /// The pods' PriorityClass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub priority_class_name: Option<String>,
+    /// Secrets in the MacpAuth's namespace to pull the image with.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<LocalObjectReference>,
     /// The pods' service account (the namespace's `default` when unset). Its
@@ -188,12 +217,16 @@ pub struct MacpAuthSpec {
     "message": "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"
 }]))]
 pub struct AutoscalingSpec {
+    /// The fewest pods the autoscaler keeps.
     #[serde(default = "default_min_replicas")]
     #[schemars(range(min = 1))]
     pub min_replicas: i32,
+    /// The most pods the autoscaler starts.
     #[schemars(range(min = 1))]
     pub max_replicas: i32,
-    /// Average CPU use, in percent of the pods' CPU request, the autoscaler aims at.
+    /// Average CPU use, in percent of the pods' CPU request, the autoscaler
+    /// aims at. The pods need a CPU request (the default resources have one):
+    /// a HorizontalPodAutoscaler does not scale pods without.
     #[serde(
         default = "default_cpu_target",
         rename = "targetCPUUtilizationPercentage"
@@ -214,8 +247,10 @@ pub struct DisruptionBudgetSpec {
     /// `false` renders no PodDisruptionBudget at all.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Pods (a number or a percentage) that may be evicted at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unavailable: Option<IntOrString>,
+    /// Pods (a number or a percentage) that must stay available through evictions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_available: Option<IntOrString>,
 }
@@ -281,6 +316,7 @@ pub struct RateLimitSpec {
     pub burst: Option<u32>,
 }
 
+/// The service's mint audit log (`MACP_AUTH_AUDIT_LOG`).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditSpec {
@@ -289,6 +325,7 @@ pub struct AuditSpec {
     pub enabled: bool,
 }
 
+/// Settings of emergency rotations (`macp.io/emergency-rotate`).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EmergencySpec {
@@ -302,6 +339,7 @@ pub struct EmergencySpec {
 /// verifiers rejects tokens that are still meant to be valid.
 pub const MIN_EMERGENCY_MAX_TTL_SECONDS: i64 = 60;
 
+/// A JWS signing algorithm: RS256 (RSA PKCS#1 v1.5 with SHA-256) or ES256 (ECDSA P-256 with SHA-256).
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum SigningAlg {
     #[default]
@@ -309,6 +347,7 @@ pub enum SigningAlg {
     ES256,
 }
 
+/// Key rotation: its schedule and the waits and timeouts of each phase.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RotationSpec {
@@ -323,6 +362,9 @@ pub struct RotationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub drain_seconds: Option<i64>,
+    /// How long each rollout of the token service may take (the
+    /// Deployment's progressDeadlineSeconds); past it the rotation is
+    /// Degraded and rolls back, while the old pods keep serving.
     #[serde(default = "default_rollout_timeout")]
     #[schemars(range(min = 1))]
     pub rollout_timeout_seconds: i64,
@@ -419,21 +461,30 @@ fn default_caller_tokens_key() -> String {
     "tokens".to_string()
 }
 
+/// What the operator last observed and did: conditions, keys, the rotation
+/// under way and the rotations before it.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MacpAuthStatus {
+    /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Ready, Degraded, Rotating, Progressing and the other conditions (docs/operations.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Kid of the key that signs new tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_kid: Option<String>,
+    /// Kids the JWKS publishes, the active key's first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub published_kids: Vec<String>,
+    /// The rotation under way, or its last phase (`Idle`) when none is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<RotationStatus>,
+    /// When the last rotation finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotation_time: Option<DateTime<Utc>>,
+    /// When the next scheduled rotation starts; unset without `rotation.interval`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_rotation_time: Option<DateTime<Utc>>,
     /// The last 10 rotations, newest last: the incident record.
@@ -485,7 +536,9 @@ pub enum KeyRole {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyStatus {
+    /// The key's id, as in the JWKS and the tokens' header.
     pub kid: String,
+    /// What the key does now.
     pub role: KeyRole,
     /// The longest token lifetime any pod could mint with while this key was active: every maxTtlSeconds in effect (lowering the spec never lowers it), pods of older templates included. Unset for a key that never signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -530,6 +583,7 @@ pub struct VerifiersStatus {
 pub struct KnownVerifier {
     /// `address` or `address (user agent)`.
     pub id: String,
+    /// When it last fetched the JWKS from any pod.
     pub last_fetch: DateTime<Utc>,
     /// Its mean interval between fetches over every pod, in whole seconds rounded up: how long it stays counted as present (three of these). Unset before its second fetch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -572,17 +626,24 @@ pub struct TtlClampStatus {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
+    /// The condition's name: Ready, Degraded, Rotating, Progressing, ...
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
     pub status: String,
+    /// Why, in one CamelCase word.
     pub reason: String,
+    /// Why, for a human.
     pub message: String,
+    /// When the status last changed.
     pub last_transition_time: DateTime<Utc>,
+    /// The `metadata.generation` the condition was set for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
 
+/// A phase of the rotation (docs/architecture.md): Idle, then KeyGenerated,
+/// Publishing, Propagating, Activating, Draining and Retiring, or RollingBack.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum RotationPhase {
     #[default]
@@ -610,6 +671,7 @@ impl RotationPhase {
     ];
 }
 
+/// What started a rotation: the first key, the schedule, `macp.io/rotate` or `macp.io/emergency-rotate`.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RotationTrigger {
@@ -619,25 +681,34 @@ pub enum RotationTrigger {
     Emergency,
 }
 
+/// The rotation under way.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RotationStatus {
+    /// The phase the rotation is in; `Idle` between rotations.
     pub phase: RotationPhase,
+    /// What started it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<RotationTrigger>,
+    /// The annotation value that requested it (manual and emergency rotations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// When it started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
+    /// When the current phase started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase_since: Option<DateTime<Utc>>,
     /// The instant the current wait ends; every wait is a timestamp so a restart resumes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_until: Option<DateTime<Utc>>,
+    /// Kid of the key the rotation brings in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_kid: Option<String>,
+    /// Kid of the key it replaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_kid: Option<String>,
+    /// What the current phase is doing or waiting for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Kid reserved for the key being generated; `newKid` is set only once that key is in the Secret.
@@ -657,6 +728,7 @@ pub struct RotationStatus {
     pub deferred_request: Option<String>,
 }
 
+/// How a rotation ended.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum RotationOutcome {
     Succeeded,
@@ -665,19 +737,28 @@ pub enum RotationOutcome {
     Failed,
 }
 
+/// One finished rotation.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RotationRecord {
+    /// What started it.
     pub trigger: RotationTrigger,
+    /// The annotation value that requested it (manual and emergency rotations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Kid of the key it replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_kid: Option<String>,
+    /// Kid of the key it brought in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_kid: Option<String>,
+    /// When it started.
     pub started_at: DateTime<Utc>,
+    /// When it ended.
     pub finished_at: DateTime<Utc>,
+    /// How it ended.
     pub outcome: RotationOutcome,
+    /// Why it ended so (for a rollback or failure, what failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

@@ -172,7 +172,12 @@ fn crd_shape() {
     let crd = serde_json::to_value(MacpAuth::crd()).unwrap();
     assert_eq!(crd["metadata"]["name"], "macpauths.macp.io");
     assert_eq!(crd["spec"]["scope"], "Namespaced");
-    assert_eq!(crd["spec"]["names"]["shortNames"], json!(["macpauth"]));
+    assert_eq!(
+        crd["spec"]["names"]["shortNames"],
+        json!(["macpauth", "macp"])
+    );
+    // `kubectl get macp` lists them, by short name and by category alike.
+    assert_eq!(crd["spec"]["names"]["categories"], json!(["macp"]));
     let version = &crd["spec"]["versions"][0];
     assert_eq!(version["subresources"]["status"], json!({}));
     let columns: Vec<&str> = version["additionalPrinterColumns"]
@@ -191,4 +196,50 @@ fn crd_shape() {
     assert_eq!(spec["port"]["default"], 3200);
     assert_eq!(spec["rsaKeyBits"]["default"], 2048);
     assert_eq!(spec["signingAlg"]["default"], "RS256");
+}
+
+/// Paths under `node` whose schema has no description: every named field
+/// (of the spec, the status and the Kubernetes types they embed) and every
+/// object in a list. A list's scalar items and a map's values are described
+/// by their field.
+fn undescribed(node: &Value, path: &str, out: &mut Vec<String>) {
+    let described = node["description"]
+        .as_str()
+        .is_some_and(|d| !d.trim().is_empty());
+    let is_item = path.ends_with("[]");
+    let is_object = node["type"] == "object" || node.get("properties").is_some();
+    if !described && !path.is_empty() && !path.ends_with("{}") && (!is_item || is_object) {
+        out.push(path.to_string());
+    }
+    if let Some(props) = node["properties"].as_object() {
+        for (name, child) in props {
+            undescribed(child, &format!("{path}.{name}"), out);
+        }
+    }
+    if node.get("items").is_some() {
+        undescribed(&node["items"], &format!("{path}[]"), out);
+    }
+    if node["additionalProperties"].is_object() {
+        undescribed(&node["additionalProperties"], &format!("{path}{{}}"), out);
+    }
+}
+
+/// `kubectl explain` prints each field's description: none may be empty.
+#[test]
+fn every_field_object_and_status_field_is_described() {
+    let root = schema();
+    let mut missing = Vec::new();
+    for part in ["spec", "status"] {
+        undescribed(&root["properties"][part], &format!(".{part}"), &mut missing);
+    }
+    assert_eq!(
+        missing,
+        Vec::<String>::new(),
+        "fields without a description"
+    );
+    // The walk reaches nested fields and list items (or it would pass on anything).
+    let rotation = &root["properties"]["spec"]["properties"]["rotation"];
+    assert!(rotation["properties"]["rolloutTimeoutSeconds"]["description"].is_string());
+    let history = &root["properties"]["status"]["properties"]["history"];
+    assert!(history["items"]["properties"]["outcome"]["description"].is_string());
 }

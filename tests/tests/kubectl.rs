@@ -338,6 +338,13 @@ async fn get_prints_printer_columns_and_the_built_in_tables() {
     );
     let row = cells(lines.next().unwrap_or_default());
     assert_eq!(&row[..4], ["auth", "True", "Idle", "kid-1"], "{out}");
+    // The CRD's short name and category: `kubectl get macp` lists them too.
+    let short = k.ok(&["get", "macp", "-n", "macp", "--no-headers"]).await;
+    assert_eq!(
+        cells(short.lines().next().unwrap_or_default())[..2],
+        ["auth", "True"],
+        "{short}"
+    );
 
     k.server
         .create(

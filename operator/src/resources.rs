@@ -13,11 +13,12 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
-    TopologySpreadConstraint, Volume, VolumeMount,
+    KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -197,6 +198,41 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
             }),
             ..EnvVarSource::default()
         }),
+    }
+}
+
+/// The token service's CPU request when `spec.resources` is unset. One core
+/// signs about 1,100 RS256 (2048-bit) tokens a second (2,196/s on two cores,
+/// docs/performance.md), so a tenth of a core covers a steady 100 mints/s,
+/// 1,000 ES256 mints/s or thousands of JWKS fetches, and gives an
+/// autoscaler's CPU target something to measure against. No CPU limit:
+/// throttling would show up as mint latency, and the request already
+/// reserves the share the scheduler counts.
+pub const DEFAULT_CPU_REQUEST: &str = "100m";
+/// Memory request: the service's peak RSS under load is 6.5 MiB
+/// (`scripts/bench-service`, 16 connections); 32 MiB leaves room for a
+/// full verifier record table and thousands of open connections.
+pub const DEFAULT_MEMORY_REQUEST: &str = "32Mi";
+/// Memory limit: about 20 times the measured peak, so only a leak reaches
+/// it, while a leaking pod is killed before it starves its node.
+pub const DEFAULT_MEMORY_LIMIT: &str = "128Mi";
+
+/// The container's resources when `spec.resources` is unset (a given
+/// `spec.resources` replaces them whole).
+pub fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity(DEFAULT_CPU_REQUEST.into())),
+            (
+                "memory".to_string(),
+                Quantity(DEFAULT_MEMORY_REQUEST.into()),
+            ),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity(DEFAULT_MEMORY_LIMIT.into()),
+        )])),
+        ..ResourceRequirements::default()
     }
 }
 
@@ -389,7 +425,7 @@ pub fn deployment(
             .map(|_| vec![caller_tokens_mount()]),
         readiness_probe: Some(http_probe(READINESS_PATH, 5, 3)),
         liveness_probe: Some(http_probe(LIVENESS_PATH, 10, 3)),
-        resources: spec.resources.clone(),
+        resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -823,7 +859,18 @@ mod tests {
             &vec!["ALL".to_string()]
         );
         assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
-        assert!(ps.node_selector.is_none() && ps.tolerations.is_none() && c.resources.is_none());
+        assert!(ps.node_selector.is_none() && ps.tolerations.is_none());
+        // Unset resources get the defaults: CPU and memory requests, a memory limit.
+        let r = c.resources.as_ref().unwrap();
+        let requests = r.requests.as_ref().unwrap();
+        assert_eq!(requests["cpu"], Quantity("100m".into()));
+        assert_eq!(requests["memory"], Quantity("32Mi".into()));
+        let limits = r.limits.as_ref().unwrap();
+        assert_eq!(limits["memory"], Quantity("128Mi".into()));
+        assert!(
+            !limits.contains_key("cpu"),
+            "no CPU limit: throttling is mint latency"
+        );
     }
 
     #[test]
@@ -1037,6 +1084,8 @@ mod tests {
                 .unwrap()["memory"],
             Quantity("64Mi".into())
         );
+        // The spec's resources replace the defaults whole: no request sneaks in.
+        assert_eq!(ps.containers[0].resources.as_ref().unwrap().requests, None);
     }
 
     #[test]

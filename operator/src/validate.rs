@@ -77,6 +77,13 @@ pub enum SpecError {
     AutoscalingRange { min: i32, max: i32 },
     #[error("autoscaling.targetCPUUtilizationPercentage must be between 1 and 1000, got {0}")]
     AutoscalingTarget(i32),
+    #[error(
+        "autoscaling.targetCPUUtilizationPercentage needs a CPU request, but resources.requests.cpu \
+         is unset (and no resources.limits.cpu stands in for it): a HorizontalPodAutoscaler never \
+         scales pods without one (\"missing request for cpu\"); set resources.requests.cpu, or \
+         leave resources unset for the operator's defaults"
+    )]
+    AutoscalingWithoutCpuRequest,
     #[error("disruptionBudget: set maxUnavailable or minAvailable, not both")]
     BudgetBoth,
     #[error(
@@ -242,6 +249,19 @@ fn budget_value(v: &IntOrString) -> Result<(), String> {
     }
 }
 
+/// Whether the pods get a CPU request: the operator's defaults have one; a
+/// given `resources` replaces them whole, and the API server defaults a
+/// missing request to the limit.
+fn has_cpu_request(spec: &MacpAuthSpec) -> bool {
+    let Some(r) = &spec.resources else {
+        return true;
+    };
+    [&r.requests, &r.limits]
+        .into_iter()
+        .flatten()
+        .any(|m| m.contains_key("cpu"))
+}
+
 /// The issue-13 settings: mint port, autoscaling, disruption budget, spread.
 /// Some repeat CEL rules of the schema (for API servers without CEL); the
 /// budget and spread checks are cross-field or defaulted combinations the
@@ -280,6 +300,9 @@ fn validate_production(spec: &MacpAuthSpec) -> Vec<SpecError> {
             errors.push(SpecError::AutoscalingTarget(
                 a.target_cpu_utilization_percentage,
             ));
+        }
+        if !has_cpu_request(spec) {
+            errors.push(SpecError::AutoscalingWithoutCpuRequest);
         }
         least_replicas = a.min_replicas;
     }
@@ -689,6 +712,36 @@ mod production_tests {
             ]
         );
         assert!(errs[0].to_string().contains("autoscaling.minReplicas (5)"));
+        // A CPU target needs a CPU request: the defaults have one, a given
+        // `resources` must too (or a CPU limit, which the API server copies).
+        let autoscaled = |resources: serde_json::Value| {
+            validate(&spec(serde_json::json!({
+                "autoscaling": {"minReplicas": 2, "maxReplicas": 4},
+                "resources": resources
+            })))
+        };
+        let errs = autoscaled(serde_json::json!({"requests": {"memory": "64Mi"}}));
+        assert_eq!(errs, vec![SpecError::AutoscalingWithoutCpuRequest]);
+        let message = errs[0].to_string();
+        assert!(
+            message.contains("autoscaling.targetCPUUtilizationPercentage")
+                && message.contains("resources.requests.cpu"),
+            "{message}"
+        );
+        assert_eq!(
+            autoscaled(serde_json::json!({"requests": {"cpu": "50m"}})),
+            vec![]
+        );
+        assert_eq!(
+            autoscaled(serde_json::json!({"limits": {"cpu": "1"}})),
+            vec![]
+        );
+        assert_eq!(
+            validate(&spec(
+                serde_json::json!({"resources": {"requests": {"memory": "64Mi"}}})
+            )),
+            vec![]
+        );
         let errs = validate(&spec(serde_json::json!({
             "disruptionBudget": {"maxUnavailable": 1, "minAvailable": "50%"}
         })));

@@ -16,6 +16,13 @@
 //! for (and a share of the others), and re-verifies each once in its last
 //! second of life: the moment a drain that retires the old key too early
 //! shows, for the tokens the old key signed just before it stopped signing.
+//! The verifier accepts a token for [`VERIFIER_LEEWAY`] past its `exp`, and
+//! the drain must cover that too, so held tokens are also re-verified inside
+//! that window after expiry, once in its last second: a verifier whose cache
+//! expires within the leeway refetches the JWKS there, and fails if the key
+//! was retired too early.
+//!
+//! [`LoadReport::summary_line`] is the one format of every scenario's line.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -24,6 +31,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::collections::BTreeSet;
+
 use base64::Engine as _;
 use macp_auth::auth::resolver::AuthResolver;
 use macp_auth::auth::resolvers::jwt_bearer::{JwtBearerResolver, JwtConfig};
@@ -31,6 +40,16 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use crate::proxy::{ENDPOINT_HEADER, ServiceProxy};
+
+/// The MACP runtime verifier's clock leeway: `macp-auth` keeps
+/// jsonwebtoken's default validation, which accepts a token until 60 s past
+/// its `exp` (whole seconds: `exp < now - 60` is refused).
+pub const VERIFIER_LEEWAY: Duration = Duration::from_secs(60);
+
+/// How many re-verifications may start too late to count (after the token's
+/// window closed), per thousand that ran: more means the holders fell behind
+/// and the checks that matter most, in the last second, went unmade.
+pub const LATE_CHECKS_MISSED_PER_MILLE: u64 = 10;
 
 /// What to mint and how to verify.
 #[derive(Clone, Debug)]
@@ -61,6 +80,12 @@ pub struct LoadConfig {
     /// Re-verifications of a held token at random moments of its life, on top
     /// of the one in its last second.
     pub rechecks: usize,
+    /// The verifier's leeway past `exp` ([`VERIFIER_LEEWAY`]); zero: no
+    /// re-verification after expiry.
+    pub leeway: Duration,
+    /// Re-verifications of a held token at random moments of the leeway
+    /// window after its expiry, on top of the one in that window's last second.
+    pub leeway_rechecks: usize,
 }
 
 impl LoadConfig {
@@ -85,6 +110,8 @@ impl LoadConfig {
             ttls: Vec::new(),
             hold_fraction: 0.2,
             rechecks: 2,
+            leeway: VERIFIER_LEEWAY,
+            leeway_rechecks: 1,
         }
     }
 }
@@ -107,15 +134,19 @@ pub struct TokenRecord {
     pub error: Option<String>,
 }
 
-/// One re-verification of a held token before it expired.
+/// One re-verification of a held token before it expired, or after its
+/// expiry within the verifier's leeway.
 #[derive(Clone, Debug)]
 pub struct LateCheck {
     pub kid: String,
     /// When the token was minted, since the generator started.
     pub minted_at: Duration,
     pub ttl: u64,
-    /// Lifetime left when the check started.
+    /// Lifetime left when the check started (zero in the leeway window).
     pub remaining: Duration,
+    /// For a check after expiry: how much of the leeway window was left
+    /// when it started; `None` for a check within the token's life.
+    pub leeway_left: Option<Duration>,
     pub verifier: usize,
     pub ok: bool,
     pub error: Option<String>,
@@ -146,19 +177,27 @@ pub struct LoadReport {
     /// Tokens whose kid the verifier's cache did not hold when verifying.
     pub unknown_kid_at_verify: u64,
     pub records: Vec<TokenRecord>,
-    /// Re-verifications of held tokens before they expired.
+    /// Re-verifications of held tokens before they expired or within the
+    /// verifier's leeway after (those are also in `leeway_checks`).
     pub late_checks: u64,
-    /// Held tokens that failed a re-verification while still unexpired.
+    /// Held tokens that failed a re-verification while the verifier still
+    /// had to accept them: unexpired, or within the leeway after expiry.
     pub late_verify_failures: u64,
     pub late_failure_reasons: BTreeMap<String, u64>,
-    /// Re-verifications that started too late (after expiry) and were not counted.
+    /// Re-verifications that started too late (after expiry, or after the
+    /// leeway window for the ones after expiry) and were not counted.
     pub late_checks_missed: u64,
+    /// The part of `late_checks` made after expiry, within the leeway.
+    pub leeway_checks: u64,
+    /// The part of `late_verify_failures` in the leeway window.
+    pub leeway_verify_failures: u64,
     pub late: Vec<LateCheck>,
     pub elapsed: Duration,
 }
 
 impl LoadReport {
-    /// `e2e <scenario>: minted=<n> verify_failures=<n> late_verify_failures=<n> mint_errors=<n> ...`
+    /// `e2e <scenario>: minted=<n> verify_failures=<n> late_verify_failures=<n> mint_errors=<n> ...
+    /// late_checks=<n> leeway_checks=<n> late_checks_missed=<n> ...`
     pub fn summary_line(&self, scenario: &str) -> String {
         self.summary_line_with(scenario, "")
     }
@@ -176,13 +215,16 @@ impl LoadReport {
             format!(" {extra}")
         };
         format!(
-            "e2e {scenario}: minted={} verify_failures={} late_verify_failures={} mint_errors={}{extra} unknown_kid={} late_checks={} elapsed_s={:.1} kids={}",
+            "e2e {scenario}: minted={} verify_failures={} late_verify_failures={} mint_errors={}{extra} unknown_kid={} late_checks={} leeway_checks={} late_checks_missed={} minting_pods={} elapsed_s={:.1} kids={}",
             self.minted,
             self.verify_failures,
             self.late_verify_failures,
             self.mint_errors,
             self.unknown_kid_at_verify,
             self.late_checks,
+            self.leeway_checks,
+            self.late_checks_missed,
+            self.minting_pods().len(),
             self.elapsed.as_secs_f64(),
             kids.join(",")
         )
@@ -197,17 +239,48 @@ impl LoadReport {
         window: Duration,
         last: Duration,
     ) -> usize {
-        let Some(counts) = self.per_kid.get(kid) else {
-            return 0;
-        };
-        let last_mint = Duration::from_millis(counts.last_minted_ms);
+        self.final_tokens_checks(kid, window)
+            .filter(|c| c.leeway_left.is_none() && c.remaining <= last)
+            .count()
+    }
+
+    /// Like [`Self::final_tokens_checked_at_end_of_life`], for the checks in
+    /// the last `last` of the leeway window after expiry: the latest moment
+    /// the verifier accepts the old key's final tokens, which the drain covers.
+    pub fn final_tokens_checked_at_end_of_leeway(
+        &self,
+        kid: &str,
+        window: Duration,
+        last: Duration,
+    ) -> usize {
+        self.final_tokens_checks(kid, window)
+            .filter(|c| c.leeway_left.is_some_and(|left| left <= last))
+            .count()
+    }
+
+    /// Re-verifications of tokens `kid` signed with the longest lifetime
+    /// granted within `window` before its last mint.
+    fn final_tokens_checks(&self, kid: &str, window: Duration) -> impl Iterator<Item = &LateCheck> {
+        let last_mint = self
+            .per_kid
+            .get(kid)
+            .map(|c| Duration::from_millis(c.last_minted_ms));
         let max_ttl = self.late.iter().map(|c| c.ttl).max().unwrap_or(0);
         self.late
             .iter()
-            .filter(|c| c.kid == kid && c.ttl == max_ttl)
-            .filter(|c| c.minted_at + window >= last_mint)
-            .filter(|c| c.remaining <= last)
-            .count()
+            .filter(move |c| c.kid == kid && c.ttl == max_ttl)
+            .filter(move |c| last_mint.is_some_and(|last| c.minted_at + window >= last))
+    }
+
+    /// The pods (endpoints) that minted the tokens, as the Service proxy reported.
+    pub fn minting_pods(&self) -> BTreeSet<SocketAddr> {
+        self.records.iter().filter_map(|r| r.endpoint).collect()
+    }
+
+    /// Whether the re-verifications that started too late to count stay
+    /// within [`LATE_CHECKS_MISSED_PER_MILLE`] of those that ran.
+    pub fn late_checks_missed_within_bound(&self) -> bool {
+        self.late_checks_missed * 1000 <= self.late_checks * LATE_CHECKS_MISSED_PER_MILLE
     }
 
     fn record(&mut self, r: TokenRecord) {
@@ -232,8 +305,15 @@ impl LoadReport {
 
     fn late_check(&mut self, c: LateCheck) {
         self.late_checks += 1;
+        let leeway = c.leeway_left.is_some();
+        if leeway {
+            self.leeway_checks += 1;
+        }
         if !c.ok {
             self.late_verify_failures += 1;
+            if leeway {
+                self.leeway_verify_failures += 1;
+            }
             let reason = format!("{}: {}", c.kid, c.error.clone().unwrap_or_default());
             *self.late_failure_reasons.entry(reason).or_default() += 1;
         }
@@ -270,8 +350,8 @@ struct Shared {
     stop: AtomicBool,
     report: Mutex<LoadReport>,
     held: Mutex<Vec<Held>>,
-    /// (due, index into `held`), earliest first.
-    due: Mutex<BinaryHeap<Reverse<(Instant, usize)>>>,
+    /// (due, index into `held`, whether after expiry), earliest first.
+    due: Mutex<BinaryHeap<Reverse<(Instant, usize, bool)>>>,
     next_ttl: AtomicUsize,
 }
 
@@ -318,6 +398,21 @@ fn schedule(now: Instant, expires: Instant, n: usize) -> Vec<Instant> {
         .collect();
     let last = life.min(Duration::from_secs(1));
     out.push(expires - last.mul_f64(rand::random_range(0.15..0.85)));
+    out
+}
+
+/// When to re-verify a token after its expiry at `expires`, while the
+/// verifier's `leeway` still accepts it: `n` random moments of that window
+/// and one in its last second. `exp` has whole seconds and the verifier
+/// compares whole seconds, so the window is at least `leeway` long.
+fn schedule_leeway(expires: Instant, leeway: Duration, n: usize) -> Vec<Instant> {
+    if leeway < Duration::from_secs(2) {
+        return Vec::new();
+    }
+    let mut out: Vec<Instant> = (0..n)
+        .map(|_| expires + leeway.mul_f64(rand::random_range(0.05..0.9)))
+        .collect();
+    out.push(expires + leeway - Duration::from_secs(1).mul_f64(rand::random_range(0.15..0.85)));
     out
 }
 
@@ -508,6 +603,7 @@ impl Shared {
             return;
         };
         let checks = schedule(Instant::now(), expires, self.config.rechecks);
+        let after = schedule_leeway(expires, self.config.leeway, self.config.leeway_rechecks);
         let idx = {
             let mut held = lock(&self.held);
             held.push(Held {
@@ -521,7 +617,10 @@ impl Shared {
         };
         let mut due = lock(&self.due);
         for at in checks {
-            due.push(Reverse((at, idx)));
+            due.push(Reverse((at, idx, false)));
+        }
+        for at in after {
+            due.push(Reverse((at, idx, true)));
         }
     }
 }
@@ -564,11 +663,11 @@ async fn holder(shared: Arc<Shared>) {
         let next = {
             let mut due = lock(&shared.due);
             match due.peek() {
-                Some(Reverse((at, _))) if *at <= Instant::now() => due.pop().map(|Reverse(x)| x),
+                Some(Reverse((at, _, _))) if *at <= Instant::now() => due.pop().map(|Reverse(x)| x),
                 _ => None,
             }
         };
-        let Some((_, idx)) = next else {
+        let Some((_, idx, after_expiry)) = next else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
@@ -584,7 +683,12 @@ async fn holder(shared: Arc<Shared>) {
             )
         };
         let started = Instant::now();
-        if started >= expires {
+        let closes = if after_expiry {
+            expires + shared.config.leeway
+        } else {
+            expires
+        };
+        if started >= closes {
             lock(&shared.report).late_checks_missed += 1;
             continue;
         }
@@ -594,7 +698,8 @@ async fn holder(shared: Arc<Shared>) {
             kid,
             minted_at,
             ttl,
-            remaining: expires - started,
+            remaining: expires.saturating_duration_since(started),
+            leeway_left: after_expiry.then(|| closes - started),
             verifier: vi,
             ok: verdict.is_ok(),
             error: verdict.err(),
@@ -645,6 +750,13 @@ mod tests {
         // The last check falls in the token's last second.
         assert!(s[2] >= now + Duration::from_secs(9));
         assert!(schedule(now, now + Duration::from_millis(100), 2).is_empty());
+        // After expiry: within the leeway window, the last in its last second.
+        let exp = now + Duration::from_secs(6);
+        let s = schedule_leeway(exp, VERIFIER_LEEWAY, 1);
+        assert_eq!(s.len(), 2);
+        assert!(s.iter().all(|t| *t > exp && *t < exp + VERIFIER_LEEWAY));
+        assert!(s[1] >= exp + VERIFIER_LEEWAY - Duration::from_secs(1));
+        assert!(schedule_leeway(exp, Duration::ZERO, 1).is_empty());
     }
 
     #[test]
@@ -687,6 +799,7 @@ mod tests {
             minted_at: Duration::from_millis(minted_ms),
             ttl: 6,
             remaining: Duration::from_millis(remaining_ms),
+            leeway_left: None,
             verifier: 1,
             ok,
             error: (!ok).then(|| "gone".to_string()),
@@ -700,8 +813,39 @@ mod tests {
             Duration::from_secs(1),
         );
         assert_eq!(n, 1);
-        assert!(r.summary_line_with("s", "cutoff_s=1.0").starts_with(
-            "e2e s: minted=2 verify_failures=1 late_verify_failures=1 mint_errors=1 cutoff_s=1.0 "
-        ));
+        // A check after expiry is a leeway check, never an end-of-life one.
+        let mut after = check(false, 95, 0);
+        after.leeway_left = Some(Duration::from_millis(400));
+        r.late_check(after);
+        assert_eq!((r.late_checks, r.late_verify_failures), (3, 2));
+        assert_eq!((r.leeway_checks, r.leeway_verify_failures), (1, 1));
+        let window = Duration::from_secs(1);
+        assert_eq!(
+            r.final_tokens_checked_at_end_of_life("a", window, window),
+            1
+        );
+        assert_eq!(
+            r.final_tokens_checked_at_end_of_leeway("a", window, window),
+            1
+        );
+        assert_eq!(
+            r.final_tokens_checked_at_end_of_leeway("b", window, window),
+            0
+        );
+        r.late_checks_missed = 1;
+        assert!(!r.late_checks_missed_within_bound());
+        r.late_checks = 100;
+        assert!(r.late_checks_missed_within_bound());
+        let line = r.summary_line_with("s", "cutoff_s=1.0");
+        assert!(
+            line.starts_with(
+                "e2e s: minted=2 verify_failures=1 late_verify_failures=2 mint_errors=1 cutoff_s=1.0 "
+            ),
+            "{line}"
+        );
+        assert!(
+            line.contains(" late_checks=100 leeway_checks=1 late_checks_missed=1 minting_pods=0 "),
+            "{line}"
+        );
     }
 }

@@ -27,9 +27,12 @@
 //!   operator installed by Helm does the work; the test must reach pod IPs
 //!   (run it in the cluster or on a node). See docs/testing.md.
 //!
-//! Each scenario prints one line, `e2e <scenario>: minted=<n> verify_failures=<n> ...`,
-//! followed by its own figures (phase timings, cutoff seconds), so runs can be
-//! compared. `scripts/e2e` runs them alone with their output shown.
+//! Each scenario prints one line, `e2e <scenario>: minted=<n> verify_failures=<n> ...
+//! late_checks_missed=<n> ...` ([`LoadReport::summary_line`]), followed by its
+//! own figures (phase timings, cutoff seconds), so runs can be compared.
+//! `scripts/e2e` runs them alone with their output shown. In the simulation,
+//! shutting a scenario down also checks that the API server refused none of
+//! the operator's requests (RBAC is enforced).
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow::{Break, Continue};
@@ -37,6 +40,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -46,14 +50,15 @@ use macp_auth_e2e::cluster::{Cluster, ClusterConfig};
 use macp_auth_e2e::endpoints::{
     ApiEndpoints, DEFAULT_ENDPOINT_LAG, EndpointSource, LaggedEndpoints,
 };
-use macp_auth_e2e::load::{LoadConfig, LoadGenerator, LoadReport, token_kid};
+use macp_auth_e2e::load::{
+    LATE_CHECKS_MISSED_PER_MILLE, LoadConfig, LoadGenerator, LoadReport, VERIFIER_LEEWAY, token_kid,
+};
 use macp_auth_e2e::proxy::ServiceProxy;
 use macp_auth_e2e::wait::wait_until;
 use macp_auth_operator::crd::{
     MacpAuth, MacpAuthStatus, RotationOutcome, RotationPhase, RotationTrigger,
 };
 use macp_auth_operator::fixtures;
-use macp_auth_operator::rotation::PROPAGATION_SLACK_SECONDS;
 use macp_auth_operator::validate::VERIFIER_LEEWAY_SECONDS;
 use macp_auth_operator::{HttpProber, Settings, rbac, resources};
 use serde_json::{Value, json};
@@ -175,9 +180,23 @@ impl Sim {
         }
     }
 
+    /// Stops the operator and the cluster; the operator's RBAC refused
+    /// nothing meanwhile (a refused request is a missing rule, or a request
+    /// the chart's RBAC would break on a real cluster).
     async fn shutdown(mut self) {
         self.operator.kill().await;
         self.cluster.shutdown().await;
+        let refused: Vec<String> = self
+            .server
+            .forbidden()
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "the API server refused {} of the operator's requests (403): {refused:#?}",
+            refused.len()
+        );
     }
 }
 
@@ -299,6 +318,39 @@ impl Env {
             .into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
             .filter_map(|e| e.reason)
+            .collect()
+    }
+
+    /// Events about `name` with one of `reasons` that occurred after `since`
+    /// (a repeated event counts from its series' last occurrence): (reason, when).
+    async fn events_since(
+        &self,
+        name: &str,
+        reasons: &[&str],
+        since: DateTime<Utc>,
+    ) -> Vec<(String, DateTime<Utc>)> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns);
+        events
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| {
+                let reason = e.reason.clone()?;
+                let at = e
+                    .series
+                    .as_ref()
+                    .map(|s| s.last_observed_time.0)
+                    .or(e.event_time.as_ref().map(|t| t.0))
+                    .or(e.deprecated_last_timestamp.as_ref().map(|t| t.0))?;
+                Some((
+                    reason,
+                    DateTime::from_timestamp_micros(at.as_microsecond())?,
+                ))
+            })
+            .filter(|(reason, at)| reasons.contains(&reason.as_str()) && *at > since)
             .collect()
     }
 
@@ -635,21 +687,59 @@ fn assert_no_failed_verification(scenario: &str, report: &LoadReport) {
         report.late_failure_reasons
     );
     assert_eq!(report.unknown_kid_at_verify, 0, "{scenario}");
+    assert_late_checks_made(scenario, report);
+}
+
+/// The re-verifications that started too late to count (the holders fell
+/// behind) stay within [`LATE_CHECKS_MISSED_PER_MILLE`] of those made: a
+/// missed check is a failure nobody saw.
+fn assert_late_checks_made(scenario: &str, report: &LoadReport) {
+    assert!(
+        report.late_checks_missed_within_bound(),
+        "{scenario}: {} late checks started too late to count, more than {LATE_CHECKS_MISSED_PER_MILLE} per thousand of {}: {}",
+        report.late_checks_missed,
+        report.late_checks,
+        report.summary_line(scenario)
+    );
 }
 
 /// The old key's last tokens with the longest lifetime were re-verified in
-/// their last second: the moment a drain shorter than their life would break.
-fn assert_old_key_held_to_the_end(scenario: &str, report: &LoadReport, old_kid: &str) -> usize {
-    let n = report.final_tokens_checked_at_end_of_life(
-        old_kid,
-        Duration::from_secs(1),
-        Duration::from_secs(1),
-    );
+/// their last second, and in the last second of the verifier's leeway after
+/// their expiry: the moments a drain shorter than their life, or than their
+/// life plus the leeway, would break. (life, leeway) checks.
+fn assert_old_key_held_to_the_end(
+    scenario: &str,
+    report: &LoadReport,
+    old_kid: &str,
+) -> (usize, usize) {
+    let second = Duration::from_secs(1);
+    let life = report.final_tokens_checked_at_end_of_life(old_kid, second, second);
     assert!(
-        n > 0,
+        life > 0,
         "{scenario}: no max-TTL token of {old_kid} from its last second re-verified in its last second"
     );
-    n
+    let leeway = report.final_tokens_checked_at_end_of_leeway(old_kid, second, second);
+    assert!(
+        leeway > 0,
+        "{scenario}: no max-TTL token of {old_kid} from its last second re-verified in the last second of the verifier's leeway"
+    );
+    (life, leeway)
+}
+
+/// Keeps the load running until the verifier's leeway has closed for the old
+/// key's last tokens (its last mint, plus the longest lifetime, plus the
+/// leeway and the second `exp` is rounded to): their last checks are made
+/// before the report is taken.
+async fn hold_past_the_leeway(load: &LoadGenerator, old_kid: &str) {
+    let now = load.snapshot();
+    let Some(last) = now.per_kid.get(old_kid).map(|c| c.last_minted_ms) else {
+        return;
+    };
+    let closes = Duration::from_millis(last)
+        + Duration::from_secs(MAX_TTL)
+        + VERIFIER_LEEWAY
+        + Duration::from_secs(1);
+    tokio::time::sleep(closes.saturating_sub(now.elapsed)).await;
 }
 
 /// After a rotation: the old key's last token has long expired (the drain
@@ -705,6 +795,9 @@ async fn routine(
     // Every verifier caches the old keyset now, for CACHE_TTL: without
     // prepublish the new key's first tokens certainly reach stale caches.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The Service balances per connection, and the load opens one per mint:
+    // before the rotation its tokens came from every replica.
+    let steady = load.snapshot();
 
     let t0 = Instant::now();
     env.annotate(&name, "macp.io/rotate", "e2e-1").await;
@@ -712,7 +805,16 @@ async fn routine(
     let after = follow_rotation(env, &name, before.history.len(), &mut log, |_| false).await;
     let rotation_s = t0.elapsed().as_secs_f64();
     settle().await;
+    hold_past_the_leeway(&load, &old_kid).await;
     let report = load.stop().await;
+
+    let pods = steady.minting_pods();
+    assert!(
+        pods.len() >= REPLICAS as usize,
+        "{scenario}: the {} tokens minted before the rotation came from {} pod(s) {pods:?}, not from each of the {REPLICAS} replicas",
+        steady.minted,
+        pods.len()
+    );
 
     let rec = after.history.last().expect("history entry");
     assert_eq!(rec.outcome, RotationOutcome::Succeeded, "{rec:?}");
@@ -729,15 +831,16 @@ async fn routine(
         assert!(log.phases().contains(&RotationPhase::Propagating));
     }
     println!(
-        "{} rotation_s={rotation_s:.1} phases={}",
+        "{} rotation_s={rotation_s:.1} steady_minting_pods={} phases={}",
         report.summary_line(scenario),
+        pods.len(),
         log.timings()
     );
     (report, old_kid)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-/// Run with `spec.mintPort` on (issue 13): the same scenario, the mints
+/// Run with `spec.mintPort` on: the same scenario, the mints
 /// through the mint port only, so the zero-failure rotation is shown for the
 /// fenced-off configuration at no extra runtime; scenario 2 and the others
 /// keep the single port.
@@ -746,8 +849,10 @@ async fn e2e_1_routine_rotation_with_prepublish_fails_no_verification() {
     let (report, old_kid) = routine(&mut env, "routine_prepublish", true, true).await;
     env.shutdown().await;
     assert_clean_run("routine_prepublish", &report);
-    let n = assert_old_key_held_to_the_end("routine_prepublish", &report, &old_kid);
-    println!("e2e routine_prepublish: old_key_final_tokens_checked_in_last_second={n}");
+    let (life, leeway) = assert_old_key_held_to_the_end("routine_prepublish", &report, &old_kid);
+    println!(
+        "e2e routine_prepublish: old_key_final_tokens_checked_in_last_second={life} in_last_second_of_leeway={leeway}"
+    );
 }
 
 /// The control: without prepublish the new key signs before the verifiers'
@@ -765,17 +870,31 @@ async fn e2e_2_routine_rotation_without_prepublish_measures_the_gap() {
         report.summary_line("routine_no_prepublish")
     );
     assert!(report.unknown_kid_at_verify > 0);
+    assert_late_checks_made("routine_no_prepublish", &report);
     eprintln!(
         "routine_no_prepublish: {} of {} tokens carried a kid the verifier's cache did not hold; {} failed verification",
         report.unknown_kid_at_verify, report.minted, report.verify_failures
     );
 }
 
-/// Scenario 3: emergency rotation. Tokens stolen before the annotation stop
-/// verifying at every verifier no later than an independent bound (the last
-/// moment any pod, terminating ones included, served the suspect key, plus
-/// one cache TTL plus the propagation slack), and never verify again; the
-/// suspect key never comes back to any pod's JWKS.
+/// How long, from the emergency annotation, the operator may take to withdraw
+/// the suspect key from every pod's JWKS, terminating pods included: one
+/// rollout of the three pods (each new pod ready within a few scaled probe
+/// periods, each old one serving on through its shutdown delay), with room
+/// for a loaded machine. The test's own figure, not the operator's.
+const WITHDRAW_BOUND: Duration = Duration::from_secs(45);
+/// What a verifier adds to its cache TTL before it refuses a withdrawn key:
+/// the cutoff loop's round over every verifier and stolen token, and one JWKS
+/// fetch. The test's own figure, not the operator's propagation slack.
+const CUTOFF_SLACK: Duration = Duration::from_secs(3);
+
+/// Scenario 3: emergency rotation. The operator withdraws the suspect key
+/// from every pod, terminating ones included, within [`WITHDRAW_BOUND`] of
+/// the annotation; tokens stolen before the annotation stop verifying at
+/// every verifier no later than an independent bound (the last moment any pod
+/// served the suspect key, plus one cache TTL plus [`CUTOFF_SLACK`]), and
+/// never verify again; the suspect key never comes back to any pod's JWKS;
+/// no mint fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn e2e_3_emergency_rotation_cuts_off_the_suspect_key() {
     let mut env = Env::start(RbacMode::Namespaced).await;
@@ -886,17 +1005,24 @@ async fn e2e_3_emergency_rotation_cuts_off_the_suspect_key() {
         .map(|(at, _)| at.saturating_duration_since(t0))
         .max()
         .expect("the suspect key was served after the annotation");
-    let bound = last_served
-        + JwksWatch::PERIOD
-        + Duration::from_secs(CACHE_TTL)
-        + Duration::from_secs(PROPAGATION_SLACK_SECONDS as u64);
+    assert!(
+        last_served <= WITHDRAW_BOUND,
+        "a pod still served the suspect key {last_served:?} after the annotation (bound {WITHDRAW_BOUND:?})"
+    );
+    let bound = last_served + JwksWatch::PERIOD + Duration::from_secs(CACHE_TTL) + CUTOFF_SLACK;
     let cutoffs: Vec<Duration> = cutoffs.into_iter().flatten().collect();
     for (i, c) in cutoffs.iter().enumerate() {
         assert!(
             *c <= bound,
-            "verifier {i}: cutoff {c:?} exceeds last-served {last_served:?} + TTL {CACHE_TTL}s + slack {PROPAGATION_SLACK_SECONDS}s"
+            "verifier {i}: cutoff {c:?} exceeds last-served {last_served:?} + TTL {CACHE_TTL}s + slack {CUTOFF_SLACK:?}"
         );
     }
+    assert_eq!(
+        report.mint_errors, 0,
+        "emergency: mints failed: {:?}",
+        report.mint_error_reasons
+    );
+    assert_late_checks_made("emergency", &report);
     // Once no pod served the suspect key, none ever did again.
     let gone = served
         .iter()
@@ -915,11 +1041,12 @@ async fn e2e_3_emergency_rotation_cuts_off_the_suspect_key() {
         .map(|c| format!("{:.1}", c.as_secs_f64()))
         .collect();
     println!(
-        "{} per_verifier_cutoff_s={} bound_s={:.1} last_served_s={:.1} emergency_rotation_s={emergency_s:.1} ttl_s={CACHE_TTL} phases={}",
+        "{} per_verifier_cutoff_s={} bound_s={:.1} last_served_s={:.1} withdraw_bound_s={:.0} emergency_rotation_s={emergency_s:.1} ttl_s={CACHE_TTL} phases={}",
         report.summary_line_with("emergency", &format!("cutoff_s={cutoff_s:.1}")),
         per_verifier.join(","),
         bound.as_secs_f64(),
         last_served.as_secs_f64(),
+        WITHDRAW_BOUND.as_secs_f64(),
         log.timings()
     );
     // New-key tokens that fail here are the verifiers' caches catching up with
@@ -952,6 +1079,7 @@ async fn e2e_4_operator_killed_in_every_phase_completes_the_rotation() {
     })
     .await;
     settle().await;
+    hold_past_the_leeway(&load, &old_kid).await;
     let report = load.stop().await;
     watcher.abort();
     let active_in_secret = env.active_private_kid(&name).await;
@@ -972,9 +1100,14 @@ async fn e2e_4_operator_killed_in_every_phase_completes_the_rotation() {
     assert_ne!(new_kid, old_kid);
     assert_eq!(rec.new_kid.as_deref(), Some(new_kid.as_str()));
     assert_eq!(active_in_secret.as_deref(), Some(new_kid.as_str()));
-    // Exactly two keys ever signed: no key was generated twice.
-    let kids: BTreeSet<&String> = report.per_kid.keys().collect();
-    assert!(kids.len() <= 2, "kids seen: {kids:?}");
+    // Exactly the old and the new key signed: no key was generated twice,
+    // and each of the two signed.
+    let kids: BTreeSet<&str> = report.per_kid.keys().map(String::as_str).collect();
+    assert_eq!(
+        kids,
+        BTreeSet::from([old_kid.as_str(), new_kid.as_str()]),
+        "kids that signed the load's tokens"
+    );
     assert_eq!(
         *missing.lock().unwrap_or_else(|e| e.into_inner()),
         0,
@@ -998,16 +1131,20 @@ async fn e2e_4_operator_killed_in_every_phase_completes_the_rotation() {
 
 /// Scenario 5: the new key's pods never become ready: the rotation rolls back,
 /// the old key keeps signing, and history says `RolledBack`.
+/// Ignored in a build for a real cluster (see `tests/build.rs`); run there
+/// anyway, it fails rather than pass without having run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    e2e_real_cluster,
+    ignore = "needs the simulated kubelet: only it can make the new key's pods never ready"
+)]
 async fn e2e_5_new_key_never_ready_rolls_back() {
     let mut env = Env::start(RbacMode::Namespaced).await;
-    if env.is_real() {
-        eprintln!(
-            "e2e rollback: SKIPPED on a real cluster: making only the new key's pods never ready needs the simulated kubelet"
-        );
-        env.shutdown().await;
-        return;
-    }
+    assert!(
+        !env.is_real(),
+        "rollback needs the simulated kubelet to make only the new key's pods never ready; \
+         build with MACP_E2E_KUBECONFIG set to mark it ignored on a real cluster"
+    );
     let mut s = spec("ES256", true);
     s["rotation"]["rolloutTimeoutSeconds"] = json!(10);
     let name = env.create("rollback", s).await;
@@ -1089,6 +1226,7 @@ async fn e2e_6_signing_alg_change_is_a_zero_failure_rotation() {
     let mut log = PhaseLog::default();
     let after = follow_rotation(&mut env, &name, before.history.len(), &mut log, |_| false).await;
     settle().await;
+    hold_past_the_leeway(&load, &old_kid).await;
     let report = load.stop().await;
     env.shutdown().await;
 
@@ -1109,13 +1247,26 @@ async fn e2e_6_signing_alg_change_is_a_zero_failure_rotation() {
     );
 }
 
+/// Scenario 7's schedule: the shortest interval the operator accepts with a
+/// rollout timeout of [`SCHEDULE_ROLLOUT_TIMEOUT`] (a rotation must fit in it,
+/// its waits and rollouts counted at their timeouts), rounded up.
+const SCHEDULE_INTERVAL: Duration = Duration::from_secs(240);
+const SCHEDULE_ROLLOUT_TIMEOUT: u64 = 30;
+
 /// Scenario 7: `rotation.interval` rotates by itself (trigger `scheduled`,
-/// zero failed verifications), and `paused` stops the schedule.
+/// zero failed verifications), and `paused` stops the schedule: from the
+/// pause until past the moment the next rotation was scheduled for
+/// (`nextRotationTime` before the pause, itself no later than one interval
+/// after the first rotation ended) the phase stays Idle, the active kid
+/// stays, and no RotationStarted or KeyGenerated event comes. (A rotation
+/// takes far longer than such a window to reach the history, so the
+/// history's length proves nothing.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn e2e_7_scheduled_rotation_and_pause() {
     let mut env = Env::start(RbacMode::Namespaced).await;
     let mut s = spec("ES256", true);
-    s["rotation"]["interval"] = json!("8s");
+    s["rotation"]["interval"] = json!(format!("{}s", SCHEDULE_INTERVAL.as_secs()));
+    s["rotation"]["rolloutTimeoutSeconds"] = json!(SCHEDULE_ROLLOUT_TIMEOUT);
     let name = env.create("scheduled", s).await;
     let before = env.wait_ready(&name).await;
     let old_kid = before.active_kid.clone().expect("active kid");
@@ -1127,6 +1278,15 @@ async fn e2e_7_scheduled_rotation_and_pause() {
     let rec = after.history.last().expect("history entry");
     assert_eq!(rec.trigger, RotationTrigger::Scheduled, "{rec:?}");
     assert_eq!(rec.outcome, RotationOutcome::Succeeded, "{rec:?}");
+    let ended = Utc::now();
+    let next = after
+        .next_rotation_time
+        .expect("the next rotation is scheduled before the pause");
+    let interval = chrono::Duration::from_std(SCHEDULE_INTERVAL).expect("interval");
+    assert!(
+        next <= ended + interval,
+        "the next rotation {next} is scheduled later than one interval after the last ended ({ended})"
+    );
 
     let patch = json!({"spec": {"rotation": {"paused": true}}});
     env.api()
@@ -1141,23 +1301,47 @@ async fn e2e_7_scheduled_rotation_and_pause() {
                 .is_none_or(|r| r.phase == RotationPhase::Idle)
         })
         .await;
-    tokio::time::sleep(Duration::from_secs(2 * 8)).await;
+    let paused_at = Utc::now();
+    let paused_kid = paused.active_kid.clone().expect("active kid");
+    // Until past the moment the schedule would have started the next one.
+    let window =
+        Instant::now() + (next - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(3);
+    let mut moved = Vec::new();
+    while Instant::now() < window {
+        let s = env.status(&name).await;
+        let phase = s.rotation.as_ref().map(|r| r.phase);
+        let seen = (phase, s.active_kid.clone());
+        let moved_now = phase.is_some_and(|p| p != RotationPhase::Idle)
+            || s.active_kid.as_deref() != Some(paused_kid.as_str());
+        // Each change once, not every sample of it.
+        if moved_now && moved.last() != Some(&seen) {
+            moved.push(seen);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let later = env.status(&name).await;
+    let started = env
+        .events_since(&name, &["RotationStarted", "KeyGenerated"], paused_at)
+        .await;
+    hold_past_the_leeway(&load, &old_kid).await;
     let report = load.stop().await;
     env.shutdown().await;
 
-    assert_eq!(
-        later.history.len(),
-        paused.history.len(),
-        "a rotation started while paused: {:?}",
-        later.history.last()
+    assert!(
+        moved.is_empty(),
+        "paused, yet the rotation moved (phase, active kid): {moved:?}"
+    );
+    assert!(
+        started.is_empty(),
+        "paused, yet the operator started a rotation: {started:?}"
     );
     assert_clean_run("scheduled", &report);
     assert_old_key_held_to_the_end("scheduled", &report, &old_kid);
     println!(
-        "{} rotations={} phases={}",
+        "{} rotations={} paused_window_s={:.1} phases={}",
         report.summary_line("scheduled"),
         later.history.len(),
+        (Utc::now() - paused_at).num_milliseconds() as f64 / 1000.0,
         log.timings()
     );
 }
@@ -1212,6 +1396,7 @@ async fn e2e_8_caller_auth_and_audit_reach_the_pods() {
     let mut log = PhaseLog::default();
     let after = follow_rotation(&mut env, &name, before.history.len(), &mut log, |_| false).await;
     settle().await;
+    hold_past_the_leeway(&load, &old_kid).await;
     let report = load.stop().await;
 
     let audit_lines = match &env.backend {
@@ -1380,6 +1565,7 @@ async fn e2e_10_failed_jwks_refresh_during_propagating_fails_nothing() {
     }
     let after = follow_rotation(&mut env, &name, before.history.len(), &mut log, |_| false).await;
     settle().await;
+    hold_past_the_leeway(&load, &old_kid).await;
     let report = load.stop().await;
     env.shutdown().await;
 
@@ -1424,6 +1610,112 @@ async fn e2e_10_failed_jwks_refresh_during_propagating_fails_nothing() {
         (activating - failed).as_secs_f64(),
         log.timings()
     );
+}
+
+/// A rotation of a new MacpAuth with `spec` under the load of `config`, with
+/// `annotations` set on it first; the load runs on until the verifier's
+/// leeway closed for the old key's last tokens. (status after, report, old kid, phases)
+async fn rotation_under_load(
+    env: &mut Env,
+    base: &str,
+    spec: Value,
+    config: LoadConfig,
+    annotations: &[(&str, &str)],
+) -> (MacpAuthStatus, LoadReport, String, PhaseLog) {
+    let name = env.create(base, spec).await;
+    let before = env.wait_ready(&name).await;
+    let old_kid = before.active_kid.clone().expect("active kid");
+    for (key, value) in annotations {
+        env.annotate(&name, key, value).await;
+    }
+    let (_proxy, load) = env.load_with(&name, config).await;
+    settle().await;
+    env.annotate(&name, "macp.io/rotate", base).await;
+    let mut log = PhaseLog::default();
+    let after = follow_rotation(env, &name, before.history.len(), &mut log, |_| false).await;
+    settle().await;
+    hold_past_the_leeway(&load, &old_kid).await;
+    let report = load.stop().await;
+    (after, report, old_kid, log)
+}
+
+/// The verifiers' cache TTL of scenario 11: shorter than the longest token's
+/// life, so a verifier refetches the JWKS within every held token's life.
+const SHORT_CACHE_TTL: u64 = 2;
+
+/// Scenario 11: a verifier cache shorter than the longest token's life (and
+/// far shorter than the drain): every verifier refetches the JWKS while the
+/// old key's last tokens are still alive and again within the leeway after
+/// they expire, so a key retired before the drain's end would fail their
+/// checks; a routine rotation fails none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_11_short_verifier_cache_rotation_fails_no_verification() {
+    let mut env = Env::start(RbacMode::Namespaced).await;
+    let mut s = spec("ES256", true);
+    s["jwksCacheTtlSeconds"] = json!(SHORT_CACHE_TTL);
+    let mut config = load_config();
+    config.algorithms = vec![jsonwebtoken::Algorithm::ES256];
+    config.jwks_cache_ttl_secs = SHORT_CACHE_TTL;
+    let (after, report, old_kid, log) =
+        rotation_under_load(&mut env, "shortcache", s, config, &[]).await;
+    env.shutdown().await;
+
+    let rec = after.history.last().expect("history entry");
+    assert_eq!(rec.outcome, RotationOutcome::Succeeded, "{rec:?}");
+    assert!(SHORT_CACHE_TTL < MAX_TTL && (SHORT_CACHE_TTL as i64) < DRAIN);
+    assert_clean_run("short_cache", &report);
+    let (life, leeway) = assert_old_key_held_to_the_end("short_cache", &report, &old_kid);
+    println!(
+        "{} cache_ttl_s={SHORT_CACHE_TTL} old_key_final_tokens_checked_in_last_second={life} in_last_second_of_leeway={leeway} phases={}",
+        report.summary_line("short_cache"),
+        log.timings()
+    );
+}
+
+/// Scenario 12, the control of the late checks: the operator's test hook
+/// (`fixtures::RETIRE_EARLY_ANNOTATION`, compiled into the in-process
+/// operator only) ends the drain at once, so the old key is retired right
+/// after Activating while its last tokens are alive or within the verifier's
+/// leeway. The verifiers' caches (CACHE_TTL, longer than a token's life)
+/// still hold the key when those tokens expire; the checks within the leeway
+/// come after the caches refetched, and must fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    e2e_real_cluster,
+    ignore = "needs the operator's test hook, compiled only into the simulation's in-process operator"
+)]
+async fn e2e_12_early_retire_control_fails_late_checks() {
+    let mut env = Env::start(RbacMode::ClusterWide).await;
+    assert!(
+        !env.is_real(),
+        "the control needs the operator's test hook, which a real cluster's operator lacks; \
+         build with MACP_E2E_KUBECONFIG set to mark it ignored on a real cluster"
+    );
+    let mut config = load_config();
+    config.algorithms = vec![jsonwebtoken::Algorithm::ES256];
+    let (after, report, old_kid, log) = rotation_under_load(
+        &mut env,
+        "earlyretire",
+        spec("ES256", true),
+        config,
+        &[(fixtures::RETIRE_EARLY_ANNOTATION, "true")],
+    )
+    .await;
+    env.shutdown().await;
+
+    let rec = after.history.last().expect("history entry");
+    assert_eq!(rec.outcome, RotationOutcome::Succeeded, "{rec:?}");
+    let line = report.summary_line("early_retire_control");
+    println!("{line} phases={}", log.timings());
+    assert!(
+        report.late_verify_failures > 0,
+        "the control saw no late failure: the harness cannot see a drain that retires {old_kid} too early: {line}"
+    );
+    assert!(
+        report.leeway_verify_failures > 0,
+        "no failure within the verifier's leeway, where only a full drain keeps {old_kid}: {line}"
+    );
+    assert_late_checks_made("early_retire_control", &report);
 }
 
 /// Mints asking for `ttl` seconds; the lifetime granted (`expires_in_seconds`).

@@ -48,12 +48,21 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* repository@digest when a digest pins the image (the tag is then ignored), else repository:tag. */}}
+{{- define "macp-auth-operator.imageRef" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" .image.repository (default .appVersion .image.tag) }}
+{{- end }}
+{{- end }}
+
 {{- define "macp-auth-operator.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- include "macp-auth-operator.imageRef" (dict "image" .Values.image "appVersion" .Chart.AppVersion) }}
 {{- end }}
 
 {{- define "macp-auth-operator.serviceImage" -}}
-{{- printf "%s:%s" .Values.serviceImage.repository (default .Chart.AppVersion .Values.serviceImage.tag) }}
+{{- include "macp-auth-operator.imageRef" (dict "image" .Values.serviceImage "appVersion" .Chart.AppVersion) }}
 {{- end }}
 
 {{- define "macp-auth-operator.leaseName" -}}

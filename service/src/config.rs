@@ -29,6 +29,7 @@ pub const SIGNING_ALG: &str = "MACP_AUTH_SIGNING_ALG";
 pub const SIGNING_KEY_JSON: &str = "MACP_AUTH_SIGNING_KEY_JSON";
 pub const SIGNING_KEY_FILE: &str = "MACP_AUTH_SIGNING_KEY_FILE";
 pub const VERIFICATION_KEYS_JSON: &str = "MACP_AUTH_VERIFICATION_KEYS_JSON";
+pub const VERIFICATION_KEYS_FILE: &str = "MACP_AUTH_VERIFICATION_KEYS_FILE";
 pub const MINT_TOKENS_FILE: &str = "MACP_AUTH_MINT_TOKENS_FILE";
 pub const RATE_LIMIT_PER_SECOND: &str = "MACP_AUTH_RATE_LIMIT_PER_SECOND";
 pub const RATE_LIMIT_BURST: &str = "MACP_AUTH_RATE_LIMIT_BURST";
@@ -43,7 +44,7 @@ pub const JWKS_MAX_AGE: &str = "MACP_AUTH_JWKS_MAX_AGE_SECONDS";
 pub const VERIFIER_RECORDS: &str = "MACP_AUTH_VERIFIER_RECORDS";
 
 /// Every variable the service reads, for `main` to collect from the environment.
-pub const VARIABLES: [&str; 22] = [
+pub const VARIABLES: [&str; 23] = [
     PORT,
     BIND,
     ISSUER,
@@ -54,6 +55,7 @@ pub const VARIABLES: [&str; 22] = [
     SIGNING_KEY_JSON,
     SIGNING_KEY_FILE,
     VERIFICATION_KEYS_JSON,
+    VERIFICATION_KEYS_FILE,
     MINT_TOKENS_FILE,
     RATE_LIMIT_PER_SECOND,
     RATE_LIMIT_BURST,
@@ -173,8 +175,12 @@ pub struct Config {
     pub default_ttl_seconds: u64,
     pub alg: Alg,
     pub signing_key: KeySpec,
-    /// Public JWKs to publish but not sign with, already stripped and validated.
+    /// Public JWKs to publish but not sign with, already stripped and
+    /// validated (`MACP_AUTH_VERIFICATION_KEYS_JSON`).
     pub verification_keys: Vec<Value>,
+    /// `MACP_AUTH_VERIFICATION_KEYS_FILE`: the same, in a file (a mounted
+    /// secret), read by [`Config::load_keys`]; not with the variable above.
+    pub verification_keys_file: Option<PathBuf>,
     /// `MACP_AUTH_MINT_TOKENS_FILE`: caller authentication for `POST /tokens`.
     pub mint_tokens_file: Option<PathBuf>,
     pub rate_limit: Option<RateLimit>,
@@ -219,6 +225,23 @@ impl LoadedKeys {
         all.extend(self.verification.iter().cloned());
         all
     }
+}
+
+/// The verification keys in `text` (from `variable`), stripped of private
+/// members and checked: every key valid and with a kid of its own.
+fn parse_verification(text: &str, variable: &str) -> Result<Vec<Value>, ConfigError> {
+    let keys = keys::parse_verification_keys(text).map_err(|e| ConfigError::key(variable, &e))?;
+    let mut seen = HashSet::new();
+    for key in &keys {
+        let kid = key["kid"].as_str().unwrap_or_default();
+        if !seen.insert(kid) {
+            return Err(ConfigError::new(
+                variable,
+                format!("duplicate kid {kid:?}; every published key needs its own kid"),
+            ));
+        }
+    }
+    Ok(keys)
 }
 
 /// Empty values count as unset (a common result of `FOO=` in env files),
@@ -532,20 +555,28 @@ impl Config {
             (None, None) => KeySpec::Ephemeral,
         };
 
-        let verification_keys = keys::parse_verification_keys(
-            vars.get(VERIFICATION_KEYS_JSON).map_or("", String::as_str),
-        )
-        .map_err(|e| ConfigError::key(VERIFICATION_KEYS_JSON, &e))?;
-        let mut seen = HashSet::new();
-        for key in &verification_keys {
-            let kid = key["kid"].as_str().unwrap_or_default();
-            if !seen.insert(kid) {
+        let verification_keys_file = match (
+            vars.get(VERIFICATION_KEYS_JSON),
+            vars.get(VERIFICATION_KEYS_FILE),
+        ) {
+            (Some(_), Some(_)) => {
                 return Err(ConfigError::new(
-                    VERIFICATION_KEYS_JSON,
-                    format!("duplicate kid {kid:?}; every published key needs its own kid"),
+                    &format!("{VERIFICATION_KEYS_JSON}/{VERIFICATION_KEYS_FILE}"),
+                    "both are set; set at most one",
                 ));
             }
-        }
+            // Like the signing key: an empty path from a broken manifest
+            // must not silently publish fewer keys.
+            (None, Some(path)) if path.trim().is_empty() => {
+                return Err(ConfigError::new(VERIFICATION_KEYS_FILE, "is set but empty"));
+            }
+            (None, Some(path)) => Some(PathBuf::from(path)),
+            _ => None,
+        };
+        let verification_keys = parse_verification(
+            vars.get(VERIFICATION_KEYS_JSON).map_or("", String::as_str),
+            VERIFICATION_KEYS_JSON,
+        )?;
 
         // Like the key variables, set-but-empty is an error: an empty value
         // from a missing Secret key must not silently switch authentication off.
@@ -592,6 +623,7 @@ impl Config {
             alg,
             signing_key,
             verification_keys,
+            verification_keys_file,
             mint_tokens_file,
             rate_limit,
             audit_log,
@@ -629,9 +661,9 @@ impl Config {
     /// Loads the active key (reading a key file through `read_file`, or
     /// generating an ephemeral key) and checks that no verification key shares
     /// its kid.
-    pub fn load_keys<F>(&self, read_file: F) -> Result<LoadedKeys, ConfigError>
+    pub fn load_keys<F>(&self, mut read_file: F) -> Result<LoadedKeys, ConfigError>
     where
-        F: FnOnce(&Path) -> io::Result<String>,
+        F: FnMut(&Path) -> io::Result<String>,
     {
         let (active, source, variable) = match &self.signing_key {
             KeySpec::Env(text) => (
@@ -661,13 +693,27 @@ impl Config {
                 (key, KeySource::Ephemeral, "ephemeral key")
             }
         };
-        if let Some(dup) = self
-            .verification_keys
+        let (verification, verification_variable) = match &self.verification_keys_file {
+            None => (self.verification_keys.clone(), VERIFICATION_KEYS_JSON),
+            Some(path) => {
+                let text = read_file(path).map_err(|e| {
+                    ConfigError::new(
+                        VERIFICATION_KEYS_FILE,
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                (
+                    parse_verification(&text, VERIFICATION_KEYS_FILE)?,
+                    VERIFICATION_KEYS_FILE,
+                )
+            }
+        };
+        if let Some(dup) = verification
             .iter()
             .find(|k| k["kid"].as_str() == Some(active.kid()))
         {
             return Err(ConfigError::new(
-                VERIFICATION_KEYS_JSON,
+                verification_variable,
                 format!(
                     "duplicate kid {:?}: it is also the kid of the active key ({variable})",
                     dup["kid"].as_str().unwrap_or_default()
@@ -677,7 +723,7 @@ impl Config {
         Ok(LoadedKeys {
             active,
             source,
-            verification: self.verification_keys.clone(),
+            verification,
         })
     }
 }

@@ -591,3 +591,82 @@ fn a_mint_listener_splits_the_descriptor_budget() {
     let cfg = parse(&[(MAX_CONNECTIONS, "900")]).unwrap();
     assert_eq!(cfg.max_connections_for(1024).unwrap(), 900);
 }
+
+/// Loads with `MACP_AUTH_VERIFICATION_KEYS_FILE` at `/keys/published`
+/// holding `published`, the active key from `vars`.
+fn load_with_file(vars: &[(&str, &str)], published: &str) -> Result<LoadedKeys, ConfigError> {
+    let mut all = vars.to_vec();
+    all.push((VERIFICATION_KEYS_FILE, "/keys/published"));
+    parse(&all)?.load_keys(|path| {
+        assert_eq!(path, Path::new("/keys/published"));
+        Ok(published.to_string())
+    })
+}
+
+#[test]
+fn verification_keys_from_a_file_like_the_variable() {
+    let active = ec_jwk("active").to_string();
+    let signing = [(SIGNING_KEY_JSON, active.as_str()), (SIGNING_ALG, "ES256")];
+    let published = json!({"keys": [ec_jwk("old"), ec_jwk("next")]}).to_string();
+    let loaded = load_with_file(&signing, &published).unwrap();
+    let published = loaded.published();
+    let kids: Vec<&str> = published
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(kids, ["active", "old", "next"]);
+    // Private members are stripped, as from the variable.
+    assert!(loaded.verification.iter().all(|k| k.get("d").is_none()));
+
+    // The same checks as the variable, naming the file's variable.
+    let expect = |published: &str, needle: &str| {
+        let err = load_with_file(&signing, published).unwrap_err();
+        assert_eq!(err.variable, VERIFICATION_KEYS_FILE, "{err}");
+        assert!(err.message.contains(needle), "{err:?} lacks {needle:?}");
+    };
+    expect("{\"keys\": [", "not valid JSON");
+    expect(&format!("[{}]", weak_rsa_jwk()), "1024 bits");
+    let mut no_kid = ec_jwk("x");
+    no_kid.as_object_mut().unwrap().remove("kid");
+    expect(&json!([no_kid]).to_string(), "JWK has no kid");
+    expect(
+        &json!([ec_jwk("v1"), ec_jwk("v1")]).to_string(),
+        "duplicate kid \"v1\"",
+    );
+    expect(
+        &json!([ec_jwk("active")]).to_string(),
+        "also the kid of the active key",
+    );
+
+    // An unreadable file is fatal and names the path.
+    let cfg = parse(&[(VERIFICATION_KEYS_FILE, "/gone")]).unwrap();
+    let err = cfg
+        .load_keys(|path| {
+            if path == Path::new("/gone") {
+                Err(io::Error::new(io::ErrorKind::NotFound, "No such file"))
+            } else {
+                panic!("read {}", path.display())
+            }
+        })
+        .unwrap_err();
+    assert_eq!(err.variable, VERIFICATION_KEYS_FILE);
+    assert!(err.message.contains("cannot read /gone"), "{err}");
+}
+
+#[test]
+fn verification_keys_file_and_variable_exclude_each_other() {
+    let err = fatal(&[
+        (VERIFICATION_KEYS_JSON, "[]"),
+        (VERIFICATION_KEYS_FILE, "/keys/published"),
+    ]);
+    assert!(
+        err.variable.contains(VERIFICATION_KEYS_JSON)
+            && err.variable.contains(VERIFICATION_KEYS_FILE),
+        "{err}"
+    );
+    assert_fatal(
+        &[(VERIFICATION_KEYS_FILE, " ")],
+        VERIFICATION_KEYS_FILE,
+        "empty",
+    );
+}

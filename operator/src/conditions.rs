@@ -12,8 +12,12 @@ use chrono::{DateTime, Utc};
 
 use crate::crd::Condition;
 
-/// The service serves the active key on every pod of the current template.
+/// The available pods, of whatever template, serve the active key
+/// ([`crate::readiness`]): `True` through the rollouts of a routine rotation.
 pub const READY: &str = "Ready";
+/// The Deployment is rolling the pods onto a new template (`True`), is done
+/// (`False`, `RolloutComplete`) or gave up (`False`, `ProgressDeadlineExceeded`).
+pub const PROGRESSING: &str = "Progressing";
 /// Something needs attention; the reason says whose it is to clear.
 pub const DEGRADED: &str = "Degraded";
 /// A rotation is in flight (maintained by [`crate::rotation`] alone).

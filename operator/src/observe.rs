@@ -151,10 +151,20 @@ pub fn highest_pod_max_ttl(pods: &[Pod]) -> Option<i64> {
 /// Ready, running, not terminating pods whose template carries `keyset_hash`,
 /// sorted by name so probe order (and messages) are stable.
 pub fn current_pods(pods: &[Pod], keyset_hash: &str) -> Vec<PodTarget> {
+    ready_pods(pods, |hash| hash == Some(keyset_hash))
+}
+
+/// The ready, running, not terminating pods of every other keyset: during a
+/// rollout they serve alongside the current ones (`Ready` counts them).
+pub fn other_keyset_pods(pods: &[Pod], keyset_hash: &str) -> Vec<PodTarget> {
+    ready_pods(pods, |hash| hash != Some(keyset_hash))
+}
+
+fn ready_pods(pods: &[Pod], keyset: impl Fn(Option<&str>) -> bool) -> Vec<PodTarget> {
     let mut out: Vec<PodTarget> = pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| pod_hash(p) == Some(keyset_hash))
+        .filter(|p| keyset(pod_hash(p)))
         .filter(|p| is_ready(p))
         .filter_map(|p| {
             let ip = p.status.as_ref()?.pod_ip.clone()?;
@@ -326,6 +336,14 @@ mod tests {
                     ip: "10.0.0.2".into()
                 },
             ]
+        );
+        // The other keysets' ready pods, for Ready during a rollout.
+        assert_eq!(
+            other_keyset_pods(&pods, "h"),
+            vec![PodTarget {
+                name: "old".into(),
+                ip: "10.0.0.3".into()
+            }]
         );
     }
 }

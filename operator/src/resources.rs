@@ -12,10 +12,10 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
+    Capabilities, ConfigMap, Container, ContainerPort, EnvVar, HTTPGetAction, KeyToPath,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    Secret, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -58,6 +58,15 @@ pub const DEFAULT_MAX_UNAVAILABLE: i32 = 1;
 /// Mode of the tokens file: owner and group read only (0440); the group is
 /// the pod's `fsGroup`, so the non-root service can read it and nobody else.
 pub const CALLER_TOKENS_MODE: i32 = 0o440;
+/// Volume holding the active private key and the published keys, from the
+/// `<name>-signing-keys` Secret.
+pub const SIGNING_KEYS_VOLUME: &str = "signing-keys";
+/// Where that volume is mounted (read-only).
+pub const SIGNING_KEYS_DIR: &str = "/etc/macp-auth/keys";
+/// Mode of the key files: owner read only. The owner is root; the kubelet
+/// adds group read for the pod's `fsGroup` (the service's group), so the
+/// effective mode is 0440 root:65532 and no other user reads the key.
+pub const SIGNING_KEYS_MODE: i32 = 0o400;
 
 /// Why the objects of a resource cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -186,21 +195,6 @@ fn env(name: &str, value: impl ToString) -> EnvVar {
     }
 }
 
-fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.into(),
-                key: key.into(),
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
-    }
-}
-
 /// The token service's CPU request when `spec.resources` is unset. One core
 /// signs about 1,100 RS256 (2048-bit) tokens a second (2,196/s on two cores,
 /// docs/performance.md), so a tenth of a core covers a steady 100 mints/s,
@@ -314,6 +308,46 @@ fn caller_tokens_volume(auth: &CallerAuthSpec) -> Volume {
     }
 }
 
+/// The signing-keys Secret as files: only the active private key and the
+/// published public keys (the Secret's next and previous private keys stay
+/// out of the pod). Files rather than env variables: a variable is readable in
+/// `/proc/<pid>/environ`, crash reports and debuggers; a file of mode 0400
+/// (0440 for the service's group) on a read-only tmpfs is not. The service
+/// reads them at start; a keyset change still rolls the pods (the keyset-hash
+/// annotation), so a pod never mixes two keysets.
+fn signing_keys_volume(owner: &Owner) -> Volume {
+    let item = |key: &str| KeyToPath {
+        key: key.into(),
+        path: key.into(),
+        mode: Some(SIGNING_KEYS_MODE),
+    };
+    Volume {
+        name: SIGNING_KEYS_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(owner.secret_name()),
+            items: Some(vec![item(keyset::ACTIVE), item(keyset::PUBLISHED)]),
+            default_mode: Some(SIGNING_KEYS_MODE),
+            // Without the key the pod must not start (no ephemeral fallback).
+            optional: Some(false),
+        }),
+        ..Volume::default()
+    }
+}
+
+fn signing_keys_mount() -> VolumeMount {
+    VolumeMount {
+        name: SIGNING_KEYS_VOLUME.into(),
+        mount_path: SIGNING_KEYS_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// Path of a file of the signing-keys volume inside the pod.
+pub fn signing_keys_path(key: &str) -> String {
+    format!("{SIGNING_KEYS_DIR}/{key}")
+}
+
 fn caller_tokens_mount() -> VolumeMount {
     VolumeMount {
         name: CALLER_TOKENS_VOLUME.into(),
@@ -324,16 +358,10 @@ fn caller_tokens_mount() -> VolumeMount {
 }
 
 /// The container's environment: the spec's settings with `ttl` (possibly the
-/// emergency clamp) for the TTLs, keys from the Secret, and the issue-6
-/// controls only when they are set, so a resource without them renders the
-/// reference service's configuration unchanged.
-fn service_env(
-    owner: &Owner,
-    spec: &MacpAuthSpec,
-    signing_alg: SigningAlg,
-    ttl: TtlLimits,
-) -> Vec<EnvVar> {
-    let secret = owner.secret_name();
+/// emergency clamp) for the TTLs, the paths of the key files, and the
+/// optional controls only when they are set, so a resource without them
+/// renders the reference service's configuration unchanged.
+fn service_env(spec: &MacpAuthSpec, signing_alg: SigningAlg, ttl: TtlLimits) -> Vec<EnvVar> {
     let mut vars = vec![
         env(service_env::PORT, spec.port),
         env(service_env::ISSUER, &spec.issuer),
@@ -341,11 +369,13 @@ fn service_env(
         env(service_env::MAX_TTL, ttl.max_ttl_seconds),
         env(service_env::DEFAULT_TTL, ttl.default_ttl_seconds),
         env(service_env::SIGNING_ALG, alg_name(signing_alg)),
-        secret_env(service_env::SIGNING_KEY_JSON, &secret, keyset::ACTIVE),
-        secret_env(
-            service_env::VERIFICATION_KEYS_JSON,
-            &secret,
-            keyset::PUBLISHED,
+        env(
+            service_env::SIGNING_KEY_FILE,
+            signing_keys_path(keyset::ACTIVE),
+        ),
+        env(
+            service_env::VERIFICATION_KEYS_FILE,
+            signing_keys_path(keyset::PUBLISHED),
         ),
         env(service_env::SHUTDOWN_DELAY, SHUTDOWN_DELAY_SECONDS),
         // HTTP-aware verifiers then cache for exactly what the rotation waits out.
@@ -418,11 +448,12 @@ pub fn deployment(
         image: Some(image.into()),
         image_pull_policy: Some("IfNotPresent".into()),
         ports: Some(ports),
-        env: Some(service_env(owner, spec, signing_alg, ttl)),
-        volume_mounts: spec
-            .caller_auth
-            .as_ref()
-            .map(|_| vec![caller_tokens_mount()]),
+        env: Some(service_env(spec, signing_alg, ttl)),
+        volume_mounts: Some(
+            std::iter::once(signing_keys_mount())
+                .chain(spec.caller_auth.as_ref().map(|_| caller_tokens_mount()))
+                .collect(),
+        ),
         readiness_probe: Some(http_probe(READINESS_PATH, 5, 3)),
         liveness_probe: Some(http_probe(LIVENESS_PATH, 10, 3)),
         resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
@@ -478,16 +509,18 @@ pub fn deployment(
                         run_as_non_root: Some(true),
                         run_as_user: Some(RUN_AS_USER),
                         run_as_group: Some(RUN_AS_USER),
-                        // Gives the tokens file (mode 0440) to the service's group; only
-                        // with callerAuth, so other pod templates stay as they were.
-                        fs_group: spec.caller_auth.as_ref().map(|_| RUN_AS_USER),
+                        // Gives the key files (0400, made 0440) and the tokens file
+                        // (0440) to the service's group: the kubelet writes them as
+                        // root, and the service runs as 65532.
+                        fs_group: Some(RUN_AS_USER),
                         seccomp_profile: Some(runtime_default_seccomp()),
                         ..PodSecurityContext::default()
                     }),
-                    volumes: spec
-                        .caller_auth
-                        .as_ref()
-                        .map(|auth| vec![caller_tokens_volume(auth)]),
+                    volumes: Some(
+                        std::iter::once(signing_keys_volume(owner))
+                            .chain(spec.caller_auth.as_ref().map(caller_tokens_volume))
+                            .collect(),
+                    ),
                     node_selector: non_empty(&spec.node_selector),
                     tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
                     affinity: spec.affinity.clone(),
@@ -807,17 +840,55 @@ mod tests {
         assert_eq!(plain("MACP_AUTH_MAX_TTL_SECONDS"), "600");
         assert_eq!(plain("MACP_AUTH_DEFAULT_TTL_SECONDS"), "60");
         assert_eq!(plain("MACP_AUTH_SIGNING_ALG"), "ES256");
-        for (var, key) in [
-            ("MACP_AUTH_SIGNING_KEY_JSON", keyset::ACTIVE),
-            ("MACP_AUTH_VERIFICATION_KEYS_JSON", keyset::PUBLISHED),
-        ] {
-            let r = env[var].value_from.clone().unwrap().secret_key_ref.unwrap();
-            assert_eq!(
-                (r.name.as_str(), r.key.as_str()),
-                ("prod-signing-keys", key)
-            );
-            assert!(env[var].value.is_none());
-        }
+        // The keys are files of the signing-keys volume, never env values.
+        assert_eq!(
+            plain("MACP_AUTH_SIGNING_KEY_FILE"),
+            "/etc/macp-auth/keys/active.jwk.json"
+        );
+        assert_eq!(
+            plain("MACP_AUTH_VERIFICATION_KEYS_FILE"),
+            "/etc/macp-auth/keys/published.jwks.json"
+        );
+        assert!(env.values().all(|e| e.value_from.is_none()));
+        assert!(!env.contains_key("MACP_AUTH_SIGNING_KEY_JSON"));
+        let ps = pod_spec(&d);
+        let vols = ps.volumes.clone().unwrap();
+        let sv = vols[0].secret.clone().unwrap();
+        assert_eq!(sv.secret_name.as_deref(), Some("prod-signing-keys"));
+        assert_eq!(sv.optional, Some(false));
+        assert_eq!(sv.default_mode, Some(0o400));
+        let items: Vec<(String, String, Option<i32>)> = sv
+            .items
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.key, i.path, i.mode))
+            .collect();
+        // Only what the pod needs: not the next or previous private key.
+        assert_eq!(
+            items,
+            [
+                (keyset::ACTIVE.into(), keyset::ACTIVE.into(), Some(0o400)),
+                (
+                    keyset::PUBLISHED.into(),
+                    keyset::PUBLISHED.into(),
+                    Some(0o400)
+                ),
+            ]
+        );
+        let mounts = ps.containers[0].volume_mounts.clone().unwrap();
+        assert_eq!(
+            (
+                mounts[0].name.as_str(),
+                mounts[0].mount_path.as_str(),
+                mounts[0].read_only
+            ),
+            (SIGNING_KEYS_VOLUME, "/etc/macp-auth/keys", Some(true))
+        );
+        // The kubelet writes the files as root: the service reads them through fsGroup.
+        assert_eq!(
+            ps.security_context.as_ref().unwrap().fs_group,
+            Some(RUN_AS_USER)
+        );
         let ds = d.spec.unwrap();
         assert_eq!(ds.replicas, Some(3));
         let ru = ds.strategy.unwrap().rolling_update.unwrap();
@@ -893,9 +964,11 @@ mod tests {
             Some(spec.jwks_cache_ttl_seconds.to_string())
         );
         let ps = pod_spec(&d);
-        assert!(ps.volumes.is_none());
-        assert!(ps.containers[0].volume_mounts.is_none());
-        assert!(ps.security_context.unwrap().fs_group.is_none());
+        // Only the keys' volume.
+        let vols = ps.volumes.unwrap();
+        assert_eq!(vols.len(), 1);
+        assert_eq!(vols[0].name, SIGNING_KEYS_VOLUME);
+        assert_eq!(ps.containers[0].volume_mounts.as_ref().unwrap().len(), 1);
     }
 
     #[test]
@@ -912,7 +985,8 @@ mod tests {
         );
         let ps = pod_spec(&d);
         let vols = ps.volumes.clone().unwrap();
-        assert_eq!(vols.len(), 1);
+        assert_eq!(vols.len(), 2, "the keys and the tokens");
+        let vols = &vols[1..];
         let sv = vols[0].secret.clone().unwrap();
         assert_eq!(sv.secret_name.as_deref(), Some("minters"));
         assert_eq!(sv.optional, Some(false));
@@ -927,7 +1001,8 @@ mod tests {
             assert_eq!(mode & !0o440, 0, "mode {mode:o}");
         }
         let mounts = ps.containers[0].volume_mounts.clone().unwrap();
-        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts.len(), 2);
+        let mounts = &mounts[1..];
         assert_eq!(mounts[0].name, vols[0].name);
         assert_eq!(mounts[0].mount_path, "/etc/macp-auth/callers");
         assert_eq!(mounts[0].read_only, Some(true));

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::apiserver::ApiHandle;
 use crate::cluster::env::{self, PodFacts, Source};
+use crate::cluster::volumes;
 
 /// How often the stand-in looks for changed Deployments (at most).
 const SCAN_EVERY: Duration = Duration::from_millis(50);
@@ -219,13 +220,16 @@ async fn start_pod(
     let vars = env::resolve(container, &facts, lookup)?;
     let port = env::port(container);
     let config = Config::from_vars(vars).map_err(|e| e.to_string())?;
+    // The Secret volumes, as the kubelet would mount them (modes included),
+    // read from memory: the stand-in shares the harness's filesystem.
+    let mounts = volumes::secret_mounts(
+        container,
+        template.pointer("/spec/volumes").unwrap_or(&Value::Null),
+        template.get("spec").unwrap_or(&Value::Null),
+        |name| lookup(Source::Secret, name),
+    )?;
     let keys = config
-        .load_keys(|path| {
-            Err(std::io::Error::other(format!(
-                "no file {} in the stand-in",
-                path.display()
-            )))
-        })
+        .load_keys(|path| volumes::read_mounted(&mounts, path))
         .map_err(|e| e.to_string())?;
     let state = Arc::new(AppState::new(&config, keys));
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(ip), port))

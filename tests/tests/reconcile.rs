@@ -438,6 +438,7 @@ async fn create_writes_the_key_first_then_the_objects_then_becomes_ready() {
         ("True", "Verified"),
         "{message}"
     );
+    assert_eq!(condition(&s, "Progressing").1, "RolloutComplete");
 
     // A pod that does not serve the active kid is not Ready.
     h.prober.serve("10.0.0.2", &["someone-else"]);
@@ -617,7 +618,7 @@ async fn spec_changes_roll_the_deployment_and_update_the_config_map() {
     assert_eq!(cm["MACP_AUTH_ISSUER"], "iss-2");
     assert_eq!(cm["MACP_AUTH_AUDIENCE"], "aud-2");
     assert_eq!(cm["MACP_AUTH_JWKS_TTL_SECS"], "30");
-    // Same key, no Secret write, and the new generation is not Ready until rolled out.
+    // Same key, no Secret write; the pods roll while the old ones keep serving.
     assert_eq!(h.keyset("c").active.kid, kid);
     assert!(
         h.writes().iter().all(|w| w.resource != "secrets"),
@@ -626,7 +627,8 @@ async fn spec_changes_roll_the_deployment_and_update_the_config_map() {
     );
     let s = h.status("c");
     assert_eq!(s.observed_generation, Some(2));
-    assert_eq!(condition(&s, "Ready").0, "False");
+    assert_eq!(condition(&s, "Ready").0, "True");
+    assert_eq!(condition(&s, "Progressing").0, "True");
     h.roll_out("c", &[&kid]);
     h.reconcile("c").await;
     assert_eq!(condition(&h.status("c"), "Ready").0, "True");
@@ -780,6 +782,11 @@ async fn a_stalled_rollout_is_degraded() {
     assert!(
         h.event_reasons()
             .contains(&"ProgressDeadlineExceeded".to_string())
+    );
+    let (progressing, reason, _) = condition(&h.status("g"), "Progressing");
+    assert_eq!(
+        (progressing.as_str(), reason.as_str()),
+        ("False", "ProgressDeadlineExceeded")
     );
 }
 
@@ -1036,7 +1043,8 @@ async fn caller_auth_rate_limit_and_audit_are_rendered_and_are_not_a_rotation() 
     assert_eq!(env["MACP_AUTH_RATE_LIMIT_BURST"], "50");
     assert_eq!(env["MACP_AUTH_AUDIT_LOG"], "stdout");
     let ps = pod_spec(&d);
-    let volume = &ps.volumes.as_ref().unwrap()[0];
+    // After the signing keys' volume.
+    let volume = &ps.volumes.as_ref().unwrap()[1];
     let source = volume.secret.as_ref().unwrap();
     assert_eq!(source.secret_name.as_deref(), Some("minters"));
     let items = source.items.as_ref().unwrap();
@@ -1044,7 +1052,7 @@ async fn caller_auth_rate_limit_and_audit_are_rendered_and_are_not_a_rotation() 
         (items.len(), items[0].key.as_str(), items[0].mode),
         (1, "tokens", Some(0o440))
     );
-    let mount = &ps.containers[0].volume_mounts.as_ref().unwrap()[0];
+    let mount = &ps.containers[0].volume_mounts.as_ref().unwrap()[1];
     assert_eq!(
         (
             mount.name.as_str(),
@@ -1087,13 +1095,29 @@ async fn caller_auth_rate_limit_and_audit_are_rendered_and_are_not_a_rotation() 
         assert!(!env.contains_key(var), "{var} still rendered");
     }
     let ps = pod_spec(&d);
-    assert!(ps.volumes.unwrap_or_default().is_empty());
-    assert!(
-        ps.containers[0]
-            .volume_mounts
-            .clone()
-            .unwrap_or_default()
-            .is_empty()
+    // Only the signing keys' volume is left.
+    let names = |v: Vec<String>| v;
+    assert_eq!(
+        names(
+            ps.volumes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| v.name)
+                .collect()
+        ),
+        [resources::SIGNING_KEYS_VOLUME]
+    );
+    assert_eq!(
+        names(
+            ps.containers[0]
+                .volume_mounts
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|m| m.name)
+                .collect()
+        ),
+        [resources::SIGNING_KEYS_VOLUME]
     );
     assert_eq!(h.keyset("ca").active.kid, kid);
     assert_eq!(template_hash(&d), keyset::keyset_hash(&kid, &[]));
@@ -1251,7 +1275,9 @@ async fn an_emergency_rotation_clamps_the_max_ttl_then_restores_it() {
         "restoring the TTLs is no key change: {:?}",
         h.writes()
     );
-    assert_eq!(condition(&s, "Ready").0, "False");
+    // The pods roll onto the restored TTLs while the clamped ones keep serving.
+    assert_eq!(condition(&s, "Ready").0, "True");
+    assert_eq!(condition(&s, "Progressing").0, "True");
     h.roll_out("em", &[&new]);
     h.reconcile("em").await;
     assert_eq!(condition(&h.status("em"), "Ready").0, "True");
@@ -1808,7 +1834,9 @@ async fn rounds_take_turns_in_the_order_they_fell_due() {
         "rounds overlapped or ran out of order: {owners:?}"
     );
     for name in names {
-        assert_eq!(condition(&h.status(name), "Ready").1, "RollingOut");
+        let s = h.status(name);
+        assert_eq!(condition(&s, "Progressing").1, "RollingOut");
+        assert_eq!(condition(&s, "Ready").1, "NoAvailablePods");
     }
 }
 
@@ -1957,7 +1985,7 @@ async fn with_autoscaling_the_hpa_owns_replicas_and_rotation_verifies_every_pod(
     h.reconcile("x").await;
     let (ready, _, message) = condition(&h.status("x"), "Ready");
     assert_eq!(ready, "True");
-    assert!(message.starts_with("4 pod(s)"), "{message}");
+    assert!(message.starts_with("4 available pod(s)"), "{message}");
     h.server.reset_log();
     for _ in 0..3 {
         h.reconcile("x").await;
@@ -2027,7 +2055,7 @@ async fn with_autoscaling_the_hpa_owns_replicas_and_rotation_verifies_every_pod(
     );
     h.reconcile("x").await;
     let message = condition(&h.status("x"), "Ready").2;
-    assert!(message.starts_with("5 pod(s)"), "{message}");
+    assert!(message.starts_with("5 available pod(s)"), "{message}");
     h.assert_rbac_covers_requests();
 }
 
@@ -2201,7 +2229,8 @@ async fn an_injected_sidecar_costs_zero_writes_per_unchanged_reconcile() {
     let d = h.deployment("x").unwrap();
     let ps = pod_spec(&d);
     assert_eq!(ps.containers.len(), 2);
-    assert_eq!(ps.volumes.as_ref().map(Vec::len), Some(1));
+    // The signing keys' and the injector's.
+    assert_eq!(ps.volumes.as_ref().map(Vec::len), Some(2));
     assert_eq!(ps.image_pull_secrets.as_ref().map(Vec::len), Some(2));
     h.roll_out("x", &[&kid]);
     h.reconcile("x").await;

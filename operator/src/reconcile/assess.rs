@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use tracing::info;
 
-use crate::conditions::READY;
+use crate::conditions::{PROGRESSING, READY};
 use crate::readiness::{self, Readiness, RolloutDegraded};
 use crate::rotation::Decision;
+use crate::rotation::PodView;
 use crate::spread::{self, spread};
 use crate::ttl_clamp::{self, Clamp};
 
@@ -33,15 +34,27 @@ impl Round<'_> {
         self.events.extend(decision.events);
         self.record_clamp(executed.clamp);
 
-        // What was observed before this round's writes does not describe the
-        // pods those writes roll.
+        // Every available pod, of whatever template, serves verifiers.
+        let available: Vec<PodView> = seen
+            .observed
+            .pods
+            .iter()
+            .chain(&seen.others)
+            .cloned()
+            .collect();
+        // This round's writes roll the pods: the rollout seen before them is
+        // not theirs, but the pods seen keep serving until replaced.
         let readiness = if executed.keyset_changed || executed.ttl_changed {
-            readiness::rolling_out(executed.keyset_changed)
+            readiness::rolling_out(
+                executed.keyset_changed,
+                &executed.keyset.active.kid,
+                &available,
+            )
         } else {
             readiness::assess(
                 &seen.rollout,
                 &executed.keyset.active.kid,
-                &seen.observed.pods,
+                &available,
                 &self.status.conditions,
             )
         };
@@ -66,7 +79,8 @@ impl Round<'_> {
         Some(requeue)
     }
 
-    /// Writes `Ready` and the rollout's `Degraded`; returns a requeue while not ready.
+    /// Writes `Ready`, `Progressing` and the rollout's `Degraded`; returns a
+    /// requeue while not ready or rolling.
     fn set_readiness(&mut self, r: Readiness) -> Option<Duration> {
         match &r.degraded {
             RolloutDegraded::Set { reason, message } => self.degrade(reason, message),
@@ -74,7 +88,13 @@ impl Round<'_> {
             RolloutDegraded::Keep => {}
         }
         self.set(READY, r.ready, r.reason, &r.message);
-        (!r.ready).then_some(NOT_READY_REQUEUE)
+        self.set(
+            PROGRESSING,
+            r.progress.progressing,
+            r.progress.reason,
+            &r.progress.message,
+        );
+        (!r.ready || r.progress.progressing).then_some(NOT_READY_REQUEUE)
     }
 
     /// Records the clamp in status and announces when it starts and when it is lifted.

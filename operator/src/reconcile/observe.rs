@@ -23,6 +23,9 @@ pub(super) struct Seen {
     pub(super) observed: Observed,
     /// The pods as listed.
     pub(super) pods: Vec<Pod>,
+    /// The ready pods of other keysets, their JWKS probed: during a rollout
+    /// they serve too, and `Ready` counts them.
+    pub(super) others: Vec<PodView>,
 }
 
 /// The pods and their probes as a previous pass of the same turn saw them.
@@ -75,6 +78,8 @@ impl Round<'_> {
             plan.signing,
         )
         .await;
+        let other_targets = observe::other_keyset_pods(&pods, &hash);
+        let others = probe(prober, &other_targets, &[], port, mint_port, false).await;
         let verifiers = if plan.verifiers {
             ask_verifiers(prober, &views, &targets, port).await
         } else {
@@ -94,6 +99,7 @@ impl Round<'_> {
             rollout,
             observed,
             pods,
+            others,
         })
     }
 
@@ -260,6 +266,7 @@ mod tests {
                 verifiers: Vec::new(),
             },
             pods: vec![Pod::default()],
+            others: Vec::new(),
         }
     }
 

@@ -288,7 +288,7 @@ fn resolve_env(
     let mut vars = env::resolve(&run.container, &facts, lookup)
         .map_err(|e| ("CreateContainerConfigError", e))?;
     let secret = |name: &str| lookup(Source::Secret, name);
-    let mounts = volumes::secret_mounts(&run.container, &run.volumes, secret)
+    let mounts = volumes::secret_mounts(&run.container, &run.volumes, &run.pod_spec, secret)
         .map_err(|e| ("FailedMount", e))?;
     if !mounts.is_empty() {
         let base = inner

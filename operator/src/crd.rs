@@ -452,7 +452,7 @@ fn default_rollout_timeout() -> i64 {
     600
 }
 fn default_propagation_timeout() -> i64 {
-    3600
+    1800
 }
 fn default_true() -> bool {
     true

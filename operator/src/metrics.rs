@@ -594,7 +594,8 @@ mod tests {
             ..RotationSpec::default()
         };
         let (mut status, _) = publishing();
-        // Propagating since t=100, waiting until t=160: limit = 300 + 60.
+        // Propagating since t=100, waiting until t=160, but it may hold for
+        // verifier evidence up to its ceiling: limit = 300 + 1800.
         let rot = status.rotation.as_mut().unwrap();
         rot.phase = RotationPhase::Propagating;
         rot.phase_since = Some(t(100));
@@ -609,7 +610,7 @@ mod tests {
             g,
             RotationGauges {
                 phase_seconds: Some(30.0),
-                phase_limit_seconds: Some(360.0),
+                phase_limit_seconds: Some(2100.0),
                 interval_seconds: Some(3600.0),
                 last_rollback_timestamp: Some(t(40).timestamp() as f64),
             }

@@ -162,11 +162,8 @@ fn validate_interval(spec: &MacpAuthSpec) -> Option<SpecError> {
             interval: text.to_string(),
             min_seconds: min.as_secs(),
             drain: spec.effective_drain_seconds(),
-            propagation: if prepublish {
-                spec.jwks_cache_ttl_seconds + rotation::PROPAGATION_SLACK_SECONDS
-            } else {
-                0
-            },
+            propagation: i64::try_from(rotation::propagation_wait(spec).as_secs())
+                .unwrap_or(i64::MAX),
             rollouts: if prepublish { 4 } else { 3 },
             rollout_timeout: spec.rotation.rollout_timeout_seconds,
         }
@@ -443,9 +440,9 @@ mod tests {
             "maxTtlSeconds": 5,
             "defaultTtlSeconds": 5,
             "jwksCacheTtlSeconds": 2,
-            "rotation": {"interval": "3m", "rolloutTimeoutSeconds": 20}
+            "rotation": {"interval": "3m", "rolloutTimeoutSeconds": 20, "propagationTimeoutSeconds": 12}
         });
-        // Drain 65 + propagation 12 + 4 rollouts of 20 = 157 s: 3m is enough.
+        // Drain 65 + propagation 12 (the evidence ceiling) + 4 rollouts of 20 = 157 s: 3m is enough.
         assert_eq!(validate(&spec(base.clone())), vec![]);
         let mut short = base;
         short["rotation"]["interval"] = serde_json::json!("2m");
@@ -473,7 +470,7 @@ mod tests {
             matches!(
                 errs.as_slice(),
                 [SpecError::IntervalTooShort {
-                    min_seconds: 6370,
+                    min_seconds: 7860,
                     ..
                 }]
             ),

@@ -122,31 +122,8 @@ pub fn mark_stopped(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::SigningAlg;
     use crate::fixtures::spec;
-    use crate::rotation::KeyView;
-
-    fn key(kid: &str) -> KeyView {
-        KeyView {
-            kid: kid.into(),
-            alg: SigningAlg::ES256,
-            rsa_bits: None,
-        }
-    }
-
-    fn keyset(
-        active: &str,
-        published: &[&str],
-        next: Option<&str>,
-        previous: Option<&str>,
-    ) -> KeysetView {
-        KeysetView {
-            active: key(active),
-            published: published.iter().map(|k| k.to_string()).collect(),
-            next: next.map(key),
-            previous: previous.map(key),
-        }
-    }
+    use crate::rotation::tests::keyset;
 
     fn ttl_of(keys: &[KeyStatus], kid: &str) -> Option<i64> {
         keys.iter().find(|k| k.kid == kid)?.max_token_ttl_seconds

@@ -165,7 +165,8 @@ pub use machine::{decide, probe_plan};
 pub use plan::{KeysetPlan, PlanError, desired as desired_plan};
 pub use reasons::{DEGRADED_REASONS, REASON_PROPAGATION_TIMEOUT, degraded_by_rotation};
 pub use schedule::{
-    IntervalError, activation_lead, early_start, min_interval, parse_interval, schedule_base,
+    IntervalError, activation_lead, early_start, min_interval, parse_interval, propagation_wait,
+    schedule_base,
 };
 pub use verify::{Verdict, verify};
 

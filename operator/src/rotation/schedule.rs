@@ -111,17 +111,23 @@ fn rollouts_to_activation(spec: &MacpAuthSpec) -> u32 {
     if spec.rotation.prepublish { 3 } else { 2 }
 }
 
-/// The propagation wait of a rotation: the verifiers' cache TTL plus
-/// [`PROPAGATION_SLACK_SECONDS`], only with `prepublish`.
-fn propagation(spec: &MacpAuthSpec) -> Duration {
-    if spec.rotation.prepublish {
-        secs(
-            spec.jwks_cache_ttl_seconds
-                .saturating_add(PROPAGATION_SLACK_SECONDS),
-        )
-    } else {
-        Duration::ZERO
+/// The longest propagation wait of a rotation, only with `prepublish`: the
+/// verifiers' cache TTL plus [`PROPAGATION_SLACK_SECONDS`], or, with
+/// verifier evidence, up to its ceiling (`propagationTimeoutSeconds`) while
+/// a verifier has not fetched the new key.
+pub fn propagation_wait(spec: &MacpAuthSpec) -> Duration {
+    if !spec.rotation.prepublish {
+        return Duration::ZERO;
     }
+    let wait = spec
+        .jwks_cache_ttl_seconds
+        .saturating_add(PROPAGATION_SLACK_SECONDS);
+    let ceiling = if spec.rotation.verifier_evidence {
+        spec.rotation.propagation_timeout_seconds
+    } else {
+        0
+    };
+    secs(wait.max(ceiling))
 }
 
 fn secs(s: i64) -> Duration {
@@ -136,7 +142,7 @@ fn secs(s: i64) -> Duration {
 /// one rollout before its recorded activation ([`schedule_base`]).
 pub fn activation_lead(spec: &MacpAuthSpec) -> Duration {
     let rollout = secs(spec.rotation.rollout_timeout_seconds);
-    propagation(spec).saturating_add(rollout.saturating_mul(rollouts_to_activation(spec)))
+    propagation_wait(spec).saturating_add(rollout.saturating_mul(rollouts_to_activation(spec)))
 }
 
 /// The shortest `rotation.interval` that keeps a key from signing longer
@@ -288,11 +294,19 @@ mod tests {
             "rotation": {"rolloutTimeoutSeconds": 100}
         }))
         .unwrap();
-        // Propagation 310, and three rollouts: publish, activate, and the
-        // current key's own activation.
-        assert_eq!(activation_lead(&spec), Duration::from_secs(310 + 300));
+        // Propagation up to the evidence ceiling (1800), and three rollouts:
+        // publish, activate, and the current key's own activation.
+        assert_eq!(activation_lead(&spec), Duration::from_secs(1800 + 300));
         // Plus the drain (600 + 60) and the retiring rollout.
+        assert_eq!(min_interval(&spec), Duration::from_secs(2100 + 660 + 100));
+        // Without evidence, the cache TTL + slack.
+        spec.rotation.verifier_evidence = false;
+        assert_eq!(activation_lead(&spec), Duration::from_secs(310 + 300));
         assert_eq!(min_interval(&spec), Duration::from_secs(610 + 660 + 100));
+        // A ceiling below the TTL + slack: the TTL + slack.
+        spec.rotation.verifier_evidence = true;
+        spec.rotation.propagation_timeout_seconds = 60;
+        assert_eq!(activation_lead(&spec), Duration::from_secs(310 + 300));
         spec.rotation.prepublish = false;
         assert_eq!(activation_lead(&spec), Duration::from_secs(200));
         assert_eq!(min_interval(&spec), Duration::from_secs(200 + 660 + 100));

@@ -32,7 +32,13 @@ pub fn spec() -> MacpAuthSpec {
     fixtures::macpauth("auth")
         .es256()
         .spec(serde_json::json!({"maxTtlSeconds": 60, "jwksCacheTtlSeconds": TTL}))
-        .rotation(serde_json::json!({"drainSeconds": DRAIN, "rolloutTimeoutSeconds": TIMEOUT}))
+        .rotation(serde_json::json!({
+            "drainSeconds": DRAIN,
+            "rolloutTimeoutSeconds": TIMEOUT,
+            // The evidence ceiling no longer than the cache TTL + slack: the
+            // schedule's lead stays the TTL + slack and three rollouts.
+            "propagationTimeoutSeconds": TTL
+        }))
         .build_spec()
 }
 

@@ -38,13 +38,12 @@ mod e2e;
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow::{Break, Continue};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use macp_auth_e2e::endpoints::{ApiEndpoints, EndpointSource};
+use macp_auth_e2e::endpoints::EndpointSource;
 use macp_auth_e2e::load::{LoadConfig, LoadGenerator, LoadReport, token_kid};
 use macp_auth_e2e::proxy::ServiceProxy;
 use macp_auth_e2e::wait::wait_until;
@@ -54,7 +53,6 @@ use macp_auth_operator::crd::{
 use macp_auth_operator::fixtures;
 use macp_auth_operator::validate::VERIFIER_LEEWAY_SECONDS;
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 
 use e2e::*;
 
@@ -187,12 +185,6 @@ async fn e2e_2_routine_rotation_without_prepublish_measures_the_gap() {
     );
 }
 
-/// How long, from the emergency annotation, the operator may take to withdraw
-/// the suspect key from every pod's JWKS, terminating pods included: one
-/// rollout of the three pods (each new pod ready within a few scaled probe
-/// periods, each old one serving on through its shutdown delay), with room
-/// for a loaded machine. The test's own figure, not the operator's.
-const WITHDRAW_BOUND: Duration = Duration::from_secs(45);
 /// What a verifier adds to its cache TTL before it refuses a withdrawn key:
 /// the cutoff loop's round over every verifier and stolen token, and one JWKS
 /// fetch. The test's own figure, not the operator's propagation slack.
@@ -1096,55 +1088,4 @@ async fn mint(base: &str) -> String {
         .await
         .expect("mint body");
     body["token"].as_str().expect("token").to_string()
-}
-
-type JwksSamples = Vec<(Instant, BTreeSet<String>)>;
-
-/// Polls the JWKS of every pod of the Service directly, terminating and
-/// unready ones included (whatever can still answer), recording the union of
-/// kids served at each sample.
-struct JwksWatch {
-    samples: Arc<Mutex<JwksSamples>>,
-    task: JoinHandle<()>,
-}
-
-impl JwksWatch {
-    const PERIOD: Duration = Duration::from_millis(100);
-
-    fn start(pods: Arc<ApiEndpoints>) -> Self {
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let out = samples.clone();
-        let task = tokio::spawn(async move {
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_millis(500))
-                .build()
-                .unwrap_or_default();
-            loop {
-                let mut kids = BTreeSet::new();
-                for ep in pods.all_pods() {
-                    let url = format!("http://{ep}/.well-known/jwks.json");
-                    if let Ok(resp) = http.get(&url).send().await
-                        && let Ok(v) = resp.json::<Value>().await
-                    {
-                        for k in v["keys"].as_array().into_iter().flatten() {
-                            if let Some(kid) = k["kid"].as_str() {
-                                kids.insert(kid.to_string());
-                            }
-                        }
-                    }
-                }
-                out.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((Instant::now(), kids));
-                tokio::time::sleep(Self::PERIOD).await;
-            }
-        });
-        Self { samples, task }
-    }
-
-    async fn stop(self) -> JwksSamples {
-        self.task.abort();
-        let _ = self.task.await;
-        std::mem::take(&mut *self.samples.lock().unwrap_or_else(|e| e.into_inner()))
-    }
 }

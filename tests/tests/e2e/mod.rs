@@ -7,6 +7,7 @@
 // Each scenario file uses a different subset.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::ops::ControlFlow::{Break, Continue};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -48,6 +49,13 @@ pub const REPLICAS: i32 = 3;
 /// Generous bound for anything the operator and the cluster do together on a
 /// loaded 2-core machine; scenarios finish far sooner.
 pub const PATIENCE: Duration = Duration::from_secs(300);
+
+/// How long, from the emergency annotation, the operator may take to withdraw
+/// the suspect key from every pod's JWKS, terminating pods included: one
+/// rollout of the three pods (each new pod ready within a few scaled probe
+/// periods, each old one serving on through its shutdown delay), with room
+/// for a loaded machine. The test's own figure, not the operator's.
+pub const WITHDRAW_BOUND: Duration = Duration::from_secs(45);
 
 // ------------------------------------------------------------------ harness
 
@@ -323,6 +331,13 @@ impl Env {
             })
             .filter(|(reason, at)| reasons.contains(&reason.as_str()) && *at > since)
             .collect()
+    }
+
+    pub async fn patch(&self, name: &str, patch: Value) {
+        self.api()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch MacpAuth");
     }
 
     pub async fn annotate(&self, name: &str, key: &str, value: &str) {
@@ -717,4 +732,63 @@ pub async fn hold_past_the_leeway(load: &LoadGenerator, old_kid: &str) {
 /// covers it), a little more minting on the final keyset.
 pub async fn settle() {
     tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+pub type JwksSamples = Vec<(Instant, BTreeSet<String>)>;
+
+/// Polls the JWKS of every pod of the Service directly, terminating and
+/// unready ones included (whatever can still answer), recording the union of
+/// kids served at each sample.
+pub struct JwksWatch {
+    samples: Arc<Mutex<JwksSamples>>,
+    task: JoinHandle<()>,
+}
+
+impl JwksWatch {
+    pub const PERIOD: Duration = Duration::from_millis(100);
+
+    pub fn start(pods: Arc<ApiEndpoints>) -> Self {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let out = samples.clone();
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_millis(500))
+                .build()
+                .unwrap_or_default();
+            loop {
+                let mut kids = BTreeSet::new();
+                for ep in pods.all_pods() {
+                    let url = format!("http://{ep}/.well-known/jwks.json");
+                    if let Ok(resp) = http.get(&url).send().await
+                        && let Ok(v) = resp.json::<Value>().await
+                    {
+                        for k in v["keys"].as_array().into_iter().flatten() {
+                            if let Some(kid) = k["kid"].as_str() {
+                                kids.insert(kid.to_string());
+                            }
+                        }
+                    }
+                }
+                out.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((Instant::now(), kids));
+                tokio::time::sleep(Self::PERIOD).await;
+            }
+        });
+        Self { samples, task }
+    }
+
+    /// The samples so far.
+    pub fn samples(&self) -> JwksSamples {
+        self.samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub async fn stop(self) -> JwksSamples {
+        self.task.abort();
+        let _ = self.task.await;
+        std::mem::take(&mut *self.samples.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }

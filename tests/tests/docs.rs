@@ -1,0 +1,278 @@
+//! The user documentation checked against what it describes.
+//!
+//! - Every shell block of README.md and docs/*.md preceded by the line
+//!   `<!-- runnable -->` runs, as written and in the order of its file, with
+//!   `bash -euo pipefail` in the repository root against a sandbox (the
+//!   in-process API server and simulated cluster) and the real kubectl of
+//!   `scripts/install-tools`; any non-zero exit fails the test with the
+//!   block's file and line. README.md's blocks start from a cluster without
+//!   the operator (the README installs it); docs/*.md's from a sandbox running
+//!   the operator with `config/samples/minimal.yaml` applied in namespace
+//!   `macp`, as docs/operations.md says. Every marked block is also parsed by
+//!   `bash -n` first, so a syntax error names its block without a cluster.
+//! - SECURITY.md's RBAC table is the operator's rule list rendered.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use macp_auth_e2e::binary::{operator_binary_async, service_binary_async};
+use macp_auth_e2e::helm::{repo_root, scratch_dir, tool_path};
+use macp_auth_e2e::sandbox::{Sandbox, SandboxConfig};
+use macp_auth_operator::rbac;
+use tokio::process::Command;
+
+/// The line that marks the next ```sh block as runnable.
+const RUNNABLE: &str = "<!-- runnable -->";
+
+/// How long one block may run: the README's waits (operator rollout, Ready) included.
+const BLOCK_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// One runnable shell block.
+#[derive(Debug)]
+struct Block {
+    file: String,
+    /// The line of its opening fence (1-based).
+    line: usize,
+    script: String,
+}
+
+/// The runnable blocks of `text`, in order; a marker not followed by a
+/// ```sh fence, or an unterminated block, is an error naming its line.
+fn runnable_blocks(file: &str, text: &str) -> Result<Vec<Block>, String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut blocks = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if lines[i].trim() != RUNNABLE {
+            i += 1;
+            continue;
+        }
+        let fence = i + 1;
+        if lines.get(fence).map(|l| l.trim()) != Some("```sh") {
+            return Err(format!(
+                "{file}:{}: {RUNNABLE} is not followed by a ```sh block",
+                i + 1
+            ));
+        }
+        let end = (fence + 1..lines.len())
+            .find(|&j| lines[j].trim() == "```")
+            .ok_or_else(|| format!("{file}:{}: the ```sh block never ends", fence + 1))?;
+        blocks.push(Block {
+            file: file.to_string(),
+            line: fence + 1,
+            script: lines[fence + 1..end].join("\n") + "\n",
+        });
+        i = end + 1;
+    }
+    Ok(blocks)
+}
+
+/// docs/*.md, sorted (the order their blocks run in).
+fn doc_pages() -> Vec<PathBuf> {
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(repo_root().join("docs"))
+        .expect("read docs/")
+        .map(|e| e.expect("docs/ entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    pages.sort();
+    pages
+}
+
+fn blocks_of(paths: &[PathBuf]) -> Vec<Block> {
+    let root = repo_root();
+    paths
+        .iter()
+        .flat_map(|p| {
+            let name = p.strip_prefix(&root).unwrap_or(p).display().to_string();
+            let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {name}: {e}"));
+            runnable_blocks(&name, &text).unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect()
+}
+
+#[test]
+fn the_marker_finds_blocks_and_refuses_a_stray_one() {
+    let text = "a\n<!-- runnable -->\n```sh\necho one\necho two\n```\n```sh\nnot marked\n```\n";
+    let blocks = runnable_blocks("t.md", text).expect("one block");
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(blocks[0].line, 3);
+    assert_eq!(blocks[0].script, "echo one\necho two\n");
+    let stray = runnable_blocks("t.md", "<!-- runnable -->\n```text\nx\n```\n");
+    assert!(stray.is_err_and(|e| e.contains("t.md:1")));
+    let open = runnable_blocks("t.md", "<!-- runnable -->\n```sh\nx\n");
+    assert!(open.is_err_and(|e| e.contains("never ends")));
+}
+
+#[test]
+fn every_runnable_block_parses() {
+    let mut files = vec![repo_root().join("README.md")];
+    files.extend(doc_pages());
+    let blocks = blocks_of(&files);
+    assert!(
+        blocks.iter().any(|b| b.file == "README.md")
+            && blocks.iter().any(|b| b.file == "docs/operations.md"),
+        "README.md and docs/operations.md have runnable blocks"
+    );
+    for b in &blocks {
+        let out = std::process::Command::new("bash")
+            .args(["-n", "-c", &b.script])
+            .output()
+            .expect("run bash -n");
+        assert!(
+            out.status.success(),
+            "{}:{}: bash -n: {}",
+            b.file,
+            b.line,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Runs `script` with bash in the repository root against `kubeconfig`,
+/// printing it and its output; the error says what failed.
+async fn run_script(kubeconfig: &Path, home: &Path, script: &str) -> Result<(), String> {
+    let kubectl = tool_path("kubectl");
+    let tools = kubectl.parent().expect("tools dir");
+    let path = std::env::join_paths(std::iter::once(tools.to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .expect("PATH");
+    println!("$ {}", script.trim_end().replace('\n', "\n$ "));
+    let child = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .current_dir(repo_root())
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", home)
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run bash: {e}"))?;
+    let out = tokio::time::timeout(BLOCK_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| format!("still running after {BLOCK_TIMEOUT:?}"))?
+        .map_err(|e| format!("waiting for bash: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    print!("{stdout}{stderr}");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("exit {:?}:\n{stdout}{stderr}", out.status.code()))
+    }
+}
+
+async fn sandbox(run_operator: bool) -> Sandbox {
+    Sandbox::start(
+        SandboxConfig {
+            api_addr: "127.0.0.1:0".parse().expect("address"),
+            run_operator,
+            service_bin: service_binary_async().await.expect("service binary"),
+            operator_bin: operator_binary_async().await.expect("operator binary"),
+        },
+        None,
+    )
+    .await
+    .expect("sandbox starts")
+}
+
+/// Runs `blocks` in order on `sandbox`, after `setup`; panics naming the first that fails.
+async fn run_blocks(sandbox: Sandbox, setup: Option<&str>, blocks: &[Block]) {
+    let home = scratch_dir(&format!(
+        "docs-home-{}-{}",
+        std::process::id(),
+        sandbox.api_url().rsplit(':').next().unwrap_or("0")
+    ));
+    if let Some(setup) = setup
+        && let Err(e) = run_script(sandbox.kubeconfig(), &home, setup).await
+    {
+        panic!("the test's setup failed: {e}");
+    }
+    let mut failure = None;
+    for b in blocks {
+        println!("\n=== {}:{} ===", b.file, b.line);
+        if let Err(e) = run_script(sandbox.kubeconfig(), &home, &b.script).await {
+            failure = Some(format!(
+                "{}:{}: the block fails as written: {e}",
+                b.file, b.line
+            ));
+            break;
+        }
+    }
+    sandbox.shutdown().await;
+    if let Some(f) = failure {
+        panic!("{f}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_runnable_blocks_run_on_a_cluster_without_the_operator() {
+    let blocks = blocks_of(&[repo_root().join("README.md")]);
+    assert!(!blocks.is_empty(), "README.md has runnable blocks");
+    run_blocks(sandbox(false).await, None, &blocks).await;
+}
+
+/// What docs/operations.md says its examples start from.
+const DOCS_SETUP: &str = "kubectl create namespace macp\n\
+    kubectl apply -f config/samples/minimal.yaml\n\
+    kubectl wait -n macp macpauth/auth --for=condition=Ready --timeout=120s\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docs_runnable_blocks_run_against_the_operator_and_the_minimal_sample() {
+    let blocks = blocks_of(&doc_pages());
+    assert!(!blocks.is_empty(), "docs/ has runnable blocks");
+    run_blocks(sandbox(true).await, Some(DOCS_SETUP), &blocks).await;
+}
+
+// ------------------------------------------------------------ SECURITY.md, RBAC
+
+const RBAC_BEGIN: &str =
+    "<!-- rbac-table: generated from operator/src/rbac.rs; tests/tests/docs.rs -->";
+const RBAC_END: &str = "<!-- end rbac-table -->";
+
+/// The rule list as a Markdown table: one row per resource, the leases last.
+fn rbac_table() -> String {
+    let base = rbac::required_rules(false);
+    let mut out = String::from("| API group | Resource | Verbs | Where |\n|---|---|---|---|\n");
+    for r in rbac::required_rules(true) {
+        let group = if r.group.is_empty() { "core" } else { r.group };
+        let where_ = if base.contains(&r) {
+            "every watched namespace"
+        } else {
+            "the release namespace, with leader election only"
+        };
+        out.push_str(&format!(
+            "| `{group}` | `{}` | {} | {where_} |\n",
+            r.resource,
+            r.verbs
+                .iter()
+                .map(|v| format!("`{v}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    out
+}
+
+#[test]
+fn security_md_rbac_table_is_the_operator_rule_list() {
+    let text = std::fs::read_to_string(repo_root().join("SECURITY.md")).expect("read SECURITY.md");
+    let begin = text
+        .find(RBAC_BEGIN)
+        .unwrap_or_else(|| panic!("SECURITY.md has no line {RBAC_BEGIN}"));
+    let body_start = begin + RBAC_BEGIN.len();
+    let end = text[body_start..]
+        .find(RBAC_END)
+        .map(|e| body_start + e)
+        .unwrap_or_else(|| panic!("SECURITY.md has no line {RBAC_END} after the table"));
+    let documented = text[body_start..end].trim();
+    let expected = rbac_table();
+    assert_eq!(
+        documented,
+        expected.trim(),
+        "SECURITY.md's RBAC table drifted from operator/src/rbac.rs; replace the lines between the markers with:\n{expected}"
+    );
+}

@@ -276,3 +276,129 @@ fn security_md_rbac_table_is_the_operator_rule_list() {
         "SECURITY.md's RBAC table drifted from operator/src/rbac.rs; replace the lines between the markers with:\n{expected}"
     );
 }
+
+// ------------------------------------------------------------ the samples
+
+/// What an open connection costs the token service (SECURITY.md, "Slow and
+/// abusive clients": RSS grew from 8 MiB to 55 MiB with 3,000 connections).
+const CONNECTION_BYTES: u64 = 16 * 1024;
+/// The service's default connection cap per listener.
+const DEFAULT_MAX_CONNECTIONS: u64 = 4096;
+/// The process itself and the verifier records, with headroom.
+const BASE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// A memory quantity in bytes (the suffixes a sample would use).
+fn memory_bytes(q: &str) -> Option<u64> {
+    let units: [(&str, u64); 8] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    for (suffix, factor) in units {
+        if let Some(n) = q.strip_suffix(suffix) {
+            return n.parse::<u64>().ok().map(|n| n * factor);
+        }
+    }
+    q.parse().ok()
+}
+
+/// Why a sample MacpAuth would fail in a cluster, if it would.
+fn sample_problems(m: &serde_json::Value) -> Vec<String> {
+    let spec = &m["spec"];
+    let mut problems = Vec::new();
+    let port = spec["port"].as_u64().unwrap_or(3200);
+    let mint_port = spec["mintPort"].as_u64();
+    let listeners = 1 + u64::from(mint_port.is_some());
+    let cap = spec["connectionLimits"]["maxConnections"]
+        .as_u64()
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if let Some(limit) = spec["resources"]["limits"]["memory"].as_str() {
+        let need = listeners * cap * CONNECTION_BYTES + BASE_BYTES;
+        match memory_bytes(limit) {
+            Some(bytes) if bytes >= need => {}
+            Some(bytes) => problems.push(format!(
+                "memory limit {limit} ({} MiB) is below {} MiB: {listeners} listener(s) at {cap} connections of 16 KiB, plus 32 MiB",
+                bytes >> 20,
+                need >> 20
+            )),
+            None => problems.push(format!("memory limit {limit:?} does not parse")),
+        }
+    }
+    let injected = ["podLabels", "podAnnotations"]
+        .iter()
+        .any(|f| spec[f]["sidecar.istio.io/inject"].as_str() == Some("true"));
+    if injected {
+        let excluded: Vec<u64> =
+            spec["podAnnotations"]["traffic.sidecar.istio.io/excludeInboundPorts"]
+                .as_str()
+                .unwrap_or("")
+                .split(',')
+                .filter_map(|p| p.trim().parse().ok())
+                .collect();
+        for p in std::iter::once(port).chain(mint_port) {
+            if !excluded.contains(&p) {
+                problems.push(format!(
+                    "Istio injection without port {p} in traffic.sidecar.istio.io/excludeInboundPorts: the operator's plain-HTTP probes are refused under STRICT mTLS and every rotation rolls back"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+fn sample_macpauths() -> Vec<(String, serde_json::Value)> {
+    let dir = repo_root().join("config/samples");
+    let mut out = Vec::new();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("read config/samples")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    paths.sort();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).expect("read sample");
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v = <serde_json::Value as serde::Deserialize>::deserialize(doc);
+            if let Ok(v) = v
+                && v["kind"] == "MacpAuth"
+            {
+                out.push((path.display().to_string(), v));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_safety_check_catches_what_made_the_production_sample_unsafe() {
+    let unsafe_sample = serde_json::json!({"spec": {
+        "mintPort": 3201,
+        "resources": {"limits": {"memory": "64Mi"}},
+        "podLabels": {"sidecar.istio.io/inject": "true"},
+    }});
+    let problems = sample_problems(&unsafe_sample);
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems[0].contains("below 160 MiB"), "{problems:?}");
+    let capped = serde_json::json!({"spec": {
+        "connectionLimits": {"maxConnections": 1024},
+        "resources": {"limits": {"memory": "64Mi"}},
+    }});
+    assert!(sample_problems(&capped).is_empty());
+}
+
+#[test]
+fn every_sample_fits_its_memory_limit_and_its_mesh() {
+    let samples = sample_macpauths();
+    assert!(
+        samples.iter().any(|(p, _)| p.ends_with("production.yaml")),
+        "config/samples/production.yaml is a MacpAuth"
+    );
+    for (path, m) in samples {
+        let problems = sample_problems(&m);
+        assert!(problems.is_empty(), "{path}: {}", problems.join("; "));
+    }
+}

@@ -961,10 +961,81 @@ fn network_policy_admits_only_chosen_clients_and_the_operator() {
         }
     }
 
-    // Cluster-wide install without explicit namespaces: the release namespace.
-    let docs = render(&["--set", "networkPolicy.enabled=true"]);
+    // Cluster-wide without explicit namespaces the chart cannot know where
+    // the token services run: it refuses rather than render a policy in the
+    // release namespace, where none runs and it would isolate nothing.
+    let run = template_raw(&["--set", "networkPolicy.enabled=true"]);
+    assert!(
+        !run.ok && run.stderr.contains("networkPolicy.namespaces"),
+        "a cluster-wide policy without namespaces renders:\n{}{}",
+        run.stdout,
+        run.stderr
+    );
+    let docs = render(&[
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.namespaces={macp}",
+    ]);
+    assert_eq!(namespace_of(one(&docs, "NetworkPolicy")), "macp");
+}
+
+/// The PodMonitor scrapes the token services' /metrics on the service port:
+/// with a policy there, Prometheus must be one of its peers.
+#[test]
+fn network_policy_never_drops_the_pod_monitor_scrapes() {
+    let base = [
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.namespaces={macp}",
+        "--set",
+        "prometheus.podMonitor.enabled=true",
+    ];
+    let run = template_raw(&base);
+    assert!(
+        !run.ok && run.stderr.contains("networkPolicy.extraFrom"),
+        "a policy that drops the PodMonitor's scrapes renders:\n{}{}",
+        run.stdout,
+        run.stderr
+    );
+    let mut args = base.to_vec();
+    args.extend([
+        "--set",
+        "networkPolicy.extraFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring",
+    ]);
+    let docs = render(&args);
     let np = one(&docs, "NetworkPolicy");
-    assert_eq!(namespace_of(np), RELEASE_NS);
+    let pm = one(&docs, "PodMonitor");
+    // The port the PodMonitor scrapes (named `http`: the service port) is the
+    // policy's first rule, and Prometheus's namespace is among its peers.
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "http");
+    let rule = &np["spec"]["ingress"][0];
+    assert_eq!(rule["ports"], json!([{"protocol": "TCP", "port": 3200}]));
+    assert!(
+        rule["from"].as_array().unwrap().contains(&json!({
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+        })),
+        "{rule}"
+    );
+}
+
+#[test]
+fn extra_args_reach_the_operator_after_the_charts_own() {
+    let docs = render(&[
+        "--set",
+        "extraArgs={--max-concurrent-reconciles=32,--reconcile-debounce=1s}",
+    ]);
+    let a = args(one(&docs, "Deployment"));
+    assert_eq!(
+        a[a.len() - 2..],
+        ["--max-concurrent-reconciles=32", "--reconcile-debounce=1s"]
+    );
+    let settings = parse_operator_args(&a);
+    assert_eq!(settings.max_concurrent_reconciles, 32);
+    // The schema refuses something that is not a flag.
+    let run = template_raw(&["--set", "extraArgs={max-concurrent-reconciles}"]);
+    assert!(!run.ok, "a non-flag extraArgs item renders");
 }
 
 /// Issue 13: with mint ports, the JWKS port admits verifiers (not minters)
@@ -974,6 +1045,8 @@ fn network_policy_with_mint_ports_fences_minting_off() {
     let docs = render(&[
         "--set",
         "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.namespaces={macp}",
         "--set",
         "networkPolicy.ports={3200}",
         "--set",
@@ -1041,6 +1114,8 @@ fn network_policy_with_mint_ports_fences_minting_off() {
     let docs = render(&[
         "--set",
         "networkPolicy.enabled=true",
+        "--set",
+        "networkPolicy.namespaces={macp}",
         "--set",
         "networkPolicy.mintPorts={3201}",
     ]);

@@ -115,7 +115,6 @@ that list, so change both together.
 {{- define "macp-auth-operator.networkPolicyNamespaces" -}}
 {{- $ns := .Values.networkPolicy.namespaces }}
 {{- if not $ns }}{{ $ns = .Values.watchNamespaces }}{{ end }}
-{{- if not $ns }}{{ $ns = list .Release.Namespace }}{{ end }}
 {{- toJson (uniq $ns) }}
 {{- end }}
 

@@ -61,6 +61,46 @@ use e2e::*;
 /// The mint port of the routine scenario with `spec.mintPort`.
 const MINT_PORT: i32 = 3201;
 
+/// Samples the MacpAuth's `Ready` every 250 ms (the sandbox sampled
+/// every 500 ms) until stopped.
+struct ReadySampler {
+    task: tokio::task::JoinHandle<(u32, Vec<String>)>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ReadySampler {
+    fn start(env: &Env, name: &str) -> Self {
+        let api: Api<MacpAuth> = Api::namespaced(env.client.clone(), &env.ns);
+        let name = name.to_string();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let (mut samples, mut not_ready) = (0u32, Vec::new());
+            while stopped.try_recv().is_err() {
+                if let Ok(m) = api.get(&name).await {
+                    samples += 1;
+                    let s = m.status.unwrap_or_default();
+                    match s.conditions.iter().find(|c| c.type_ == "Ready") {
+                        Some(c) if c.status == "True" => {}
+                        Some(c) => {
+                            not_ready.push(format!("{}: {} {}", c.status, c.reason, c.message))
+                        }
+                        None => not_ready.push("no Ready condition".into()),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            (samples, not_ready)
+        });
+        Self { task, stop }
+    }
+
+    /// (samples, the Ready of those that were not True).
+    async fn stop(self) -> (u32, Vec<String>) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_default()
+    }
+}
+
 /// Scenarios 1 and 2: a routine rotation under continuous minting; with
 /// `mint_port`, minting goes through the Service's separate mint port (and
 /// the operator's probe mints there) while verifiers use the JWKS port.
@@ -108,11 +148,13 @@ async fn routine(
     let steady = load.snapshot();
 
     let t0 = Instant::now();
+    let ready = ReadySampler::start(env, &name);
     env.annotate(&name, "macp.io/rotate", "e2e-1").await;
     let mut log = PhaseLog::default();
     let after = follow_rotation(env, &name, before.history.len(), &mut log, |_| false).await;
     let rotation_s = t0.elapsed().as_secs_f64();
     settle().await;
+    let (ready_samples, not_ready) = ready.stop().await;
     hold_past_the_leeway(&load, &old_kid).await;
     let report = load.stop().await;
 
@@ -137,7 +179,23 @@ async fn routine(
     );
     if prepublish {
         assert!(log.phases().contains(&RotationPhase::Propagating));
+        // Every available pod serves the active key through each rollout of a
+        // routine rotation with prepublish: Ready never drops.
+        assert!(
+            ready_samples > 20,
+            "{scenario}: too few Ready samples ({ready_samples})"
+        );
+        assert_eq!(
+            not_ready,
+            Vec::<String>::new(),
+            "{scenario}: Ready was not True in {} of {ready_samples} samples",
+            not_ready.len()
+        );
     }
+    println!(
+        "e2e {scenario}: ready_samples={ready_samples} not_ready={}",
+        not_ready.len()
+    );
     println!(
         "{} rotation_s={rotation_s:.1} steady_minting_pods={} phases={}",
         report.summary_line(scenario),

@@ -11,6 +11,13 @@
 //!   `macp`, as docs/operations.md says. Every marked block is also parsed by
 //!   `bash -n` first, so a syntax error names its block without a cluster.
 //! - SECURITY.md's RBAC table is the operator's rule list rendered.
+//! - Every sample MacpAuth's memory limit covers its listeners at their
+//!   connection cap, and a sample with Istio injection leaves its ports to the
+//!   operator's probes; the production sample becomes Ready on the sandbox and
+//!   rotates to Draining without a rollback.
+//! - docs/architecture.md's Mermaid phase diagram has exactly the phases of
+//!   `RotationPhase`, each entered and left, and every `Degraded` reason
+//!   rotation owns on an edge.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -432,5 +439,81 @@ async fn production_sample_is_ready_and_rotates_without_rollback() {
     sandbox.shutdown().await;
     if let Err(e) = result {
         panic!("config/samples/production.yaml on the sandbox: {e}");
+    }
+}
+
+// ------------------------------------------------------------ the phase diagram
+
+const PHASES_MARKER: &str = "<!-- rotation-phases: checked by tests/tests/docs.rs -->";
+
+/// The edges `from --> to: label` of the Mermaid block after the marker.
+fn phase_diagram(text: &str) -> Result<Vec<(String, String, String)>, String> {
+    let start = text
+        .find(PHASES_MARKER)
+        .ok_or_else(|| format!("no line {PHASES_MARKER}"))?;
+    let mut lines = text[start..].lines().skip(1);
+    if lines.next().map(str::trim) != Some("```mermaid") {
+        return Err("the marker is not followed by a ```mermaid block".to_string());
+    }
+    let mut edges = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.trim();
+        if line == "```" {
+            return Ok(edges);
+        }
+        let Some((from, rest)) = line.split_once("-->") else {
+            continue;
+        };
+        let (to, label) = rest.split_once(':').unwrap_or((rest, ""));
+        edges.push((
+            from.trim().to_string(),
+            to.trim().to_string(),
+            label.trim().to_string(),
+        ));
+    }
+    Err("the ```mermaid block never ends".to_string())
+}
+
+fn phase_name(p: macp_auth_operator::crd::RotationPhase) -> String {
+    serde_json::to_value(p)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("{p:?} serialises to a string"))
+}
+
+#[test]
+fn the_phase_diagram_has_every_phase_and_every_degraded_reason() {
+    use std::collections::BTreeSet;
+    let text = std::fs::read_to_string(repo_root().join("docs/architecture.md"))
+        .expect("read docs/architecture.md");
+    let edges = phase_diagram(&text).unwrap_or_else(|e| panic!("docs/architecture.md: {e}"));
+    let drawn: BTreeSet<String> = edges
+        .iter()
+        .flat_map(|(f, t, _)| [f.clone(), t.clone()])
+        .filter(|s| s != "[*]")
+        .collect();
+    let phases: BTreeSet<String> = macp_auth_operator::crd::RotationPhase::ALL
+        .into_iter()
+        .map(phase_name)
+        .collect();
+    assert_eq!(
+        drawn, phases,
+        "the diagram's states are not the phases of RotationPhase"
+    );
+    // Every phase but Idle is left somewhere, and every phase is entered.
+    for p in &phases {
+        assert!(edges.iter().any(|(_, t, _)| t == p), "no edge enters {p}");
+        assert!(
+            edges.iter().any(|(f, t, _)| f == p && t != p),
+            "no edge leaves {p}"
+        );
+    }
+    for reason in macp_auth_operator::rotation::DEGRADED_REASONS {
+        assert!(
+            edges.iter().any(|(_, _, l)| l
+                .split(|c: char| !c.is_alphanumeric())
+                .any(|w| w == *reason)),
+            "no edge of the diagram names the Degraded reason {reason}"
+        );
     }
 }

@@ -316,8 +316,13 @@ async fn the_same_interval_schedules_each_macpauth_at_its_own_place_before_the_d
     // A drain (the longest token plus the verifier's leeway) that fits the hour.
     spec["maxTtlSeconds"] = json!(300);
     spec["defaultTtlSeconds"] = json!(300);
-    spec["rotation"] =
-        json!({"interval": "1h", "prepublish": true, "rolloutTimeoutSeconds": rollout_timeout});
+    // Propagation waits at most the cache TTL and a minute, verifier evidence included.
+    spec["rotation"] = json!({
+        "interval": "1h",
+        "prepublish": true,
+        "rolloutTimeoutSeconds": rollout_timeout,
+        "propagationTimeoutSeconds": cache_ttl + 60
+    });
     let window = interval / 10 + chrono::Duration::seconds(cache_ttl + 60 + 3 * rollout_timeout);
     let mut scheduled = Vec::new();
     for name in ["auth-a", "auth-b", "auth-c"] {

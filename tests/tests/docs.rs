@@ -10,6 +10,9 @@
 //!   the operator with `config/samples/minimal.yaml` applied in namespace
 //!   `macp`, as docs/operations.md says. Every marked block is also parsed by
 //!   `bash -n` first, so a syntax error names its block without a cluster.
+//! - README's block marked `<!-- runnable: upgrade -->` (the CRD step, then
+//!   `helm upgrade`) runs over a CRD that `helm install` of an older chart
+//!   created, so helm's field manager owns it, as on a cluster.
 //! - SECURITY.md's RBAC table is the operator's rule list rendered.
 //! - Every sample MacpAuth's memory limit covers its listeners at their
 //!   connection cap, and a sample with Istio injection leaves its ports to the
@@ -29,8 +32,11 @@ use macp_auth_e2e::sandbox::{Sandbox, SandboxConfig};
 use macp_auth_operator::rbac;
 use tokio::process::Command;
 
-/// The line that marks the next ```sh block as runnable.
+/// The line that marks the next ```sh block as runnable in its file's
+/// sequence; `<!-- runnable: <tag> -->` marks one that a test of its own runs
+/// on the cluster it needs (`upgrade`: over an installed older release).
 const RUNNABLE: &str = "<!-- runnable -->";
+const RUNNABLE_TAGGED: &str = "<!-- runnable: ";
 
 /// How long one block may run: the README's waits (operator rollout, Ready) included.
 const BLOCK_TIMEOUT: Duration = Duration::from_secs(180);
@@ -41,6 +47,8 @@ struct Block {
     file: String,
     /// The line of its opening fence (1-based).
     line: usize,
+    /// `None`: runs in its file's sequence.
+    tag: Option<String>,
     script: String,
 }
 
@@ -51,10 +59,18 @@ fn runnable_blocks(file: &str, text: &str) -> Result<Vec<Block>, String> {
     let mut blocks = Vec::new();
     let mut i = 0;
     while i < lines.len() {
-        if lines[i].trim() != RUNNABLE {
-            i += 1;
-            continue;
-        }
+        let marker = lines[i].trim();
+        let tag = match marker.strip_prefix(RUNNABLE_TAGGED) {
+            Some(rest) => match rest.strip_suffix(" -->") {
+                Some(tag) if !tag.is_empty() && !tag.contains(' ') => Some(tag.to_string()),
+                _ => return Err(format!("{file}:{}: malformed marker {marker}", i + 1)),
+            },
+            None if marker == RUNNABLE => None,
+            None => {
+                i += 1;
+                continue;
+            }
+        };
         let fence = i + 1;
         if lines.get(fence).map(|l| l.trim()) != Some("```sh") {
             return Err(format!(
@@ -68,6 +84,7 @@ fn runnable_blocks(file: &str, text: &str) -> Result<Vec<Block>, String> {
         blocks.push(Block {
             file: file.to_string(),
             line: fence + 1,
+            tag,
             script: lines[fence + 1..end].join("\n") + "\n",
         });
         i = end + 1;
@@ -107,6 +124,13 @@ fn the_marker_finds_blocks_and_refuses_a_stray_one() {
     assert_eq!(blocks[0].script, "echo one\necho two\n");
     let stray = runnable_blocks("t.md", "<!-- runnable -->\n```text\nx\n```\n");
     assert!(stray.is_err_and(|e| e.contains("t.md:1")));
+    let tagged = runnable_blocks("t.md", "<!-- runnable: upgrade -->\n```sh\nx\n```\n");
+    assert_eq!(
+        tagged.expect("a tagged block")[0].tag.as_deref(),
+        Some("upgrade")
+    );
+    let bad = runnable_blocks("t.md", "<!-- runnable: two words -->\n```sh\nx\n```\n");
+    assert!(bad.is_err_and(|e| e.contains("malformed")));
     let open = runnable_blocks("t.md", "<!-- runnable -->\n```sh\nx\n");
     assert!(open.is_err_and(|e| e.contains("never ends")));
 }
@@ -199,7 +223,7 @@ async fn run_blocks(sandbox: Sandbox, setup: Option<&str>, blocks: &[Block]) {
         panic!("the test's setup failed: {e}");
     }
     let mut failure = None;
-    for b in blocks {
+    for b in blocks.iter().filter(|b| b.tag.is_none()) {
         println!("\n=== {}:{} ===", b.file, b.line);
         if let Err(e) = run_script(sandbox.kubeconfig(), &home, &b.script).await {
             failure = Some(format!(
@@ -515,5 +539,39 @@ fn the_phase_diagram_has_every_phase_and_every_degraded_reason() {
                 .any(|w| w == *reason)),
             "no edge of the diagram names the Degraded reason {reason}"
         );
+    }
+}
+
+// ------------------------------------------------------------ the CRD upgrade step
+
+/// README's upgrade, the CRD step first, over a CRD that `helm install` of an
+/// older chart created (so helm's field manager owns its fields, as on a
+/// cluster): the older chart is this one with a CRD description changed.
+const CRD_UPGRADE_RUN: &str = r#"
+kubectl delete crd macpauths.macp.io
+cp -r charts/macp-auth-operator "$HOME/older-chart"
+sed -i 's/The token service a MacpAuth runs:/An older description:/' "$HOME/older-chart/crds/macpauths.macp.io.yaml"
+grep -q 'An older description' "$HOME/older-chart/crds/macpauths.macp.io.yaml"
+helm install macp-auth-operator "$HOME/older-chart" --namespace macp-system --create-namespace
+kubectl get crd macpauths.macp.io -o jsonpath='{.metadata.managedFields[*].manager}'; echo
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crd_upgrade_step_applies_over_the_crd_helm_installed() {
+    let sandbox = sandbox(false).await;
+    let home = scratch_dir(&format!("docs-crd-upgrade-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(home.join("older-chart"));
+    let upgrade = blocks_of(&[repo_root().join("README.md")])
+        .into_iter()
+        .find(|b| b.tag.as_deref() == Some("upgrade"))
+        .map(|b| b.script)
+        .unwrap_or_else(|| panic!("README.md has no block marked <!-- runnable: upgrade -->"));
+    let script = format!(
+        "{CRD_UPGRADE_RUN}{upgrade}kubectl get crd macpauths.macp.io -o yaml | grep -c 'The token service a MacpAuth runs'\n"
+    );
+    let result = run_script(sandbox.kubeconfig(), &home, &script).await;
+    sandbox.shutdown().await;
+    if let Err(e) = result {
+        panic!("README's upgrade over an older chart's CRD: {e}");
     }
 }

@@ -21,8 +21,11 @@ use clap::Parser;
 use macp_auth_e2e::apiserver::{FakeApiServer, RecordedRequest};
 use macp_auth_e2e::cluster::{Cluster, ClusterConfig, rollout};
 use macp_auth_e2e::standin::StandIn;
+use macp_auth_operator::crd::MacpAuthSpec;
 use macp_auth_operator::crd::{MacpAuth, RotationTrigger};
-use macp_auth_operator::rotation::{PROPAGATION_SLACK_SECONDS, early_start, schedule_base};
+use macp_auth_operator::rotation::{
+    PROPAGATION_SLACK_SECONDS, activation_lead, early_start, min_interval, schedule_base,
+};
 use macp_auth_operator::spread;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
@@ -164,10 +167,13 @@ const STORM_POLL: Duration = Duration::from_secs(5);
 /// [`STORM_MIN_LEAD`]): room for the rounds of the interval edits.
 const STORM_LEAD_PER_OBJECT: Duration = Duration::from_millis(15);
 const STORM_MIN_LEAD: Duration = Duration::from_secs(5);
-/// The shortest storm interval: the storm's waits plus a minute, so an early
+/// The rollout timeout of the bench's MacpAuths: it bounds nothing here (the
+/// stand-in rolls at once) but counts in the schedule's lead and in the
+/// shortest interval the operator accepts (`rotation::min_interval`).
+const ROLLOUT_TIMEOUT_SECONDS: i64 = 30;
+/// Margin over the shortest interval the operator accepts, so an early
 /// finisher's next rotation is not due before the last one finishes.
-const STORM_MIN_INTERVAL_S: i64 =
-    JWKS_CACHE_TTL_SECONDS + PROPAGATION_SLACK_SECONDS + DRAIN_SECONDS + 60;
+const STORM_INTERVAL_MARGIN: chrono::Duration = chrono::Duration::seconds(60);
 /// How long the API server must see no request before steady state begins.
 const SETTLE_QUIET: Duration = Duration::from_secs(2);
 
@@ -476,19 +482,36 @@ fn namespace_of(i: usize, namespaces: usize) -> String {
     format!("bench-{}", i % namespaces.max(1))
 }
 
+/// The bench's MacpAuth spec. The verifier-evidence ceiling is the cache
+/// TTL plus the slack: the stand-in's pods record no verifier, and a longer
+/// ceiling would only lengthen the schedule's lead.
+fn spec_json() -> Value {
+    json!({
+        "signingAlg": "ES256",
+        "replicas": 1,
+        "maxTtlSeconds": MAX_TTL_SECONDS,
+        "defaultTtlSeconds": MAX_TTL_SECONDS,
+        "jwksCacheTtlSeconds": JWKS_CACHE_TTL_SECONDS,
+        "rotation": {
+            "drainSeconds": DRAIN_SECONDS,
+            "prepublish": true,
+            "rolloutTimeoutSeconds": ROLLOUT_TIMEOUT_SECONDS,
+            "propagationTimeoutSeconds": JWKS_CACHE_TTL_SECONDS + PROPAGATION_SLACK_SECONDS
+        },
+    })
+}
+
+/// [`spec_json`] as the operator reads it, for its schedule's figures.
+fn spec() -> anyhow::Result<MacpAuthSpec> {
+    serde_json::from_value(spec_json()).map_err(|e| anyhow::anyhow!("bench spec: {e}"))
+}
+
 fn macpauth(name: &str, ns: &str) -> Value {
     json!({
         "apiVersion": "macp.io/v1alpha1",
         "kind": "MacpAuth",
         "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "signingAlg": "ES256",
-            "replicas": 1,
-            "maxTtlSeconds": MAX_TTL_SECONDS,
-            "defaultTtlSeconds": MAX_TTL_SECONDS,
-            "jwksCacheTtlSeconds": JWKS_CACHE_TTL_SECONDS,
-            "rotation": {"drainSeconds": DRAIN_SECONDS, "prepublish": true},
-        }
+        "spec": spec_json()
     })
 }
 
@@ -671,9 +694,12 @@ async fn run_one(args: &Args, n: usize) -> anyhow::Result<(String, Figures)> {
 /// the measurement. The operator starts each scheduled rotation early by the
 /// object's place in a tenth of its interval (`rotation::early_start`), so
 /// the storm begins that window before the due moment, and the edits must
-/// settle before the window opens. The intervals are at least
-/// [`STORM_MIN_INTERVAL_S`], so no rotation comes due a second time before
-/// the last of the storm finishes.
+/// settle before the window opens. The operator makes a rotation due one
+/// interval after the key's activation less the lead its successor needs to
+/// sign (`rotation::activation_lead`), so each interval is set to the time to
+/// the due moment plus that lead. The intervals are at least the shortest
+/// the operator accepts plus [`STORM_INTERVAL_MARGIN`], so no rotation comes
+/// due a second time before the last of the storm finishes.
 async fn storm(
     server: &FakeApiServer,
     operator: &Operator,
@@ -695,17 +721,23 @@ async fn storm(
     let lead = STORM_LEAD_PER_OBJECT
         .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
         .max(STORM_MIN_LEAD);
-    let due = storm_due(&bases, youngest, lead);
-    let window = earliest_start(&bases, due);
+    let spec = spec()?;
+    let schedule = Schedule {
+        lead: chrono::Duration::from_std(activation_lead(&spec))?,
+        min: chrono::Duration::from_std(min_interval(&spec))? + STORM_INTERVAL_MARGIN,
+    };
+    let due = storm_due(&bases, youngest, lead, &schedule);
+    let window = earliest_start(&bases, due, &schedule);
     eprintln!(
         "bench-operator: n={n}: rotation storm: every interval set to fall due in {:.0}s \
-         (intervals of at least {STORM_MIN_INTERVAL_S}s, so none comes due twice); \
+         (intervals of at least {:.0}s, so none comes due twice); \
          the operator starts them over the {:.1}s before",
         secs(due - Utc::now()),
+        secs(schedule.min),
         secs(due - window),
     );
     for (ns, name, base) in &bases {
-        let interval_ms = (due - *base).num_milliseconds();
+        let interval_ms = schedule.interval(*base, due).num_milliseconds();
         server
             .modify("macp.io", "macpauths", Some(ns), name, |obj| {
                 obj["spec"]["rotation"]["interval"] = json!(format!("{interval_ms}ms"));
@@ -844,20 +876,38 @@ async fn storm(
     Ok((line, figures))
 }
 
-/// The storm's due moment: at least [`STORM_MIN_INTERVAL_S`] after the
-/// youngest schedule base, and far enough ahead that the earliest early start
-/// ([`earliest_start`]) is still `lead` away. The window grows with the
-/// intervals, a tenth as fast as the due moment moves, so a few steps settle it.
+/// The operator's schedule for the bench's spec.
+struct Schedule {
+    /// `rotation::activation_lead`: how long before one interval after the
+    /// key's activation a rotation falls due.
+    lead: chrono::Duration,
+    /// The shortest interval the bench sets.
+    min: chrono::Duration,
+}
+
+impl Schedule {
+    /// The interval that makes a rotation of a key activated at `base` fall due at `due`.
+    fn interval(&self, base: DateTime<Utc>, due: DateTime<Utc>) -> chrono::Duration {
+        due - base + self.lead
+    }
+}
+
+/// The storm's due moment: at an interval of at least `schedule.min` from
+/// the youngest schedule base, and far enough ahead that the earliest early
+/// start ([`earliest_start`]) is still `lead` away. The window grows with
+/// the intervals, a tenth as fast as the due moment moves, so a few steps
+/// settle it.
 fn storm_due(
     bases: &[(String, String, DateTime<Utc>)],
     youngest: DateTime<Utc>,
     lead: Duration,
+    schedule: &Schedule,
 ) -> DateTime<Utc> {
     let lead = chrono::Duration::from_std(lead).unwrap_or(chrono::Duration::MAX);
     let now = Utc::now();
-    let mut due = (now + lead).max(youngest + chrono::Duration::seconds(STORM_MIN_INTERVAL_S));
+    let mut due = (now + lead).max(youngest + schedule.min - schedule.lead);
     for _ in 0..32 {
-        let ahead = earliest_start(bases, due) - now;
+        let ahead = earliest_start(bases, due, schedule) - now;
         if ahead >= lead {
             break;
         }
@@ -868,11 +918,15 @@ fn storm_due(
 
 /// The earliest moment the operator starts one of the rotations that fall
 /// due at `due`: each starts early by its place in its interval's window.
-fn earliest_start(bases: &[(String, String, DateTime<Utc>)], due: DateTime<Utc>) -> DateTime<Utc> {
+fn earliest_start(
+    bases: &[(String, String, DateTime<Utc>)],
+    due: DateTime<Utc>,
+    schedule: &Schedule,
+) -> DateTime<Utc> {
     bases
         .iter()
         .map(|(ns, name, base)| {
-            let interval = (due - *base).to_std().unwrap_or_default();
+            let interval = schedule.interval(*base, due).to_std().unwrap_or_default();
             let early = early_start(interval, spread::place(&spread::key(ns, name)));
             due - chrono::Duration::from_std(early).unwrap_or_default()
         })

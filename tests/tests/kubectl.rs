@@ -271,7 +271,7 @@ async fn api_resources_and_explain_read_discovery_and_openapi() {
         cells(row[0]),
         [
             "macpauths",
-            "macpauth",
+            "macpauth,macp",
             "macp.io/v1alpha1",
             "true",
             "MacpAuth"

@@ -13,7 +13,8 @@
 //! - README's block marked `<!-- runnable: upgrade -->` (the CRD step, then
 //!   `helm upgrade`) runs over a CRD that `helm install` of an older chart
 //!   created, so helm's field manager owns it, as on a cluster.
-//! - SECURITY.md's RBAC table is the operator's rule list rendered.
+//! - SECURITY.md's RBAC table is the operator's rule list rendered, and
+//!   docs/api.md's tables are the CRD's schema rendered.
 //! - Every sample MacpAuth's memory limit covers its listeners at their
 //!   connection cap, and a sample with Istio injection leaves its ports to the
 //!   operator's probes; the production sample becomes Ready on the sandbox and
@@ -574,4 +575,137 @@ async fn the_crd_upgrade_step_applies_over_the_crd_helm_installed() {
     if let Err(e) = result {
         panic!("README's upgrade over an older chart's CRD: {e}");
     }
+}
+
+// ------------------------------------------------------------ the API reference
+
+const API_BEGIN: &str =
+    "<!-- api-reference: generated from crds/macpauths.macp.io.yaml; tests/tests/docs.rs -->";
+const API_END: &str = "<!-- end api-reference -->";
+
+/// Fields of Kubernetes' own types: their schema is Kubernetes', described
+/// by `kubectl explain`, not expanded here.
+const KUBERNETES_TYPES: &[&str] = &[
+    "affinity",
+    "tolerations",
+    "topologySpreadConstraints",
+    "resources",
+    "imagePullSecrets",
+    "nodeSelector",
+    "podLabels",
+    "podAnnotations",
+];
+
+fn cell(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('|', "\\|")
+}
+
+fn schema_type(v: &serde_json::Value) -> String {
+    match v["type"].as_str() {
+        Some("array") => match v["items"]["type"].as_str() {
+            Some(t) => format!("[]{t}"),
+            None => "array".to_string(),
+        },
+        Some(t) => t.to_string(),
+        None if v["x-kubernetes-int-or-string"] == true => "int or string".to_string(),
+        None => "any".to_string(),
+    }
+}
+
+fn api_rows(path: &str, node: &serde_json::Value, out: &mut String) {
+    let Some(props) = node["properties"].as_object() else {
+        return;
+    };
+    let required: Vec<&str> = node["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    for (name, v) in props {
+        let field = format!("{path}{name}");
+        let mut notes = Vec::new();
+        if let Some(e) = v["enum"].as_array() {
+            let values: Vec<String> = e
+                .iter()
+                .map(|x| format!("`{}`", x.as_str().unwrap_or("?")))
+                .collect();
+            notes.push(format!("One of {}.", values.join(", ")));
+        }
+        match (v["minimum"].as_i64(), v["maximum"].as_i64()) {
+            (Some(lo), Some(hi)) => notes.push(format!("{lo} to {hi}.")),
+            (Some(lo), None) => notes.push(format!("At least {lo}.")),
+            (None, Some(hi)) => notes.push(format!("At most {hi}.")),
+            (None, None) => {}
+        }
+        if required.contains(&name.as_str()) {
+            notes.push("Required.".to_string());
+        }
+        let default = match &v["default"] {
+            serde_json::Value::Null => String::new(),
+            d => format!("`{d}`"),
+        };
+        let description = v["description"].as_str().unwrap_or("");
+        out.push_str(&format!(
+            "| `{field}` | {} | {default} | {} |\n",
+            schema_type(v),
+            cell(&format!("{description} {}", notes.join(" ")))
+        ));
+        if KUBERNETES_TYPES.contains(&name.as_str()) || field == "status.lastValidSpec.spec" {
+            continue;
+        }
+        match v["type"].as_str() {
+            Some("object") => api_rows(&format!("{field}."), v, out),
+            Some("array") if v["items"]["type"] == "object" => {
+                api_rows(&format!("{field}[]."), &v["items"], out);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The reference of spec and status, one table each, from the CRD's schema.
+fn api_reference() -> String {
+    let text = std::fs::read_to_string(repo_root().join("crds/macpauths.macp.io.yaml"))
+        .expect("read the CRD");
+    let crd: serde_json::Value = serde_yaml::from_str(&text).expect("the CRD parses");
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let mut out = String::new();
+    for part in ["spec", "status"] {
+        out.push_str(&format!(
+            "\n### `{part}`\n\n| Field | Type | Default | Description |\n|---|---|---|---|\n"
+        ));
+        api_rows(&format!("{part}."), &schema["properties"][part], &mut out);
+    }
+    out
+}
+
+#[test]
+fn the_api_reference_is_the_crd_schema() {
+    let path = repo_root().join("docs/api.md");
+    let text = std::fs::read_to_string(&path).expect("read docs/api.md");
+    let (Some(begin), Some(end)) = (text.find(API_BEGIN), text.find(API_END)) else {
+        panic!("docs/api.md has no {API_BEGIN} ... {API_END}");
+    };
+    let body_start = begin + API_BEGIN.len();
+    let expected = api_reference();
+    if text[body_start..end].trim() == expected.trim() {
+        return;
+    }
+    // Regenerating is this test with MACP_UPDATE_DOCS=1; it still fails, so
+    // that a run that rewrote the file is never green.
+    if std::env::var_os("MACP_UPDATE_DOCS").is_some() {
+        let updated = format!(
+            "{}\n\n{}\n\n{}",
+            &text[..body_start],
+            expected.trim(),
+            &text[end..]
+        );
+        std::fs::write(&path, updated).expect("write docs/api.md");
+        panic!("docs/api.md regenerated from the CRD; run the test again");
+    }
+    panic!(
+        "docs/api.md drifted from crds/macpauths.macp.io.yaml: run MACP_UPDATE_DOCS=1 cargo test -p macp-auth-e2e --test docs -- the_api_reference"
+    );
 }

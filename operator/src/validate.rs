@@ -40,6 +40,10 @@ pub enum SpecError {
     RsaKeyBits(u32),
     #[error("image must not be empty (omit it to use the operator's default)")]
     EmptyImage,
+    #[error(
+        "image {0:?} has a malformed digest: pin it as repository@sha256:<64 lower-case hex digits>"
+    )]
+    ImageDigest(String),
     #[error("emergency.maxTtlSeconds ({emergency}) must not exceed maxTtlSeconds ({max})")]
     EmergencyAboveMax { emergency: i64, max: i64 },
     #[error("callerAuth.{0} must not be empty")]
@@ -139,6 +143,9 @@ pub fn validate(spec: &MacpAuthSpec) -> Vec<SpecError> {
     }
     if spec.image.as_deref().is_some_and(|i| i.trim().is_empty()) {
         errors.push(SpecError::EmptyImage);
+    }
+    if let Some(image) = spec.image.as_deref().filter(|i| !valid_digest(i)) {
+        errors.push(SpecError::ImageDigest(image.to_string()));
     }
     errors.extend(validate_hardening(spec));
     errors.extend(validate_production(spec));
@@ -244,6 +251,22 @@ fn budget_value(v: &IntOrString) -> Result<(), String> {
         IntOrString::Int(n) => Err(n.to_string()),
         IntOrString::String(s) => Err(format!("{s:?}")),
     }
+}
+
+/// An image pinned by digest (`repo@sha256:...`, `repo:tag@sha256:...`)
+/// names a well-formed one; an image without `@` has nothing to check. The
+/// kubelet would refuse a malformed reference (`InvalidImageName`) on every
+/// pod; here it is refused before any is rolled.
+fn valid_digest(image: &str) -> bool {
+    let Some((repo, digest)) = image.split_once('@') else {
+        return true;
+    };
+    let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+    !repo.is_empty()
+        && hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Whether the pods get a CPU request: the operator's defaults have one; a
@@ -513,6 +536,32 @@ mod tests {
         assert!(errs.contains(&SpecError::Port(70000)));
         assert!(errs.contains(&SpecError::EmptyImage));
         let msg = message(&errs);
+        // Pinned by digest: accepted when well formed (README, "Pinning images by digest").
+        let digest = "sha256:4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945";
+        for image in [
+            format!("registry.example.com/platform/macp-auth-service@{digest}"),
+            format!("registry.example.com:5000/macp-auth-service:0.1.0@{digest}"),
+            "macp-auth-service:0.1.0".to_string(),
+        ] {
+            assert_eq!(
+                validate(&spec(serde_json::json!({"image": image}))),
+                vec![],
+                "{image}"
+            );
+        }
+        for image in [
+            "repo@sha256:abc",
+            "repo@sha512:4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945",
+            "repo@sha256:4F53CDA18C2BAA0C0354BB5F9A3ECBE5ED12AB4D8E11BA873C2F11161202B945",
+            "@sha256:4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945",
+        ] {
+            let errs = validate(&spec(serde_json::json!({"image": image})));
+            assert_eq!(errs, vec![SpecError::ImageDigest(image.into())], "{image}");
+            assert!(
+                errs[0].to_string().contains("repository@sha256:"),
+                "{image}"
+            );
+        }
         assert!(msg.contains("replicas must be at least 1, got 0"), "{msg}");
     }
 

@@ -362,10 +362,16 @@ impl Env {
         .await
     }
 
-    /// Ready, no rotation in flight.
+    /// Ready, no rotation in flight, and no rollout either (`Ready` holds
+    /// through rollouts: every replica is up only once `Progressing` is not
+    /// `True`).
     pub async fn wait_ready(&self, name: &str) -> MacpAuthStatus {
-        self.wait_for(name, "Ready", |s| {
+        self.wait_for(name, "Ready, rolled out", |s| {
             ready(s)
+                && !s
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Progressing" && c.status == "True")
                 && s.rotation
                     .as_ref()
                     .is_none_or(|r| r.phase == RotationPhase::Idle)

@@ -709,3 +709,31 @@ fn the_api_reference_is_the_crd_schema() {
         "docs/api.md drifted from crds/macpauths.macp.io.yaml: run MACP_UPDATE_DOCS=1 cargo test -p macp-auth-e2e --test docs -- the_api_reference"
     );
 }
+
+/// The minimal sample with lifetimes scaled down (as in the journey), so that
+/// a routine rotation takes about a minute and a half instead of an hour.
+const SHORT_ROTATION_SETUP: &str = r#"
+kubectl create namespace macp
+sed 's/^spec: {}$/spec: {maxTtlSeconds: 5, defaultTtlSeconds: 5, jwksCacheTtlSeconds: 2}/' config/samples/minimal.yaml | grep -q 'maxTtlSeconds: 5'
+sed 's/^spec: {}$/spec: {maxTtlSeconds: 5, defaultTtlSeconds: 5, jwksCacheTtlSeconds: 2}/' config/samples/minimal.yaml | kubectl apply -f -
+kubectl wait -n macp macpauth/auth --for=condition=Ready --timeout=120s
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rotation_block_waits_for_the_new_key_then_for_succeeded() {
+    let block = blocks_of(&[repo_root().join("docs/operations.md")])
+        .into_iter()
+        .find(|b| b.tag.as_deref() == Some("rotation"))
+        .unwrap_or_else(|| {
+            panic!("docs/operations.md has no block marked <!-- runnable: rotation -->")
+        });
+    let check = "\nkubectl get macpauth -n macp auth -o jsonpath='{.status.rotation.phase} {.status.history[-1:].outcome}{\"\\n\"}' | grep -x 'Idle Succeeded'\n";
+    let script = format!("{SHORT_ROTATION_SETUP}{}{check}", block.script);
+    let sandbox = sandbox(true).await;
+    let home = scratch_dir(&format!("docs-rotation-{}", std::process::id()));
+    let result = run_script(sandbox.kubeconfig(), &home, &script).await;
+    sandbox.shutdown().await;
+    if let Err(e) = result {
+        panic!("{}:{}: {e}", block.file, block.line);
+    }
+}

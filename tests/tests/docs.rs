@@ -39,8 +39,11 @@ use tokio::process::Command;
 const RUNNABLE: &str = "<!-- runnable -->";
 const RUNNABLE_TAGGED: &str = "<!-- runnable: ";
 
-/// How long one block may run: the README's waits (operator rollout, Ready) included.
-const BLOCK_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long one block may run: the README's waits (operator rollout, Ready)
+/// included, with room for a loaded machine (the suite runs tests in parallel).
+const BLOCK_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a whole rotation script may run (a rotation to Draining, or to Succeeded).
+const ROTATION_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// One runnable shell block.
 #[derive(Debug)]
@@ -163,7 +166,12 @@ fn every_runnable_block_parses() {
 
 /// Runs `script` with bash in the repository root against `kubeconfig`,
 /// printing it and its output; the error says what failed.
-async fn run_script(kubeconfig: &Path, home: &Path, script: &str) -> Result<(), String> {
+async fn run_script(
+    kubeconfig: &Path,
+    home: &Path,
+    script: &str,
+    timeout: Duration,
+) -> Result<(), String> {
     let kubectl = tool_path("kubectl");
     let tools = kubectl.parent().expect("tools dir");
     let path = std::env::join_paths(std::iter::once(tools.to_path_buf()).chain(
@@ -183,9 +191,9 @@ async fn run_script(kubeconfig: &Path, home: &Path, script: &str) -> Result<(), 
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot run bash: {e}"))?;
-    let out = tokio::time::timeout(BLOCK_TIMEOUT, child.wait_with_output())
+    let out = tokio::time::timeout(timeout, child.wait_with_output())
         .await
-        .map_err(|_| format!("still running after {BLOCK_TIMEOUT:?}"))?
+        .map_err(|_| format!("still running after {timeout:?}"))?
         .map_err(|e| format!("waiting for bash: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -219,14 +227,14 @@ async fn run_blocks(sandbox: Sandbox, setup: Option<&str>, blocks: &[Block]) {
         sandbox.api_url().rsplit(':').next().unwrap_or("0")
     ));
     if let Some(setup) = setup
-        && let Err(e) = run_script(sandbox.kubeconfig(), &home, setup).await
+        && let Err(e) = run_script(sandbox.kubeconfig(), &home, setup, BLOCK_TIMEOUT).await
     {
         panic!("the test's setup failed: {e}");
     }
     let mut failure = None;
     for b in blocks.iter().filter(|b| b.tag.is_none()) {
         println!("\n=== {}:{} ===", b.file, b.line);
-        if let Err(e) = run_script(sandbox.kubeconfig(), &home, &b.script).await {
+        if let Err(e) = run_script(sandbox.kubeconfig(), &home, &b.script, BLOCK_TIMEOUT).await {
             failure = Some(format!(
                 "{}:{}: the block fails as written: {e}",
                 b.file, b.line
@@ -446,10 +454,10 @@ printf 'caller-token-of-the-docs-test-0001\n' > "$HOME/callers.txt"
 kubectl -n macp create secret generic macp-auth-callers --from-file=tokens="$HOME/callers.txt"
 sed 's/^  jwksCacheTtlSeconds: 300$/  jwksCacheTtlSeconds: 2/' config/samples/production.yaml | grep -q '^  jwksCacheTtlSeconds: 2$'
 sed 's/^  jwksCacheTtlSeconds: 300$/  jwksCacheTtlSeconds: 2/' config/samples/production.yaml | kubectl apply -f -
-kubectl wait -n macp macpauth/prod --for=condition=Ready --timeout=150s
+kubectl wait -n macp macpauth/prod --for=condition=Ready --timeout=5m
 old=$(kubectl get macpauth -n macp prod -o jsonpath='{.status.activeKid}')
 kubectl annotate macpauth -n macp prod macp.io/rotate=docs-test --overwrite
-kubectl wait -n macp macpauth/prod --for=jsonpath='{.status.rotation.phase}'=Draining --timeout=150s
+kubectl wait -n macp macpauth/prod --for=jsonpath='{.status.rotation.phase}'=Draining --timeout=10m
 new=$(kubectl get macpauth -n macp prod -o jsonpath='{.status.activeKid}')
 test "$new" != "$old"
 if kubectl get macpauth -n macp prod -o jsonpath='{.status.history}' | grep RolledBack; then exit 1; fi
@@ -460,7 +468,13 @@ kubectl get macpauth -n macp prod
 async fn production_sample_is_ready_and_rotates_without_rollback() {
     let sandbox = sandbox(true).await;
     let home = scratch_dir(&format!("docs-production-{}", std::process::id()));
-    let result = run_script(sandbox.kubeconfig(), &home, PRODUCTION_SAMPLE_RUN).await;
+    let result = run_script(
+        sandbox.kubeconfig(),
+        &home,
+        PRODUCTION_SAMPLE_RUN,
+        ROTATION_TIMEOUT,
+    )
+    .await;
     sandbox.shutdown().await;
     if let Err(e) = result {
         panic!("config/samples/production.yaml on the sandbox: {e}");
@@ -570,7 +584,7 @@ async fn the_crd_upgrade_step_applies_over_the_crd_helm_installed() {
     let script = format!(
         "{CRD_UPGRADE_RUN}{upgrade}kubectl get crd macpauths.macp.io -o yaml | grep -c 'The token service a MacpAuth runs'\n"
     );
-    let result = run_script(sandbox.kubeconfig(), &home, &script).await;
+    let result = run_script(sandbox.kubeconfig(), &home, &script, BLOCK_TIMEOUT).await;
     sandbox.shutdown().await;
     if let Err(e) = result {
         panic!("README's upgrade over an older chart's CRD: {e}");
@@ -731,7 +745,7 @@ async fn the_rotation_block_waits_for_the_new_key_then_for_succeeded() {
     let script = format!("{SHORT_ROTATION_SETUP}{}{check}", block.script);
     let sandbox = sandbox(true).await;
     let home = scratch_dir(&format!("docs-rotation-{}", std::process::id()));
-    let result = run_script(sandbox.kubeconfig(), &home, &script).await;
+    let result = run_script(sandbox.kubeconfig(), &home, &script, ROTATION_TIMEOUT).await;
     sandbox.shutdown().await;
     if let Err(e) = result {
         panic!("{}:{}: {e}", block.file, block.line);

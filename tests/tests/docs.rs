@@ -452,7 +452,7 @@ const PRODUCTION_SAMPLE_RUN: &str = r#"
 kubectl create namespace macp
 printf 'caller-token-of-the-docs-test-0001\n' > "$HOME/callers.txt"
 kubectl -n macp create secret generic macp-auth-callers --from-file=tokens="$HOME/callers.txt"
-sed 's/^  jwksCacheTtlSeconds: 300$/  jwksCacheTtlSeconds: 2/' config/samples/production.yaml | grep -q '^  jwksCacheTtlSeconds: 2$'
+sed 's/^  jwksCacheTtlSeconds: 300$/  jwksCacheTtlSeconds: 2/' config/samples/production.yaml | grep '^  jwksCacheTtlSeconds: 2$' >/dev/null
 sed 's/^  jwksCacheTtlSeconds: 300$/  jwksCacheTtlSeconds: 2/' config/samples/production.yaml | kubectl apply -f -
 kubectl wait -n macp macpauth/prod --for=condition=Ready --timeout=5m
 old=$(kubectl get macpauth -n macp prod -o jsonpath='{.status.activeKid}')
@@ -728,7 +728,7 @@ fn the_api_reference_is_the_crd_schema() {
 /// a routine rotation takes about a minute and a half instead of an hour.
 const SHORT_ROTATION_SETUP: &str = r#"
 kubectl create namespace macp
-sed 's/^spec: {}$/spec: {maxTtlSeconds: 5, defaultTtlSeconds: 5, jwksCacheTtlSeconds: 2}/' config/samples/minimal.yaml | grep -q 'maxTtlSeconds: 5'
+sed 's/^spec: {}$/spec: {maxTtlSeconds: 5, defaultTtlSeconds: 5, jwksCacheTtlSeconds: 2}/' config/samples/minimal.yaml | grep 'maxTtlSeconds: 5' >/dev/null
 sed 's/^spec: {}$/spec: {maxTtlSeconds: 5, defaultTtlSeconds: 5, jwksCacheTtlSeconds: 2}/' config/samples/minimal.yaml | kubectl apply -f -
 kubectl wait -n macp macpauth/auth --for=condition=Ready --timeout=120s
 "#;

@@ -12,7 +12,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::crd::{KeyRole, KeyStatus, MacpAuthSpec, VERIFIER_LEEWAY_SECONDS};
-use crate::rotation::KeysetView;
+use crate::rotation::{KeysetPlan, KeysetView};
 
 /// `status.keys` for `keyset`: every key in the Secret with its role, the
 /// ledger carried over from `previous`, and the active key's ledger raised to
@@ -67,6 +67,51 @@ fn role_of(keyset: &KeysetView, kid: &str) -> KeyRole {
     } else {
         KeyRole::Published
     }
+}
+
+/// `status.keys` once this round's write of `plan` lands: the keys the plan
+/// keeps, in their new roles, with their ledgers; the keys it drops are gone
+/// from the Secret, so from the status too. The status then describes the
+/// Secret after the write, like the rest of the decision's status.
+pub fn after_plan(keys: &[KeyStatus], plan: &KeysetPlan) -> Vec<KeyStatus> {
+    let mut kids: Vec<&String> = vec![&plan.active];
+    for kid in plan
+        .published
+        .iter()
+        .chain(plan.next.iter())
+        .chain(plan.previous.iter())
+    {
+        if !kids.contains(&kid) {
+            kids.push(kid);
+        }
+    }
+    kids.into_iter()
+        .map(|kid| {
+            let role = if *kid == plan.active {
+                KeyRole::Active
+            } else if plan.next.as_ref() == Some(kid) {
+                KeyRole::Next
+            } else if plan.previous.as_ref() == Some(kid) {
+                KeyRole::Previous
+            } else {
+                KeyRole::Published
+            };
+            let mut entry = keys
+                .iter()
+                .find(|k| k.kid == *kid)
+                .cloned()
+                .unwrap_or(KeyStatus {
+                    kid: kid.clone(),
+                    role,
+                    max_token_ttl_seconds: None,
+                    stopped_signing_at: None,
+                    retire_after: None,
+                    retire_reason: None,
+                });
+            entry.role = role;
+            entry
+        })
+        .collect()
 }
 
 /// How long a key that stopped signing must stay published, and why: its
@@ -225,6 +270,47 @@ mod tests {
         // A key the ledger never saw sign counts the spec.
         let (secs, _) = drain_seconds(&lowered, &keys, "unknown");
         assert_eq!(secs, 65);
+    }
+
+    #[test]
+    fn after_a_write_the_status_lists_the_keys_the_plan_keeps_in_their_new_roles() {
+        let mut keys = update(&[], &keyset("k2", &["k1"], None, Some("k1")), 60);
+        if let Some(k1) = keys.iter_mut().find(|k| k.kid == "k1") {
+            k1.max_token_ttl_seconds = Some(600);
+        }
+        // The retiring write: k2 alone.
+        let last = KeysetPlan {
+            active: "k2".into(),
+            published: vec![],
+            next: None,
+            previous: None,
+        };
+        let after = after_plan(&keys, &last);
+        assert_eq!(after.len(), 1);
+        assert_eq!(
+            (after[0].kid.as_str(), after[0].role),
+            ("k2", KeyRole::Active)
+        );
+        assert_eq!(after[0].max_token_ttl_seconds, Some(60));
+        // A rollback write: k1 active again, k2 published and previous, ledgers kept.
+        let back = KeysetPlan {
+            active: "k1".into(),
+            published: vec!["k2".into()],
+            next: None,
+            previous: Some("k2".into()),
+        };
+        let after = after_plan(&keys, &back);
+        let roles: Vec<(&str, KeyRole, Option<i64>)> = after
+            .iter()
+            .map(|k| (k.kid.as_str(), k.role, k.max_token_ttl_seconds))
+            .collect();
+        assert_eq!(
+            roles,
+            vec![
+                ("k1", KeyRole::Active, Some(600)),
+                ("k2", KeyRole::Previous, Some(60))
+            ]
+        );
     }
 
     #[test]

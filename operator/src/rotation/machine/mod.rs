@@ -113,6 +113,9 @@ impl Machine<'_> {
                 generation,
             );
         }
+        if let Some(Action::ApplyKeyset(plan)) = self.actions.last() {
+            self.status.keys = ledger::after_plan(&self.status.keys, plan);
+        }
         self.status.rotation = Some(self.rot);
         Decision {
             status: self.status,

@@ -15,13 +15,18 @@ use crate::crd::{KeyRole, KeyStatus, MacpAuthSpec, VERIFIER_LEEWAY_SECONDS};
 use crate::rotation::{KeysetPlan, KeysetView};
 
 /// `status.keys` for `keyset`: every key in the Secret with its role, the
-/// ledger carried over from `previous`, and the active key's ledger raised to
-/// `max_ttl_in_effect` (the highest max TTL rendered or still running on any
-/// pod this round). Keys no longer in the Secret are dropped.
+/// ledger carried over from `previous`, and the ledgers of the keys that may
+/// sign now raised to `max_ttl_in_effect` (the highest max TTL rendered or
+/// still running on any pod this round). Those are the active key and, while
+/// `rolling_out` (pods of an older template may still run), the previous
+/// one: a round whose status write was lost after the write that demoted it
+/// must not have lost what its last pods minted with. Keys no longer in the
+/// Secret are dropped.
 pub fn update(
     previous: &[KeyStatus],
     keyset: &KeysetView,
     max_ttl_in_effect: i64,
+    rolling_out: bool,
 ) -> Vec<KeyStatus> {
     keyset
         .kids()
@@ -41,12 +46,15 @@ pub fn update(
                     retire_reason: None,
                 });
             entry.role = role;
-            if role == KeyRole::Active {
+            let may_sign = role == KeyRole::Active || (rolling_out && role == KeyRole::Previous);
+            if may_sign {
                 entry.max_token_ttl_seconds = Some(
                     entry
                         .max_token_ttl_seconds
                         .map_or(max_ttl_in_effect, |t| t.max(max_ttl_in_effect)),
                 );
+            }
+            if role == KeyRole::Active {
                 // Signing again (a rollback made it active): any earlier end no longer holds.
                 entry.stopped_signing_at = None;
                 entry.retire_after = None;
@@ -223,7 +231,7 @@ mod tests {
         ];
         let mut keys: Vec<KeyStatus> = Vec::new();
         for step in steps {
-            keys = update(&keys, &step.keyset, step.in_effect);
+            keys = update(&keys, &step.keyset, step.in_effect, false);
             // A restarted operator starts from the persisted status: a JSON round trip.
             let text = serde_json::to_string(&keys).unwrap();
             keys = serde_json::from_str(&text).unwrap();
@@ -231,14 +239,19 @@ mod tests {
             assert_eq!(ttl_of(&keys, "k2"), step.k2, "{}", step.what);
         }
         // K1 retired: it leaves the ledger with the Secret.
-        keys = update(&keys, &keyset("k2", &[], None, None), 300);
+        keys = update(&keys, &keyset("k2", &[], None, None), 300, false);
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].role, KeyRole::Active);
     }
 
     #[test]
     fn roles_follow_the_secret_slots() {
-        let keys = update(&[], &keyset("a", &["b", "c"], Some("b"), Some("c")), 60);
+        let keys = update(
+            &[],
+            &keyset("a", &["b", "c"], Some("b"), Some("c")),
+            60,
+            false,
+        );
         let roles: Vec<(&str, KeyRole)> = keys.iter().map(|k| (k.kid.as_str(), k.role)).collect();
         assert_eq!(
             roles,
@@ -248,15 +261,15 @@ mod tests {
                 ("c", KeyRole::Previous)
             ]
         );
-        let published_only = update(&[], &keyset("a", &["z"], None, None), 60);
+        let published_only = update(&[], &keyset("a", &["z"], None, None), 60, false);
         assert_eq!(published_only[1].role, KeyRole::Published);
     }
 
     #[test]
     fn the_drain_is_the_ledger_plus_leeway_never_below_drain_seconds() {
         let lowered = spec(serde_json::json!({"maxTtlSeconds": 5}));
-        let keys = update(&[], &keyset("k1", &[], None, None), 600);
-        let keys = update(&keys, &keyset("k1", &[], None, None), 5);
+        let keys = update(&[], &keyset("k1", &[], None, None), 600, false);
+        let keys = update(&keys, &keyset("k1", &[], None, None), 5, false);
         let (secs, why) = drain_seconds(&lowered, &keys, "k1");
         assert_eq!(secs, 660, "600 s tokens + 60 s, not 5 + 60: {why}");
         assert!(why.contains("600s"), "{why}");
@@ -274,7 +287,7 @@ mod tests {
 
     #[test]
     fn after_a_write_the_status_lists_the_keys_the_plan_keeps_in_their_new_roles() {
-        let mut keys = update(&[], &keyset("k2", &["k1"], None, Some("k1")), 60);
+        let mut keys = update(&[], &keyset("k2", &["k1"], None, Some("k1")), 60, false);
         if let Some(k1) = keys.iter_mut().find(|k| k.kid == "k1") {
             k1.max_token_ttl_seconds = Some(600);
         }
@@ -314,9 +327,28 @@ mod tests {
     }
 
     #[test]
+    fn while_a_rollout_runs_the_previous_key_may_still_sign_and_its_ledger_grows() {
+        let demoted = keyset("k2", &["k1"], None, Some("k1"));
+        let keys = update(&[], &demoted, 60, false);
+        // Pods of the older template, still signing with k1, run with 600.
+        let rolling = update(&keys, &demoted, 600, true);
+        let ttl = |keys: &[KeyStatus], kid: &str| {
+            keys.iter()
+                .find(|k| k.kid == kid)
+                .and_then(|k| k.max_token_ttl_seconds)
+        };
+        assert_eq!(ttl(&rolling, "k1"), Some(600));
+        assert_eq!(ttl(&rolling, "k2"), Some(600));
+        // Once no pod of the older template is left, k1 signs no more.
+        let done = update(&keys, &demoted, 900, false);
+        assert_eq!(ttl(&done, "k1"), None);
+        assert_eq!(ttl(&done, "k2"), Some(900));
+    }
+
+    #[test]
     fn a_key_that_signs_again_loses_its_retirement() {
         let t = chrono::DateTime::<Utc>::UNIX_EPOCH;
-        let mut keys = update(&[], &keyset("k2", &["k1"], None, Some("k1")), 60);
+        let mut keys = update(&[], &keyset("k2", &["k1"], None, Some("k1")), 60, false);
         let mut with_k1 = keys.clone();
         with_k1.push(KeyStatus {
             kid: "k1".into(),
@@ -327,7 +359,12 @@ mod tests {
             retire_reason: None,
         });
         mark_stopped(&mut with_k1, "k1", t, t, "drain".into());
-        keys = update(&with_k1, &keyset("k1", &["k2"], None, Some("k2")), 60);
+        keys = update(
+            &with_k1,
+            &keyset("k1", &["k2"], None, Some("k2")),
+            60,
+            false,
+        );
         let k1 = keys.iter().find(|k| k.kid == "k1").unwrap();
         assert_eq!(k1.role, KeyRole::Active);
         assert_eq!(k1.retire_after, None);

@@ -132,7 +132,12 @@ impl Machine<'_> {
         };
         self.status.active_kid = Some(keyset.active.kid.clone());
         self.status.published_kids = keyset.published.clone();
-        self.status.keys = ledger::update(&self.status.keys, keyset, self.inp.max_ttl_in_effect);
+        self.status.keys = ledger::update(
+            &self.status.keys,
+            keyset,
+            self.inp.max_ttl_in_effect,
+            self.inp.observed.rollout == super::Rollout::InProgress,
+        );
         self.observe_verifiers();
         self.schedule();
         if self.emergency_request(keyset) {

@@ -146,7 +146,9 @@ enum Ev {
     BreakNextKey,
     FaultyNextPod,
     ProbeErrors(bool),
-    /// `spec.maxTtlSeconds` changes (pods already running keep theirs).
+    /// `spec.maxTtlSeconds` changes; the operator renders it into the
+    /// template at its next round, and only pods started after that mint
+    /// with it (pods already running keep theirs).
     SetMaxTtl(i64),
 }
 
@@ -212,6 +214,9 @@ struct World {
     status: MacpAuthStatus,
     secret: Secret,
     template: Config,
+    /// The max TTL the operator last rendered into the template (its step 3,
+    /// before any crash point of a round): what new pods mint with.
+    rendered_max_ttl: i64,
     pods: Vec<Pod>,
     broken: BTreeSet<String>,
     break_next_key: bool,
@@ -250,6 +255,7 @@ impl World {
             status: MacpAuthStatus::default(),
             secret,
             template,
+            rendered_max_ttl: 60,
             pods,
             broken: BTreeSet::new(),
             break_next_key: false,
@@ -311,7 +317,7 @@ impl World {
                     config: tpl,
                     ready: false,
                     faulty: false,
-                    max_ttl: self.spec.max_ttl_seconds,
+                    max_ttl: self.rendered_max_ttl,
                 });
             }
             return;
@@ -324,7 +330,7 @@ impl World {
                 config: tpl.clone(),
                 ready: true,
                 faulty,
-                max_ttl: self.spec.max_ttl_seconds,
+                max_ttl: self.rendered_max_ttl,
             });
         }
         if let Some(i) = old {
@@ -340,6 +346,9 @@ impl World {
     // ----- the operator: glue around the pure machine -----
 
     fn reconcile(&mut self, crash: Option<Crash>) -> Decision {
+        // Step 3 applies the Deployment with the spec's max TTL before the
+        // round decides anything, so before any of its crash points.
+        self.rendered_max_ttl = self.spec.max_ttl_seconds;
         let probes = probe_plan(&self.status);
         let current = self.secret.config();
         let pods = self
@@ -383,7 +392,7 @@ impl World {
                 .pods
                 .iter()
                 .map(|p| p.max_ttl)
-                .fold(self.spec.max_ttl_seconds, i64::max),
+                .fold(self.rendered_max_ttl, i64::max),
         });
         if matches!(crash, Some(Crash::BeforeWrite)) {
             return d;

@@ -7,6 +7,7 @@
 //!   as real processes on loopback addresses, rolling them like Kubernetes.
 //! - [`endpoints`]: a Service's ready endpoints, from the simulated store or a real cluster's API.
 //! - [`proxy`]: a Service stand-in that forwards to ready pods.
+//! - [`ready_pods`]: a Deployment's rollout played by hand, for tests without the simulated cluster.
 //! - [`load`]: a load generator that verifies every token with the MACP runtime's verifier.
 //! - [`sandbox`]: the API server and the simulated cluster as one local cluster for `kubectl` and `helm`.
 //! - [`standin`]: a kubelet stand-in for benchmarks: pods as in-process token services, rolled out at once.
@@ -23,6 +24,7 @@ pub mod endpoints;
 pub mod helm;
 pub mod load;
 pub mod proxy;
+pub mod ready_pods;
 pub mod sandbox;
 pub mod standin;
 pub mod wait;

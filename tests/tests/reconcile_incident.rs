@@ -12,11 +12,12 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::Reporter;
 use macp_auth_e2e::apiserver::FakeApiServer;
+use macp_auth_e2e::ready_pods;
 use macp_auth_operator::crd::{
     EMERGENCY_ROTATE_ANNOTATION, MacpAuth, MacpAuthStatus, ROTATE_ANNOTATION, RotationPhase,
     RotationTrigger,
@@ -122,40 +123,8 @@ impl Harness {
     /// Plays the Deployment controller and kubelet: every replica of the
     /// current template is up, ready, and serves `kids` (signing with the first).
     fn roll_out(&self, name: &str, kids: &[&str]) {
-        let d = self.deployment(name);
-        let replicas = d.spec.as_ref().unwrap().replicas.unwrap();
-        let template = d.spec.as_ref().unwrap().template.metadata.clone().unwrap();
-        for p in self.server.list_as::<Pod>(Some(NS)).unwrap() {
-            self.server
-                .delete_as::<Pod>(Some(NS), &p.metadata.name.unwrap())
-                .unwrap();
-        }
-        for i in 0..replicas {
-            let ip = format!("10.0.0.{}", i + 1);
-            let pod: Pod = serde_json::from_value(json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": format!("{name}-{i}"), "namespace": NS,
-                             "labels": template.labels, "annotations": template.annotations},
-                "status": {"phase": "Running", "podIP": ip,
-                           "conditions": [{"type": "Ready", "status": "True"}]}
-            }))
-            .unwrap();
-            self.server.create_as(&pod).unwrap();
-            self.prober.serve(&ip, kids);
-        }
-        self.server
-            .modify_as::<Deployment>(Some(NS), name, |d| {
-                let generation = d.metadata.generation;
-                d.status = Some(DeploymentStatus {
-                    observed_generation: generation,
-                    replicas: Some(replicas),
-                    updated_replicas: Some(replicas),
-                    ready_replicas: Some(replicas),
-                    available_replicas: Some(replicas),
-                    ..DeploymentStatus::default()
-                });
-            })
-            .unwrap();
+        ready_pods::roll_out(&self.server, NS, name, |ip| self.prober.serve(ip, kids))
+            .expect("roll out");
     }
 
     /// A MacpAuth created with `spec`, rolled out and reconciled to Ready; its active kid.

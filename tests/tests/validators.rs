@@ -22,12 +22,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use kube::runtime::events::Reporter;
 use macp_auth_e2e::apiserver::FakeApiServer;
 use macp_auth_e2e::helm::{Run, repo_root, scratch_dir, template_raw};
+use macp_auth_e2e::ready_pods;
 use macp_auth_operator::crd::MacpAuth;
 use macp_auth_operator::events::EventRecorders;
 use macp_auth_operator::fixtures::FakeProber;
@@ -36,7 +35,7 @@ use macp_auth_operator::metrics::Metrics;
 use macp_auth_operator::reconcile::{Context, reconcile};
 use macp_auth_operator::resources;
 use macp_auth_operator::{Settings, rbac};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::OnceCell;
 
 /// The oldest and the newest Kubernetes minor the project supports: the
@@ -161,12 +160,6 @@ const WRITTEN: [(&str, &str); 7] = [
 /// Plays the Deployment controller and kubelet: two ready pods of the
 /// current template serving the active key, the rollout complete.
 fn roll_out(server: &FakeApiServer, prober: &FakeProber, ns: &str, name: &str) {
-    let d = server
-        .get_as::<Deployment>(Some(ns), name)
-        .unwrap()
-        .expect("the operator wrote the Deployment");
-    let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(2);
-    let template = d.spec.as_ref().unwrap().template.metadata.clone().unwrap();
     let secret = server
         .get_as::<k8s_openapi::api::core::v1::Secret>(Some(ns), &resources::secret_name(name))
         .unwrap()
@@ -175,32 +168,7 @@ fn roll_out(server: &FakeApiServer, prober: &FakeProber, ns: &str, name: &str) {
         .unwrap()
         .active
         .kid;
-    for i in 0..replicas {
-        let ip = format!("10.0.0.{}", i + 1);
-        let pod: Pod = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": format!("{name}-{i}"), "namespace": ns,
-                         "labels": template.labels, "annotations": template.annotations},
-            "status": {"phase": "Running", "podIP": ip,
-                       "conditions": [{"type": "Ready", "status": "True"}]}
-        }))
-        .unwrap();
-        server.create_as(&pod).unwrap();
-        prober.serve(&ip, &[&kid]);
-    }
-    server
-        .modify_as::<Deployment>(Some(ns), name, |d| {
-            let generation = d.metadata.generation;
-            d.status = Some(DeploymentStatus {
-                observed_generation: generation,
-                replicas: Some(replicas),
-                updated_replicas: Some(replicas),
-                ready_replicas: Some(replicas),
-                available_replicas: Some(replicas),
-                ..DeploymentStatus::default()
-            });
-        })
-        .unwrap();
+    ready_pods::roll_out(server, ns, name, |ip| prober.serve(ip, &[&kid])).expect("roll out");
 }
 
 /// The real reconciler, against the in-process API server, for one sample

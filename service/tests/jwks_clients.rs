@@ -30,6 +30,17 @@ fn client_from(source: [u8; 4], agent: &str) -> Client {
         .unwrap()
 }
 
+async fn metrics(server: &TestServer) -> String {
+    Client::new()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn report(server: &TestServer) -> VerifiersReport {
     Client::new()
         .get(server.url("/verifiers"))
@@ -94,14 +105,7 @@ async fn the_jwks_says_how_long_to_cache_it_and_an_unchanged_one_costs_no_body()
     assert_eq!(other.status(), StatusCode::OK);
     assert_eq!(other.text().await.unwrap(), body);
 
-    let metrics = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&server).await;
     assert!(
         metrics.contains("macp_auth_jwks_max_age_seconds 42"),
         "{metrics}"
@@ -198,14 +202,7 @@ async fn the_record_is_bounded_and_what_it_drops_is_counted() {
         vec![IpAddr::from([127, 0, 0, 64]), IpAddr::from([127, 0, 0, 63])]
     );
     assert_eq!(r.evicted, 2);
-    let metrics = Client::new()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&server).await;
     assert!(metrics.contains("macp_auth_jwks_clients 2"), "{metrics}");
     assert!(
         metrics.contains("macp_auth_jwks_clients_evicted_total 2"),

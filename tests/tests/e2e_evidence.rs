@@ -25,7 +25,7 @@ mod e2e;
 use std::ops::ControlFlow::{Break, Continue};
 use std::time::{Duration, Instant};
 
-use e2e::{Env, PATIENCE, REPLICAS, RbacMode, assert_clean_run, ready};
+use e2e::{Env, PATIENCE, PhaseLog, REPLICAS, RbacMode, assert_clean_run, ready};
 use kube::api::{Api, Patch, PatchParams};
 use macp_auth_e2e::load::{LoadConfig, LoadGenerator, LoadReport};
 use macp_auth_e2e::proxy::ServiceProxy;
@@ -113,7 +113,7 @@ async fn rotate(env: &Env, name: &str, request: &str) -> usize {
 #[derive(Default)]
 struct Followed {
     /// When each phase was first seen.
-    phases: Vec<(RotationPhase, Instant)>,
+    phases: PhaseLog,
     /// Whether `status.verifiers.waitingFor` named the verifier watched.
     named_while_waiting: bool,
     /// The longest Draining wait seen (`waitUntil - phaseSince`).
@@ -123,17 +123,14 @@ struct Followed {
 impl Followed {
     fn entered(&self, phase: RotationPhase) -> Option<Instant> {
         self.phases
+            .0
             .iter()
             .find(|(p, _)| *p == phase)
             .map(|(_, t)| *t)
     }
 
     fn timings(&self) -> String {
-        self.phases
-            .windows(2)
-            .map(|w| format!("{:?}={:.1}s", w[0].0, (w[1].1 - w[0].1).as_secs_f64()))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.phases.timings()
     }
 }
 
@@ -153,9 +150,7 @@ async fn follow(
         async || {
             let s = env.status(name).await;
             let rot = s.rotation.clone().unwrap_or_default();
-            if seen.phases.last().map(|(p, _)| *p) != Some(rot.phase) {
-                seen.phases.push((rot.phase, Instant::now()));
-            }
+            seen.phases.note(rot.phase);
             if s.verifiers
                 .as_ref()
                 .is_some_and(|v| v.waiting_for.iter().any(|w| w == watched))

@@ -33,19 +33,7 @@ pub fn update(
         .into_iter()
         .map(|kid| {
             let role = role_of(keyset, &kid);
-            let mut entry = previous
-                .iter()
-                .find(|k| k.kid == kid)
-                .cloned()
-                .unwrap_or(KeyStatus {
-                    kid: kid.clone(),
-                    role,
-                    max_token_ttl_seconds: None,
-                    stopped_signing_at: None,
-                    retire_after: None,
-                    retire_reason: None,
-                });
-            entry.role = role;
+            let mut entry = entry_for(previous, &kid, role);
             let may_sign = role == KeyRole::Active || (rolling_out && role == KeyRole::Previous);
             if may_sign {
                 entry.max_token_ttl_seconds = Some(
@@ -63,6 +51,25 @@ pub fn update(
             entry
         })
         .collect()
+}
+
+/// `kid`'s entry in `keys` (its ledger and retirement kept), or a new one,
+/// in `role`.
+fn entry_for(keys: &[KeyStatus], kid: &str, role: KeyRole) -> KeyStatus {
+    let mut entry = keys
+        .iter()
+        .find(|k| k.kid == kid)
+        .cloned()
+        .unwrap_or(KeyStatus {
+            kid: kid.to_string(),
+            role,
+            max_token_ttl_seconds: None,
+            stopped_signing_at: None,
+            retire_after: None,
+            retire_reason: None,
+        });
+    entry.role = role;
+    entry
 }
 
 fn role_of(keyset: &KeysetView, kid: &str) -> KeyRole {
@@ -104,20 +111,7 @@ pub fn after_plan(keys: &[KeyStatus], plan: &KeysetPlan) -> Vec<KeyStatus> {
             } else {
                 KeyRole::Published
             };
-            let mut entry = keys
-                .iter()
-                .find(|k| k.kid == *kid)
-                .cloned()
-                .unwrap_or(KeyStatus {
-                    kid: kid.clone(),
-                    role,
-                    max_token_ttl_seconds: None,
-                    stopped_signing_at: None,
-                    retire_after: None,
-                    retire_reason: None,
-                });
-            entry.role = role;
-            entry
+            entry_for(keys, kid, role)
         })
         .collect()
 }

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use macp_auth_operator::crd::{MacpAuth, MacpAuthStatus, RotationPhase, RotationStatus};
+use macp_auth_operator::crd::{
+    MacpAuth, MacpAuthStatus, RotationPhase, RotationStatus, VariantArray,
+};
 use macp_auth_operator::keyset::keyset_hash;
 use macp_auth_operator::rotation::desired_plan;
 use serde::Serialize;
@@ -179,7 +181,7 @@ fn known_keysets(status: &MacpAuthStatus) -> BTreeMap<String, (String, Vec<Strin
         add(active, &[]);
     }
     if let Some(rot) = &status.rotation {
-        for phase in RotationPhase::ALL {
+        for &phase in RotationPhase::VARIANTS {
             let mut r = rot.clone();
             r.phase = phase;
             if let Some(p) = desired_plan(&r) {

@@ -18,6 +18,7 @@ use macp_auth_operator::crd::{
 use macp_auth_operator::rotation::PROPAGATION_SLACK_SECONDS;
 use macp_auth_operator::rotation::evidence::cache_ttl_in_effect;
 use macp_auth_operator::rotation::ledger::drain_seconds;
+use macp_auth_operator::rotation::phase::{self, Wait as PhaseWait};
 use serde::Serialize;
 
 /// How long a step waits.
@@ -111,7 +112,7 @@ fn rollout(spec: &MacpAuthSpec, phase: RotationPhase, what: &str) -> Step {
 /// The cache wait counts the TTL in effect (a lowered `jwksCacheTtlSeconds`
 /// counts at its old value until verifiers show the new one); with verifier
 /// evidence the phase may last up to `propagationTimeoutSeconds`.
-fn propagating(spec: &MacpAuthSpec, status: &MacpAuthStatus) -> Step {
+fn propagating(spec: &MacpAuthSpec, status: &MacpAuthStatus, phase: RotationPhase) -> Step {
     let configured = spec.jwks_cache_ttl_seconds;
     // Asking the pods nothing (no reports), the TTL in effect stays what the
     // status holds, and the clock is not read.
@@ -132,7 +133,7 @@ fn propagating(spec: &MacpAuthSpec, status: &MacpAuthStatus) -> Step {
     if spec.rotation.verifier_evidence {
         let timeout_seconds = spec.rotation.propagation_timeout_seconds;
         Step {
-            phase: RotationPhase::Propagating,
+            phase,
             wait: Wait::Evidence {
                 seconds,
                 timeout_seconds,
@@ -143,7 +144,7 @@ fn propagating(spec: &MacpAuthSpec, status: &MacpAuthStatus) -> Step {
         }
     } else {
         Step {
-            phase: RotationPhase::Propagating,
+            phase,
             wait: Wait::Fixed { seconds },
             source: format!("verifier cache: {ttl_source} + slack {PROPAGATION_SLACK_SECONDS}"),
         }
@@ -151,10 +152,15 @@ fn propagating(spec: &MacpAuthSpec, status: &MacpAuthStatus) -> Step {
 }
 
 /// The drain of the key that stops signing, from its ledger (the operator's rule).
-fn draining(spec: &MacpAuthSpec, status: &MacpAuthStatus, retiring: &str) -> Step {
+fn draining(
+    spec: &MacpAuthSpec,
+    status: &MacpAuthStatus,
+    phase: RotationPhase,
+    retiring: &str,
+) -> Step {
     let (seconds, why) = drain_seconds(spec, &status.keys, retiring);
     Step {
-        phase: RotationPhase::Draining,
+        phase,
         wait: Wait::Fixed {
             seconds: seconds.max(0),
         },
@@ -162,50 +168,56 @@ fn draining(spec: &MacpAuthSpec, status: &MacpAuthStatus, retiring: &str) -> Ste
     }
 }
 
-fn key_generated() -> Step {
+fn key_generated(phase: RotationPhase) -> Step {
     Step {
-        phase: RotationPhase::KeyGenerated,
+        phase,
         wait: Wait::Instant,
         source: "the new key is written to the Secret and read back".to_string(),
     }
 }
 
-/// Every step of a rotation started from Idle, in order; `retiring` is the
-/// key that stops signing (the active one).
+/// What a rollout step waits for, in a user's words.
+fn rollout_goal(phase: RotationPhase, emergency: bool) -> &'static str {
+    use RotationPhase::*;
+    match phase {
+        Publishing => "every pod serves the new key next to the old one",
+        Activating if emergency => "every pod serves and signs with the fresh key only",
+        Activating => "every pod signs with the new key",
+        Retiring => "no pod serves the old key",
+        RollingBack => "every pod is back on the old key",
+        Idle | KeyGenerated | Propagating | Draining => "the rollout completes",
+    }
+}
+
+/// The step `phase` is, its wait being the operator's (`rotation::phase::wait`).
+fn step(
+    spec: &MacpAuthSpec,
+    status: &MacpAuthStatus,
+    phase: RotationPhase,
+    emergency: bool,
+    retiring: &str,
+) -> Step {
+    match phase::wait(phase) {
+        PhaseWait::Nothing => key_generated(phase),
+        PhaseWait::RolloutDeadline => rollout(spec, phase, rollout_goal(phase, emergency)),
+        PhaseWait::VerifierCaches => propagating(spec, status, phase),
+        PhaseWait::Drain => draining(spec, status, phase, retiring),
+    }
+}
+
+/// Every step of a rotation started from Idle, in order (the operator's
+/// route, `rotation::phase::route`); `retiring` is the key that stops
+/// signing (the active one).
 pub fn sequence(
     spec: &MacpAuthSpec,
     status: &MacpAuthStatus,
     emergency: bool,
     retiring: &str,
 ) -> Vec<Step> {
-    use RotationPhase::*;
-    if emergency {
-        return vec![
-            key_generated(),
-            rollout(
-                spec,
-                Activating,
-                "every pod serves and signs with the fresh key only",
-            ),
-        ];
-    }
-    let mut steps = vec![key_generated()];
-    if spec.rotation.prepublish {
-        steps.push(rollout(
-            spec,
-            Publishing,
-            "every pod serves the new key next to the old one",
-        ));
-        steps.push(propagating(spec, status));
-    }
-    steps.push(rollout(
-        spec,
-        Activating,
-        "every pod signs with the new key",
-    ));
-    steps.push(draining(spec, status, retiring));
-    steps.push(rollout(spec, Retiring, "no pod serves the old key"));
-    steps
+    phase::route(emergency, spec.rotation.prepublish)
+        .into_iter()
+        .map(|p| step(spec, status, p, emergency, retiring))
+        .collect()
 }
 
 /// The steps still ahead of a rotation in flight, the current one first.
@@ -228,14 +240,10 @@ pub fn remaining_steps(
     match rot.phase {
         Idle => Vec::new(),
         RollingBack => {
-            let mut steps = vec![rollout(
-                spec,
-                RollingBack,
-                "every pod is back on the old key",
-            )];
+            let mut steps = vec![step(spec, status, RollingBack, false, retiring)];
             // After a failed Publishing the new key never signed: nothing drains.
             if matches!(rot.rollback_from, Some(Activating) | Some(Retiring)) {
-                steps.push(draining(spec, status, retiring));
+                steps.push(step(spec, status, Draining, false, retiring));
                 steps.push(rollout(spec, Retiring, "no pod serves the retired key"));
             }
             steps

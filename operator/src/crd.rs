@@ -15,6 +15,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+/// In scope for `RotationPhase::VARIANTS` in other crates.
+pub use strum::VariantArray;
 
 /// CEL rule on the root of the CRD schema: the name must be a DNS-1035 label
 /// (at most 63 characters), what the owned Service and labels need.
@@ -644,7 +646,21 @@ pub struct Condition {
 
 /// A phase of the rotation (docs/architecture.md): Idle, then KeyGenerated,
 /// Publishing, Propagating, Activating, Draining and Retiring, or RollingBack.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+/// What each does is in `rotation::phase`; `RotationPhase::VARIANTS`
+/// (`strum::VariantArray`) lists them all.
+#[derive(
+    Deserialize,
+    Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    JsonSchema,
+    strum::VariantArray,
+)]
 pub enum RotationPhase {
     #[default]
     Idle,
@@ -655,20 +671,6 @@ pub enum RotationPhase {
     Draining,
     Retiring,
     RollingBack,
-}
-
-impl RotationPhase {
-    /// Every phase, for metrics that report one series per phase.
-    pub const ALL: [RotationPhase; 8] = [
-        RotationPhase::Idle,
-        RotationPhase::KeyGenerated,
-        RotationPhase::Publishing,
-        RotationPhase::Propagating,
-        RotationPhase::Activating,
-        RotationPhase::Draining,
-        RotationPhase::Retiring,
-        RotationPhase::RollingBack,
-    ];
 }
 
 /// What started a rotation: the first key, the schedule, `macp.io/rotate` or `macp.io/emergency-rotate`.

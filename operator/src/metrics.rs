@@ -19,7 +19,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::crd::{MacpAuthStatus, RotationOutcome, RotationPhase, RotationSpec};
+use crate::crd::{MacpAuthStatus, RotationOutcome, RotationPhase, RotationSpec, VariantArray};
+use crate::rotation::phase::{self, Gate};
 use crate::rotation::{self, Observed, Verdict};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -216,7 +217,7 @@ impl Metrics {
             .as_ref()
             .map(|r| r.phase)
             .unwrap_or_default();
-        for phase in RotationPhase::ALL {
+        for &phase in RotationPhase::VARIANTS {
             self.rotation_phase
                 .get_or_create(&phase_labels(namespace, name, phase))
                 .set(i64::from(phase == current));
@@ -272,7 +273,7 @@ impl Metrics {
 
     /// Drops every series of a deleted `MacpAuth`.
     pub fn forget(&self, namespace: &str, name: &str) {
-        for phase in RotationPhase::ALL {
+        for &phase in RotationPhase::VARIANTS {
             self.rotation_phase
                 .remove(&phase_labels(namespace, name, phase));
         }
@@ -319,8 +320,8 @@ impl RotationGauges {
                 (Some(from), Some(to)) => seconds(to - from),
                 _ => 0.0,
             };
-            // Propagating may hold for verifier evidence up to its ceiling.
-            if r.phase == RotationPhase::Propagating && spec.verifier_evidence {
+            // A phase gated by verifier evidence may hold up to its ceiling.
+            if phase::gate(r.phase) == Gate::VerifierEvidence && spec.verifier_evidence {
                 wait = wait.max(spec.propagation_timeout_seconds.max(0) as f64);
             }
             spec.rollout_timeout_seconds.max(0) as f64 + wait

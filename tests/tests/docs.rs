@@ -531,10 +531,11 @@ fn the_phase_diagram_has_every_phase_and_every_degraded_reason() {
         .flat_map(|(f, t, _)| [f.clone(), t.clone()])
         .filter(|s| s != "[*]")
         .collect();
-    let phases: BTreeSet<String> = macp_auth_operator::crd::RotationPhase::ALL
-        .into_iter()
-        .map(phase_name)
-        .collect();
+    let phases: BTreeSet<String> =
+        <macp_auth_operator::crd::RotationPhase as macp_auth_operator::crd::VariantArray>::VARIANTS
+            .into_iter()
+            .map(phase_name)
+            .collect();
     assert_eq!(
         drawn, phases,
         "the diagram's states are not the phases of RotationPhase"
@@ -547,6 +548,23 @@ fn the_phase_diagram_has_every_phase_and_every_degraded_reason() {
             "no edge leaves {p}"
         );
     }
+    // The edges are the phase table's (`rotation::phase`), both ways. The
+    // one edge drawn that is not a phase change: an invalid interval keeps Idle.
+    let table: BTreeSet<(String, String)> = macp_auth_operator::rotation::phase::edges()
+        .into_iter()
+        .map(|(f, t)| (phase_name(f), phase_name(t)))
+        .collect();
+    let drawn_edges: BTreeSet<(String, String)> = edges
+        .iter()
+        .filter(|(f, t, _)| f != "[*]" && !(f == "Idle" && t == "Idle"))
+        .map(|(f, t, _)| (f.clone(), t.clone()))
+        .collect();
+    let missing: Vec<_> = table.difference(&drawn_edges).collect();
+    let extra: Vec<_> = drawn_edges.difference(&table).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "the diagram's edges are not rotation::phase::edges(): not drawn {missing:?}, drawn but not in the table {extra:?}"
+    );
     for reason in macp_auth_operator::rotation::DEGRADED_REASONS {
         assert!(
             edges.iter().any(|(_, _, l)| l

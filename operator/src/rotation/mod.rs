@@ -146,6 +146,7 @@
 pub mod evidence;
 pub mod ledger;
 mod machine;
+pub mod phase;
 mod plan;
 mod reasons;
 mod schedule;
@@ -162,7 +163,8 @@ use chrono::{DateTime, Utc};
 use crate::crd::{MacpAuthSpec, MacpAuthStatus, SigningAlg};
 
 pub use machine::{decide, probe_plan};
-pub use plan::{KeysetPlan, PlanError, desired as desired_plan};
+pub use phase::keyset as desired_plan;
+pub use plan::{KeysetPlan, PlanError};
 pub use reasons::{DEGRADED_REASONS, REASON_PROPAGATION_TIMEOUT, degraded_by_rotation};
 pub use schedule::{
     IntervalError, activation_lead, early_start, min_interval, parse_interval, propagation_wait,

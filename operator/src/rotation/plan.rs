@@ -1,6 +1,6 @@
-//! The keyset each phase wants in the Secret.
+//! Keyset layouts by kid, and the checks of a layout against the Secret.
 
-use crate::crd::{RotationOutcome, RotationPhase, RotationStatus, RotationTrigger};
+use crate::crd::{RotationOutcome, RotationStatus};
 
 use super::KeysetView;
 
@@ -70,20 +70,12 @@ impl KeysetPlan {
     }
 }
 
-/// The old and new kid of a rotation, once both are known.
-struct Pair<'a> {
-    old: &'a str,
-    new: &'a str,
-}
+/// The phases' keysets, by the name the table tests know.
+#[cfg(test)]
+pub(crate) use super::phase::keyset as desired;
 
-fn pair(rot: &RotationStatus) -> Option<Pair<'_>> {
-    Some(Pair {
-        old: rot.old_kid.as_deref()?,
-        new: rot.new_kid.as_deref()?,
-    })
-}
-
-fn plan(
+/// A layout by kid (the phases' keysets are in `phase::keyset`).
+pub(crate) fn layout(
     active: &str,
     published: &[&str],
     next: Option<&str>,
@@ -102,45 +94,21 @@ pub fn reversed(rot: &RotationStatus) -> bool {
     rot.outcome == Some(RotationOutcome::RolledBack)
 }
 
-/// The keyset the rotation's current phase wants, or `None` where it wants no
-/// particular layout (Idle, or KeyGenerated before the key is confirmed).
-pub fn desired(rot: &RotationStatus) -> Option<KeysetPlan> {
-    let p = pair(rot)?;
-    let emergency = rot.trigger == Some(RotationTrigger::Emergency);
-    Some(match rot.phase {
-        RotationPhase::Idle | RotationPhase::KeyGenerated => return None,
-        RotationPhase::Activating if emergency => plan(p.new, &[], None, None),
-        RotationPhase::Publishing | RotationPhase::Propagating => {
-            plan(p.old, &[p.new], Some(p.new), None)
-        }
-        RotationPhase::Activating => plan(p.new, &[p.old], None, Some(p.old)),
-        RotationPhase::Draining => draining(&p, reversed(rot)),
-        // The retiring key stays in `previous` until every pod stopped serving it, for rollback.
-        RotationPhase::Retiring if reversed(rot) => plan(p.old, &[], None, Some(p.new)),
-        RotationPhase::Retiring => plan(p.new, &[], None, Some(p.old)),
-        RotationPhase::RollingBack => match rot.rollback_from {
-            Some(RotationPhase::Publishing) | None => plan(p.old, &[], None, None),
-            Some(RotationPhase::Retiring) => draining(&p, reversed(rot)),
-            // Activating (or anything else): the new key may have signed, so it stays published.
-            Some(_) => draining(&p, true),
-        },
-    })
-}
-
 /// The keyset a rotation ends with: the key that kept signing, alone.
 pub fn final_plan(rot: &RotationStatus) -> Option<KeysetPlan> {
-    let p = pair(rot)?;
-    let keeper = if reversed(rot) { p.old } else { p.new };
-    Some(plan(keeper, &[], None, None))
+    let (old, new) = (rot.old_kid.as_deref()?, rot.new_kid.as_deref()?);
+    let keeper = if reversed(rot) { old } else { new };
+    Some(layout(keeper, &[], None, None))
 }
 
-fn draining(p: &Pair<'_>, reversed: bool) -> KeysetPlan {
+/// The keyset while the key that stopped signing drains.
+pub(crate) fn draining(old: &str, new: &str, reversed: bool) -> KeysetPlan {
     // A rolled-back new key keeps its private half in `previous` while it drains,
     // so no write ever drops the private key of a key that signed last.
     if reversed {
-        plan(p.old, &[p.new], None, Some(p.new))
+        layout(old, &[new], None, Some(new))
     } else {
-        plan(p.new, &[p.old], None, Some(p.old))
+        layout(new, &[old], None, Some(old))
     }
 }
 
@@ -166,19 +134,22 @@ mod tests {
             next: Some(key("n")),
             previous: None,
         };
-        assert_eq!(plan("n", &["a", "p"], None, Some("a")).check(&ks), Ok(()));
+        assert_eq!(layout("n", &["a", "p"], None, Some("a")).check(&ks), Ok(()));
         assert_eq!(
-            plan("p", &[], None, None).check(&ks),
+            layout("p", &[], None, None).check(&ks),
             Err(PlanError::MissingPrivate("p".into(), "active"))
         );
         assert_eq!(
-            plan("a", &["x"], None, None).check(&ks),
+            layout("a", &["x"], None, None).check(&ks),
             Err(PlanError::MissingPublic("x".into()))
         );
     }
 
     #[test]
     fn served_lists_active_first_without_duplicates() {
-        assert_eq!(plan("a", &["b", "a"], None, None).served(), vec!["a", "b"]);
+        assert_eq!(
+            layout("a", &["b", "a"], None, None).served(),
+            vec!["a", "b"]
+        );
     }
 }

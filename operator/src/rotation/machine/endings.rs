@@ -48,16 +48,20 @@ impl Machine<'_> {
         match outcome {
             RotationOutcome::Succeeded => self.undegrade(&text),
             RotationOutcome::RolledBack => self.degrade(REASON_ROLLED_BACK, &text),
-            _ => {}
+            // Superseded: the emergency that preempted it owns the conditions.
+            // Failed: `abort` set Degraded with its own reason.
+            RotationOutcome::Superseded | RotationOutcome::Failed => {}
         }
         self.event(warning, reason, text);
         self.rot = RotationStatus::default();
         // The schedule restarts from this rotation; a failed one is retried sooner.
         self.status.next_rotation_time = match outcome {
             RotationOutcome::Succeeded => None,
-            _ => Some(add(now, RETRY_AFTER_ROLLBACK)),
+            RotationOutcome::RolledBack | RotationOutcome::Superseded | RotationOutcome::Failed => {
+                Some(add(now, RETRY_AFTER_ROLLBACK))
+            }
         };
-        self.schedule();
+        self.update_next_rotation();
         self.requeue_soon(Duration::ZERO);
     }
 

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use crate::crd::RotationPhase::{self, *};
 use crate::rotation::ledger;
-use crate::rotation::plan::{desired, reversed};
+use crate::rotation::phase::{self, Facts, Wait};
+use crate::rotation::plan::reversed;
 use crate::rotation::schedule::{add, add_secs, until};
 use crate::rotation::{Action, KeysetPlan, KeysetView, POLL, PROPAGATION_SLACK_SECONDS};
 
@@ -25,20 +26,18 @@ impl Machine<'_> {
         if phase != RollingBack {
             self.rot.rollback_from = None;
         }
-        let old = self.rot.old_kid.clone().unwrap_or_default();
-        let new = self.rot.new_kid.clone().unwrap_or_default();
+        let (old, new) = self.kids();
         let (retiring, keeping) = if reversed(&self.rot) {
-            (new.clone(), old.clone())
+            (new.clone(), old)
         } else {
-            (old.clone(), new.clone())
+            (old, new.clone())
         };
-        let (wait_until, warning, message) = match phase {
-            Publishing => (
-                add_secs(now, spec.rotation.rollout_timeout_seconds),
-                false,
-                format!("publishing {new} next to the active key {old}"),
-            ),
-            Propagating => {
+        let facts = self.facts();
+        let rollout_deadline = add_secs(now, spec.rotation.rollout_timeout_seconds);
+        let (wait_until, message) = match phase::wait(phase) {
+            Wait::Nothing => (now, String::new()),
+            Wait::RolloutDeadline => (rollout_deadline, self.rollout_message(phase, facts)),
+            Wait::VerifierCaches => {
                 let ttl = self.cache_ttl();
                 let lowered = if ttl > spec.jwks_cache_ttl_seconds {
                     format!(
@@ -50,24 +49,13 @@ impl Machine<'_> {
                 };
                 (
                     add_secs(now, ttl + PROPAGATION_SLACK_SECONDS),
-                    false,
                     format!(
                         "every pod serves {new}; waiting {}s (cache TTL {ttl}s{lowered} + slack) for verifier caches",
                         ttl + PROPAGATION_SLACK_SECONDS,
                     ),
                 )
             }
-            Activating if self.is_emergency() => (
-                add_secs(now, spec.rotation.rollout_timeout_seconds),
-                true,
-                format!("activating fresh key {new}; nothing else is published"),
-            ),
-            Activating => (
-                add_secs(now, spec.rotation.rollout_timeout_seconds),
-                false,
-                format!("activating {new}; {old} stays published"),
-            ),
-            Draining => {
+            Wait::Drain => {
                 let (drain, why) = ledger::drain_seconds(spec, &self.status.keys, &retiring);
                 let wait = wait.unwrap_or(Duration::from_secs(drain.max(0).unsigned_abs()));
                 // The e2e control that shows the harness sees an early retirement.
@@ -87,43 +75,60 @@ impl Machine<'_> {
                 );
                 (
                     retire_after,
-                    false,
                     format!(
                         "{keeping} signs; {retiring} stays published for {}s while its tokens expire ({why})",
                         wait.as_secs()
                     ),
                 )
             }
-            Retiring => (
-                add_secs(now, spec.rotation.rollout_timeout_seconds),
-                false,
-                format!("retiring {retiring}"),
-            ),
-            RollingBack => (
-                add_secs(now, spec.rotation.rollout_timeout_seconds),
-                true,
-                format!(
-                    "rolling back the failed {} step: {old} signs",
-                    self.rot
-                        .rollback_from
-                        .map(|p| format!("{p:?}"))
-                        .unwrap_or_default()
-                ),
-            ),
-            Idle | KeyGenerated => (now, false, String::new()),
         };
+        let warning = phase::entry_is_warning(phase, facts);
         self.rot.wait_until = Some(wait_until);
         self.rot.message = Some(message.clone());
         self.event(warning, &format!("{phase:?}"), message);
-        if let Some(plan) = desired(&self.rot)
+        if let Some(plan) = phase::keyset(&self.rot)
             && !plan.matches(keyset)
             && !self.apply(plan, keyset)
         {
             return;
         }
+        match phase::wait(phase) {
+            Wait::VerifierCaches | Wait::Drain => self.requeue_soon(until(now, wait_until)),
+            Wait::Nothing | Wait::RolloutDeadline => self.requeue_soon(POLL),
+        }
+    }
+
+    /// The rotation's old and new kid, empty where not known yet.
+    fn kids(&self) -> (String, String) {
+        (
+            self.rot.old_kid.clone().unwrap_or_default(),
+            self.rot.new_kid.clone().unwrap_or_default(),
+        )
+    }
+
+    /// The announcement of a rollout phase.
+    fn rollout_message(&self, phase: RotationPhase, facts: Facts) -> String {
+        let (old, new) = self.kids();
+        let (retiring, _) = if facts.reversed {
+            (&new, &old)
+        } else {
+            (&old, &new)
+        };
         match phase {
-            Propagating | Draining => self.requeue_soon(until(now, wait_until)),
-            _ => self.requeue_soon(POLL),
+            Publishing => format!("publishing {new} next to the active key {old}"),
+            Activating if facts.emergency => {
+                format!("activating fresh key {new}; nothing else is published")
+            }
+            Activating => format!("activating {new}; {old} stays published"),
+            Retiring => format!("retiring {retiring}"),
+            RollingBack => format!(
+                "rolling back the failed {} step: {old} signs",
+                self.rot
+                    .rollback_from
+                    .map(|p| format!("{p:?}"))
+                    .unwrap_or_default()
+            ),
+            Idle | KeyGenerated | Propagating | Draining => format!("{phase:?}"),
         }
     }
 

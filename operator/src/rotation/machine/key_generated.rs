@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use crate::crd::RotationPhase::{Activating, Publishing};
+use crate::crd::RotationPhase::KeyGenerated;
+use crate::rotation::phase::{self, Facts, Next};
 use crate::rotation::{Action, KeysetView};
 
 use super::Machine;
@@ -40,15 +41,14 @@ impl Machine<'_> {
             "KeyGenerated",
             format!("key {pending} is stored in the Secret"),
         );
-        // A write whose status was lost already published or activated the key: resume
-        // that step whatever `prepublish` says now.
-        let published = keyset.published.contains(&pending);
-        let next = if self.is_emergency() || in_active {
-            Activating
-        } else if published || self.inp.spec.rotation.prepublish {
-            Publishing
-        } else {
-            Activating
+        let facts = Facts {
+            key_active: in_active,
+            key_published: keyset.published.contains(&pending),
+            ..self.facts()
+        };
+        let Some(Next::Enter(next)) = phase::on_success(KeyGenerated, facts) else {
+            self.abort(format!("no phase follows {KeyGenerated:?}"));
+            return;
         };
         self.enter(next, keyset, None);
     }

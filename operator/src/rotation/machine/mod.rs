@@ -1,18 +1,18 @@
 //! The transition function. See the module documentation for the contract.
 //!
-//! One file per part of the machine: `run` (here) dispatches on the
-//! persisted phase to idle, emergency, key_generated, rollout or wait, which
-//! move on through enter (the next phase and its keyset) or endings (history
-//! and the outcome); schedule keeps `nextRotationTime`. The helpers here are
-//! shared by all of them.
+//! Generic drivers: what each phase does is in `rotation::phase`, and these
+//! files carry it out. `run` (here) dispatches on the phase's driver to idle,
+//! key_generated, rollout or wait, which move on through enter (the next
+//! phase, its wait and its keyset) or endings (history and the outcome);
+//! emergency preempts them all, and next_rotation keeps `nextRotationTime`.
 
 mod emergency;
 mod endings;
 mod enter;
 mod idle;
 mod key_generated;
+mod next_rotation;
 mod rollout;
-mod schedule;
 mod verifiers;
 mod wait;
 
@@ -25,31 +25,15 @@ use crate::crd::{MacpAuthStatus, RotationStatus, RotationTrigger, SigningAlg};
 use crate::conditions::{self, DEGRADED, ROTATING};
 
 use super::ledger;
+use super::phase::{self, Driver, Facts};
 use super::reasons::REASON_ROTATION_SUCCEEDED;
 use super::{Action, Decision, Event, Inputs, KeysetView, MAX_BACKOFF, ProbePlan};
 
-use crate::crd::RotationPhase::*;
+use crate::crd::RotationPhase::{Idle, KeyGenerated};
 
 /// The probes the reconciler should run before the next [`decide`], from the persisted status.
 pub fn probe_plan(status: &MacpAuthStatus) -> ProbePlan {
-    match status.rotation.as_ref().map(|r| r.phase) {
-        Some(Publishing | Retiring) => ProbePlan {
-            jwks: true,
-            ..ProbePlan::default()
-        },
-        Some(Activating | RollingBack) => ProbePlan {
-            jwks: true,
-            signing: true,
-            ..ProbePlan::default()
-        },
-        // KeyGenerated: the snapshot of the verifiers the old pods saw, taken
-        // in the round that starts publishing. Propagating: the evidence.
-        Some(KeyGenerated | Propagating) => ProbePlan {
-            verifiers: true,
-            ..ProbePlan::default()
-        },
-        Some(Idle | Draining) | None => ProbePlan::default(),
-    }
+    phase::probes(status.rotation.as_ref().map_or(Idle, |r| r.phase))
 }
 
 /// One round of the state machine: the next status, at most one action, events and a requeue.
@@ -139,15 +123,15 @@ impl Machine<'_> {
             self.inp.observed.rollout == super::Rollout::InProgress,
         );
         self.observe_verifiers();
-        self.schedule();
+        self.update_next_rotation();
         if self.emergency_request(keyset) {
             return;
         }
-        match self.rot.phase {
-            Idle => self.idle(keyset),
-            KeyGenerated => self.key_generated(keyset),
-            Publishing | Activating | Retiring | RollingBack => self.rollout_phase(keyset),
-            Propagating | Draining => self.wait_phase(keyset),
+        match phase::driver(self.rot.phase) {
+            Driver::Idle => self.idle(keyset),
+            Driver::KeyGeneration => self.key_generated(keyset),
+            Driver::Rollout => self.rollout_phase(keyset),
+            Driver::Wait => self.wait_phase(keyset),
         }
         if self.rot.phase != Idle {
             self.note_deferred();
@@ -221,6 +205,14 @@ impl Machine<'_> {
 
     fn is_emergency(&self) -> bool {
         self.rot.trigger == Some(RotationTrigger::Emergency)
+    }
+
+    /// What the phase table needs to know about this rotation.
+    fn facts(&self) -> Facts {
+        Facts {
+            prepublish: self.inp.spec.rotation.prepublish,
+            ..Facts::of(&self.rot)
+        }
     }
 
     fn desired_kind(&self) -> (SigningAlg, Option<u32>) {

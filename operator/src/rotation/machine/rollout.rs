@@ -2,12 +2,10 @@
 //! verify the pods, fail and roll back, or adopt a step already written.
 
 use crate::crd::RotationOutcome;
-use crate::crd::RotationPhase::*;
-use crate::rotation::plan::{desired, final_plan};
-use crate::rotation::reasons::{
-    REASON_EMERGENCY_STALLED, REASON_RETIREMENT_STALLED, REASON_ROLLBACK_STALLED,
-    REASON_ROLLOUT_TIMEOUT, REASON_VERIFICATION_FAILED,
-};
+use crate::crd::RotationPhase::RollingBack;
+use crate::rotation::phase::{self, Drift, Failure, Next};
+use crate::rotation::plan::final_plan;
+use crate::rotation::reasons::{REASON_ROLLOUT_TIMEOUT, REASON_VERIFICATION_FAILED};
 use crate::rotation::schedule::{add, until};
 use crate::rotation::verify::{Verdict, verify};
 use crate::rotation::{KeysetPlan, KeysetView, POLL};
@@ -18,7 +16,7 @@ impl Machine<'_> {
     /// The keyset the current phase wants; aborts the rotation when its status
     /// names no old or new key (a phase that needs a layout cannot go on).
     pub(super) fn desired_or_abort(&mut self) -> Option<KeysetPlan> {
-        let plan = desired(&self.rot);
+        let plan = phase::keyset(&self.rot);
         if plan.is_none() {
             self.abort("rotation status names no old or new key".to_string());
         }
@@ -31,12 +29,16 @@ impl Machine<'_> {
             return;
         };
         let verdict = if plan.matches(keyset) {
-            let signing = matches!(self.rot.phase, Activating | RollingBack);
+            let signing = phase::probes(self.rot.phase).signing;
             verify(&plan, self.inp.observed, signing)
         } else {
             if self.adopt_successor(keyset) {
                 return;
             }
+            debug_assert_eq!(
+                phase::on_drift(self.rot.phase, self.facts()),
+                Some(Drift::Rewrite)
+            );
             self.event(
                 true,
                 "KeysetDrift",
@@ -51,7 +53,7 @@ impl Machine<'_> {
             Verdict::RollingOut
         };
         match verdict {
-            Verdict::Verified => self.rollout_done(keyset),
+            Verdict::Verified => self.step_done(keyset),
             Verdict::Mismatch(msg) => self.fail(REASON_VERIFICATION_FAILED, msg, keyset),
             Verdict::RollingOut | Verdict::Inconclusive(_) => {
                 let deadline = self.rot.wait_until.unwrap_or(now);
@@ -71,48 +73,36 @@ impl Machine<'_> {
         }
     }
 
-    fn rollout_done(&mut self, keyset: &KeysetView) {
-        let now = self.now();
-        match self.rot.phase {
-            Publishing => self.enter(Propagating, keyset, None),
-            Activating if self.is_emergency() => {
-                self.status.last_rotation_time = Some(now);
-                self.finish(
-                    RotationOutcome::Succeeded,
-                    "fresh key signs; suspect keys withdrawn",
-                );
+    /// The phase's step succeeded: move on as the phase table says.
+    pub(super) fn step_done(&mut self, keyset: &KeysetView) {
+        let phase = self.rot.phase;
+        let Some(next) = phase::on_success(phase, self.facts()) else {
+            return;
+        };
+        if phase::new_key_signs_after(phase) {
+            self.status.last_rotation_time = Some(self.now());
+        }
+        match next {
+            Next::Enter(next) => self.enter(next, keyset, None),
+            Next::EnterAfterBackoff(next) => {
+                let wait = self.backoff(self.rot.attempt.unwrap_or(1));
+                self.enter(next, keyset, Some(wait));
             }
-            Activating => {
-                self.status.last_rotation_time = Some(now);
-                self.enter(Draining, keyset, None);
-            }
-            Retiring => {
+            Next::Finish {
+                outcome,
+                message,
+                final_keyset,
+            } => {
                 // No pod serves the retired key any more: its private half can go.
-                if let Some(last) = final_plan(&self.rot)
+                if final_keyset
+                    && let Some(last) = final_plan(&self.rot)
                     && !last.matches(keyset)
                     && !self.apply(last, keyset)
                 {
                     return;
                 }
-                let outcome = self.rot.outcome.unwrap_or(RotationOutcome::Succeeded);
-                let message = match outcome {
-                    RotationOutcome::Succeeded => "rotation complete",
-                    _ => "rolled back; the new key is retired",
-                };
                 self.finish(outcome, message);
             }
-            RollingBack => match self.rot.rollback_from {
-                Some(Activating) => self.enter(Draining, keyset, None),
-                Some(Retiring) => {
-                    let wait = self.backoff(self.rot.attempt.unwrap_or(1));
-                    self.enter(Draining, keyset, Some(wait));
-                }
-                _ => self.finish(
-                    RotationOutcome::RolledBack,
-                    "rolled back; the new key is discarded",
-                ),
-            },
-            _ => {}
         }
     }
 
@@ -121,65 +111,75 @@ impl Machine<'_> {
         let attempt = self.rot.attempt.unwrap_or(0) + 1;
         self.rot.attempt = Some(attempt);
         let phase = self.rot.phase;
-        if self.is_emergency() || phase == RollingBack {
-            let retry_at = add(now, self.backoff(attempt));
-            let (reason, what) = if self.is_emergency() {
-                (REASON_EMERGENCY_STALLED, "emergency rotation")
-            } else {
-                (REASON_ROLLBACK_STALLED, "rollback")
-            };
-            let message = format!(
-                "{what} stalled ({msg}); still waiting, next alarm at {}",
-                retry_at.to_rfc3339()
-            );
-            self.degrade(reason, &message);
-            self.event(true, reason, message.clone());
-            self.rot.wait_until = Some(retry_at);
-            self.rot.message = Some(message);
-            self.requeue_soon(POLL);
-            return;
+        match phase::on_failure(phase, self.facts()) {
+            None => self.abort(format!("{phase:?} has no rollout to fail: {msg}")),
+            Some(Failure::Stall { reason, what }) => {
+                let retry_at = add(now, self.backoff(attempt));
+                let message = format!(
+                    "{what} stalled ({msg}); still waiting, next alarm at {}",
+                    retry_at.to_rfc3339()
+                );
+                self.degrade(reason, &message);
+                self.event(true, reason, message.clone());
+                self.rot.wait_until = Some(retry_at);
+                self.rot.message = Some(message);
+                self.requeue_soon(POLL);
+            }
+            Some(Failure::RollBack {
+                reason: instead,
+                rolled_back,
+            }) => {
+                let reason = instead.unwrap_or(reason);
+                let message = format!("{phase:?} failed: {msg}");
+                self.degrade(reason, &message);
+                self.event(true, reason, message);
+                if rolled_back {
+                    self.rot.outcome = Some(RotationOutcome::RolledBack);
+                }
+                self.rot.rollback_from = Some(phase);
+                self.enter(RollingBack, keyset, None);
+            }
         }
-        let message = format!("{phase:?} failed: {msg}");
-        let reason = if phase == Retiring {
-            REASON_RETIREMENT_STALLED
-        } else {
-            reason
-        };
-        self.degrade(reason, &message);
-        self.event(true, reason, message);
-        if phase != Retiring {
-            self.rot.outcome = Some(RotationOutcome::RolledBack);
-        }
-        self.rot.rollback_from = Some(phase);
-        self.enter(RollingBack, keyset, None);
     }
 
     /// Recognises a Secret already holding the keyset of the step this phase
     /// would take next: the write happened, the status write did not.
     pub(super) fn adopt_successor(&mut self, keyset: &KeysetView) -> bool {
-        if self.is_emergency() {
-            return false;
-        }
-        let next = match self.rot.phase {
-            Propagating => Some((Activating, None)),
-            Draining => Some((Retiring, None)),
-            Publishing | Activating | Retiring => Some((RollingBack, Some(self.rot.phase))),
-            _ => None,
-        };
-        let Some((phase, from)) = next else {
+        let facts = self.facts();
+        let Some((phase, from)) = phase::successor(self.rot.phase, facts) else {
             return false;
         };
-        if self.rot.phase == Retiring && final_plan(&self.rot).is_some_and(|p| p.matches(keyset)) {
-            self.rollout_done(keyset);
+        // A retirement whose final write happened: the rotation is over.
+        if phase::on_success(self.rot.phase, facts).is_some_and(|n| {
+            matches!(
+                n,
+                Next::Finish {
+                    final_keyset: true,
+                    ..
+                }
+            )
+        }) && final_plan(&self.rot).is_some_and(|p| p.matches(keyset))
+        {
+            self.step_done(keyset);
             return true;
         }
         let mut candidate = self.rot.clone();
         candidate.phase = phase;
         candidate.rollback_from = from;
-        if matches!(from, Some(Publishing | Activating)) {
+        if let Some(from) = from
+            && phase::on_failure(from, facts).is_some_and(|f| {
+                matches!(
+                    f,
+                    Failure::RollBack {
+                        rolled_back: true,
+                        ..
+                    }
+                )
+            })
+        {
             candidate.outcome = Some(RotationOutcome::RolledBack);
         }
-        if !desired(&candidate).is_some_and(|p| p.matches(keyset)) {
+        if !phase::keyset(&candidate).is_some_and(|p| p.matches(keyset)) {
             return false;
         }
         if phase == RollingBack {

@@ -1,10 +1,9 @@
 //! The wait phases (Propagating, Draining): wait out the timestamp, or go
 //! back to a rollout phase when the Secret changed underneath.
 
-use crate::crd::RotationPhase::*;
-use crate::rotation::KeysetView;
-use crate::rotation::plan::reversed;
+use crate::rotation::phase::{self, Drift, Gate};
 use crate::rotation::schedule::until;
+use crate::rotation::{KeysetView, POLL};
 
 use super::Machine;
 
@@ -27,15 +26,22 @@ impl Machine<'_> {
                 ),
             );
             // The wait assumed every pod served this keyset; it restarts after a verified rollout.
-            let back = match self.rot.phase {
-                Propagating => Publishing,
-                _ if reversed(&self.rot) => {
-                    self.rot.rollback_from = Some(Activating);
-                    RollingBack
+            match phase::on_drift(self.rot.phase, self.facts()) {
+                Some(Drift::Reverify {
+                    phase,
+                    rollback_from,
+                }) => {
+                    if rollback_from.is_some() {
+                        self.rot.rollback_from = rollback_from;
+                    }
+                    self.enter(phase, keyset, None);
                 }
-                _ => Activating,
-            };
-            self.enter(back, keyset, None);
+                Some(Drift::Rewrite) | None => {
+                    if self.apply(plan, keyset) {
+                        self.requeue_soon(POLL);
+                    }
+                }
+            }
             return;
         }
         let end = self.rot.wait_until.unwrap_or(now);
@@ -43,13 +49,12 @@ impl Machine<'_> {
             self.requeue_soon(until(now, end));
             return;
         }
-        match self.rot.phase {
-            Propagating => {
-                if self.evidence_allows_activation() {
-                    self.enter(Activating, keyset, None);
-                }
-            }
-            _ => self.enter(Retiring, keyset, None),
+        let open = match phase::gate(self.rot.phase) {
+            Gate::Open => true,
+            Gate::VerifierEvidence => self.evidence_allows_activation(),
+        };
+        if open {
+            self.step_done(keyset);
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::rotation::schedule::{activation_lead, early_start, next_rotation, par
 use super::Machine;
 
 impl Machine<'_> {
-    pub(super) fn schedule(&mut self) {
+    pub(super) fn update_next_rotation(&mut self) {
         let now = self.now();
         match self.inp.spec.rotation.interval.as_deref() {
             None => self.status.next_rotation_time = None,

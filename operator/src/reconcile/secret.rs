@@ -5,6 +5,8 @@
 //! the plan drops could survive. It is created, then replaced whole with the
 //! resourceVersion it was read at: what it holds is exactly what was decided.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::PostParams;
@@ -43,7 +45,7 @@ impl Round<'_> {
                 .await
                 .ctx("create", "Secret", &name);
         };
-        let Some(next) = resources::exact_secret(live, &desired) else {
+        let Some(next) = exact_secret(live, &desired) else {
             return Ok(live.clone());
         };
         debug!(%name, rv = ?live.resource_version(), "replacing the Secret");
@@ -77,4 +79,32 @@ impl Round<'_> {
             .map_err(|e| Error::NotConfirmed(e.to_string()))?;
         Ok(Keys { keyset, secret })
     }
+}
+
+/// The Secret to write so that `live` becomes `desired` exactly: `desired`'s
+/// data (no other key survives) and type, our labels and owner reference
+/// added to what is there, `live`'s resourceVersion kept as the precondition
+/// of the replace. `None` when `live` already is that.
+fn exact_secret(live: &Secret, desired: &Secret) -> Option<Secret> {
+    let mut next = live.clone();
+    next.data.clone_from(&desired.data);
+    next.string_data = None;
+    if next.type_.is_none() {
+        next.type_.clone_from(&desired.type_);
+    }
+    let labels = next.metadata.labels.get_or_insert_with(BTreeMap::new);
+    for (k, v) in desired.metadata.labels.iter().flatten() {
+        labels.insert(k.clone(), v.clone());
+    }
+    let owners = next.metadata.owner_references.get_or_insert_with(Vec::new);
+    for o in desired.metadata.owner_references.iter().flatten() {
+        if !owners.iter().any(|x| x.uid == o.uid) {
+            owners.push(o.clone());
+        }
+    }
+    // Echoing the ownership back would only repeat it; the server keeps its own.
+    next.metadata.managed_fields = None;
+    let mut unchanged = live.clone();
+    unchanged.metadata.managed_fields = None;
+    (next != unchanged).then_some(next)
 }

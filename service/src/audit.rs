@@ -87,7 +87,9 @@ impl AuditLog {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
 
     use serde_json::json;
 
@@ -98,7 +100,7 @@ mod tests {
 
     impl Write for Shared {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
+            self.0.lock().extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -128,7 +130,7 @@ mod tests {
             .await;
         }
         let text = loop {
-            let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            let text = String::from_utf8(out.0.lock().clone()).unwrap();
             if text.lines().count() == 2 {
                 break text;
             }

@@ -17,7 +17,9 @@
 //! is refused whole ([`CallerSet::parse`]): a pod that cannot start admits
 //! no caller either, and the mistake shows before anything depends on it.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
@@ -251,11 +253,7 @@ impl CallerAuth {
     }
 
     fn snapshot(&self) -> Arc<CallerSet> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .set
-            .clone()
+        self.current.read().set.clone()
     }
 
     pub fn token_count(&self) -> usize {
@@ -287,7 +285,7 @@ impl CallerAuth {
     /// even when the new file has mistakes.
     pub fn reload(&self, text: &str) -> Reload {
         let source = Source::Text(sha256(text.as_bytes()));
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.current.write();
         if current.source == source {
             return Reload::Unchanged;
         }
@@ -304,7 +302,7 @@ impl CallerAuth {
     /// can, since the tokens it holds now are unknown.
     pub fn unreadable(&self, error: String) -> Reload {
         let source = Source::Unreadable(error.clone());
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let mut current = self.current.write();
         if current.source == source {
             return Reload::Unchanged;
         }

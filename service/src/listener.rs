@@ -23,8 +23,8 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -35,6 +35,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::Mutex;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -277,12 +278,12 @@ impl Tracker {
     fn add(&self) -> (u64, Arc<Slot>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot::default());
-        self.lock().insert(id, slot.clone());
+        self.open.lock().insert(id, slot.clone());
         (id, slot)
     }
 
     fn remove(&self, id: u64) {
-        self.lock().remove(&id);
+        self.open.lock().remove(&id);
     }
 
     /// Asks the oldest connection without a request in flight to close,
@@ -290,7 +291,7 @@ impl Tracker {
     /// already made requests and now idles on keep-alive is likelier to be
     /// real); false when every connection has a request in flight.
     fn evict_oldest_idle(&self) -> bool {
-        let mut open = self.lock();
+        let mut open = self.open.lock();
         let idle = |slot: &Arc<Slot>| slot.in_flight.load(Ordering::SeqCst) == 0;
         let victim = open
             .iter()
@@ -304,10 +305,6 @@ impl Tracker {
             }
             None => false,
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Slot>>> {
-        self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -601,11 +598,11 @@ mod tests {
         drop(InFlight::begin(&slot_k));
         assert!(tracker.evict_oldest_idle());
         assert!(
-            !tracker.lock().contains_key(&b),
+            !tracker.open.lock().contains_key(&b),
             "b was the oldest that never sent a request"
         );
-        assert!(tracker.lock().contains_key(&a));
-        assert!(tracker.lock().contains_key(&k));
+        assert!(tracker.open.lock().contains_key(&a));
+        assert!(tracker.open.lock().contains_key(&k));
         // b was notified (a stored permit), the others were not.
         let notified = |slot: &Arc<Slot>| ready_at_once(slot.close.notified());
         assert!(notified(&slot_b));
@@ -621,7 +618,7 @@ mod tests {
             "only a is left, and it is busy"
         );
         tracker.remove(a);
-        assert!(tracker.lock().is_empty());
+        assert!(tracker.open.lock().is_empty());
     }
 
     /// Whether a `Notified` future is ready on its first poll.

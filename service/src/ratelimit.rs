@@ -8,8 +8,8 @@
 //! full every further new key shares one overflow bucket, so spraying source
 //! addresses can neither exhaust memory nor escape the limit.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Most distinct callers tracked at once.
@@ -61,9 +61,7 @@ impl RateLimiter {
     /// Takes one token from `key`'s bucket. `Err` carries how long until a
     /// token is available (for `retry-after`).
     pub fn check(&self, key: &str, now: Instant) -> Result<(), Duration> {
-        // A poisoned lock only means another request panicked mid-update; the
-        // buckets are still plain numbers.
-        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let mut table = self.table.lock();
         let key = if table.buckets.contains_key(key) || self.make_room(&mut table, now) {
             key
         } else {
@@ -104,11 +102,7 @@ impl RateLimiter {
 
     /// Buckets currently tracked.
     pub fn tracked_keys(&self) -> usize {
-        self.table
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .buckets
-            .len()
+        self.table.lock().buckets.len()
     }
 }
 
@@ -169,6 +163,22 @@ mod tests {
         let later = t0 + Duration::from_secs(5);
         assert!(limiter.check("new-3", later).is_ok());
         assert!(limiter.tracked_keys() <= 5);
+    }
+
+    /// A request that panics while it holds the table (a bug elsewhere)
+    /// must not turn every later request into a panic too.
+    #[test]
+    fn a_panic_while_the_table_is_held_leaves_the_limiter_working() {
+        let limiter = RateLimiter::new(1.0, 1);
+        let t0 = Instant::now();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _held = limiter.table.lock();
+            panic!("a request handler's bug");
+        }));
+        assert!(panicked.is_err());
+        assert!(limiter.check("a", t0).is_ok());
+        assert!(limiter.check("a", t0).is_err());
+        assert_eq!(limiter.tracked_keys(), 1);
     }
 
     #[test]

@@ -13,9 +13,9 @@
 //! are kept on the monotonic clock and reported as ages, so a reader with a
 //! skewed wall clock still places them correctly on its own clock.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -140,11 +140,6 @@ impl VerifierLog {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves plain counters behind: still usable.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Records one JWKS fetch on the connection from `peer` at `now`, unless
     /// the same connection was recorded less than [`COALESCE`] ago (then
     /// `None`). `user_agent` is read only when the fetch is recorded.
@@ -182,7 +177,7 @@ impl VerifierLog {
             };
         }
         let user_agent = cut(user_agent);
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         if let Some(record) = inner
             .by_address
             .get_mut(&address)
@@ -216,7 +211,7 @@ impl VerifierLog {
 
     /// Every record, most recent first, with ages counted back from `now`.
     pub fn report(&self, kids: &[String], max_age_seconds: u64, now: Instant) -> VerifiersReport {
-        let inner = self.lock();
+        let inner = self.inner.lock();
         let ago = |t: Instant| now.saturating_duration_since(t).as_secs_f64();
         let mut clients: Vec<ClientRecord> = inner
             .by_address

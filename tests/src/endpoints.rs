@@ -11,11 +11,12 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams};
+use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
@@ -147,10 +148,6 @@ pub struct ApiEndpoints {
     task: JoinHandle<()>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl ApiEndpoints {
     /// Starts following Service `namespace/service`; the first list is done
     /// before this returns, so the source is usable at once.
@@ -202,7 +199,7 @@ impl ApiEndpoints {
                         return;
                     };
                     let name = port_name.as_deref();
-                    *lock(&current) = (
+                    *current.lock() = (
                         service_endpoints(&svc, &pods, name, true),
                         service_endpoints(&svc, &pods, name, false),
                     );
@@ -223,13 +220,13 @@ impl ApiEndpoints {
 impl ApiEndpoints {
     /// Every pod of the Service with an IP, terminating ones included.
     pub fn all_pods(&self) -> Vec<SocketAddr> {
-        lock(&self.current).1.clone()
+        self.current.lock().1.clone()
     }
 }
 
 impl EndpointSource for ApiEndpoints {
     fn endpoints(&self) -> Vec<SocketAddr> {
-        lock(&self.current).0.clone()
+        self.current.lock().0.clone()
     }
 }
 
@@ -257,7 +254,7 @@ impl LaggedEndpoints {
                 tokio::time::sleep(period).await;
                 let now = Instant::now();
                 let eps = inner.endpoints();
-                let mut h = lock(&h);
+                let mut h = h.lock();
                 if h.back().is_none_or(|(_, last)| *last != eps) {
                     h.push_back((now, eps));
                 }
@@ -273,7 +270,7 @@ impl LaggedEndpoints {
 
 impl EndpointSource for LaggedEndpoints {
     fn endpoints(&self) -> Vec<SocketAddr> {
-        let h = lock(&self.history);
+        let h = self.history.lock();
         let cutoff = Instant::now().checked_sub(self.lag);
         h.iter()
             .rev()
@@ -347,7 +344,7 @@ mod tests {
     struct Fixed(Mutex<Vec<SocketAddr>>);
     impl EndpointSource for Fixed {
         fn endpoints(&self) -> Vec<SocketAddr> {
-            lock(&self.0).clone()
+            self.0.lock().clone()
         }
     }
 
@@ -362,7 +359,7 @@ mod tests {
             Duration::from_millis(10),
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-        *lock(&src.0) = vec![b];
+        *src.0.lock() = vec![b];
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(lagged.endpoints(), vec![a], "not learnt yet");
         tokio::time::sleep(Duration::from_millis(400)).await;

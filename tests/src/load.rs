@@ -27,8 +27,8 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::collections::BTreeSet;
@@ -36,6 +36,7 @@ use std::collections::BTreeSet;
 use base64::Engine as _;
 use macp_auth::auth::resolver::AuthResolver;
 use macp_auth::auth::resolvers::jwt_bearer::{JwtBearerResolver, JwtConfig};
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -361,10 +362,6 @@ pub struct LoadGenerator {
     tasks: Vec<JoinHandle<()>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn claims(token: &str, part: usize) -> Option<Value> {
     let p = token.split('.').nth(part)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -477,7 +474,7 @@ impl LoadGenerator {
 
     /// Counts so far (records included).
     pub fn snapshot(&self) -> LoadReport {
-        let mut r = lock(&self.shared.report).clone();
+        let mut r = self.shared.report.lock().clone();
         r.elapsed = self.shared.start.elapsed();
         r
     }
@@ -510,7 +507,7 @@ impl LoadGenerator {
         for t in self.tasks {
             let _ = t.await;
         }
-        let mut r = lock(&self.shared.report).clone();
+        let mut r = self.shared.report.lock().clone();
         r.elapsed = self.shared.start.elapsed();
         r
     }
@@ -534,7 +531,7 @@ impl Shared {
     fn done(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
             || self.start.elapsed() >= self.config.max_duration
-            || lock(&self.report).minted as usize >= self.config.max_tokens
+            || self.report.lock().minted as usize >= self.config.max_tokens
     }
 
     fn ttl(&self) -> Option<u64> {
@@ -605,7 +602,7 @@ impl Shared {
         let checks = schedule(Instant::now(), expires, self.config.rechecks);
         let after = schedule_leeway(expires, self.config.leeway, self.config.leeway_rechecks);
         let idx = {
-            let mut held = lock(&self.held);
+            let mut held = self.held.lock();
             held.push(Held {
                 token,
                 kid,
@@ -615,7 +612,7 @@ impl Shared {
             });
             held.len() - 1
         };
-        let mut due = lock(&self.due);
+        let mut due = self.due.lock();
         for at in checks {
             due.push(Reverse((at, idx, false)));
         }
@@ -646,10 +643,10 @@ async fn worker(shared: Arc<Shared>, id: usize) {
                     kid_known,
                     error: verdict.err(),
                 };
-                lock(&shared.report).record(record);
+                shared.report.lock().record(record);
                 shared.hold(token, kid, granted, at);
             }
-            Err(reason) => lock(&shared.report).mint_error(reason),
+            Err(reason) => shared.report.lock().mint_error(reason),
         }
         if !shared.config.pause.is_zero() {
             tokio::time::sleep(shared.config.pause).await;
@@ -661,7 +658,7 @@ async fn worker(shared: Arc<Shared>, id: usize) {
 async fn holder(shared: Arc<Shared>) {
     while !shared.stop.load(Ordering::SeqCst) {
         let next = {
-            let mut due = lock(&shared.due);
+            let mut due = shared.due.lock();
             match due.peek() {
                 Some(Reverse((at, _, _))) if *at <= Instant::now() => due.pop().map(|Reverse(x)| x),
                 _ => None,
@@ -672,7 +669,7 @@ async fn holder(shared: Arc<Shared>) {
             continue;
         };
         let (token, kid, ttl, minted_at, expires) = {
-            let held = lock(&shared.held);
+            let held = shared.held.lock();
             let h = &held[idx];
             (
                 h.token.clone(),
@@ -689,12 +686,12 @@ async fn holder(shared: Arc<Shared>) {
             expires
         };
         if started >= closes {
-            lock(&shared.report).late_checks_missed += 1;
+            shared.report.lock().late_checks_missed += 1;
             continue;
         }
         let vi = rand::random_range(0..shared.verifiers.len());
         let verdict = verify(&shared.verifiers[vi].resolver, &token).await;
-        lock(&shared.report).late_check(LateCheck {
+        shared.report.lock().late_check(LateCheck {
             kid,
             minted_at,
             ttl,

@@ -13,8 +13,8 @@
 //! response carries the answering pod in [`ENDPOINT_HEADER`].
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -22,6 +22,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -98,10 +99,6 @@ pub struct ServiceProxy {
     state: Arc<ProxyState>,
     addr: SocketAddr,
     _stop: Arc<StopOnDrop>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ServiceProxy {
@@ -185,12 +182,12 @@ impl ServiceProxy {
 
     /// Every JWKS served so far, oldest first.
     pub fn jwks_served(&self) -> Vec<JwksServed> {
-        lock(&self.state.jwks).clone()
+        self.state.jwks.lock().clone()
     }
 
     /// The kids of the latest JWKS served, if any was.
     pub fn last_jwks_kids(&self) -> Option<Vec<String>> {
-        lock(&self.state.jwks).last().map(|j| j.kids.clone())
+        self.state.jwks.lock().last().map(|j| j.kids.clone())
     }
 
     /// Resets the next `n` connections instead of forwarding them: what a
@@ -201,7 +198,7 @@ impl ServiceProxy {
 
     /// Every connection reset so far (injected or refused by the endpoint).
     pub fn resets(&self) -> Vec<Reset> {
-        lock(&self.state.resets).clone()
+        self.state.resets.lock().clone()
     }
 }
 
@@ -217,7 +214,7 @@ fn reset(state: &ProxyState, client: TcpStream, endpoint: Option<SocketAddr>, wh
     #[allow(deprecated)]
     let _ = client.set_linger(Some(Duration::ZERO));
     drop(client);
-    lock(&state.resets).push(Reset {
+    state.resets.lock().push(Reset {
         at: Instant::now(),
         endpoint,
         why,
@@ -304,7 +301,7 @@ async fn forward(
             .iter()
             .filter_map(|k| k.get("kid").and_then(Value::as_str).map(str::to_string))
             .collect();
-        lock(&state.jwks).push(JwksServed {
+        state.jwks.lock().push(JwksServed {
             at: Instant::now(),
             endpoint: ep,
             kids,

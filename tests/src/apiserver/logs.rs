@@ -17,7 +17,7 @@ use axum::response::Response;
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
-use super::server::{Shared, lock, until};
+use super::server::{Shared, until};
 
 /// How often a `follow` stream asks the hook for new output.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -102,7 +102,7 @@ pub(crate) fn serve(
     query: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let opts = LogOptions::from_query(query)?;
-    let source = lock(&shared.pod_logs).clone();
+    let source = shared.pod_logs.lock().clone();
     let not_found = || {
         let what = match &opts.container {
             Some(c) => format!("container {c:?} in pod {pod:?}"),

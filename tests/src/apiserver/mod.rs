@@ -147,7 +147,7 @@ pub use selector::{FieldSelector, LabelSelector};
 pub use store::Propagation;
 
 use instrument::Fault;
-use server::{Shared, lock};
+use server::Shared;
 use store::{DeleteOpts, EventType, Store};
 
 /// Failures starting the server.
@@ -295,7 +295,7 @@ impl ApiHandle {
     /// Serves `GET .../pods/{name}/log` from `source` (replacing any earlier
     /// one). Without a source every log request is a 404 Status.
     pub fn set_pod_logs(&self, source: Arc<dyn PodLogs>) {
-        *lock(&self.shared.pod_logs) = Some(source);
+        *self.shared.pod_logs.lock() = Some(source);
     }
 
     /// With `true`, creating a namespaced object (create, or a server-side
@@ -325,13 +325,15 @@ impl ApiHandle {
 
     /// Every request since start or the last [`reset_log`](Self::reset_log), in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.shared.log).clone()
+        self.shared.log.lock().clone()
     }
 
     /// Number of logged create/update/patch/delete requests (including no-op ones and
     /// ones that failed).
     pub fn write_count(&self) -> usize {
-        lock(&self.shared.log)
+        self.shared
+            .log
+            .lock()
             .iter()
             .filter(|r| r.is_write())
             .count()
@@ -339,14 +341,16 @@ impl ApiHandle {
 
     /// Number of logged requests with this verb on this resource (`"macpauths/status"`).
     pub fn count(&self, verb: &str, resource: &str) -> usize {
-        lock(&self.shared.log)
+        self.shared
+            .log
+            .lock()
             .iter()
             .filter(|r| r.verb == verb && r.resource == resource)
             .count()
     }
 
     pub fn reset_log(&self) {
-        lock(&self.shared.log).clear();
+        self.shared.log.lock().clear();
     }
 
     /// The latest resource version: it moves only when something actually changed.
@@ -365,7 +369,7 @@ impl ApiHandle {
     /// e.g. `deployments` or `macpauths/status`) fail with HTTP `code` (500 →
     /// InternalError, 409 → Conflict, ...). Note kube's client retries 429/503/504 itself.
     pub fn fail_next_writes(&self, resource: &str, count: usize, code: u16) {
-        lock(&self.shared.faults).push(Fault {
+        self.shared.faults.lock().push(Fault {
             resource: resource.to_string(),
             code,
             remaining: count,
@@ -373,7 +377,7 @@ impl ApiHandle {
     }
 
     pub fn clear_faults(&self) {
-        lock(&self.shared.faults).clear();
+        self.shared.faults.lock().clear();
     }
 
     /// Simulates an unreachable API server: new requests hang until [`resume`](Self::resume)
@@ -395,14 +399,14 @@ impl ApiHandle {
     /// Interval of BOOKMARK events on idle watches that asked for them (default 5 s);
     /// applies to watches started afterwards.
     pub fn set_bookmark_interval(&self, every: Duration) {
-        *lock(&self.shared.bookmark_interval) = every;
+        *self.shared.bookmark_interval.lock() = every;
     }
 
     /// Delays every watch event by `delay` after the change it reports, like an
     /// informer cache that lags: a controller then reconciles from objects one or
     /// more writes old. Applies to watches started afterwards.
     pub fn set_watch_delay(&self, delay: Duration) {
-        *lock(&self.shared.watch_delay) = delay;
+        *self.shared.watch_delay.lock() = delay;
     }
 
     // ---- RBAC ----------------------------------------------------------------
@@ -438,7 +442,7 @@ impl ApiHandle {
 
     /// Grants `rules` to `user` (see [`FakeApiServer::client_as`]).
     pub fn grant(&self, user: &str, rules: impl IntoIterator<Item = PolicyRule>, scope: RbacScope) {
-        lock(&self.shared.grants).push(rbac::Grant {
+        self.shared.grants.lock().push(rbac::Grant {
             user: user.to_string(),
             scope,
             rules: rules.into_iter().collect(),
@@ -447,12 +451,12 @@ impl ApiHandle {
 
     /// Removes every grant (authenticated clients may then do nothing).
     pub fn clear_grants(&self) {
-        lock(&self.shared.grants).clear();
+        self.shared.grants.lock().clear();
     }
 
     /// Requests RBAC refused (403), in arrival order; not cleared by `reset_log`.
     pub fn forbidden(&self) -> Vec<RecordedRequest> {
-        lock(&self.shared.forbidden).clone()
+        self.shared.forbidden.lock().clone()
     }
 
     // ---- direct store access (no HTTP, not logged) ------------------------

@@ -12,7 +12,9 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 
 use k8s_openapi::api::{apps, coordination, core, events, networking, policy, rbac};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -425,7 +427,7 @@ pub fn builtin_schema(group: &str, kind: &str) -> Option<(String, Map<String, Va
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(Cache::default);
     let key = (group.to_string(), kind.to_string());
-    let mut guard = cache.lock().unwrap_or_else(|e| e.into_inner());
+    let mut guard = cache.lock();
     let entry = guard.entry(key).or_insert_with(|| {
         let mut generator = SchemaSettings::openapi3().into_generator();
         let name = add_builtin(&mut generator, group, kind)?;

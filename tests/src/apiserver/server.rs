@@ -2,13 +2,14 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
@@ -57,11 +58,6 @@ pub(crate) struct Shared {
     pub strict_namespaces: std::sync::atomic::AtomicBool,
 }
 
-/// Locks ignoring poisoning: a panicking test thread must not wedge the server.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Shared {
     pub fn new(store: Store) -> Self {
         Self {
@@ -83,7 +79,7 @@ impl Shared {
     /// Runs `f` under the store lock and wakes watches if anything changed.
     pub fn write<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
         let (out, rv) = {
-            let mut store = lock(&self.store);
+            let mut store = self.store.lock();
             let out = f(&mut store);
             (out, store.current_rv())
         };
@@ -96,7 +92,7 @@ impl Shared {
     }
 
     pub fn read<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
-        f(&lock(&self.store))
+        f(&self.store.lock())
     }
 }
 
@@ -239,7 +235,7 @@ async fn serve_resource(
         namespace: rp.namespace.clone(),
         name: rp.name.clone(),
     };
-    lock(&shared.log).push(recorded.clone());
+    shared.log.lock().push(recorded.clone());
     if let Some(user) = rbac::user_of(headers) {
         authorize(
             shared,
@@ -253,7 +249,7 @@ async fn serve_resource(
         )?;
     }
     let is_write = matches!(verb, "create" | "update" | "patch" | "delete");
-    if is_write && let Some(code) = take_fault(&mut lock(&shared.faults), &logged_resource) {
+    if is_write && let Some(code) = take_fault(&mut shared.faults.lock(), &logged_resource) {
         return Err(ApiError::injected(code));
     }
     let ns = rp.namespace.clone().unwrap_or_default();
@@ -502,7 +498,7 @@ fn pod_log(
         namespace: rp.namespace.clone(),
         name: rp.name.clone(),
     };
-    lock(&shared.log).push(recorded.clone());
+    shared.log.lock().push(recorded.clone());
     if let Some(user) = rbac::user_of(headers) {
         authorize(shared, &user, &rt, rp, "get", headers, "pods/log", recorded)?;
     }
@@ -527,7 +523,7 @@ fn access_review(
     }
     let review = parse_body(headers, body)?;
     let user = rbac::user_of(headers);
-    let grants = lock(&shared.grants).clone();
+    let grants = shared.grants.lock().clone();
     let answer = review::answer(&review, user.as_deref(), &grants);
     Ok(json_response(StatusCode::CREATED, &answer))
 }
@@ -561,7 +557,7 @@ fn scale_subresource(
         namespace: rp.namespace.clone(),
         name: rp.name.clone(),
     };
-    lock(&shared.log).push(recorded.clone());
+    shared.log.lock().push(recorded.clone());
     if let Some(user) = rbac::user_of(headers) {
         authorize(shared, &user, rt, rp, verb, headers, &resource, recorded)?;
     }
@@ -638,7 +634,7 @@ fn authorize(
     } else {
         None
     };
-    let grants = lock(&shared.grants).clone();
+    let grants = shared.grants.lock().clone();
     let check = |verb: &str| rbac::allowed(&grants, user, verb, &rt.group, resource, ns);
     let mut refused = (!check(verb)).then_some(verb);
     let is_apply = headers
@@ -661,7 +657,7 @@ fn authorize(
     match refused {
         None => Ok(()),
         Some(v) => {
-            lock(&shared.forbidden).push(recorded);
+            shared.forbidden.lock().push(recorded);
             Err(ApiError::forbidden(
                 user,
                 v,
@@ -1034,8 +1030,8 @@ async fn run_watch(shared: Arc<Shared>, spec: WatchSpec, tx: mpsc::Sender<Bytes>
     let mut paused = shared.paused.subscribe();
     let mut shutdown = shared.shutdown.subscribe();
     let deadline = tokio::time::Instant::now() + spec.timeout;
-    let bookmark_every = *lock(&shared.bookmark_interval);
-    let delay = *lock(&shared.watch_delay);
+    let bookmark_every = *shared.bookmark_interval.lock();
+    let delay = *shared.watch_delay.lock();
     changes.borrow_and_update();
 
     let mut first = true;

@@ -5,9 +5,9 @@
 //! allocator binds it briefly, so an address busy in another process (another test
 //! binary, a stray service) is skipped.
 
+use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
-use std::sync::Mutex;
 
 static IN_USE: Mutex<BTreeSet<u8>> = Mutex::new(BTreeSet::new());
 
@@ -26,17 +26,14 @@ impl PodIp {
 
 impl Drop for PodIp {
     fn drop(&mut self) {
-        IN_USE
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.0);
+        IN_USE.lock().remove(&self.0);
     }
 }
 
 /// A free loopback address whose `port` can be bound right now, starting at a
 /// random point so consecutive pods rarely reuse an address that just closed.
 pub fn allocate(port: u16) -> Option<PodIp> {
-    let mut used = IN_USE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut used = IN_USE.lock();
     let span = u16::from(LAST - FIRST) + 1;
     let start = rand::random_range(0..span);
     for i in 0..span {

@@ -12,9 +12,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
@@ -25,7 +26,7 @@ use super::env::{self, PodFacts, Source};
 use super::podspec::{self, ContainerState, KUBELET_FINALIZER};
 use super::process;
 use super::volumes;
-use super::{Inner, PodStart, lock, now};
+use super::{Inner, PodStart, now};
 
 /// Lines of output kept per pod, like a container log.
 pub(super) const LOG_LINES: usize = 5000;
@@ -171,7 +172,7 @@ pub(super) async fn run_pod(inner: Arc<Inner>, run: PodRun, mut stop: watch::Rec
                     template_hash: &run.hash,
                     env: &env,
                 };
-                let mut st = lock(&inner.state);
+                let mut st = inner.state.lock();
                 let never = st.rules.iter().any(|r| r(&start));
                 if let Some(e) = st.pods.get_mut(&(run.namespace.clone(), run.name.clone())) {
                     e.info.never_ready = never;
@@ -205,7 +206,9 @@ pub(super) async fn run_pod(inner: Arc<Inner>, run: PodRun, mut stop: watch::Rec
             }
         };
         if matches!(outcome, Outcome::Exited(_))
-            && let Some(e) = lock(&inner.state)
+            && let Some(e) = inner
+                .state
+                .lock()
                 .pods
                 .get_mut(&(run.namespace.clone(), run.name.clone()))
         {
@@ -245,7 +248,9 @@ pub(super) async fn run_pod(inner: Arc<Inner>, run: PodRun, mut stop: watch::Rec
             } // The readiness future never completes.
         }
     };
-    lock(&inner.state)
+    inner
+        .state
+        .lock()
         .pods
         .remove(&(run.namespace.clone(), run.name.clone()));
     drop(run.ip);
@@ -345,7 +350,9 @@ fn spawn(
         .spawn()
         .map_err(|e| format!("starting {}: {e}", program.display()))?;
     tracing::debug!(pod = %run.name, %ip, port = run.port, never_ready, pid = ?child.id(), "pod process started");
-    if let Some(e) = lock(&inner.state)
+    if let Some(e) = inner
+        .state
+        .lock()
         .pods
         .get_mut(&(run.namespace.clone(), run.name.clone()))
     {
@@ -370,7 +377,7 @@ fn pipe_logs(reader: impl AsyncRead + Unpin + Send + 'static, logs: Arc<Mutex<Ve
 }
 
 fn push_log(logs: &Mutex<VecDeque<String>>, line: String) {
-    let mut l = lock(logs);
+    let mut l = logs.lock();
     if l.len() >= LOG_LINES {
         l.pop_front();
     }
@@ -427,7 +434,7 @@ async fn readiness(
 
 /// Updates the controller's view; false when the pod is already terminating.
 fn set_ready(inner: &Inner, run: &PodRun, ready: bool, restarts: Option<u32>) -> bool {
-    let mut st = lock(&inner.state);
+    let mut st = inner.state.lock();
     let Some(e) = st.pods.get_mut(&(run.namespace.clone(), run.name.clone())) else {
         return false;
     };

@@ -10,7 +10,7 @@ use std::sync::Weak;
 
 use crate::apiserver::{LogOptions, PodLogs};
 
-use super::{Inner, lock};
+use super::Inner;
 
 /// The simulated kubelet as the API server's log source. Weak: the server
 /// outlives nothing it serves, and the cluster holds the server's handle.
@@ -25,7 +25,7 @@ impl PodLogs for ClusterLogs {
         _opts: &LogOptions,
     ) -> Option<Vec<u8>> {
         let inner = self.0.upgrade()?;
-        let st = lock(&inner.state);
+        let st = inner.state.lock();
         let entry = st.pods.get(&(namespace.to_string(), pod.to_string()))?;
         // Only the first container runs; another name is not a container here.
         if let Some(c) = container
@@ -34,7 +34,7 @@ impl PodLogs for ClusterLogs {
             return None;
         }
         let mut out = Vec::new();
-        for line in lock(&entry.logs).iter() {
+        for line in entry.logs.lock().iter() {
             out.extend_from_slice(line.as_bytes());
             out.push(b'\n');
         }

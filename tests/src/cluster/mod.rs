@@ -65,9 +65,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -75,10 +76,6 @@ use crate::apiserver::ApiHandle;
 use crate::wait::{Displayed, OnChange, TimedOut, try_wait_until};
 pub use images::ImageMap;
 use rollout::PodView;
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -216,7 +213,9 @@ impl Cluster {
 
     /// Every pod process, running or shutting down, in (namespace, name) order.
     pub fn pods(&self) -> Vec<PodInfo> {
-        lock(&self.inner.state)
+        self.inner
+            .state
+            .lock()
             .pods
             .values()
             .map(|e| e.info.clone())
@@ -243,24 +242,26 @@ impl Cluster {
 
     /// The pod's captured stdout and stderr lines (the last ones; see the `logs` module).
     pub fn pod_logs(&self, namespace: &str, name: &str) -> Vec<String> {
-        lock(&self.inner.state)
+        self.inner
+            .state
+            .lock()
             .pods
             .get(&(namespace.to_string(), name.to_string()))
-            .map(|e| lock(&e.logs).iter().cloned().collect())
+            .map(|e| e.logs.lock().iter().cloned().collect())
             .unwrap_or_default()
     }
 
     /// Pods started from now on for which `rule` holds never become ready (their
     /// process runs, the readiness probe never succeeds): a stuck rollout.
     pub fn never_ready_when(&self, rule: impl Fn(&PodStart<'_>) -> bool + Send + Sync + 'static) {
-        lock(&self.inner.state).rules.push(Arc::new(rule));
+        self.inner.state.lock().rules.push(Arc::new(rule));
     }
 
     /// Kills the pod's process at once (SIGKILL), as a node or OOM kill would:
     /// its connections break, and the kubelet restarts it with backoff. False
     /// when there is no such running process.
     pub fn kill_pod(&self, namespace: &str, name: &str) -> bool {
-        let st = lock(&self.inner.state);
+        let st = self.inner.state.lock();
         let Some(pid) = st
             .pods
             .get(&(namespace.to_string(), name.to_string()))
@@ -283,7 +284,7 @@ impl Cluster {
 
     /// Forgets every never-ready rule (pods already stuck stay stuck until replaced).
     pub fn clear_never_ready(&self) {
-        lock(&self.inner.state).rules.clear();
+        self.inner.state.lock().rules.clear();
     }
 
     /// Waits until the Deployment's rollout is complete: status observed the current
@@ -322,7 +323,7 @@ impl Cluster {
     pub async fn shutdown(self) {
         // The controller goes first so it does not replace what we stop.
         self.inner.stop_controller.send_replace(true);
-        for e in lock(&self.inner.state).pods.values_mut() {
+        for e in self.inner.state.lock().pods.values_mut() {
             e.info.terminating = true;
             e.info.ready = false;
             e.stop.send_replace(true);
@@ -336,7 +337,10 @@ impl Cluster {
             self.inner.config.default_termination_grace + Duration::from_secs(2),
             Duration::from_millis(20),
             async || {
-                !lock(&self.inner.state)
+                !self
+                    .inner
+                    .state
+                    .lock()
                     .pods
                     .values()
                     .any(|e| e.pid.is_some())
@@ -408,7 +412,7 @@ fn reconcile(inner: &Arc<Inner>) {
             )
         })
         .collect();
-    let mut st = lock(&inner.state);
+    let mut st = inner.state.lock();
 
     // Deleted Pods: stop their processes.
     for (key, e) in st.pods.iter_mut() {

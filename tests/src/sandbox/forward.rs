@@ -6,9 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
@@ -40,10 +41,6 @@ pub struct Forwards {
     stop: watch::Sender<bool>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Forwards {
     /// Follows the Services of `api`'s store; every change is sent to `announce`.
     pub fn start(api: ApiHandle, announce: Option<mpsc::UnboundedSender<ServiceAddr>>) -> Self {
@@ -55,21 +52,24 @@ impl Forwards {
 
     /// The local URL of Service `namespace/name`, once its forwarder runs.
     pub fn url(&self, namespace: &str, name: &str) -> Option<String> {
-        lock(&self.table)
+        self.table
+            .lock()
             .get(&(namespace.to_string(), name.to_string()))
             .map(|f| f.proxy.url())
     }
 
     /// The forwarder of Service `namespace/name` (the load generator mints through it).
     pub fn proxy(&self, namespace: &str, name: &str) -> Option<ServiceProxy> {
-        lock(&self.table)
+        self.table
+            .lock()
             .get(&(namespace.to_string(), name.to_string()))
             .map(|f| f.proxy.clone())
     }
 
     /// Every forwarded Service, in (namespace, name) order.
     pub fn all(&self) -> Vec<ServiceAddr> {
-        lock(&self.table)
+        self.table
+            .lock()
             .iter()
             .map(|((ns, name), f)| ServiceAddr {
                 namespace: ns.clone(),
@@ -84,7 +84,7 @@ impl Forwards {
 impl Drop for Forwards {
     fn drop(&mut self) {
         self.stop.send_replace(true);
-        lock(&self.table).clear();
+        self.table.lock().clear();
     }
 }
 
@@ -143,18 +143,19 @@ async fn sync(
             });
         }
     };
-    let gone: Vec<(String, String)> = lock(table)
+    let gone: Vec<(String, String)> = table
+        .lock()
         .iter()
         .filter(|(k, f)| wanted.get(*k).is_none_or(|(uid, _)| *uid != f.uid))
         .map(|(k, _)| k.clone())
         .collect();
     for key in gone {
-        if let Some(f) = lock(table).remove(&key) {
+        if let Some(f) = table.lock().remove(&key) {
             send(&key.0, &key.1, f.proxy.url(), false);
         }
     }
     for ((ns, name), (uid, port)) in wanted {
-        if lock(table).contains_key(&(ns.clone(), name.clone())) {
+        if table.lock().contains_key(&(ns.clone(), name.clone())) {
             continue;
         }
         let source = Arc::new(StoreEndpoints::new(api.clone(), &ns, &name));
@@ -166,7 +167,7 @@ async fn sync(
             }
         };
         send(&ns, &name, proxy.url(), true);
-        lock(table).insert((ns, name), Forward { uid, proxy });
+        table.lock().insert((ns, name), Forward { uid, proxy });
     }
 }
 

@@ -8,9 +8,10 @@
 //! `ROUND` whose totals are added up; a round starts only when the Service
 //! has ready endpoints.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -28,10 +29,6 @@ pub struct SandboxLoad {
     rates: Arc<Mutex<Option<LoadRates>>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The generator's settings for MacpAuth `m`: its issuer, audience, cache TTL
@@ -78,14 +75,14 @@ impl SandboxLoad {
 
     /// Rates over the last second and totals so far; None until the first round starts.
     pub fn rates(&self) -> Option<LoadRates> {
-        lock(&self.rates).clone()
+        self.rates.lock().clone()
     }
 
     /// Stops the load and returns its final rates and totals.
     pub async fn stop(self) -> Option<LoadRates> {
         self.stop.send_replace(true);
         let _ = self.task.await;
-        lock(&self.rates).clone()
+        self.rates.lock().clone()
     }
 }
 
@@ -162,7 +159,7 @@ async fn run(
             let now = Totals::of(&generator.snapshot());
             let dt = last_at.elapsed().as_secs_f64().max(0.001);
             let total = done.plus(now);
-            *lock(&rates) = Some(LoadRates {
+            *rates.lock() = Some(LoadRates {
                 mints_per_sec: (now.minted - last.minted.min(now.minted)) as f64 / dt,
                 verifications_per_sec: (now.checks - last.checks.min(now.checks)) as f64 / dt,
                 minted: total.minted,
@@ -177,7 +174,7 @@ async fn run(
         }
         let report = generator.stop().await;
         done = done.plus(Totals::of(&report));
-        if let Some(r) = lock(&rates).as_mut() {
+        if let Some(r) = rates.lock().as_mut() {
             // The round's last counts, which the last tick may have missed.
             r.minted = done.minted;
             r.verified = done.verified;

@@ -324,6 +324,51 @@ pub(crate) fn entry_is_warning(phase: RotationPhase, facts: Facts) -> bool {
     }
 }
 
+/// What the verifier reports of a round are for (`machine/verifiers.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum VerifierWatch {
+    /// Start the list afresh: the verifiers the old pods saw, before publishing.
+    Baseline,
+    /// Record which verifiers fetched a JWKS holding the new key (the evidence).
+    NewKey,
+    /// Keep the list and the cache TTL in effect current.
+    Background,
+}
+
+pub(crate) fn verifier_watch(phase: RotationPhase) -> VerifierWatch {
+    match phase {
+        KeyGenerated => VerifierWatch::Baseline,
+        Propagating => VerifierWatch::NewKey,
+        Idle | Publishing | Activating | Draining | Retiring | RollingBack => {
+            VerifierWatch::Background
+        }
+    }
+}
+
+/// The announcement of entering a rollout phase (waits announce themselves
+/// with their figures in `machine/enter.rs`).
+pub(crate) fn rollout_announcement(rot: &RotationStatus, facts: Facts) -> String {
+    let old = rot.old_kid.as_deref().unwrap_or_default();
+    let new = rot.new_kid.as_deref().unwrap_or_default();
+    let retiring = if facts.reversed { new } else { old };
+    match rot.phase {
+        Publishing => format!("publishing {new} next to the active key {old}"),
+        Activating if facts.emergency => {
+            format!("activating fresh key {new}; nothing else is published")
+        }
+        Activating => format!("activating {new}; {old} stays published"),
+        Retiring => format!("retiring {retiring}"),
+        RollingBack => format!(
+            "rolling back the failed {} step: {old} signs",
+            facts
+                .rollback_from
+                .map(|p| format!("{p:?}"))
+                .unwrap_or_default()
+        ),
+        Idle | KeyGenerated | Propagating | Draining => format!("{:?}", rot.phase),
+    }
+}
+
 /// The phases a rotation started from Idle goes through when every step
 /// succeeds, in order: `on_success` followed from KeyGenerated.
 pub fn route(emergency: bool, prepublish: bool) -> Vec<RotationPhase> {

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use crate::crd::RotationPhase::{self, *};
+use crate::crd::RotationPhase::{self, RollingBack};
 use crate::rotation::ledger;
-use crate::rotation::phase::{self, Facts, Wait};
+use crate::rotation::phase::{self, Wait};
 use crate::rotation::plan::reversed;
 use crate::rotation::schedule::{add, add_secs, until};
 use crate::rotation::{Action, KeysetPlan, KeysetView, POLL, PROPAGATION_SLACK_SECONDS};
@@ -36,7 +36,10 @@ impl Machine<'_> {
         let rollout_deadline = add_secs(now, spec.rotation.rollout_timeout_seconds);
         let (wait_until, message) = match phase::wait(phase) {
             Wait::Nothing => (now, String::new()),
-            Wait::RolloutDeadline => (rollout_deadline, self.rollout_message(phase, facts)),
+            Wait::RolloutDeadline => (
+                rollout_deadline,
+                phase::rollout_announcement(&self.rot, facts),
+            ),
             Wait::VerifierCaches => {
                 let ttl = self.cache_ttl();
                 let lowered = if ttl > spec.jwks_cache_ttl_seconds {
@@ -104,32 +107,6 @@ impl Machine<'_> {
             self.rot.old_kid.clone().unwrap_or_default(),
             self.rot.new_kid.clone().unwrap_or_default(),
         )
-    }
-
-    /// The announcement of a rollout phase.
-    fn rollout_message(&self, phase: RotationPhase, facts: Facts) -> String {
-        let (old, new) = self.kids();
-        let (retiring, _) = if facts.reversed {
-            (&new, &old)
-        } else {
-            (&old, &new)
-        };
-        match phase {
-            Publishing => format!("publishing {new} next to the active key {old}"),
-            Activating if facts.emergency => {
-                format!("activating fresh key {new}; nothing else is published")
-            }
-            Activating => format!("activating {new}; {old} stays published"),
-            Retiring => format!("retiring {retiring}"),
-            RollingBack => format!(
-                "rolling back the failed {} step: {old} signs",
-                self.rot
-                    .rollback_from
-                    .map(|p| format!("{p:?}"))
-                    .unwrap_or_default()
-            ),
-            Idle | KeyGenerated | Propagating | Draining => format!("{phase:?}"),
-        }
     }
 
     /// Emits the write of `plan`; aborts the rotation instead when the Secret

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use crate::conditions::{self, VERIFIERS_PROPAGATED};
-use crate::crd::RotationPhase::*;
 use crate::rotation::POLL;
 use crate::rotation::evidence::{self, PodReport};
+use crate::rotation::phase::{self, VerifierWatch};
 use crate::rotation::reasons::{
     REASON_EVIDENCE_NOT_USED, REASON_PROPAGATION_TIMEOUT, REASON_VERIFIERS_FETCHED,
 };
@@ -39,6 +39,7 @@ impl Machine<'_> {
         let spec = self.inp.spec;
         let configured = spec.jwks_cache_ttl_seconds;
         let gathered = !self.reports().is_empty();
+        let watch = phase::verifier_watch(self.rot.phase);
         let previous_known = self
             .status
             .verifiers
@@ -47,10 +48,10 @@ impl Machine<'_> {
             .unwrap_or_default();
         let known = if !gathered {
             None
-        } else if self.rot.phase == KeyGenerated {
+        } else if watch == VerifierWatch::Baseline {
             Some(evidence::start(&previous_known, self.reports(), now))
         } else {
-            let propagating = self.rot.phase == Propagating;
+            let propagating = watch == VerifierWatch::NewKey;
             let new_kid = self.rot.new_kid.clone().filter(|_| propagating);
             Some(evidence::merge(
                 &previous_known,
@@ -71,7 +72,7 @@ impl Machine<'_> {
         };
         self.status.jwks_cache_ttl_in_effect_seconds = Some(ttl);
         if let Some(known) = known {
-            let propagating = self.rot.phase == Propagating;
+            let propagating = watch == VerifierWatch::NewKey;
             self.status.verifiers = Some(evidence::summary(known, ttl, now, propagating));
         }
     }

@@ -13,6 +13,9 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
+// The schema's ceilings are the token service's: a value it would refuse at
+// startup is refused at `kubectl apply` instead.
+use macp_auth_service::config::RATE_LIMIT_CEILING;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 /// In scope for `RotationPhase::VARIANTS` in other crates.
@@ -310,11 +313,11 @@ pub struct CallerAuthSpec {
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitSpec {
     /// Sustained mint requests per second and caller.
-    #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(range(min = 1, max = RATE_LIMIT_CEILING))]
     pub per_second: u32,
     /// Bucket size: requests a caller may send at once; one second's worth when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(range(min = 1, max = RATE_LIMIT_CEILING))]
     pub burst: Option<u32>,
 }
 

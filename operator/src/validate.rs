@@ -8,12 +8,10 @@
 //! which depends on the rest of the spec, is checked here.
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use macp_auth_service::config::RATE_LIMIT_CEILING;
 
 use crate::crd::{MIN_EMERGENCY_MAX_TTL_SECONDS, MacpAuthSpec};
 use crate::rotation;
-
-/// Highest rate-limit setting the token service accepts (it exits at startup above it).
-pub const RATE_LIMIT_MAX: u32 = 1_000_000;
 
 /// Clock leeway the MACP runtime's verifier (`macp-auth`, through
 /// `jsonwebtoken`'s default validation) grants past a token's `exp`: a token
@@ -71,7 +69,7 @@ pub enum SpecError {
         rollouts: u32,
         rollout_timeout: i64,
     },
-    #[error("rateLimit.{field} must be between 1 and {RATE_LIMIT_MAX}, got {value}")]
+    #[error("rateLimit.{field} must be between 1 and {RATE_LIMIT_CEILING}, got {value}")]
     RateLimit { field: &'static str, value: u32 },
     #[error("mintPort must be between 1 and 65535, got {0}")]
     MintPort(i32),
@@ -212,7 +210,7 @@ fn validate_hardening(spec: &MacpAuthSpec) -> Vec<SpecError> {
         let fields = [("perSecond", Some(rl.per_second)), ("burst", rl.burst)];
         for (field, value) in fields {
             if let Some(value) = value
-                && !(1..=RATE_LIMIT_MAX).contains(&value)
+                && !(1..=RATE_LIMIT_CEILING).contains(&value)
             {
                 errors.push(SpecError::RateLimit { field, value });
             }

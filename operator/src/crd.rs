@@ -15,7 +15,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
 // The schema's ceilings are the token service's: a value it would refuse at
 // startup is refused at `kubectl apply` instead.
-use macp_auth_service::config::RATE_LIMIT_CEILING;
+use macp_auth_service::config::{
+    MAX_CONNECTIONS_CEILING, RATE_LIMIT_CEILING, TIMEOUT_CEILING_SECONDS,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 /// In scope for `RotationPhase::VARIANTS` in other crates.
@@ -278,15 +280,15 @@ pub struct ConnectionLimitsSpec {
     /// Request headers, and the next request on an idle keep-alive
     /// connection, must arrive within this; the service's default is 10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 3600))]
+    #[schemars(range(min = 1, max = TIMEOUT_CEILING_SECONDS))]
     pub header_timeout_seconds: Option<u32>,
     /// A request's body must have arrived within this (else 408); the service's default is 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 3600))]
+    #[schemars(range(min = 1, max = TIMEOUT_CEILING_SECONDS))]
     pub request_timeout_seconds: Option<u32>,
     /// Open connections per pod; the service sizes it from its open-file limit when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(range(min = 1, max = MAX_CONNECTIONS_CEILING))]
     pub max_connections: Option<u32>,
 }
 

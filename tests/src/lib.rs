@@ -8,6 +8,9 @@
 //! - [`endpoints`]: a Service's ready endpoints, from the simulated store or a real cluster's API.
 //! - [`proxy`]: a Service stand-in that forwards to ready pods.
 //! - [`ready_pods`]: a Deployment's rollout played by hand, for tests without the simulated cluster.
+//! - `reconcile_harness`: the real reconciler against the API server with the
+//!   operator's RBAC, for the reconciler-level tests (`reconcile-harness` feature,
+//!   on in the crate's own tests).
 //! - [`load`]: a load generator that verifies every token with the MACP runtime's verifier.
 //! - [`sandbox`]: the API server and the simulated cluster as one local cluster for `kubectl` and `helm`.
 //! - [`standin`]: a kubelet stand-in for benchmarks: pods as in-process token services, rolled out at once.
@@ -25,6 +28,8 @@ pub mod helm;
 pub mod load;
 pub mod proxy;
 pub mod ready_pods;
+#[cfg(feature = "reconcile-harness")]
+pub mod reconcile_harness;
 pub mod sandbox;
 pub mod standin;
 pub mod wait;

@@ -1,7 +1,4 @@
-//! The incident path at the reconciler level (the real reconciler, through
-//! the real kube client, against the in-process API server enforcing the
-//! operator's RBAC; pods and Deployment status set by hand, a fake prober
-//! answering for the pods, as in `reconcile.rs`):
+//! The incident path at the reconciler level:
 //!
 //! - an emergency rotation requested while the spec is invalid runs with the
 //!   last valid spec, `Degraded`/`InvalidSpec` stays, a Warning says so, and
@@ -10,203 +7,15 @@
 //!   setting the same value again is seen and answered with a Warning and the
 //!   `EmergencyRequest` condition naming the value and when it was handled.
 
-use std::sync::Arc;
-
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::events::Reporter;
-use macp_auth_e2e::apiserver::FakeApiServer;
-use macp_auth_e2e::ready_pods;
+use macp_auth_e2e::reconcile_harness::{Harness, condition, container_env};
 use macp_auth_operator::crd::{
-    EMERGENCY_ROTATE_ANNOTATION, MacpAuth, MacpAuthStatus, ROTATE_ANNOTATION, RotationPhase,
-    RotationTrigger,
+    EMERGENCY_ROTATE_ANNOTATION, ROTATE_ANNOTATION, RotationPhase, RotationTrigger,
 };
-use macp_auth_operator::events::EventRecorders;
-use macp_auth_operator::fixtures::{self, FakeProber};
-use macp_auth_operator::keyset::Keyset;
-use macp_auth_operator::metrics::Metrics;
-use macp_auth_operator::reconcile::{Context, reconcile};
-use macp_auth_operator::{Settings, rbac, resources};
 use serde_json::{Value, json};
 
-const NS: &str = "auth";
-
-struct Harness {
-    server: FakeApiServer,
-    prober: Arc<FakeProber>,
-    ctx: Arc<Context>,
-}
-
-impl Harness {
-    async fn new() -> Self {
-        let server = FakeApiServer::start().await.unwrap();
-        server.enforce_operator_rbac(&rbac::Mode::Namespaced(vec![NS.to_string()]), None);
-        let prober = Arc::new(FakeProber::default());
-        let client = server.operator_client().unwrap();
-        let recorder = EventRecorders::new(
-            &client,
-            &Reporter {
-                controller: "macp-auth-operator".into(),
-                instance: None,
-            },
-        );
-        let settings = Settings {
-            service_image: "registry.test/macp-auth-service:test".to_string(),
-            watch_namespaces: vec![NS.to_string()],
-            ..Settings::default()
-        };
-        let ctx = Arc::new(Context::new(
-            client,
-            settings,
-            prober.clone(),
-            recorder,
-            Metrics::default(),
-        ));
-        Self {
-            server,
-            prober,
-            ctx,
-        }
-    }
-
-    fn api(&self) -> Api<MacpAuth> {
-        Api::namespaced(self.server.client(), NS)
-    }
-
-    fn mauth(&self, name: &str) -> MacpAuth {
-        self.server
-            .get_as::<MacpAuth>(Some(NS), name)
-            .unwrap()
-            .unwrap()
-    }
-
-    fn status(&self, name: &str) -> MacpAuthStatus {
-        self.mauth(name).status.unwrap_or_default()
-    }
-
-    async fn reconcile(&self, name: &str) {
-        reconcile(Arc::new(self.mauth(name)), self.ctx.clone())
-            .await
-            .unwrap();
-    }
-
-    fn keyset(&self, name: &str) -> Keyset {
-        let secret = self
-            .server
-            .get_as::<Secret>(Some(NS), &resources::secret_name(name))
-            .unwrap()
-            .unwrap();
-        Keyset::from_secret_data(&secret.data.unwrap()).unwrap()
-    }
-
-    fn deployment(&self, name: &str) -> Deployment {
-        self.server
-            .get_as::<Deployment>(Some(NS), name)
-            .unwrap()
-            .unwrap()
-    }
-
-    /// The token service's max TTL as rendered into the Deployment.
-    fn rendered_max_ttl(&self, name: &str) -> String {
-        let d = self.deployment(name);
-        let env = d.spec.unwrap().template.spec.unwrap().containers[0]
-            .env
-            .clone()
-            .unwrap();
-        env.into_iter()
-            .find(|e| e.name == "MACP_AUTH_MAX_TTL_SECONDS")
-            .and_then(|e| e.value)
-            .unwrap()
-    }
-
-    /// Plays the Deployment controller and kubelet: every replica of the
-    /// current template is up, ready, and serves `kids` (signing with the first).
-    fn roll_out(&self, name: &str, kids: &[&str]) {
-        ready_pods::roll_out(&self.server, NS, name, |ip| self.prober.serve(ip, kids))
-            .expect("roll out");
-    }
-
-    /// A MacpAuth created with `spec`, rolled out and reconciled to Ready; its active kid.
-    async fn create_ready(&self, name: &str, spec: Value) -> String {
-        let m = fixtures::macpauth(name).spec(spec).build();
-        self.api().create(&PostParams::default(), &m).await.unwrap();
-        self.reconcile(name).await;
-        let kid = self.keyset(name).active.kid;
-        self.roll_out(name, &[&kid]);
-        self.reconcile(name).await;
-        assert_eq!(condition(&self.status(name), "Ready").0, "True");
-        kid
-    }
-
-    /// A merge patch through the API, as `kubectl annotate` / `kubectl edit` send.
-    async fn patch(&self, name: &str, patch: Value) {
-        self.api()
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .unwrap();
-    }
-
-    async fn annotate(&self, name: &str, key: &str, value: Option<&str>) {
-        self.patch(name, json!({"metadata": {"annotations": {key: value}}}))
-            .await;
-    }
-
-    fn annotation(&self, name: &str, key: &str) -> Option<String> {
-        self.mauth(name)
-            .metadata
-            .annotations
-            .and_then(|a| a.get(key).cloned())
-    }
-
-    /// Rounds, rolling out whatever the Secret holds, until no rotation is in flight.
-    async fn drive_to_idle(&self, name: &str) {
-        for _ in 0..12 {
-            let idle = self
-                .status(name)
-                .rotation
-                .is_none_or(|r| r.phase == RotationPhase::Idle);
-            if idle {
-                return;
-            }
-            let ks = self.keyset(name);
-            let mut kids = vec![ks.active.kid.clone()];
-            kids.extend(ks.published_kids());
-            let kids: Vec<&str> = kids.iter().map(String::as_str).collect();
-            self.roll_out(name, &kids);
-            self.reconcile(name).await;
-        }
-        panic!("the rotation did not finish: {:#?}", self.status(name));
-    }
-
-    /// How often an event of `reason` was published: repeats of one note
-    /// are aggregated into a series (`series.count`).
-    fn occurrences(&self, reason: &str) -> u64 {
-        self.server
-            .list("events.k8s.io", "events", Some(NS))
-            .into_iter()
-            .filter(|e| e["reason"] == reason)
-            .map(|e| e["series"]["count"].as_u64().unwrap_or(1))
-            .sum()
-    }
-
-    fn events(&self, reason: &str) -> Vec<String> {
-        self.server
-            .list("events.k8s.io", "events", Some(NS))
-            .into_iter()
-            .filter(|e| e["reason"] == reason)
-            .filter_map(|e| e["note"].as_str().map(str::to_string))
-            .collect()
-    }
-}
-
-fn condition(s: &MacpAuthStatus, type_: &str) -> (String, String, String) {
-    let c = s
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .unwrap_or_else(|| panic!("no {type_} condition in {s:?}"));
-    (c.status.clone(), c.reason.clone(), c.message.clone())
+/// The token service's max TTL as rendered into the Deployment.
+fn rendered_max_ttl(h: &Harness, name: &str) -> String {
+    container_env(&h.deployment(name).unwrap())["MACP_AUTH_MAX_TTL_SECONDS"].clone()
 }
 
 /// Short token lifetimes with a pinned drain: the spec the sandbox run made
@@ -223,7 +32,7 @@ fn pinned_drain_spec() -> Value {
 #[tokio::test]
 async fn an_emergency_runs_past_an_invalid_spec_with_the_last_valid_one() {
     let h = Harness::new().await;
-    let suspect = h.create_ready("inc", pinned_drain_spec()).await;
+    let suspect = h.create_ready_with("inc", pinned_drain_spec()).await;
     let valid = h.status("inc").last_valid_spec.expect("lastValidSpec");
     assert_eq!(valid.generation, Some(1));
     assert_eq!(valid.spec["maxTtlSeconds"], 5);
@@ -281,7 +90,7 @@ async fn an_emergency_runs_past_an_invalid_spec_with_the_last_valid_one() {
         (RotationTrigger::Emergency, Some("INC-77"))
     );
     // Rendered from the last valid spec, not from the invalid one.
-    assert_eq!(h.rendered_max_ttl("inc"), "5");
+    assert_eq!(rendered_max_ttl(&h, "inc"), "5");
     let (status, reason, message) = condition(&s, "Degraded");
     assert_eq!(
         (status.as_str(), reason.as_str()),
@@ -316,7 +125,7 @@ async fn an_emergency_runs_past_an_invalid_spec_with_the_last_valid_one() {
 async fn a_reused_emergency_id_is_answered_with_a_warning_naming_when_it_was_handled() {
     let h = Harness::new().await;
     let first = h
-        .create_ready("drill", json!({"signingAlg": "ES256"}))
+        .create_ready_with("drill", json!({"signingAlg": "ES256"}))
         .await;
 
     // The drill, run from the docs with a fixed id.

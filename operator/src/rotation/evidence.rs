@@ -21,14 +21,14 @@ use crate::crd::{KnownVerifier, VerifiersStatus};
 use crate::rotation::PROPAGATION_SLACK_SECONDS;
 
 /// The `User-Agent` of the operator's own probes: its JWKS fetches are no verifier's.
-pub const PROBE_USER_AGENT: &str = "macp-auth-operator";
+pub(crate) const PROBE_USER_AGENT: &str = "macp-auth-operator";
 /// A verifier counts as present while its last fetch is within this many of
 /// its own fetch intervals (or of the cache TTL, when that is longer).
-pub const RECENT_INTERVALS: i64 = 3;
+const RECENT_INTERVALS: i64 = 3;
 /// Verifiers kept in status, most recent first.
-pub const KNOWN_LIMIT: usize = 100;
+const KNOWN_LIMIT: usize = 100;
 /// Verifiers named in a message or `waitingFor`.
-pub const NAMED_LIMIT: usize = 10;
+const NAMED_LIMIT: usize = 10;
 
 /// One pod's answer to `GET /verifiers`.
 pub type PodReport = Result<VerifiersReport, String>;
@@ -165,7 +165,7 @@ pub fn start(
 
 /// Whether `v` still counts as present: its last fetch is within
 /// [`RECENT_INTERVALS`] of its own interval, or of `cache_ttl` when longer.
-pub fn is_recent(v: &KnownVerifier, cache_ttl: i64, now: DateTime<Utc>) -> bool {
+fn is_recent(v: &KnownVerifier, cache_ttl: i64, now: DateTime<Utc>) -> bool {
     let span = RECENT_INTERVALS.saturating_mul(v.interval_seconds.unwrap_or(0).max(cache_ttl));
     now - v.last_fetch <= chrono::Duration::seconds(span)
 }
@@ -192,11 +192,7 @@ pub fn names(verifiers: &[&KnownVerifier]) -> String {
 }
 
 /// The longest cache time observed among recent verifiers with a known interval.
-pub fn longest_interval(
-    known: &[KnownVerifier],
-    cache_ttl: i64,
-    now: DateTime<Utc>,
-) -> Option<i64> {
+fn longest_interval(known: &[KnownVerifier], cache_ttl: i64, now: DateTime<Utc>) -> Option<i64> {
     known
         .iter()
         .filter(|v| is_recent(v, cache_ttl, now))

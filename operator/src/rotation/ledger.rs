@@ -88,7 +88,7 @@ fn role_of(keyset: &KeysetView, kid: &str) -> KeyRole {
 /// keeps, in their new roles, with their ledgers; the keys it drops are gone
 /// from the Secret, so from the status too. The status then describes the
 /// Secret after the write, like the rest of the decision's status.
-pub fn after_plan(keys: &[KeyStatus], plan: &KeysetPlan) -> Vec<KeyStatus> {
+pub(crate) fn after_plan(keys: &[KeyStatus], plan: &KeysetPlan) -> Vec<KeyStatus> {
     let mut kids: Vec<&String> = vec![&plan.active];
     for kid in plan
         .published
@@ -152,7 +152,7 @@ pub fn drain_seconds(spec: &MacpAuthSpec, keys: &[KeyStatus], kid: &str) -> (i64
 
 /// Records on `kid`'s entry that it stopped signing at `at` and may leave the
 /// JWKS at `retire_after`, for `reason`.
-pub fn mark_stopped(
+pub(crate) fn mark_stopped(
     keys: &mut [KeyStatus],
     kid: &str,
     at: DateTime<Utc>,

@@ -162,15 +162,15 @@ use chrono::{DateTime, Utc};
 
 use crate::crd::{MacpAuthSpec, MacpAuthStatus, SigningAlg};
 
-pub use machine::{decide, probe_plan};
+pub(crate) use machine::{decide, probe_plan};
 pub use phase::keyset as desired_plan;
-pub use plan::{KeysetPlan, PlanError};
+pub use plan::KeysetPlan;
 pub use reasons::{DEGRADED_REASONS, REASON_PROPAGATION_TIMEOUT, degraded_by_rotation};
+pub(crate) use schedule::propagation_wait;
 pub use schedule::{
-    IntervalError, activation_lead, early_start, min_interval, parse_interval, propagation_wait,
-    schedule_base,
+    IntervalError, activation_lead, early_start, min_interval, parse_interval, schedule_base,
 };
-pub use verify::{Verdict, verify};
+pub(crate) use verify::{Verdict, verify};
 
 /// How often a rollout phase re-checks pods while it waits (the controller
 /// also reconciles on every owned Deployment change).
@@ -184,11 +184,11 @@ pub const POLL: Duration = Duration::from_secs(2);
 /// the verifier, not the cluster.
 pub const PROPAGATION_SLACK_SECONDS: i64 = 10;
 /// Upper bound of the retry backoff of a stalled emergency, rollback or retirement.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// How long the schedule and a signing-kind change wait after a rolled-back rotation.
-pub const RETRY_AFTER_ROLLBACK: Duration = Duration::from_secs(3600);
+pub(crate) const RETRY_AFTER_ROLLBACK: Duration = Duration::from_secs(3600);
 /// History entries kept in status.
-pub const HISTORY_LIMIT: usize = 10;
+pub(crate) const HISTORY_LIMIT: usize = 10;
 
 /// One private key in the Secret, as far as rotation cares.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -278,7 +278,7 @@ pub struct Observed {
 
 /// Everything [`decide`] reads.
 #[derive(Clone, Copy, Debug)]
-pub struct Inputs<'a> {
+pub(crate) struct Inputs<'a> {
     pub spec: &'a MacpAuthSpec,
     /// The persisted status (default when the resource has none yet).
     pub status: &'a MacpAuthStatus,
@@ -301,7 +301,7 @@ pub struct Inputs<'a> {
 
 /// What the reconciler must do to the Secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Generate a key of this kind with this kid and write it as
     /// `next.jwk.json`, replacing whatever is there; change nothing else.
     GenerateNextKey {
@@ -316,7 +316,7 @@ pub enum Action {
 
 /// A Kubernetes Event to emit on the `MacpAuth`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
+pub(crate) struct Event {
     pub warning: bool,
     pub reason: String,
     pub message: String,
@@ -324,7 +324,7 @@ pub struct Event {
 
 /// The outcome of one round.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Decision {
+pub(crate) struct Decision {
     pub status: MacpAuthStatus,
     /// At most one action.
     pub actions: Vec<Action>,
@@ -335,7 +335,7 @@ pub struct Decision {
 
 /// Which pod probes the next round needs, decided from the persisted status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProbePlan {
+pub(crate) struct ProbePlan {
     /// Fetch each ready pod's JWKS.
     pub jwks: bool,
     /// Mint a probe token on each ready pod and report its kid.

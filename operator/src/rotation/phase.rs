@@ -135,7 +135,7 @@ pub(crate) fn driver(phase: RotationPhase) -> Driver {
 }
 
 /// The probes the reconciler runs in a round that starts in `phase`.
-pub fn probes(phase: RotationPhase) -> ProbePlan {
+pub(crate) fn probes(phase: RotationPhase) -> ProbePlan {
     let (jwks, signing, verifiers) = match phase {
         Publishing | Retiring => (true, false, false),
         // The rollout is verified by what each pod mints with, too.

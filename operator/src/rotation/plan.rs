@@ -20,7 +20,7 @@ pub struct KeysetPlan {
 
 /// Why a plan cannot be laid out from the observed Secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PlanError {
+pub(crate) enum PlanError {
     #[error("the Secret holds no private key {0} for slot {1}")]
     MissingPrivate(String, &'static str),
     #[error("the Secret holds no key {0} to publish")]
@@ -30,7 +30,7 @@ pub enum PlanError {
 impl KeysetPlan {
     /// Checks that every kid of the plan can be taken from `keyset`: private
     /// slots from a private key, published kids from any key.
-    pub fn check(&self, keyset: &KeysetView) -> Result<(), PlanError> {
+    pub(crate) fn check(&self, keyset: &KeysetView) -> Result<(), PlanError> {
         let private = [
             (Some(&self.active), "active"),
             (self.next.as_ref(), "next"),
@@ -95,7 +95,7 @@ pub fn reversed(rot: &RotationStatus) -> bool {
 }
 
 /// The keyset a rotation ends with: the key that kept signing, alone.
-pub fn final_plan(rot: &RotationStatus) -> Option<KeysetPlan> {
+pub(crate) fn final_plan(rot: &RotationStatus) -> Option<KeysetPlan> {
     let (old, new) = (rot.old_kid.as_deref()?, rot.new_kid.as_deref()?);
     let keeper = if reversed(rot) { old } else { new };
     Some(layout(keeper, &[], None, None))

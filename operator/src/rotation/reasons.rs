@@ -3,23 +3,23 @@
 
 use crate::crd::Condition;
 
-pub const REASON_ROLLOUT_TIMEOUT: &str = "RolloutTimeout";
-pub const REASON_VERIFICATION_FAILED: &str = "VerificationFailed";
-pub const REASON_ROLLED_BACK: &str = "RotationRolledBack";
-pub const REASON_ROLLBACK_STALLED: &str = "RollbackStalled";
-pub const REASON_EMERGENCY_STALLED: &str = "EmergencyRotationStalled";
-pub const REASON_RETIREMENT_STALLED: &str = "RetirementStalled";
-pub const REASON_KEY_MISSING: &str = "RotationKeyMissing";
-pub const REASON_INVALID_INTERVAL: &str = "InvalidRotationInterval";
-pub const REASON_ROTATION_SUCCEEDED: &str = "RotationSucceeded";
+pub(crate) const REASON_ROLLOUT_TIMEOUT: &str = "RolloutTimeout";
+pub(crate) const REASON_VERIFICATION_FAILED: &str = "VerificationFailed";
+pub(crate) const REASON_ROLLED_BACK: &str = "RotationRolledBack";
+pub(crate) const REASON_ROLLBACK_STALLED: &str = "RollbackStalled";
+pub(crate) const REASON_EMERGENCY_STALLED: &str = "EmergencyRotationStalled";
+pub(crate) const REASON_RETIREMENT_STALLED: &str = "RetirementStalled";
+pub(crate) const REASON_KEY_MISSING: &str = "RotationKeyMissing";
+pub(crate) const REASON_INVALID_INTERVAL: &str = "InvalidRotationInterval";
+pub(crate) const REASON_ROTATION_SUCCEEDED: &str = "RotationSucceeded";
 /// `VerifiersPropagated=False`, and the Warning event: the ceiling passed
 /// with verifiers that never fetched the new key.
 pub const REASON_PROPAGATION_TIMEOUT: &str = "PropagationTimeout";
 /// `VerifiersPropagated=True`: every verifier seen fetching got the new key.
-pub const REASON_VERIFIERS_FETCHED: &str = "AllVerifiersFetched";
+pub(crate) const REASON_VERIFIERS_FETCHED: &str = "AllVerifiersFetched";
 /// `VerifiersPropagated=True`: the rotation did not wait for evidence
 /// (switched off, or the pods do not report verifiers).
-pub const REASON_EVIDENCE_NOT_USED: &str = "EvidenceNotUsed";
+pub(crate) const REASON_EVIDENCE_NOT_USED: &str = "EvidenceNotUsed";
 
 /// `Degraded` reasons owned by rotation; rotation clears only these.
 pub const DEGRADED_REASONS: &[&str] = &[

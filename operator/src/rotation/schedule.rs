@@ -72,7 +72,7 @@ pub fn parse_interval(text: &str) -> Result<Duration, IntervalError> {
 }
 
 /// Converts a std duration to chrono (saturating; callers bound their inputs).
-pub fn chrono_duration(d: Duration) -> chrono::Duration {
+fn chrono_duration(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
@@ -83,7 +83,7 @@ pub fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 }
 
 /// Adds whole seconds (spec values, never negative in a valid resource) to an instant.
-pub fn add_secs(t: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
+pub(crate) fn add_secs(t: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
     add(t, Duration::from_secs(secs.max(0).unsigned_abs()))
 }
 
@@ -115,7 +115,7 @@ fn rollouts_to_activation(spec: &MacpAuthSpec) -> u32 {
 /// verifiers' cache TTL plus [`PROPAGATION_SLACK_SECONDS`], or, with
 /// verifier evidence, up to its ceiling (`propagationTimeoutSeconds`) while
 /// a verifier has not fetched the new key.
-pub fn propagation_wait(spec: &MacpAuthSpec) -> Duration {
+pub(crate) fn propagation_wait(spec: &MacpAuthSpec) -> Duration {
     if !spec.rotation.prepublish {
         return Duration::ZERO;
     }
@@ -159,9 +159,9 @@ pub fn min_interval(spec: &MacpAuthSpec) -> Duration {
 }
 
 /// The share of an interval by which a scheduled rotation may start early.
-pub const EARLY_START_FRACTION: f64 = 0.1;
+const EARLY_START_FRACTION: f64 = 0.1;
 /// The longest early start, whatever the interval.
-pub const EARLY_START_MAX: Duration = Duration::from_secs(3600);
+const EARLY_START_MAX: Duration = Duration::from_secs(3600);
 
 /// How early a MacpAuth at `place` (its fixed place in `[0, 1)`,
 /// [`crate::spread::place`]) starts its scheduled rotations: that share of a
@@ -207,7 +207,10 @@ pub fn next_rotation(
 }
 
 /// Earliest time an automatic trigger may start a rotation after a rolled-back or failed one.
-pub fn automatic_not_before(status: &MacpAuthStatus, backoff: Duration) -> Option<DateTime<Utc>> {
+pub(crate) fn automatic_not_before(
+    status: &MacpAuthStatus,
+    backoff: Duration,
+) -> Option<DateTime<Utc>> {
     let last = status.history.last()?;
     matches!(
         last.outcome,

@@ -4,7 +4,7 @@ use super::{KeysetPlan, Observed, Rollout};
 
 /// Verdict of one verification round.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Rollout complete and every pod serves exactly the plan (and signs with its active key when asked).
     Verified,
     /// The rollout is still in progress.
@@ -16,7 +16,7 @@ pub enum Verdict {
 }
 
 /// Verifies `observed` against `plan`; `signing` requires each pod's probe mint to carry the active kid.
-pub fn verify(plan: &KeysetPlan, observed: &Observed, signing: bool) -> Verdict {
+pub(crate) fn verify(plan: &KeysetPlan, observed: &Observed, signing: bool) -> Verdict {
     if observed.rollout != Rollout::Complete {
         return Verdict::RollingOut;
     }

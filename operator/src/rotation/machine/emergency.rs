@@ -13,7 +13,7 @@ use super::{Machine, annotation};
 
 /// Reason of the `EmergencyRequest` condition and Warning event for a value
 /// already handled.
-pub const REASON_ALREADY_HANDLED: &str = "EmergencyRequestAlreadyHandled";
+const REASON_ALREADY_HANDLED: &str = "EmergencyRequestAlreadyHandled";
 /// Reason of the `EmergencyRequest` condition once a value was acted on.
 const REASON_HANDLED: &str = "Handled";
 

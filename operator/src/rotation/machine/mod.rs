@@ -32,12 +32,12 @@ use super::{Action, Decision, Event, Inputs, KeysetView, MAX_BACKOFF, ProbePlan}
 use crate::crd::RotationPhase::{Idle, KeyGenerated};
 
 /// The probes the reconciler should run before the next [`decide`], from the persisted status.
-pub fn probe_plan(status: &MacpAuthStatus) -> ProbePlan {
+pub(crate) fn probe_plan(status: &MacpAuthStatus) -> ProbePlan {
     phase::probes(status.rotation.as_ref().map_or(Idle, |r| r.phase))
 }
 
 /// One round of the state machine: the next status, at most one action, events and a requeue.
-pub fn decide(inputs: &Inputs<'_>) -> Decision {
+pub(crate) fn decide(inputs: &Inputs<'_>) -> Decision {
     let mut m = Machine {
         inp: inputs,
         status: inputs.status.clone(),

@@ -338,7 +338,7 @@ pub struct AuditSpec {
 pub struct EmergencySpec {
     /// Max token lifetime while an emergency rotation runs and for
     /// `rotation.drainSeconds` after it; at most `maxTtlSeconds`.
-    #[schemars(range(min = 60))]
+    #[schemars(range(min = MIN_EMERGENCY_MAX_TTL_SECONDS))]
     pub max_ttl_seconds: i64,
 }
 

@@ -27,7 +27,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use macp_auth_e2e::binary::{operator_binary_async, service_binary_async};
+use macp_auth_e2e::binary::{
+    kubectl_macp_binary_async, operator_binary_async, service_binary_async,
+};
 use macp_auth_e2e::helm::{repo_root, scratch_dir, tool_path};
 use macp_auth_e2e::sandbox::{Sandbox, SandboxConfig};
 use macp_auth_operator::rbac;
@@ -164,6 +166,33 @@ fn every_runnable_block_parses() {
     }
 }
 
+/// A directory holding `kubectl-macp` (the plugin this workspace builds, or
+/// `MACP_KUBECTL_MACP_BIN`) under the name kubectl looks for, so that the
+/// docs' `kubectl macp` commands run as a user's would.
+async fn plugin_dir() -> Result<PathBuf, String> {
+    let plugin = kubectl_macp_binary_async()
+        .await
+        .map_err(|e| format!("kubectl-macp: {e}"))?;
+    let dir = scratch_dir(&format!("docs-plugins-{}", std::process::id()));
+    let link = dir.join("kubectl-macp");
+    let linked = |l: &Path| std::fs::read_link(l).ok().as_deref() == Some(plugin.as_path());
+    if !linked(&link) {
+        // A link left by an earlier run points elsewhere; the tests of this
+        // process may race to create it, which is fine once it points here.
+        let _ = std::fs::remove_file(&link);
+        if let Err(e) = std::os::unix::fs::symlink(&plugin, &link)
+            && !linked(&link)
+        {
+            return Err(format!(
+                "link {} to {}: {e}",
+                link.display(),
+                plugin.display()
+            ));
+        }
+    }
+    Ok(dir)
+}
+
 /// Runs `script` with bash in the repository root against `kubeconfig`,
 /// printing it and its output; the error says what failed.
 async fn run_script(
@@ -174,7 +203,8 @@ async fn run_script(
 ) -> Result<(), String> {
     let kubectl = tool_path("kubectl");
     let tools = kubectl.parent().expect("tools dir");
-    let path = std::env::join_paths(std::iter::once(tools.to_path_buf()).chain(
+    let plugins = plugin_dir().await?;
+    let path = std::env::join_paths([plugins, tools.to_path_buf()].into_iter().chain(
         std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
     ))
     .expect("PATH");
@@ -533,7 +563,8 @@ fn the_phase_diagram_has_every_phase_and_every_degraded_reason() {
         .collect();
     let phases: BTreeSet<String> =
         <macp_auth_operator::crd::RotationPhase as macp_auth_operator::crd::VariantArray>::VARIANTS
-            .into_iter()
+            .iter()
+            .copied()
             .map(phase_name)
             .collect();
     assert_eq!(
@@ -768,4 +799,242 @@ async fn the_rotation_block_waits_for_the_new_key_then_for_succeeded() {
     if let Err(e) = result {
         panic!("{}:{}: {e}", block.file, block.line);
     }
+}
+
+// ------------------------------------------------------------ troubleshooting
+
+/// The value of every `const REASON_...: &str = "..."` under `dir`: the
+/// reasons the operator writes into conditions and events, wherever a
+/// module defines them.
+fn reason_constants(dir: &Path, out: &mut std::collections::BTreeSet<String>) {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.expect("entry").path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            reason_constants(&path, out);
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read source");
+        for line in text.lines() {
+            let Some((_, rest)) = line.split_once("const REASON_") else {
+                continue;
+            };
+            let Some((_, value)) = rest.split_once(": &str = \"") else {
+                continue;
+            };
+            if let Some((value, _)) = value.split_once('"') {
+                out.insert(value.to_string());
+            }
+        }
+    }
+}
+
+/// The alert names of the chart's PrometheusRule.
+fn chart_alerts() -> Vec<String> {
+    let path = repo_root().join("charts/macp-auth-operator/templates/prometheusrule.yaml");
+    std::fs::read_to_string(&path)
+        .expect("read the PrometheusRule template")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert:"))
+        .map(|a| a.trim().to_string())
+        .collect()
+}
+
+/// What of `names` has no `###` heading of its own on `page`.
+fn missing_headings<'a>(page: &str, names: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let headings: Vec<Vec<&str>> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("### "))
+        .map(|h| {
+            h.split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .collect()
+        })
+        .collect();
+    names
+        .into_iter()
+        .filter(|n| !headings.iter().any(|h| h.contains(n)))
+        .collect()
+}
+
+#[test]
+fn troubleshooting_has_a_section_for_every_reason_and_alert() {
+    let page = std::fs::read_to_string(repo_root().join("docs/troubleshooting.md"))
+        .expect("read docs/troubleshooting.md");
+    let mut reasons = std::collections::BTreeSet::new();
+    reason_constants(&repo_root().join("operator/src"), &mut reasons);
+    // The Degraded reasons by name too, in case one is ever defined without
+    // the REASON_ prefix the scan looks for.
+    reasons.extend(
+        macp_auth_operator::rotation::DEGRADED_REASONS
+            .iter()
+            .map(|r| r.to_string()),
+    );
+    reasons.extend(
+        [
+            macp_auth_operator::validate::REASON_INVALID_SPEC,
+            macp_auth_operator::validate::REASON_INVALID_NAME,
+            macp_auth_operator::reconcile::REASON_INVALID_SIGNING_KEY,
+            macp_auth_operator::reconcile::REASON_MISSING_SIGNING_KEY,
+            macp_auth_operator::reconcile::REASON_PROGRESS_DEADLINE,
+        ]
+        .map(str::to_string),
+    );
+    assert!(
+        reasons.len() >= 20,
+        "the scan of operator/src found too few reasons: {reasons:?}"
+    );
+    let alerts = chart_alerts();
+    assert!(alerts.len() >= 10, "too few alerts found: {alerts:?}");
+    let missing = missing_headings(
+        &page,
+        reasons
+            .iter()
+            .map(String::as_str)
+            .chain(alerts.iter().map(String::as_str)),
+    );
+    assert!(
+        missing.is_empty(),
+        "docs/troubleshooting.md has no ### section for: {}",
+        missing.join(", ")
+    );
+}
+
+#[test]
+fn a_reason_named_only_in_passing_has_no_section() {
+    let page =
+        "### RolloutTimeout\nSee also RollbackStalled.\n### RollingOut and RolloutComplete\n";
+    assert_eq!(
+        missing_headings(
+            page,
+            ["RolloutTimeout", "RollbackStalled", "RolloutComplete"]
+        ),
+        vec!["RollbackStalled"]
+    );
+}
+
+// ------------------------------------------------------------ helm rollback
+
+/// docs/install.md's rollback block starts from a release installed with
+/// the defaults and upgraded once with an operator flag added, with a
+/// MacpAuth (lifetimes scaled down) Ready under it.
+const ROLLBACK_SETUP: &str = r#"
+helm install macp-auth-operator charts/macp-auth-operator --namespace macp-system --create-namespace
+kubectl rollout status -n macp-system deploy/macp-auth-operator --timeout=5m
+kubectl get deploy -n macp-system macp-auth-operator -o jsonpath='{.spec.template.spec.containers[0].args}' > "$HOME/args-1"
+kubectl create namespace macp
+sed 's/^spec: {}$/spec: {maxTtlSeconds: 5, defaultTtlSeconds: 5, jwksCacheTtlSeconds: 2}/' config/samples/minimal.yaml | kubectl apply -f -
+kubectl wait -n macp macpauth/auth --for=condition=Ready --timeout=5m
+helm upgrade macp-auth-operator charts/macp-auth-operator --namespace macp-system --set 'extraArgs={--max-concurrent-keygens=3}'
+kubectl rollout status -n macp-system deploy/macp-auth-operator --timeout=5m
+kubectl get deploy -n macp-system macp-auth-operator -o jsonpath='{.spec.template.spec.containers[0].args}' | grep -- --max-concurrent-keygens=3
+"#;
+
+/// After the block: the Deployment is the first revision's, helm recorded
+/// the rollback, and the operator still rotates the MacpAuth's key.
+const ROLLBACK_CHECK: &str = r#"
+kubectl get deploy -n macp-system macp-auth-operator -o jsonpath='{.spec.template.spec.containers[0].args}' > "$HOME/args-3"
+diff "$HOME/args-1" "$HOME/args-3"
+helm history macp-auth-operator --namespace macp-system -o json | jq -e 'length == 3 and (.[-1].description | test("Rollback to 1"))'
+old=$(kubectl get macpauth -n macp auth -o jsonpath='{.status.activeKid}')
+kubectl annotate macpauth -n macp auth macp.io/rotate=after-rollback --overwrite
+kubectl wait -n macp macpauth/auth --for=jsonpath='{.status.rotation.phase}'=Draining --timeout=10m
+test "$(kubectl get macpauth -n macp auth -o jsonpath='{.status.activeKid}')" != "$old"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_rollback_restores_the_previous_operator_which_keeps_rotating() {
+    let block = blocks_of(&[repo_root().join("docs/install.md")])
+        .into_iter()
+        .find(|b| b.tag.as_deref() == Some("rollback"))
+        .unwrap_or_else(|| {
+            panic!("docs/install.md has no block marked <!-- runnable: rollback -->")
+        });
+    let script = format!("{ROLLBACK_SETUP}{}{ROLLBACK_CHECK}", block.script);
+    let sandbox = sandbox(false).await;
+    let home = scratch_dir(&format!("docs-rollback-{}", std::process::id()));
+    let result = run_script(sandbox.kubeconfig(), &home, &script, ROTATION_TIMEOUT).await;
+    sandbox.shutdown().await;
+    if let Err(e) = result {
+        panic!("{}:{}: {e}", block.file, block.line);
+    }
+}
+
+// ------------------------------------------------------------ timelines
+
+/// Every recording in docs/timelines/ drawn again by `scripts/timeline`'s
+/// program, against the chart committed next to it.
+#[test]
+fn the_committed_timelines_are_their_recordings_drawn() {
+    let dir = repo_root().join("docs/timelines");
+    let mut recordings: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("read docs/timelines")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    recordings.sort();
+    let names: Vec<String> = recordings
+        .iter()
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect();
+    assert_eq!(
+        names,
+        ["emergency", "routine"],
+        "docs/timelines/ has the routine and the emergency recordings"
+    );
+    let mut stale = Vec::new();
+    for recording in &recordings {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_timeline"))
+            .arg(recording)
+            .output()
+            .expect("run the timeline program");
+        assert!(
+            out.status.success(),
+            "timeline {}: {}",
+            recording.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let drawn = String::from_utf8(out.stdout).expect("UTF-8");
+        let chart = recording.with_extension("md");
+        let committed = std::fs::read_to_string(&chart).unwrap_or_default();
+        if committed != drawn {
+            if std::env::var_os("MACP_UPDATE_DOCS").is_some() {
+                std::fs::write(&chart, &drawn).expect("write the chart");
+            }
+            stale.push(chart.display().to_string());
+        }
+        // What the chart must show, whatever the run's timing.
+        for needle in [
+            "```mermaid\ngantt",
+            "section Keys",
+            "section Pods",
+            " published :",
+            " active :",
+        ] {
+            assert!(drawn.contains(needle), "{}: no {needle:?}", chart.display());
+        }
+        if recording.ends_with("routine.jsonl") {
+            for needle in [
+                "Propagating (verifier caches) :",
+                "Draining (old tokens expire) :",
+                "section Drain",
+                " last token (",
+                "leeway (60 s) :",
+                " kept published :",
+            ] {
+                assert!(drawn.contains(needle), "{}: no {needle:?}", chart.display());
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "{} differ from their recordings drawn by scripts/timeline: run MACP_UPDATE_DOCS=1 cargo test -p macp-auth-e2e --test docs -- timelines (then run it again)",
+        stale.join(", ")
+    );
 }

@@ -602,12 +602,16 @@ pub async fn follow_rotation(
     log: &mut PhaseLog,
     kill_in: impl Fn(RotationPhase) -> bool,
 ) -> MacpAuthStatus {
-    wait_until(
+    let mut record = Recording::from_env(name);
+    let done = wait_until(
         "the rotation to finish",
         PATIENCE,
         Duration::from_millis(25),
         async || {
             let s = env.status(name).await;
+            if let Some(r) = record.as_mut() {
+                r.observe(env, name, &s).await;
+            }
             let phase = s
                 .rotation
                 .as_ref()
@@ -623,7 +627,113 @@ pub async fn follow_rotation(
             }
         },
     )
-    .await
+    .await;
+    if let Some(r) = record {
+        r.finish(env, name).await;
+    }
+    done
+}
+
+/// `MACP_E2E_RECORD=<dir>`: what [`follow_rotation`] saw, as JSON lines in
+/// `<dir>/<MacpAuth name>.jsonl` for `scripts/timeline` (docs/timelines/):
+/// each change of the status's keys and rotation, each change of the pods,
+/// then the MacpAuth's events.
+pub const RECORD_ENV: &str = "MACP_E2E_RECORD";
+
+pub struct Recording {
+    out: std::fs::File,
+    status: Value,
+    pods: Value,
+}
+
+impl Recording {
+    fn from_env(name: &str) -> Option<Self> {
+        let dir = std::env::var_os(RECORD_ENV)?;
+        std::fs::create_dir_all(&dir).expect("create the recording directory");
+        let path = Path::new(&dir).join(format!("{name}.jsonl"));
+        let out = std::fs::File::create(&path)
+            .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        Some(Self {
+            out,
+            status: Value::Null,
+            pods: Value::Null,
+        })
+    }
+
+    fn write(&mut self, line: Value) {
+        use std::io::Write as _;
+        writeln!(self.out, "{line}").expect("write the recording");
+    }
+
+    async fn observe(&mut self, env: &Env, name: &str, s: &MacpAuthStatus) {
+        let full = serde_json::to_value(s).unwrap_or_default();
+        let conditions: Vec<Value> = s
+            .conditions
+            .iter()
+            .map(|c| json!({"type": c.type_, "status": c.status, "reason": c.reason}))
+            .collect();
+        let status = json!({
+            "activeKid": full["activeKid"],
+            "publishedKids": full["publishedKids"],
+            "rotation": full["rotation"],
+            "keys": full["keys"],
+            "conditions": conditions,
+            "history": full["history"].as_array().and_then(|h| h.last()).cloned(),
+        });
+        let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        if status != self.status {
+            self.write(json!({"t": now, "status": status}));
+            self.status = status;
+        }
+        let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+        let selector = format!("app.kubernetes.io/instance={name}");
+        let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await else {
+            return;
+        };
+        let mut seen: Vec<Value> = list
+            .items
+            .iter()
+            .map(|p| {
+                let ready = p
+                    .status
+                    .as_ref()
+                    .and_then(|st| st.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                json!({
+                    "name": p.metadata.name,
+                    "keysetHash": p.metadata.annotations.as_ref()
+                        .and_then(|a| a.get("macp.io/keyset-hash")),
+                    "ready": ready,
+                    "terminating": p.metadata.deletion_timestamp.is_some(),
+                })
+            })
+            .collect();
+        seen.sort_by_key(|p| p["name"].as_str().unwrap_or("").to_string());
+        let seen = Value::Array(seen);
+        if seen != self.pods {
+            self.write(json!({"t": now, "pods": seen}));
+            self.pods = seen;
+        }
+    }
+
+    async fn finish(mut self, env: &Env, name: &str) {
+        let mut events: Vec<Value> = env
+            .events_about(name)
+            .await
+            .into_iter()
+            .map(|e| {
+                let at = e.event_time.as_ref().map(|t| t.0.to_string()).or(e
+                    .deprecated_first_timestamp
+                    .as_ref()
+                    .map(|t| t.0.to_string()));
+                json!({"at": at, "type": e.type_, "reason": e.reason, "note": e.note})
+            })
+            .collect();
+        events.sort_by_key(|e| e["at"].as_str().unwrap_or("").to_string());
+        for e in events {
+            self.write(json!({"event": e}));
+        }
+    }
 }
 
 /// Counts the samples in which the Secret had no active key (must stay 0).

@@ -35,30 +35,59 @@ pub const MINT_PORT_RULE: &str = "!has(self.mintPort) || self.mintPort != self.p
 /// The message of [`MINT_PORT_RULE`].
 pub const MINT_PORT_RULE_MESSAGE: &str = "mintPort must differ from port";
 
+/// How long past `exp` the MACP runtime's verifier (`macp-auth`, through
+/// `jsonwebtoken`'s default validation) still accepts a token (its clock-skew
+/// leeway): a key must stay published that much longer than the last token
+/// it signed lives.
+pub const VERIFIER_LEEWAY_SECONDS: i64 = 60;
+
 /// CEL rules on the spec that repeat checks of `validate` the schema can
 /// express, so that `kubectl apply` refuses such a spec instead of the
 /// operator reporting it `Degraded` after it was stored. Each guards with
 /// `has()`: the API server applies the schema's defaults first, but an
 /// object stored before a default existed may lack the field. Rule, message.
-pub const SPEC_RULES: [(&str, &str); 3] = [
-    (
-        "!has(self.rotation) || !has(self.rotation.drainSeconds) || !has(self.maxTtlSeconds) || self.rotation.drainSeconds >= self.maxTtlSeconds + 60",
-        "rotation.drainSeconds must be at least maxTtlSeconds + 60 (the verifiers' clock leeway), or unset",
-    ),
-    (
-        "!has(self.defaultTtlSeconds) || !has(self.maxTtlSeconds) || self.defaultTtlSeconds <= self.maxTtlSeconds",
-        "defaultTtlSeconds must not exceed maxTtlSeconds",
-    ),
-    (
-        "!has(self.emergency) || !has(self.maxTtlSeconds) || self.emergency.maxTtlSeconds <= self.maxTtlSeconds",
-        "emergency.maxTtlSeconds must not exceed maxTtlSeconds",
-    ),
-];
+/// Built when the schema is, so the drain rule's leeway is
+/// [`VERIFIER_LEEWAY_SECONDS`] itself.
+pub fn spec_rules() -> [(String, String); 3] {
+    let leeway = VERIFIER_LEEWAY_SECONDS;
+    [
+        (
+            format!(
+                "!has(self.rotation) || !has(self.rotation.drainSeconds) || !has(self.maxTtlSeconds) || self.rotation.drainSeconds >= self.maxTtlSeconds + {leeway}"
+            ),
+            format!(
+                "rotation.drainSeconds must be at least maxTtlSeconds + {leeway} (the verifiers' clock leeway), or unset"
+            ),
+        ),
+        (
+            "!has(self.defaultTtlSeconds) || !has(self.maxTtlSeconds) || self.defaultTtlSeconds <= self.maxTtlSeconds".into(),
+            "defaultTtlSeconds must not exceed maxTtlSeconds".into(),
+        ),
+        (
+            "!has(self.emergency) || !has(self.maxTtlSeconds) || self.emergency.maxTtlSeconds <= self.maxTtlSeconds".into(),
+            "emergency.maxTtlSeconds must not exceed maxTtlSeconds".into(),
+        ),
+    ]
+}
 
-/// How long past `exp` the MACP runtime's verifier still accepts a token
-/// (its clock-skew leeway): a key must stay published that much longer than
-/// the last token it signed lives.
-pub const VERIFIER_LEEWAY_SECONDS: i64 = 60;
+/// The spec's `x-kubernetes-validations`: [`MINT_PORT_RULE`], then [`spec_rules`].
+fn spec_validations() -> Vec<serde_json::Value> {
+    let mint_port = (
+        MINT_PORT_RULE.to_string(),
+        MINT_PORT_RULE_MESSAGE.to_string(),
+    );
+    std::iter::once(mint_port)
+        .chain(spec_rules())
+        .map(|(rule, message)| serde_json::json!({"rule": rule, "message": message}))
+        .collect()
+}
+
+/// The schema's description of `rotation.drainSeconds`, with the leeway of its default.
+fn drain_seconds_description() -> String {
+    format!(
+        "How long the old key stays published after it stops signing; maxTtlSeconds + {VERIFIER_LEEWAY_SECONDS} when unset."
+    )
+}
 
 /// Annotation whose new value requests a routine rotation.
 pub const ROTATE_ANNOTATION: &str = "macp.io/rotate";
@@ -90,12 +119,7 @@ pub const EMERGENCY_ROTATE_ANNOTATION: &str = "macp.io/emergency-rotate";
 /// The token service a MacpAuth runs: its issuer and audience, token
 /// lifetimes, signing key and its rotation, and how its pods are scheduled.
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {"rule": MINT_PORT_RULE, "message": MINT_PORT_RULE_MESSAGE},
-    {"rule": SPEC_RULES[0].0, "message": SPEC_RULES[0].1},
-    {"rule": SPEC_RULES[1].0, "message": SPEC_RULES[1].1},
-    {"rule": SPEC_RULES[2].0, "message": SPEC_RULES[2].1}
-]))]
+#[schemars(extend("x-kubernetes-validations" = spec_validations()))]
 pub struct MacpAuthSpec {
     /// Token service image; the operator's configured default when unset.
     /// A tag (`repo:tag`) or, to pin the exact build, a digest
@@ -365,9 +389,10 @@ pub struct RotationSpec {
     /// Publish the new key and wait out the verifiers' cache TTL before it signs.
     #[serde(default = "default_true")]
     pub prepublish: bool,
-    /// How long the old key stays published after it stops signing; maxTtlSeconds + 60 when unset.
+    /// How long the old key stays published after it stops signing;
+    /// maxTtlSeconds + [`VERIFIER_LEEWAY_SECONDS`] when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0), description = drain_seconds_description())]
     pub drain_seconds: Option<i64>,
     /// How long each rollout of the token service may take (the
     /// Deployment's progressDeadlineSeconds); past it the rotation is
@@ -801,14 +826,12 @@ mod spec_rule_tests {
         let crd = serde_json::to_value(MacpAuth::crd()).unwrap();
         let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
         let rules = spec["x-kubernetes-validations"].as_array().unwrap();
-        for (rule, message) in SPEC_RULES {
+        for (rule, message) in spec_rules() {
             assert!(
                 rules.contains(&serde_json::json!({"rule": rule, "message": message})),
                 "{rule} missing in {rules:?}"
             );
         }
-        // The verifiers' leeway, as in `validate::validate_drain`.
-        assert!(SPEC_RULES[0].0.contains("self.maxTtlSeconds + 60"));
         // The last valid spec is kept whole, whatever fields it has.
         let status =
             &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"];

@@ -13,11 +13,9 @@ use macp_auth_service::config::RATE_LIMIT_CEILING;
 use crate::crd::{MIN_EMERGENCY_MAX_TTL_SECONDS, MacpAuthSpec};
 use crate::rotation;
 
-/// Clock leeway the MACP runtime's verifier (`macp-auth`, through
-/// `jsonwebtoken`'s default validation) grants past a token's `exp`: a token
-/// stays acceptable that long after it expires, so its key must stay
-/// published that long too.
-pub const VERIFIER_LEEWAY_SECONDS: i64 = 60;
+// Re-exported where the drain rule is checked, for the e2e tests that size
+// their drains with it; defined once, beside the CRD rule it also shapes.
+pub use crate::crd::VERIFIER_LEEWAY_SECONDS;
 
 /// `Degraded` reason for a spec refused here.
 pub const REASON_INVALID_SPEC: &str = "InvalidSpec";

@@ -27,7 +27,6 @@ use macp_auth_service::listener::{self, Limits};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::caches::OwnedCaches;
 use crate::config::Settings;
 use crate::crd::MacpAuth;
 use crate::events::EventRecorders;
@@ -35,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::probe::PodProber;
 use crate::reconcile::{self, Context};
 use crate::resources::{APP_NAME, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, NAME_LABEL};
+use crate::watch_caches::WatchCaches;
 
 /// Health of the running operator, shared with the HTTP endpoints.
 #[derive(Clone, Default)]
@@ -172,7 +172,7 @@ pub async fn run_with_state(
     };
     info!(namespaces = ?scopes, image = %settings.service_image, "starting controllers");
     let mut stores = Vec::new();
-    let mut caches = OwnedCaches::default();
+    let mut caches = WatchCaches::default();
     let mut controllers = Vec::new();
     for ns in scopes {
         let controller = controller_for(&client, ns.as_deref(), &mut caches);
@@ -187,7 +187,7 @@ pub async fn run_with_state(
             recorder,
             state.metrics.clone(),
         )
-        .with_caches(caches),
+        .with_watch_caches(caches),
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -255,7 +255,7 @@ where
 fn controller_for(
     client: &Client,
     ns: Option<&str>,
-    caches: &mut OwnedCaches,
+    caches: &mut WatchCaches,
 ) -> Controller<MacpAuth> {
     // Only our own objects are watched: a cluster's Secrets and Pods are not cached.
     let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));

@@ -11,8 +11,8 @@
 //! which does not model SSA conflicts, and it needs only `get`, `create` and
 //! `update` on leases (exactly `rbac::required_rules(true)`).
 //!
-//! The decision (given the lease, my identity and the time: create, acquire,
-//! renew or wait) is the pure [`decide`]; the I/O is in [`Elector`] and [`run`].
+//! The next step (given the lease, my identity and the time: create, acquire,
+//! renew or wait) is the pure [`next_step`]; the I/O is in [`Elector`] and [`run`].
 //!
 //! Expiry is judged as client-go does, on this instance's own monotonic clock:
 //! a lease is expired when this instance has seen it unchanged for
@@ -44,7 +44,7 @@ use crate::controller::{self, State};
 use crate::probe::PodProber;
 use crate::resources::MANAGER;
 
-/// What [`decide`] reads from a Lease's spec.
+/// What [`next_step`] reads from a Lease's spec.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LeaseRecord {
     /// `None` when blank: a released lease.
@@ -89,7 +89,7 @@ impl LeaseRecord {
 
 /// What to do with the lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub enum LeaseStep {
     /// No Lease object exists: create it, held by me.
     Create,
     /// Free, released or expired: take it over.
@@ -103,60 +103,60 @@ pub enum Decision {
     },
 }
 
-/// The leader-election decision. `None` means no Lease object exists;
+/// What to do next with the lease. `None` means no Lease object exists;
 /// `unchanged_for` is how long, on this instance's monotonic clock, it has seen
 /// the lease exactly as it is now.
-pub fn decide(
+pub fn next_step(
     lease: Option<&LeaseRecord>,
     me: &str,
     unchanged_for: Duration,
     default_duration: Duration,
-) -> Decision {
+) -> LeaseStep {
     let Some(lease) = lease else {
-        return Decision::Create;
+        return LeaseStep::Create;
     };
     let duration = lease.duration(default_duration);
     match &lease.holder {
-        Some(holder) if holder == me => Decision::Renew,
-        Some(holder) if unchanged_for < duration => Decision::Wait {
+        Some(holder) if holder == me => LeaseStep::Renew,
+        Some(holder) if unchanged_for < duration => LeaseStep::Wait {
             holder: holder.clone(),
             expires_in: duration - unchanged_for,
         },
-        _ => Decision::Acquire,
+        _ => LeaseStep::Acquire,
     }
 }
 
 /// The lease as this instance last saw it change, and when (monotonic).
 #[derive(Clone, Debug)]
-struct Observed {
+struct LastChange {
     record: LeaseRecord,
     at: Instant,
 }
 
-/// The lease spec to write for `decision` (`None` for [`Decision::Wait`]).
+/// The lease spec to write for `step` (`None` for [`LeaseStep::Wait`]).
 pub fn next_spec(
-    decision: &Decision,
+    step: &LeaseStep,
     current: &LeaseSpec,
     me: &str,
     now: Timestamp,
     duration: Duration,
 ) -> Option<LeaseSpec> {
     let seconds = i32::try_from(duration.as_secs()).unwrap_or(i32::MAX);
-    match decision {
-        Decision::Wait { .. } => None,
-        Decision::Renew => Some(LeaseSpec {
+    match step {
+        LeaseStep::Wait { .. } => None,
+        LeaseStep::Renew => Some(LeaseSpec {
             holder_identity: Some(me.to_string()),
             renew_time: Some(MicroTime(now)),
             lease_duration_seconds: Some(seconds),
             ..current.clone()
         }),
-        Decision::Create | Decision::Acquire => Some(LeaseSpec {
+        LeaseStep::Create | LeaseStep::Acquire => Some(LeaseSpec {
             holder_identity: Some(me.to_string()),
             acquire_time: Some(MicroTime(now)),
             renew_time: Some(MicroTime(now)),
             lease_duration_seconds: Some(seconds),
-            lease_transitions: Some(match decision {
-                Decision::Create => 0,
+            lease_transitions: Some(match step {
+                LeaseStep::Create => 0,
                 _ => current.lease_transitions.unwrap_or(0).saturating_add(1),
             }),
             ..current.clone()
@@ -268,7 +268,7 @@ pub struct Elector {
     api: Api<Lease>,
     cfg: LeaderElection,
     clock: Arc<dyn Clock>,
-    observed: std::sync::Mutex<Option<Observed>>,
+    last_change: std::sync::Mutex<Option<LastChange>>,
 }
 
 impl Elector {
@@ -281,23 +281,23 @@ impl Elector {
             api: Api::namespaced(client, &cfg.namespace),
             cfg,
             clock,
-            observed: std::sync::Mutex::new(None),
+            last_change: std::sync::Mutex::new(None),
         }
     }
 
     /// Records the lease as seen at `now` and returns how long it has been
     /// seen unchanged (zero when it just changed, or was never seen).
-    fn observe(&self, record: Option<&LeaseRecord>, now: Instant) -> Duration {
+    fn unchanged_for(&self, record: Option<&LeaseRecord>, now: Instant) -> Duration {
         // A poisoned lock only holds the last observation: keep using it.
-        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
-        match (record, observed.as_ref()) {
+        let mut last_change = self.last_change.lock().unwrap_or_else(|p| p.into_inner());
+        match (record, last_change.as_ref()) {
             (None, _) => {
-                *observed = None;
+                *last_change = None;
                 Duration::ZERO
             }
             (Some(r), Some(o)) if o.record == *r => now.saturating_duration_since(o.at),
             (Some(r), _) => {
-                *observed = Some(Observed {
+                *last_change = Some(LastChange {
                     record: r.clone(),
                     at: now,
                 });
@@ -327,7 +327,7 @@ impl Elector {
         }
     }
 
-    /// One round: read the lease, decide, write. A lost race is
+    /// One round: read the lease, choose the next step, write it. A lost race is
     /// [`LeaseError::Conflict`]; the next round reads the winner.
     pub async fn attempt(&self) -> Result<Attempt, LeaseError> {
         let lease = self
@@ -338,17 +338,17 @@ impl Elector {
         let record = lease
             .as_ref()
             .map(|l| LeaseRecord::from_spec(l.spec.as_ref()));
-        let unchanged_for = self.observe(record.as_ref(), self.clock.monotonic());
+        let unchanged_for = self.unchanged_for(record.as_ref(), self.clock.monotonic());
         let now = self.clock.wall();
         let me = &self.cfg.identity;
-        let decision = decide(record.as_ref(), me, unchanged_for, self.cfg.lease_duration);
+        let step = next_step(record.as_ref(), me, unchanged_for, self.cfg.lease_duration);
         let current = lease
             .as_ref()
             .and_then(|l| l.spec.clone())
             .unwrap_or_default();
-        let Some(spec) = next_spec(&decision, &current, me, now, self.cfg.lease_duration) else {
-            return match decision {
-                Decision::Wait { holder, .. } => Ok(Attempt::Standby { holder }),
+        let Some(spec) = next_spec(&step, &current, me, now, self.cfg.lease_duration) else {
+            return match step {
+                LeaseStep::Wait { holder, .. } => Ok(Attempt::Standby { holder }),
                 // next_spec returns None for Wait only.
                 _ => Err(LeaseError::Conflict(self.lease_ref())),
             };
@@ -378,7 +378,7 @@ impl Elector {
                     .map_err(|e| self.kube_error(e))?;
             }
         }
-        if decision == Decision::Acquire || decision == Decision::Create {
+        if step == LeaseStep::Acquire || step == LeaseStep::Create {
             let previous = record.and_then(|r| r.holder);
             info!(lease = %self.lease_ref(), identity = %me, previous = ?previous, "acquired the leader-election lease");
         } else {
@@ -662,19 +662,19 @@ mod tests {
 
     #[test]
     fn no_lease_object_is_created() {
-        assert_eq!(decide(None, "me", secs(0), SECS), Decision::Create);
+        assert_eq!(next_step(None, "me", secs(0), SECS), LeaseStep::Create);
     }
 
     #[test]
     fn my_lease_is_renewed_even_when_expired() {
         // Same identity means the same pod: its previous process is gone.
         assert_eq!(
-            decide(Some(&held("me", 0, 10)), "me", secs(5), SECS),
-            Decision::Renew
+            next_step(Some(&held("me", 0, 10)), "me", secs(5), SECS),
+            LeaseStep::Renew
         );
         assert_eq!(
-            decide(Some(&held("me", 0, 10)), "me", secs(50), SECS),
-            Decision::Renew
+            next_step(Some(&held("me", 0, 10)), "me", secs(50), SECS),
+            LeaseStep::Renew
         );
     }
 
@@ -683,19 +683,19 @@ mod tests {
         // renewTime plays no part: only how long this instance has seen it unchanged.
         let lease = held("other", -1_000_000, 10);
         assert_eq!(
-            decide(Some(&lease), "me", secs(9), SECS),
-            Decision::Wait {
+            next_step(Some(&lease), "me", secs(9), SECS),
+            LeaseStep::Wait {
                 holder: "other".into(),
                 expires_in: secs(1)
             }
         );
         assert_eq!(
-            decide(Some(&lease), "me", secs(10), SECS),
-            Decision::Acquire
+            next_step(Some(&lease), "me", secs(10), SECS),
+            LeaseStep::Acquire
         );
         assert_eq!(
-            decide(Some(&lease), "me", secs(99), SECS),
-            Decision::Acquire
+            next_step(Some(&lease), "me", secs(99), SECS),
+            LeaseStep::Acquire
         );
     }
 
@@ -711,17 +711,23 @@ mod tests {
         )));
         assert_eq!(released.holder, None);
         assert_eq!(
-            decide(Some(&released), "me", secs(0), SECS),
-            Decision::Acquire
+            next_step(Some(&released), "me", secs(0), SECS),
+            LeaseStep::Acquire
         );
         let blank = LeaseRecord::from_spec(Some(&LeaseSpec {
             holder_identity: Some("  ".into()),
             renew_time: Some(MicroTime(at(0))),
             ..LeaseSpec::default()
         }));
-        assert_eq!(decide(Some(&blank), "me", secs(0), SECS), Decision::Acquire);
+        assert_eq!(
+            next_step(Some(&blank), "me", secs(0), SECS),
+            LeaseStep::Acquire
+        );
         let empty = LeaseRecord::from_spec(None);
-        assert_eq!(decide(Some(&empty), "me", secs(0), SECS), Decision::Acquire);
+        assert_eq!(
+            next_step(Some(&empty), "me", secs(0), SECS),
+            LeaseStep::Acquire
+        );
     }
 
     #[test]
@@ -729,12 +735,12 @@ mod tests {
         let mut lease = held("other", 0, 0);
         lease.duration_seconds = None;
         assert!(matches!(
-            decide(Some(&lease), "me", secs(14), SECS),
-            Decision::Wait { .. }
+            next_step(Some(&lease), "me", secs(14), SECS),
+            LeaseStep::Wait { .. }
         ));
         assert_eq!(
-            decide(Some(&lease), "me", secs(15), SECS),
-            Decision::Acquire
+            next_step(Some(&lease), "me", secs(15), SECS),
+            LeaseStep::Acquire
         );
         // Expiry is measured from when it was seen, so a holder with no time
         // at all is respected for a duration like any other.
@@ -743,12 +749,12 @@ mod tests {
             ..held("other", 0, 10)
         };
         assert!(matches!(
-            decide(Some(&untimed), "me", secs(0), SECS),
-            Decision::Wait { .. }
+            next_step(Some(&untimed), "me", secs(0), SECS),
+            LeaseStep::Wait { .. }
         ));
         assert_eq!(
-            decide(Some(&untimed), "me", secs(10), SECS),
-            Decision::Acquire
+            next_step(Some(&untimed), "me", secs(10), SECS),
+            LeaseStep::Acquire
         );
     }
 
@@ -762,14 +768,14 @@ mod tests {
             lease_transitions: Some(4),
             ..LeaseSpec::default()
         };
-        let acquired = next_spec(&Decision::Acquire, &current, "me", at(0), SECS).unwrap();
+        let acquired = next_spec(&LeaseStep::Acquire, &current, "me", at(0), SECS).unwrap();
         assert_eq!(acquired.holder_identity.as_deref(), Some("me"));
         assert_eq!(acquired.acquire_time, Some(MicroTime(at(0))));
         assert_eq!(acquired.renew_time, Some(MicroTime(at(0))));
         assert_eq!(acquired.lease_duration_seconds, Some(15));
         assert_eq!(acquired.lease_transitions, Some(5));
 
-        let renewed = next_spec(&Decision::Renew, &acquired, "me", at(5), SECS).unwrap();
+        let renewed = next_spec(&LeaseStep::Renew, &acquired, "me", at(5), SECS).unwrap();
         assert_eq!(
             renewed.acquire_time,
             Some(MicroTime(at(0))),
@@ -783,9 +789,9 @@ mod tests {
         );
 
         let created =
-            next_spec(&Decision::Create, &LeaseSpec::default(), "me", at(0), SECS).unwrap();
+            next_spec(&LeaseStep::Create, &LeaseSpec::default(), "me", at(0), SECS).unwrap();
         assert_eq!(created.lease_transitions, Some(0));
-        let wait = Decision::Wait {
+        let wait = LeaseStep::Wait {
             holder: "other".into(),
             expires_in: secs(1),
         };

@@ -5,7 +5,7 @@
 //! [`PodProber`] of the caller's choice, until a shutdown future resolves.
 //! [`leader::run`] does the same only while holding a leader-election Lease.
 
-pub mod caches;
+pub mod watch_caches;
 pub mod cli;
 pub mod conditions;
 pub mod config;
@@ -18,7 +18,7 @@ pub mod fixtures;
 pub mod keyset;
 pub mod leader;
 pub mod metrics;
-pub mod observe;
+pub mod keyset_rollout;
 pub mod probe;
 pub mod rbac;
 pub mod readiness;

@@ -20,7 +20,7 @@
 //! only rotation may clear it.
 
 use crate::crd::Condition;
-use crate::observe::RolloutState;
+use crate::keyset_rollout::RolloutState;
 use crate::rotation::{self, PodView};
 
 /// `Progressing` and `Degraded` reason: the Deployment exceeded its progress deadline.

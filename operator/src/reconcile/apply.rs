@@ -3,7 +3,7 @@
 //! ConfigMap, the autoscaler and the disruption budget. Each write is skipped
 //! when the live object already matches, so an unchanged resource costs reads
 //! only; an unchanged Service and ConfigMap not even those, as they are
-//! compared with the watch caches first ([`crate::caches`] says why that is
+//! compared with the watch caches first ([`crate::watch_caches`] says why that is
 //! safe for them and for nothing else).
 //!
 //! These objects are applied (server-side apply); keys, list items and
@@ -70,7 +70,7 @@ impl Round<'_> {
     ) -> Result<Deployment, Error> {
         let deployment = self.apply_deployment(keys, ttl, known).await?;
         let (ns, name) = (&self.owner.namespace, &self.owner.name);
-        let caches = &self.ctx.caches;
+        let caches = &self.ctx.watch_caches;
         let desired = resources::service(&self.owner, self.spec());
         let cached = caches.service(ns, name);
         apply_unless_cached(&self.apis.services, name, cached, &desired, self.ctx).await?;
@@ -165,7 +165,7 @@ impl Round<'_> {
 /// Applies `desired` unless the watch cache's copy already matches it; when
 /// it does not, or nothing is cached, decides from the live object, as
 /// [`apply`] does. Only for objects a stale cache cannot make unsafe
-/// ([`crate::caches`]).
+/// ([`crate::watch_caches`]).
 async fn apply_unless_cached<K>(
     api: &Api<K>,
     name: &str,
@@ -202,7 +202,7 @@ fn is_current<K: Serialize>(desired: &serde_json::Value, live: &K) -> Result<boo
 }
 
 /// Applies `desired` with server-side apply unless `live` already matches it
-/// (known from an earlier round for the same version, [`super::verified`],
+/// (known from an earlier round for the same version, [`super::matched_versions`],
 /// or compared now).
 async fn apply<K>(api: &Api<K>, live: Option<&K>, desired: &K, ctx: &Context) -> Result<K, Error>
 where
@@ -211,12 +211,12 @@ where
 {
     let desired = desired_value(desired)?;
     if let Some(live) = live {
-        let verified = &ctx.verified;
-        if verified.known(K::KIND, live.meta(), &desired) {
+        let matched = &ctx.matched_versions;
+        if matched.known(K::KIND, live.meta(), &desired) {
             return Ok(live.clone());
         }
         if is_current(&desired, live)? {
-            verified.remember(K::KIND, live.meta(), &desired);
+            matched.remember(K::KIND, live.meta(), &desired);
             return Ok(live.clone());
         }
     }

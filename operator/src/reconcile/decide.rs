@@ -4,8 +4,8 @@
 use kube::ResourceExt;
 
 use crate::keyset;
+use crate::keyset_rollout;
 use crate::metrics;
-use crate::observe;
 use crate::rotation::{self, Decision, Inputs};
 use crate::spread;
 
@@ -30,7 +30,7 @@ impl Round<'_> {
             observed: &seen.observed,
             now: self.now,
             new_kid: &new_kid,
-            max_ttl_in_effect: observe::highest_pod_max_ttl(&seen.pods)
+            max_ttl_in_effect: keyset_rollout::highest_pod_max_ttl(&seen.pods)
                 .map_or(rendered_max_ttl, |t| t.max(rendered_max_ttl)),
             schedule_place: spread::place(&spread::key(&self.owner.namespace, &self.owner.name)),
         })

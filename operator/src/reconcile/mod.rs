@@ -40,6 +40,7 @@
 //! clamp ([`crate::ttl_clamp`]) is rendered from the persisted status in step 3
 //! and again in step 6 when the decision moves it.
 
+mod applied_generations;
 mod apply;
 mod assess;
 mod check;
@@ -49,12 +50,12 @@ mod execute;
 mod incident;
 mod keygen;
 mod load;
+mod matched_versions;
 mod observe;
-mod parsed;
+mod parsed_keysets;
 mod report;
 mod round;
 mod secret;
-mod verified;
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -68,7 +69,6 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, warn};
 
-use crate::caches::OwnedCaches;
 use crate::config::Settings;
 use crate::crd::MacpAuth;
 use crate::events::EventRecorders;
@@ -76,6 +76,7 @@ use crate::metrics::Metrics;
 use crate::probe::PodProber;
 use crate::resources;
 use crate::validate;
+use crate::watch_caches::WatchCaches;
 
 pub use crate::keyset::{REASON_INVALID_SIGNING_KEY, REASON_MISSING_SIGNING_KEY};
 pub use crate::readiness::REASON_PROGRESS_DEADLINE;
@@ -110,15 +111,15 @@ pub struct Context {
     pub metrics: Metrics,
     /// The watch caches of the owned Services and ConfigMaps (the
     /// controllers' own; empty, every read goes to the API server).
-    pub caches: OwnedCaches,
+    pub watch_caches: WatchCaches,
     /// Consecutive failures per object, for the retry backoff.
     failures: Mutex<HashMap<ObjectRef<MacpAuth>, u32>>,
-    /// The keyset last parsed from each Secret ([`parsed`]).
-    keysets: parsed::ParsedKeysets,
-    /// The versions of the applied objects found to match ([`verified`]).
-    verified: verified::VerifiedApplies,
-    /// The generations whose autoscaler and budget were applied ([`verified`]).
-    scaling_applied: verified::AppliedGenerations,
+    /// The keyset last parsed from each Secret ([`parsed_keysets`]).
+    keysets: parsed_keysets::ParsedKeysets,
+    /// The versions of the applied objects found to match ([`matched_versions`]).
+    matched_versions: matched_versions::MatchedVersions,
+    /// The generations whose autoscaler and budget were applied ([`applied_generations`]).
+    scaling_applied: applied_generations::AppliedGenerations,
     /// Key generations allowed at once (`--max-concurrent-keygens`): they
     /// run on blocking threads, and a storm of RSA-4096 keys must neither
     /// take every core nor hold the async workers other objects need.
@@ -152,17 +153,20 @@ impl Context {
             prober,
             recorder,
             metrics,
-            caches: OwnedCaches::default(),
+            watch_caches: WatchCaches::default(),
             failures: Mutex::default(),
-            keysets: parsed::ParsedKeysets::default(),
-            verified: verified::VerifiedApplies::default(),
-            scaling_applied: verified::AppliedGenerations::default(),
+            keysets: parsed_keysets::ParsedKeysets::default(),
+            matched_versions: matched_versions::MatchedVersions::default(),
+            scaling_applied: applied_generations::AppliedGenerations::default(),
         }
     }
 
-    /// The context reading the Services and ConfigMaps from `caches`.
-    pub fn with_caches(self, caches: OwnedCaches) -> Self {
-        Self { caches, ..self }
+    /// The context reading the Services and ConfigMaps from `watch_caches`.
+    pub fn with_watch_caches(self, watch_caches: WatchCaches) -> Self {
+        Self {
+            watch_caches,
+            ..self
+        }
     }
 
     /// Lets the rounds still queued for a turn end at once (on shutdown), so
@@ -369,7 +373,7 @@ async fn read_current(cached: &MacpAuth, ctx: &Context) -> Result<Option<MacpAut
         ctx.keysets
             .forget(&namespace, &resources::secret_name(&name));
         if let Some(uid) = cached.uid() {
-            ctx.verified.forget_owner(&uid);
+            ctx.matched_versions.forget_owner(&uid);
             ctx.scaling_applied.forget_owner(&uid);
         }
         return Ok(None);
@@ -383,7 +387,7 @@ async fn read_current(cached: &MacpAuth, ctx: &Context) -> Result<Option<MacpAut
         ctx.keysets
             .forget(&namespace, &resources::secret_name(&name));
         if let Some(uid) = mauth.uid() {
-            ctx.verified.forget_owner(&uid);
+            ctx.matched_versions.forget_owner(&uid);
             ctx.scaling_applied.forget_owner(&uid);
         }
         // Owner references let the garbage collector remove what we created.

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 
 use crate::keyset::Keyset;
-use crate::observe::{self, PodTarget, RolloutState};
+use crate::keyset_rollout::{self, PodTarget, RolloutState};
 use crate::probe::PodProber;
 use crate::resources;
 use crate::rotation::{self, Observed, PodView, Rollout};
@@ -62,8 +62,8 @@ impl Round<'_> {
             Some(known) => (known.pods, known.views),
             None => (self.list_pods().await?, Vec::new()),
         };
-        let rollout = observe::rollout_state(Some(deployment), &pods, &hash);
-        let targets = observe::current_pods(&pods, &hash);
+        let rollout = keyset_rollout::rollout_state(Some(deployment), &pods, &hash);
+        let targets = keyset_rollout::current_pods(&pods, &hash);
         let plan = rotation::probe_plan(&self.status);
         let spec = self.spec();
         let port = u16::try_from(spec.port).unwrap_or_default();
@@ -78,7 +78,7 @@ impl Round<'_> {
             plan.signing,
         )
         .await;
-        let other_targets = observe::other_keyset_pods(&pods, &hash);
+        let other_targets = keyset_rollout::other_keyset_pods(&pods, &hash);
         let others = probe(prober, &other_targets, &[], port, mint_port, false).await;
         let verifiers = if plan.verifiers {
             ask_verifiers(prober, &views, &targets, port).await

@@ -33,11 +33,11 @@ struct Match {
 
 /// The last match of each applied object, by kind, namespace and name.
 #[derive(Default)]
-pub(super) struct VerifiedApplies {
+pub(super) struct MatchedVersions {
     matches: Mutex<HashMap<(&'static str, String, String), Match>>,
 }
 
-impl VerifiedApplies {
+impl MatchedVersions {
     /// Whether `live` is the version last found to match `desired` (with its
     /// applied hash).
     pub(super) fn known(&self, kind: &'static str, live: &ObjectMeta, desired: &Value) -> bool {
@@ -92,37 +92,6 @@ fn version(live: &ObjectMeta, desired: &Value) -> Option<Match> {
     })
 }
 
-/// The generation of each MacpAuth (by uid) whose optional objects (the
-/// autoscaler and the disruption budget) a round of this process applied or
-/// removed. A spec that asks for neither costs no read of them while the
-/// generation stays (step 3): `Ready=True` of the generation proves the same
-/// across restarts, but a rotation's rollouts set `Ready=False`, and then
-/// every round of a rotation read both, a fifth of a storm's requests.
-#[derive(Default)]
-pub(super) struct AppliedGenerations {
-    applied: Mutex<HashMap<String, i64>>,
-}
-
-impl AppliedGenerations {
-    pub(super) fn is_applied(&self, owner_uid: &str, generation: Option<i64>) -> bool {
-        generation.is_some_and(|g| self.lock().get(owner_uid) == Some(&g))
-    }
-
-    pub(super) fn record(&self, owner_uid: &str, generation: Option<i64>) {
-        if let Some(g) = generation {
-            self.lock().insert(owner_uid.to_string(), g);
-        }
-    }
-
-    pub(super) fn forget_owner(&self, owner_uid: &str) {
-        self.lock().remove(owner_uid);
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, i64>> {
-        super::lock(&self.applied)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,69 +120,51 @@ mod tests {
 
     #[test]
     fn only_the_same_version_and_the_same_desire_are_known() {
-        let verified = VerifiedApplies::default();
+        let matched = MatchedVersions::default();
         let want = desired("svc:1", "owner-1");
-        assert!(!verified.known("Deployment", &live("u1", "10"), &want));
+        assert!(!matched.known("Deployment", &live("u1", "10"), &want));
 
-        verified.remember("Deployment", &live("u1", "10"), &want);
+        matched.remember("Deployment", &live("u1", "10"), &want);
 
-        assert!(verified.known("Deployment", &live("u1", "10"), &want));
+        assert!(matched.known("Deployment", &live("u1", "10"), &want));
         // Anyone's write: a new resourceVersion.
-        assert!(!verified.known("Deployment", &live("u1", "11"), &want));
+        assert!(!matched.known("Deployment", &live("u1", "11"), &want));
         // Deleted and made again under the same name.
-        assert!(!verified.known("Deployment", &live("u2", "10"), &want));
+        assert!(!matched.known("Deployment", &live("u2", "10"), &want));
         // Something else desired.
-        assert!(!verified.known(
+        assert!(!matched.known(
             "Deployment",
             &live("u1", "10"),
             &desired("svc:2", "owner-1")
         ));
         // Another kind of the same name.
-        assert!(!verified.known("Service", &live("u1", "10"), &want));
+        assert!(!matched.known("Service", &live("u1", "10"), &want));
     }
 
     #[test]
     fn a_desire_without_its_hash_or_owner_is_never_known() {
-        let verified = VerifiedApplies::default();
+        let matched = MatchedVersions::default();
         let unhashed = json!({"metadata": {"ownerReferences": [{"uid": "o", "controller": true}]}});
-        verified.remember("Deployment", &live("u1", "10"), &unhashed);
-        assert!(!verified.known("Deployment", &live("u1", "10"), &unhashed));
+        matched.remember("Deployment", &live("u1", "10"), &unhashed);
+        assert!(!matched.known("Deployment", &live("u1", "10"), &unhashed));
         let unowned = with_applied_hash(json!({"metadata": {"name": "auth"}}));
-        verified.remember("Deployment", &live("u1", "10"), &unowned);
-        assert!(!verified.known("Deployment", &live("u1", "10"), &unowned));
+        matched.remember("Deployment", &live("u1", "10"), &unowned);
+        assert!(!matched.known("Deployment", &live("u1", "10"), &unowned));
     }
 
     #[test]
     fn a_gone_owner_is_forgotten() {
-        let verified = VerifiedApplies::default();
+        let matched = MatchedVersions::default();
         let mine = desired("svc:1", "owner-1");
-        verified.remember("Deployment", &live("u1", "10"), &mine);
+        matched.remember("Deployment", &live("u1", "10"), &mine);
         let theirs = desired("svc:1", "owner-2");
         let mut other = live("u9", "3");
         other.name = Some("other".into());
-        verified.remember("Deployment", &other, &theirs);
+        matched.remember("Deployment", &other, &theirs);
 
-        verified.forget_owner("owner-1");
+        matched.forget_owner("owner-1");
 
-        assert!(!verified.known("Deployment", &live("u1", "10"), &mine));
-        assert!(verified.known("Deployment", &other, &theirs));
-    }
-
-    #[test]
-    fn only_the_generation_applied_is_known_until_the_owner_is_forgotten() {
-        let applied = AppliedGenerations::default();
-        assert!(!applied.is_applied("owner-1", Some(3)));
-        applied.record("owner-1", Some(3));
-        assert!(applied.is_applied("owner-1", Some(3)));
-        assert!(!applied.is_applied("owner-1", Some(4)), "a new spec");
-        assert!(!applied.is_applied("owner-2", Some(3)));
-        assert!(!applied.is_applied("owner-1", None));
-        applied.record("owner-1", None);
-        assert!(
-            applied.is_applied("owner-1", Some(3)),
-            "no generation records nothing"
-        );
-        applied.forget_owner("owner-1");
-        assert!(!applied.is_applied("owner-1", Some(3)));
+        assert!(!matched.known("Deployment", &live("u1", "10"), &mine));
+        assert!(matched.known("Deployment", &other, &theirs));
     }
 }

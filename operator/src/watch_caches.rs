@@ -24,12 +24,12 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 /// The caches of every watched scope (one per namespace, or one for all).
 #[derive(Default)]
-pub struct OwnedCaches {
+pub struct WatchCaches {
     services: Vec<Store<Service>>,
     config_maps: Vec<Store<ConfigMap>>,
 }
 
-impl OwnedCaches {
+impl WatchCaches {
     /// Adds the caches of one scope's controller.
     pub fn add_scope(&mut self, services: Store<Service>, config_maps: Store<ConfigMap>) {
         self.services.push(services);
@@ -75,7 +75,7 @@ mod tests {
 
     #[test]
     fn an_object_is_found_in_whichever_scope_holds_it_and_only_by_its_namespace() {
-        let mut caches = OwnedCaches::default();
+        let mut caches = WatchCaches::default();
         assert!(caches.service("a", "auth").is_none(), "no scope yet");
         for ns in ["a", "b"] {
             let (reader, mut writer) = store::<Service>();

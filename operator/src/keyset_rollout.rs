@@ -1,5 +1,5 @@
-//! What the Deployment and its pods say about a rollout. Pure: reads objects
-//! the reconciler fetched.
+//! How far a keyset has rolled out: what the Deployment and its pods say
+//! about the pods of each keyset hash. Pure: reads objects the reconciler fetched.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;

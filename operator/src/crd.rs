@@ -519,8 +519,10 @@ pub struct MacpAuthStatus {
     /// When the next scheduled rotation starts; unset without `rotation.interval`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_rotation_time: Option<DateTime<Utc>>,
-    /// The last 10 rotations, newest last: the incident record.
+    /// The last [`crate::rotation::HISTORY_LIMIT`] rotations, newest last:
+    /// the incident record.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(description = history_description())]
     pub history: Vec<RotationRecord>,
     /// The last `macp.io/rotate` value acted on (each value acts once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -549,6 +551,25 @@ pub struct MacpAuthStatus {
     /// The verifiers seen fetching the JWKS from the token-service pods, during the last rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verifiers: Option<VerifiersStatus>,
+}
+
+/// The schema's description of `status.history`, with the number kept.
+fn history_description() -> String {
+    let kept = crate::rotation::HISTORY_LIMIT;
+    format!("The last {kept} rotations, newest last: the incident record.")
+}
+
+impl MacpAuthStatus {
+    /// Appends a finished rotation to `history`, dropping the oldest entries
+    /// beyond [`crate::rotation::HISTORY_LIMIT`].
+    pub fn push_history(&mut self, record: RotationRecord) {
+        self.history.push(record);
+        let excess = self
+            .history
+            .len()
+            .saturating_sub(crate::rotation::HISTORY_LIMIT);
+        self.history.drain(..excess);
+    }
 }
 
 /// A key's role in the Secret.
@@ -837,5 +858,41 @@ mod spec_rule_tests {
             &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"];
         let last = &status["properties"]["lastValidSpec"]["properties"]["spec"];
         assert_eq!(last["x-kubernetes-preserve-unknown-fields"], true);
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+    use crate::rotation::HISTORY_LIMIT;
+    use chrono::TimeZone;
+
+    fn record(n: usize) -> RotationRecord {
+        let at = Utc.timestamp_opt(1_800_000_000 + n as i64, 0).unwrap();
+        RotationRecord {
+            trigger: RotationTrigger::Manual,
+            request_id: Some(format!("r{n}")),
+            old_kid: None,
+            new_kid: None,
+            started_at: at,
+            finished_at: at,
+            outcome: RotationOutcome::Succeeded,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn history_keeps_the_newest_entries_up_to_the_limit() {
+        let mut status = MacpAuthStatus::default();
+        for n in 0..HISTORY_LIMIT + 3 {
+            status.push_history(record(n));
+        }
+        let ids: Vec<_> = status
+            .history
+            .iter()
+            .filter_map(|r| r.request_id.clone())
+            .collect();
+        let newest: Vec<_> = (3..HISTORY_LIMIT + 3).map(|n| format!("r{n}")).collect();
+        assert_eq!(ids, newest, "the oldest three dropped, newest last");
     }
 }

@@ -12,7 +12,6 @@ use tracing::info;
 use crate::conditions::READY;
 use crate::crd::{RotationOutcome, RotationRecord, RotationTrigger, SigningAlg};
 use crate::keyset::{self, Keyset, KeysetError};
-use crate::rotation;
 
 use super::error::KubeContext;
 use super::round::Round;
@@ -86,7 +85,7 @@ impl Round<'_> {
             "KeyCreated",
             format!("generated {kind} signing key {kid}"),
         );
-        self.status.history.push(RotationRecord {
+        self.status.push_history(RotationRecord {
             trigger: RotationTrigger::Initial,
             request_id: None,
             old_kid: None,
@@ -96,12 +95,6 @@ impl Round<'_> {
             outcome: RotationOutcome::Succeeded,
             message: Some(format!("first {kind} key")),
         });
-        let excess = self
-            .status
-            .history
-            .len()
-            .saturating_sub(rotation::HISTORY_LIMIT);
-        self.status.history.drain(..excess);
         Ok(keys)
     }
 

@@ -368,25 +368,42 @@ mod tests {
             Err(ConfigError::MissingLeaseNamespace)
         );
         let ns = ["--leader-election-namespace", "ops"];
-        for (flags, want) in [
-            (vec!["--leader-election-lease-name", ""], "lease-name"),
-            (
-                vec!["--leader-election-lease-duration", "1500ms"],
-                "whole number",
-            ),
-            (
-                vec!["--leader-election-lease-duration", "0s"],
-                "whole number",
-            ),
-            (
-                vec!["--leader-election-renew-interval", "15s"],
-                "shorter than",
-            ),
-            (vec!["--leader-election-renew-interval", "0s"], "above zero"),
+        /// Leader election flags refused: the error says `says`.
+        struct Refused {
+            name: &'static str,
+            flags: [&'static str; 2],
+            says: &'static str,
+        }
+        for Refused { name, flags, says } in [
+            Refused {
+                name: "an empty lease name",
+                flags: ["--leader-election-lease-name", ""],
+                says: "lease-name",
+            },
+            Refused {
+                name: "a lease duration in milliseconds",
+                flags: ["--leader-election-lease-duration", "1500ms"],
+                says: "whole number",
+            },
+            Refused {
+                name: "a lease duration of zero",
+                flags: ["--leader-election-lease-duration", "0s"],
+                says: "whole number",
+            },
+            Refused {
+                name: "a renew interval as long as the lease",
+                flags: ["--leader-election-renew-interval", "15s"],
+                says: "shorter than",
+            },
+            Refused {
+                name: "a renew interval of zero",
+                flags: ["--leader-election-renew-interval", "0s"],
+                says: "above zero",
+            },
         ] {
             let args: Vec<&str> = ns.iter().chain(&flags).copied().collect();
             let err = with_le(&args).leader_election("h").unwrap_err();
-            assert!(err.to_string().contains(want), "{flags:?}: {err}");
+            assert!(err.to_string().contains(says), "{name}: {err}");
         }
     }
 

@@ -177,89 +177,76 @@ async fn ttl_default_null_clamp_and_floor() {
     server.stop().await;
 }
 
+/// The 400 answer `message` and the request bodies that get it.
+struct Refusal {
+    message: &'static str,
+    bodies: &'static [&'static str],
+}
+
 #[tokio::test]
 async fn error_table_400s() {
     let server = server().await;
     let client = Client::new();
-    let cases: Vec<(&str, &str)> = vec![
-        ("{", "invalid JSON body"),
-        ("", "invalid JSON body"),
-        ("{\"sender\": \"a\",}", "invalid JSON body"),
-        ("\u{0}", "invalid JSON body"),
-        ("[]", "sender is required"),
-        ("\"agent\"", "sender is required"),
-        ("42", "sender is required"),
-        ("null", "sender is required"),
-        ("{}", "sender is required"),
-        ("{\"sender\": \"\"}", "sender is required"),
-        ("{\"sender\": \"  \\t\"}", "sender is required"),
-        ("{\"sender\": 7}", "sender is required"),
-        ("{\"sender\": null}", "sender is required"),
-        ("{\"sender\": [\"a\"]}", "sender is required"),
-        (
-            "{\"sender\": \"a\", \"scopes\": \"all\"}",
-            "scopes must be an object",
-        ),
-        (
-            "{\"sender\": \"a\", \"scopes\": [\"a\"]}",
-            "scopes must be an object",
-        ),
-        (
-            "{\"sender\": \"a\", \"scopes\": 1}",
-            "scopes must be an object",
-        ),
-        (
-            "{\"sender\": \"a\", \"scopes\": true}",
-            "scopes must be an object",
-        ),
-        (
-            "{\"sender\": \"a\", \"scopes\": null}",
-            "scopes must be an object",
-        ),
-        (
-            "{\"sender\": \"a\", \"ttl_seconds\": 0}",
-            "ttl_seconds must be a positive number",
-        ),
-        (
-            "{\"sender\": \"a\", \"ttl_seconds\": -5}",
-            "ttl_seconds must be a positive number",
-        ),
-        (
-            "{\"sender\": \"a\", \"ttl_seconds\": -0.0}",
-            "ttl_seconds must be a positive number",
-        ),
-        (
-            "{\"sender\": \"a\", \"ttl_seconds\": \"60\"}",
-            "ttl_seconds must be a positive number",
-        ),
-        (
-            "{\"sender\": \"a\", \"ttl_seconds\": true}",
-            "ttl_seconds must be a positive number",
-        ),
-        (
-            "{\"sender\": \"a\", \"ttl_seconds\": {}}",
-            "ttl_seconds must be a positive number",
-        ),
-        // Non-finite numbers are not JSON: the parser refuses them first.
-        (
-            "{\"sender\": \"a\", \"ttl_seconds\": NaN}",
-            "invalid JSON body",
-        ),
-        (
-            "{\"sender\": \"a\", \"ttl_seconds\": 1e999}",
-            "invalid JSON body",
-        ),
-        // Check order: sender before scopes before ttl.
-        ("{\"scopes\": 1, \"ttl_seconds\": 0}", "sender is required"),
-        (
-            "{\"sender\": \"a\", \"scopes\": 1, \"ttl_seconds\": 0}",
-            "scopes must be an object",
-        ),
+    // Each body is its own case's name; grouped by the answer it gets.
+    let refusals = [
+        Refusal {
+            message: "invalid JSON body",
+            bodies: &[
+                "{",
+                "",
+                r#"{"sender": "a",}"#,
+                "\u{0}",
+                // Non-finite numbers are not JSON: the parser refuses them first.
+                r#"{"sender": "a", "ttl_seconds": NaN}"#,
+                r#"{"sender": "a", "ttl_seconds": 1e999}"#,
+            ],
+        },
+        Refusal {
+            message: "sender is required",
+            bodies: &[
+                "[]",
+                r#""agent""#,
+                "42",
+                "null",
+                "{}",
+                r#"{"sender": ""}"#,
+                r#"{"sender": "  \t"}"#,
+                r#"{"sender": 7}"#,
+                r#"{"sender": null}"#,
+                r#"{"sender": ["a"]}"#,
+                // Check order: sender before scopes before ttl.
+                r#"{"scopes": 1, "ttl_seconds": 0}"#,
+            ],
+        },
+        Refusal {
+            message: "scopes must be an object",
+            bodies: &[
+                r#"{"sender": "a", "scopes": "all"}"#,
+                r#"{"sender": "a", "scopes": ["a"]}"#,
+                r#"{"sender": "a", "scopes": 1}"#,
+                r#"{"sender": "a", "scopes": true}"#,
+                r#"{"sender": "a", "scopes": null}"#,
+                r#"{"sender": "a", "scopes": 1, "ttl_seconds": 0}"#,
+            ],
+        },
+        Refusal {
+            message: "ttl_seconds must be a positive number",
+            bodies: &[
+                r#"{"sender": "a", "ttl_seconds": 0}"#,
+                r#"{"sender": "a", "ttl_seconds": -5}"#,
+                r#"{"sender": "a", "ttl_seconds": -0.0}"#,
+                r#"{"sender": "a", "ttl_seconds": "60"}"#,
+                r#"{"sender": "a", "ttl_seconds": true}"#,
+                r#"{"sender": "a", "ttl_seconds": {}}"#,
+            ],
+        },
     ];
-    for (body, message) in cases {
-        let (status, answer) = post_json(&client, &server, body).await;
-        assert_eq!(status, 400, "{body:?}");
-        assert_eq!(answer, err(message), "{body:?}");
+    for Refusal { message, bodies } in refusals {
+        for &body in bodies {
+            let (status, answer) = post_json(&client, &server, body).await;
+            assert_eq!(status, 400, "{body:?}");
+            assert_eq!(answer, err(message), "{body:?}");
+        }
     }
     server.stop().await;
 }

@@ -261,15 +261,43 @@ fn ephemeral_key_warns_and_file_key_is_read() {
     );
 }
 
-/// Runs the binary with a bad configuration: it must exit 1 before printing
-/// anything on stdout, with exactly one stderr line naming the variable.
+/// Runs the binary with a bad configuration; see [`Refused::check`].
 fn assert_fatal(vars: &[(&str, &str)], variable: &str) {
-    let output = command(vars).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{vars:?}: {stderr}");
-    assert!(output.stdout.is_empty(), "{vars:?}");
-    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
-    assert!(stderr.contains(variable), "{stderr} lacks {variable}");
+    Refused {
+        name: &format!("{vars:?}"),
+        vars,
+        variable,
+    }
+    .check();
+}
+
+/// A configuration the service refuses at startup, named for the failure message.
+struct Refused<'a> {
+    name: &'a str,
+    vars: &'a [(&'a str, &'a str)],
+    /// The variable the one stderr line names.
+    variable: &'a str,
+}
+
+impl Refused<'_> {
+    /// Runs the binary with the configuration: it must exit 1 before printing
+    /// anything on stdout, with exactly one stderr line naming the variable.
+    fn check(&self) {
+        let Refused {
+            name,
+            vars,
+            variable,
+        } = self;
+        let output = command(vars).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{name}: {stderr}");
+        assert!(output.stdout.is_empty(), "{name}");
+        assert_eq!(stderr.lines().count(), 1, "{name}: one line: {stderr}");
+        assert!(
+            stderr.contains(variable),
+            "{name}: {stderr} lacks {variable}"
+        );
+    }
 }
 
 #[test]
@@ -292,136 +320,174 @@ fn every_bad_configuration_class_exits_1_naming_the_variable() {
     let no_kid = no_kid.to_string();
     let dup = json!([ec_jwk("rsa-test-1")]).to_string();
 
-    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
-        (
-            vec![("MACP_AUTH_MAX_TTL_SECONDS", "abc")],
-            "MACP_AUTH_MAX_TTL_SECONDS",
-        ),
-        (
-            vec![("MACP_AUTH_DEFAULT_TTL_SECONDS", "0")],
-            "MACP_AUTH_DEFAULT_TTL_SECONDS",
-        ),
-        (
-            vec![("MACP_AUTH_DEFAULT_TTL_SECONDS", "-3")],
-            "MACP_AUTH_DEFAULT_TTL_SECONDS",
-        ),
-        (
-            vec![
+    for case in [
+        Refused {
+            name: "a max TTL that is no number",
+            vars: &[("MACP_AUTH_MAX_TTL_SECONDS", "abc")],
+            variable: "MACP_AUTH_MAX_TTL_SECONDS",
+        },
+        Refused {
+            name: "a default TTL of zero",
+            vars: &[("MACP_AUTH_DEFAULT_TTL_SECONDS", "0")],
+            variable: "MACP_AUTH_DEFAULT_TTL_SECONDS",
+        },
+        Refused {
+            name: "a negative default TTL",
+            vars: &[("MACP_AUTH_DEFAULT_TTL_SECONDS", "-3")],
+            variable: "MACP_AUTH_DEFAULT_TTL_SECONDS",
+        },
+        Refused {
+            name: "a default TTL above the max",
+            vars: &[
                 ("MACP_AUTH_MAX_TTL_SECONDS", "60"),
                 ("MACP_AUTH_DEFAULT_TTL_SECONDS", "300"),
             ],
-            "MACP_AUTH_DEFAULT_TTL_SECONDS",
-        ),
-        (
-            vec![("MACP_AUTH_SIGNING_ALG", "HS256")],
-            "MACP_AUTH_SIGNING_ALG",
-        ),
-        (
-            vec![("PORT", "3200"), ("MACP_AUTH_MINT_PORT", "3200")],
-            "MACP_AUTH_MINT_PORT",
-        ),
-        (
-            vec![("MACP_AUTH_MINT_BIND", "127.0.0.1")],
-            "MACP_AUTH_MINT_BIND",
-        ),
-        (
-            vec![("MACP_AUTH_SIGNING_KEY_JSON", "{nope")],
-            "MACP_AUTH_SIGNING_KEY_JSON",
-        ),
-        (
-            vec![("MACP_AUTH_SIGNING_KEY_JSON", &public)],
-            "MACP_AUTH_SIGNING_KEY_JSON",
-        ),
-        (
-            vec![("MACP_AUTH_SIGNING_KEY_JSON", &ec)],
-            "MACP_AUTH_SIGNING_KEY_JSON",
-        ),
-        (
-            vec![
+            variable: "MACP_AUTH_DEFAULT_TTL_SECONDS",
+        },
+        Refused {
+            name: "an unsupported signing algorithm",
+            vars: &[("MACP_AUTH_SIGNING_ALG", "HS256")],
+            variable: "MACP_AUTH_SIGNING_ALG",
+        },
+        Refused {
+            name: "the mint port on the main port",
+            vars: &[("PORT", "3200"), ("MACP_AUTH_MINT_PORT", "3200")],
+            variable: "MACP_AUTH_MINT_PORT",
+        },
+        Refused {
+            name: "a mint bind without a mint port",
+            vars: &[("MACP_AUTH_MINT_BIND", "127.0.0.1")],
+            variable: "MACP_AUTH_MINT_BIND",
+        },
+        Refused {
+            name: "a signing key that is no JSON",
+            vars: &[("MACP_AUTH_SIGNING_KEY_JSON", "{nope")],
+            variable: "MACP_AUTH_SIGNING_KEY_JSON",
+        },
+        Refused {
+            name: "a public key as the signing key",
+            vars: &[("MACP_AUTH_SIGNING_KEY_JSON", &public)],
+            variable: "MACP_AUTH_SIGNING_KEY_JSON",
+        },
+        Refused {
+            name: "an EC key for RS256",
+            vars: &[("MACP_AUTH_SIGNING_KEY_JSON", &ec)],
+            variable: "MACP_AUTH_SIGNING_KEY_JSON",
+        },
+        Refused {
+            name: "a P-384 key for ES256",
+            vars: &[
                 ("MACP_AUTH_SIGNING_ALG", "ES256"),
                 ("MACP_AUTH_SIGNING_KEY_JSON", &p384),
             ],
-            "MACP_AUTH_SIGNING_KEY_JSON",
-        ),
-        (
-            vec![("MACP_AUTH_SIGNING_KEY_JSON", weak)],
-            "MACP_AUTH_SIGNING_KEY_JSON",
-        ),
-        (
-            vec![("MACP_AUTH_SIGNING_KEY_JSON", &no_kid)],
-            "MACP_AUTH_SIGNING_KEY_JSON",
-        ),
-        (
-            vec![
+            variable: "MACP_AUTH_SIGNING_KEY_JSON",
+        },
+        Refused {
+            name: "a 1024-bit RSA key",
+            vars: &[("MACP_AUTH_SIGNING_KEY_JSON", weak)],
+            variable: "MACP_AUTH_SIGNING_KEY_JSON",
+        },
+        Refused {
+            name: "a signing key without a kid",
+            vars: &[("MACP_AUTH_SIGNING_KEY_JSON", &no_kid)],
+            variable: "MACP_AUTH_SIGNING_KEY_JSON",
+        },
+        Refused {
+            name: "a verification key with the signing key's kid",
+            vars: &[
                 ("MACP_AUTH_SIGNING_KEY_JSON", &rsa),
                 ("MACP_AUTH_VERIFICATION_KEYS_JSON", &dup),
             ],
-            "MACP_AUTH_VERIFICATION_KEYS_JSON",
-        ),
-        (
-            vec![
+            variable: "MACP_AUTH_VERIFICATION_KEYS_JSON",
+        },
+        Refused {
+            name: "a signing key both inline and from a file",
+            vars: &[
                 ("MACP_AUTH_SIGNING_KEY_JSON", &rsa),
                 ("MACP_AUTH_SIGNING_KEY_FILE", "/x"),
             ],
-            "MACP_AUTH_SIGNING_KEY_FILE",
-        ),
-        (
-            vec![("MACP_AUTH_SIGNING_KEY_FILE", "/definitely/missing.json")],
-            "MACP_AUTH_SIGNING_KEY_FILE",
-        ),
-        (
-            vec![("MACP_AUTH_VERIFICATION_KEYS_JSON", "{\"keys\":")],
-            "MACP_AUTH_VERIFICATION_KEYS_JSON",
-        ),
-        (vec![("PORT", "99999")], "PORT"),
-        (vec![("PORT", "abc")], "PORT"),
-        (vec![("MACP_AUTH_BIND", "not-an-ip")], "MACP_AUTH_BIND"),
-        (
-            vec![("MACP_AUTH_MINT_TOKENS_FILE", "/definitely/missing")],
-            "MACP_AUTH_MINT_TOKENS_FILE",
-        ),
-        (
-            vec![("MACP_AUTH_MINT_TOKENS_FILE", empty_tokens.as_str())],
-            "MACP_AUTH_MINT_TOKENS_FILE",
-        ),
-        (
-            vec![("MACP_AUTH_MINT_TOKENS_FILE", "")],
-            "MACP_AUTH_MINT_TOKENS_FILE",
-        ),
-        (
-            vec![("MACP_AUTH_RATE_LIMIT_PER_SECOND", "0")],
-            "MACP_AUTH_RATE_LIMIT_PER_SECOND",
-        ),
-        (
-            vec![
+            variable: "MACP_AUTH_SIGNING_KEY_FILE",
+        },
+        Refused {
+            name: "a signing key file that is missing",
+            vars: &[("MACP_AUTH_SIGNING_KEY_FILE", "/definitely/missing.json")],
+            variable: "MACP_AUTH_SIGNING_KEY_FILE",
+        },
+        Refused {
+            name: "verification keys that are no JSON",
+            vars: &[("MACP_AUTH_VERIFICATION_KEYS_JSON", "{\"keys\":")],
+            variable: "MACP_AUTH_VERIFICATION_KEYS_JSON",
+        },
+        Refused {
+            name: "a port out of range",
+            vars: &[("PORT", "99999")],
+            variable: "PORT",
+        },
+        Refused {
+            name: "a port that is no number",
+            vars: &[("PORT", "abc")],
+            variable: "PORT",
+        },
+        Refused {
+            name: "a bind address that is no IP",
+            vars: &[("MACP_AUTH_BIND", "not-an-ip")],
+            variable: "MACP_AUTH_BIND",
+        },
+        Refused {
+            name: "a tokens file that is missing",
+            vars: &[("MACP_AUTH_MINT_TOKENS_FILE", "/definitely/missing")],
+            variable: "MACP_AUTH_MINT_TOKENS_FILE",
+        },
+        Refused {
+            name: "a tokens file without tokens",
+            vars: &[("MACP_AUTH_MINT_TOKENS_FILE", &empty_tokens)],
+            variable: "MACP_AUTH_MINT_TOKENS_FILE",
+        },
+        Refused {
+            name: "an empty tokens file path",
+            vars: &[("MACP_AUTH_MINT_TOKENS_FILE", "")],
+            variable: "MACP_AUTH_MINT_TOKENS_FILE",
+        },
+        Refused {
+            name: "a rate of zero",
+            vars: &[("MACP_AUTH_RATE_LIMIT_PER_SECOND", "0")],
+            variable: "MACP_AUTH_RATE_LIMIT_PER_SECOND",
+        },
+        Refused {
+            name: "a burst that is no number",
+            vars: &[
                 ("MACP_AUTH_RATE_LIMIT_PER_SECOND", "5"),
                 ("MACP_AUTH_RATE_LIMIT_BURST", "x"),
             ],
-            "MACP_AUTH_RATE_LIMIT_BURST",
-        ),
-        (
-            vec![("MACP_AUTH_AUDIT_LOG", "syslog")],
-            "MACP_AUTH_AUDIT_LOG",
-        ),
-        (
-            vec![("MACP_AUTH_HEADER_TIMEOUT_SECONDS", "0")],
-            "MACP_AUTH_HEADER_TIMEOUT_SECONDS",
-        ),
-        (
-            vec![("MACP_AUTH_REQUEST_TIMEOUT_SECONDS", "30s")],
-            "MACP_AUTH_REQUEST_TIMEOUT_SECONDS",
-        ),
-        (
-            vec![("MACP_AUTH_MAX_CONNECTIONS", "-1")],
-            "MACP_AUTH_MAX_CONNECTIONS",
-        ),
-        (
-            vec![("MACP_AUTH_SHUTDOWN_DELAY_SECONDS", "1.5")],
-            "MACP_AUTH_SHUTDOWN_DELAY_SECONDS",
-        ),
-    ];
-    for (vars, variable) in cases {
-        assert_fatal(&vars, variable);
+            variable: "MACP_AUTH_RATE_LIMIT_BURST",
+        },
+        Refused {
+            name: "an unknown audit sink",
+            vars: &[("MACP_AUTH_AUDIT_LOG", "syslog")],
+            variable: "MACP_AUTH_AUDIT_LOG",
+        },
+        Refused {
+            name: "a header timeout of zero",
+            vars: &[("MACP_AUTH_HEADER_TIMEOUT_SECONDS", "0")],
+            variable: "MACP_AUTH_HEADER_TIMEOUT_SECONDS",
+        },
+        Refused {
+            name: "a request timeout with a unit",
+            vars: &[("MACP_AUTH_REQUEST_TIMEOUT_SECONDS", "30s")],
+            variable: "MACP_AUTH_REQUEST_TIMEOUT_SECONDS",
+        },
+        Refused {
+            name: "a negative connection cap",
+            vars: &[("MACP_AUTH_MAX_CONNECTIONS", "-1")],
+            variable: "MACP_AUTH_MAX_CONNECTIONS",
+        },
+        Refused {
+            name: "a fractional shutdown delay",
+            vars: &[("MACP_AUTH_SHUTDOWN_DELAY_SECONDS", "1.5")],
+            variable: "MACP_AUTH_SHUTDOWN_DELAY_SECONDS",
+        },
+    ] {
+        case.check();
     }
 }
 
@@ -508,29 +574,39 @@ fn drain_longer_than_10_seconds_exits_1() {
 
 #[test]
 fn generate_key_prints_a_usable_private_jwk() {
-    for (args, alg, kty) in [
-        (
-            vec!["--alg", "ES256", "--kid", "prod-ec-1"],
-            Alg::ES256,
-            "EC",
-        ),
-        (
-            vec!["--alg", "RS256", "--kid", "prod-rsa-1", "--bits", "3072"],
-            Alg::RS256,
-            "RSA",
-        ),
-        (vec!["--kid", "default-alg"], Alg::RS256, "RSA"),
+    /// `generate-key` with `args` prints a private JWK of type `kty` for `alg`.
+    struct Generated {
+        args: &'static [&'static str],
+        alg: Alg,
+        kty: &'static str,
+    }
+    for Generated { args, alg, kty } in [
+        Generated {
+            args: &["--alg", "ES256", "--kid", "prod-ec-1"],
+            alg: Alg::ES256,
+            kty: "EC",
+        },
+        Generated {
+            args: &["--alg", "RS256", "--kid", "prod-rsa-1", "--bits", "3072"],
+            alg: Alg::RS256,
+            kty: "RSA",
+        },
+        Generated {
+            args: &["--kid", "default-alg"],
+            alg: Alg::RS256,
+            kty: "RSA",
+        },
     ] {
         let output = Command::new(BIN)
             .arg("generate-key")
-            .args(&args)
+            .args(args)
             .output()
             .unwrap();
         assert_eq!(output.status.code(), Some(0), "{args:?}");
         let text = String::from_utf8(output.stdout).unwrap();
         assert_eq!(text.lines().count(), 1);
         let jwk: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(jwk["kty"], kty);
+        assert_eq!(jwk["kty"], kty, "{args:?}");
         assert!(jwk.get("d").is_some());
         let key = SigningKey::from_jwk(&jwk, alg).unwrap();
         assert_eq!(

@@ -820,32 +820,45 @@ async fn rbac_answers_forbidden_with_the_real_status() {
         .await
         .unwrap();
     assert!(in_ns.get("a").await.is_ok());
-    let cases: Vec<(Result<ConfigMap, kube::Error>, String)> = vec![
-        (
-            in_ns
+    /// A request the namespaced rule list does not grant, and the 403's message.
+    struct Refused {
+        name: &'static str,
+        result: Result<ConfigMap, kube::Error>,
+        message: String,
+    }
+    let cases = [
+        Refused {
+            name: "a delete, which the rules do not grant",
+            result: in_ns
                 .delete("a", &DeleteParams::default())
                 .await
                 .map(|_| cm("", &[])),
-            format!(
+            message: format!(
                 "configmaps \"a\" is forbidden: User \"{OPERATOR_USER}\" cannot delete resource \"configmaps\" in API group \"\" in the namespace \"auth\""
             ),
-        ),
-        (
-            Api::<ConfigMap>::namespaced(op.clone(), "other")
+        },
+        Refused {
+            name: "a get in a namespace not granted",
+            result: Api::<ConfigMap>::namespaced(op.clone(), "other")
                 .get("a")
                 .await,
-            format!(
+            message: format!(
                 "configmaps \"a\" is forbidden: User \"{OPERATOR_USER}\" cannot get resource \"configmaps\" in API group \"\" in the namespace \"other\""
             ),
-        ),
+        },
     ];
-    for (r, message) in cases {
-        match r {
+    for Refused {
+        name,
+        result,
+        message,
+    } in cases
+    {
+        match result {
             Err(kube::Error::Api(s)) => {
-                assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"));
-                assert_eq!(s.message, message);
+                assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"), "{name}");
+                assert_eq!(s.message, message, "{name}");
             }
-            other => panic!("{other:?}"),
+            other => panic!("{name}: {other:?}"),
         }
     }
     let all: Api<ConfigMap> = Api::all(op);

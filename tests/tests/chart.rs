@@ -240,56 +240,88 @@ fn chart_version_is_the_crate_version() {
     assert_eq!(chart["version"], env!("CARGO_PKG_VERSION"));
 }
 
+/// Chart values the schema refuses, named for the failure message: the
+/// values file's `contents` and where the refusal points (`at`).
+struct Refused {
+    name: &'static str,
+    contents: &'static str,
+    at: &'static str,
+}
+
 #[test]
 fn schema_refuses_wrong_types_and_unknown_keys() {
     let cases = [
-        ("replica-string", "replicaCount: \"two\"\n", "/replicaCount"),
-        ("replica-zero", "replicaCount: 0\n", "/replicaCount"),
-        (
-            "watch-string",
-            "watchNamespaces: \"a,b\"\n",
-            "/watchNamespaces",
-        ),
-        (
-            "watch-bad-name",
-            "watchNamespaces: [\"Not_A_Namespace\"]\n",
-            "/watchNamespaces/0",
-        ),
-        (
-            "le-string",
-            "leaderElection:\n  enabled: \"yes\"\n",
-            "/leaderElection/enabled",
-        ),
-        (
-            "pull-policy",
-            "image:\n  pullPolicy: Sometimes\n",
-            "/image/pullPolicy",
-        ),
-        ("log-format", "logFormat: xml\n", "/logFormat"),
-        ("port-range", "listenPort: 70000\n", "/listenPort"),
-        (
-            "np-port-string",
-            "networkPolicy:\n  ports: [\"http\"]\n",
-            "/networkPolicy/ports/0",
-        ),
-        ("unknown-top", "replicas: 2\n", "replicas"),
-        ("unknown-nested", "image:\n  digest: sha256:abc\n", "digest"),
-        (
-            "pdb-percent",
-            "podDisruptionBudget:\n  minAvailable: \"half\"\n",
-            "/podDisruptionBudget/minAvailable",
-        ),
+        Refused {
+            name: "replica-string",
+            contents: "replicaCount: \"two\"\n",
+            at: "/replicaCount",
+        },
+        Refused {
+            name: "replica-zero",
+            contents: "replicaCount: 0\n",
+            at: "/replicaCount",
+        },
+        Refused {
+            name: "watch-string",
+            contents: "watchNamespaces: \"a,b\"\n",
+            at: "/watchNamespaces",
+        },
+        Refused {
+            name: "watch-bad-name",
+            contents: "watchNamespaces: [\"Not_A_Namespace\"]\n",
+            at: "/watchNamespaces/0",
+        },
+        Refused {
+            name: "le-string",
+            contents: "leaderElection:\n  enabled: \"yes\"\n",
+            at: "/leaderElection/enabled",
+        },
+        Refused {
+            name: "pull-policy",
+            contents: "image:\n  pullPolicy: Sometimes\n",
+            at: "/image/pullPolicy",
+        },
+        Refused {
+            name: "log-format",
+            contents: "logFormat: xml\n",
+            at: "/logFormat",
+        },
+        Refused {
+            name: "port-range",
+            contents: "listenPort: 70000\n",
+            at: "/listenPort",
+        },
+        Refused {
+            name: "np-port-string",
+            contents: "networkPolicy:\n  ports: [\"http\"]\n",
+            at: "/networkPolicy/ports/0",
+        },
+        Refused {
+            name: "unknown-top",
+            contents: "replicas: 2\n",
+            at: "replicas",
+        },
+        Refused {
+            name: "unknown-nested",
+            contents: "image:\n  digest: sha256:abc\n",
+            at: "digest",
+        },
+        Refused {
+            name: "pdb-percent",
+            contents: "podDisruptionBudget:\n  minAvailable: \"half\"\n",
+            at: "/podDisruptionBudget/minAvailable",
+        },
     ];
-    for (name, contents, expected) in cases {
+    for Refused { name, contents, at } in cases {
         let f = values_file(name, contents);
         let run = template_raw(&["-f", &f]);
         assert!(
             !run.ok,
-            "values {contents:?} were accepted; the schema must refuse them"
+            "{name}: values {contents:?} were accepted; the schema must refuse them"
         );
         assert!(
-            run.stderr.contains(expected),
-            "refusal of {contents:?} does not name {expected:?}:\n{}",
+            run.stderr.contains(at),
+            "{name}: refusal of {contents:?} does not name {at:?}:\n{}",
             run.stderr
         );
     }

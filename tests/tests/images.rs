@@ -11,21 +11,30 @@ use std::process::Command;
 use macp_auth_e2e::helm::repo_root;
 use serde_yaml::Value;
 
-/// `(Dockerfile, crate directory)` of each image, with the image name the
-/// chart's values use for it (the last path segment of its repository).
-const IMAGES: [(&str, &str, &str, &str); 2] = [
-    (
-        "operator/Dockerfile",
-        "operator",
-        "image",
-        "macp-auth-operator",
-    ),
-    (
-        "service/Dockerfile",
-        "service",
-        "serviceImage",
-        "macp-auth-service",
-    ),
+/// An image this repository builds.
+struct Image {
+    dockerfile: &'static str,
+    /// The directory of the crate the Dockerfile builds.
+    crate_dir: &'static str,
+    /// The chart's values key of its reference (`image`, `serviceImage`).
+    values_key: &'static str,
+    /// The last path segment of its repository.
+    name: &'static str,
+}
+
+const IMAGES: [Image; 2] = [
+    Image {
+        dockerfile: "operator/Dockerfile",
+        crate_dir: "operator",
+        values_key: "image",
+        name: "macp-auth-operator",
+    },
+    Image {
+        dockerfile: "service/Dockerfile",
+        crate_dir: "service",
+        values_key: "serviceImage",
+        name: "macp-auth-service",
+    },
 ];
 
 fn read(path: &str) -> String {
@@ -68,9 +77,14 @@ fn word_after<'a>(text: &'a str, flag: &str) -> Option<&'a str> {
 
 #[test]
 fn each_dockerfile_builds_an_existing_crate_and_runs_its_binary() {
-    for (dockerfile, dir, _, _) in IMAGES {
+    for Image {
+        dockerfile,
+        crate_dir,
+        ..
+    } in IMAGES
+    {
         let text = read(dockerfile);
-        let (package, bins) = package_and_bins(&read(&format!("{dir}/Cargo.toml")));
+        let (package, bins) = package_and_bins(&read(&format!("{crate_dir}/Cargo.toml")));
         let built = word_after(&text, "cargo build --release --locked -p")
             .unwrap_or_else(|| panic!("{dockerfile}: no `cargo build --release --locked -p`"));
         assert_eq!(built, package, "{dockerfile} builds another crate");
@@ -78,7 +92,7 @@ fn each_dockerfile_builds_an_existing_crate_and_runs_its_binary() {
             .unwrap_or_else(|| panic!("{dockerfile}: no target/release/<binary>"));
         assert!(
             bins.iter().any(|b| b == binary),
-            "{dockerfile} installs {binary}, but {dir}/Cargo.toml has bins {bins:?}"
+            "{dockerfile} installs {binary}, but {crate_dir}/Cargo.toml has bins {bins:?}"
         );
         let entrypoint = text
             .lines()
@@ -127,16 +141,24 @@ fn build_images_tags_what_the_chart_pulls() {
 
     // Defaults: exactly the chart's default images (repository:appVersion).
     let out = dry_run(&[]);
-    for (dockerfile, _, key, name) in IMAGES {
-        let repository = values[key]["repository"].as_str().expect("repository");
+    for Image {
+        dockerfile,
+        values_key,
+        name,
+        ..
+    } in IMAGES
+    {
+        let repository = values[values_key]["repository"]
+            .as_str()
+            .expect("repository");
         assert!(
             repository.ends_with(&format!("/{name}")),
-            "values.yaml {key}.repository {repository} is not named {name}"
+            "values.yaml {values_key}.repository {repository} is not named {name}"
         );
         assert_eq!(
-            values[key]["tag"].as_str(),
+            values[values_key]["tag"].as_str(),
             Some(""),
-            "{key}.tag defaults to appVersion"
+            "{values_key}.tag defaults to appVersion"
         );
         let reference = format!("{repository}:{app_version}");
         assert!(
@@ -159,7 +181,10 @@ fn build_images_tags_what_the_chart_pulls() {
         "9.9.9",
         "--push",
     ]);
-    for (_, _, key, name) in IMAGES {
+    for Image {
+        values_key, name, ..
+    } in IMAGES
+    {
         let reference = format!("registry.example.com/platform/{name}:9.9.9");
         assert!(
             out.contains(&format!("+ buildah push {reference}")),
@@ -167,9 +192,9 @@ fn build_images_tags_what_the_chart_pulls() {
         );
         assert!(
             out.contains(&format!(
-                "--set {key}.repository=registry.example.com/platform/{name} --set {key}.tag=9.9.9"
+                "--set {values_key}.repository=registry.example.com/platform/{name} --set {values_key}.tag=9.9.9"
             )),
-            "no helm --set line for {key}:\n{out}"
+            "no helm --set line for {values_key}:\n{out}"
         );
     }
 }

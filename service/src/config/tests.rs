@@ -37,11 +37,38 @@ fn fatal(vars: &[(&str, &str)]) -> ConfigError {
 }
 
 fn assert_fatal(vars: &[(&str, &str)], variable: &str, needle: &str) {
-    let err = fatal(vars);
-    assert_eq!(err.variable, variable, "{err}");
-    assert!(err.message.contains(needle), "{err:?} lacks {needle:?}");
-    assert!(!err.to_string().contains('\n'), "one line: {err}");
-    assert!(err.to_string().starts_with(variable));
+    Refused {
+        name: &format!("{vars:?}"),
+        vars,
+        variable,
+        says: needle,
+    }
+    .check();
+}
+
+/// A configuration the service refuses, named for the failure message: the
+/// error names `variable`, says `says`, and is one line.
+struct Refused<'a> {
+    name: &'a str,
+    vars: &'a [(&'a str, &'a str)],
+    variable: &'a str,
+    says: &'a str,
+}
+
+impl Refused<'_> {
+    fn check(&self) {
+        let Refused {
+            name,
+            vars,
+            variable,
+            says,
+        } = self;
+        let err = fatal(vars);
+        assert_eq!(err.variable, *variable, "{name}: {err}");
+        assert!(err.message.contains(says), "{name}: {err:?} lacks {says:?}");
+        assert!(!err.to_string().contains('\n'), "{name}: one line: {err}");
+        assert!(err.to_string().starts_with(variable), "{name}: {err}");
+    }
 }
 
 #[test]
@@ -398,42 +425,63 @@ fn hardening_controls_parse() {
 
 #[test]
 fn hardening_controls_fatal() {
-    for (vars, variable, needle) in [
-        (vec![(AUDIT_LOG, "file")], AUDIT_LOG, "stdout or off"),
-        (
-            vec![(RATE_LIMIT_PER_SECOND, "0")],
-            RATE_LIMIT_PER_SECOND,
-            "positive",
-        ),
-        (
-            vec![(RATE_LIMIT_PER_SECOND, "-1")],
-            RATE_LIMIT_PER_SECOND,
-            "positive",
-        ),
-        (
-            vec![(RATE_LIMIT_PER_SECOND, "inf")],
-            RATE_LIMIT_PER_SECOND,
-            "positive",
-        ),
-        (
-            vec![(RATE_LIMIT_PER_SECOND, "ten")],
-            RATE_LIMIT_PER_SECOND,
-            "positive",
-        ),
-        (vec![(RATE_LIMIT_BURST, "5")], RATE_LIMIT_BURST, "needs"),
-        (
-            vec![(RATE_LIMIT_PER_SECOND, "5"), (RATE_LIMIT_BURST, "0")],
-            RATE_LIMIT_BURST,
-            "whole number",
-        ),
-        (
-            vec![(RATE_LIMIT_PER_SECOND, "5"), (RATE_LIMIT_BURST, "1.5")],
-            RATE_LIMIT_BURST,
-            "whole number",
-        ),
-        (vec![(MINT_TOKENS_FILE, " ")], MINT_TOKENS_FILE, "empty"),
+    for case in [
+        Refused {
+            name: "an audit sink other than stdout",
+            vars: &[(AUDIT_LOG, "file")],
+            variable: AUDIT_LOG,
+            says: "stdout or off",
+        },
+        Refused {
+            name: "a rate of zero",
+            vars: &[(RATE_LIMIT_PER_SECOND, "0")],
+            variable: RATE_LIMIT_PER_SECOND,
+            says: "positive",
+        },
+        Refused {
+            name: "a negative rate",
+            vars: &[(RATE_LIMIT_PER_SECOND, "-1")],
+            variable: RATE_LIMIT_PER_SECOND,
+            says: "positive",
+        },
+        Refused {
+            name: "an infinite rate",
+            vars: &[(RATE_LIMIT_PER_SECOND, "inf")],
+            variable: RATE_LIMIT_PER_SECOND,
+            says: "positive",
+        },
+        Refused {
+            name: "a rate that is no number",
+            vars: &[(RATE_LIMIT_PER_SECOND, "ten")],
+            variable: RATE_LIMIT_PER_SECOND,
+            says: "positive",
+        },
+        Refused {
+            name: "a burst without a rate",
+            vars: &[(RATE_LIMIT_BURST, "5")],
+            variable: RATE_LIMIT_BURST,
+            says: "needs",
+        },
+        Refused {
+            name: "a burst of zero",
+            vars: &[(RATE_LIMIT_PER_SECOND, "5"), (RATE_LIMIT_BURST, "0")],
+            variable: RATE_LIMIT_BURST,
+            says: "whole number",
+        },
+        Refused {
+            name: "a fractional burst",
+            vars: &[(RATE_LIMIT_PER_SECOND, "5"), (RATE_LIMIT_BURST, "1.5")],
+            variable: RATE_LIMIT_BURST,
+            says: "whole number",
+        },
+        Refused {
+            name: "a blank tokens file path",
+            vars: &[(MINT_TOKENS_FILE, " ")],
+            variable: MINT_TOKENS_FILE,
+            says: "empty",
+        },
     ] {
-        assert_fatal(&vars, variable, needle);
+        case.check();
     }
 }
 
@@ -484,43 +532,69 @@ fn connection_limits_default_and_parse() {
 
 #[test]
 fn connection_limits_fatal() {
-    for (vars, variable, needle) in [
-        (
-            vec![(HEADER_TIMEOUT, "0")],
-            HEADER_TIMEOUT,
-            "from 1 to 3600",
-        ),
-        (
-            vec![(HEADER_TIMEOUT, "1.5")],
-            HEADER_TIMEOUT,
-            "whole number",
-        ),
-        (vec![(HEADER_TIMEOUT, "10s")], HEADER_TIMEOUT, "\"10s\""),
-        (vec![(REQUEST_TIMEOUT, "3601")], REQUEST_TIMEOUT, "from 1"),
-        (
-            vec![(REQUEST_TIMEOUT, "-1")],
-            REQUEST_TIMEOUT,
-            "whole number",
-        ),
-        (vec![(MAX_CONNECTIONS, "0")], MAX_CONNECTIONS, "from 1"),
-        (
-            vec![(MAX_CONNECTIONS, "many")],
-            MAX_CONNECTIONS,
-            "whole number",
-        ),
-        (
-            vec![(MAX_CONNECTIONS, "1000001")],
-            MAX_CONNECTIONS,
-            "1000000",
-        ),
-        (
-            vec![(SHUTDOWN_DELAY, "-5")],
-            SHUTDOWN_DELAY,
-            "from 0 to 3600",
-        ),
-        (vec![(SHUTDOWN_DELAY, "5000")], SHUTDOWN_DELAY, "from 0"),
+    for case in [
+        Refused {
+            name: "a header timeout of zero",
+            vars: &[(HEADER_TIMEOUT, "0")],
+            variable: HEADER_TIMEOUT,
+            says: "from 1 to 3600",
+        },
+        Refused {
+            name: "a fractional header timeout",
+            vars: &[(HEADER_TIMEOUT, "1.5")],
+            variable: HEADER_TIMEOUT,
+            says: "whole number",
+        },
+        Refused {
+            name: "a header timeout with a unit",
+            vars: &[(HEADER_TIMEOUT, "10s")],
+            variable: HEADER_TIMEOUT,
+            says: "\"10s\"",
+        },
+        Refused {
+            name: "a request timeout above an hour",
+            vars: &[(REQUEST_TIMEOUT, "3601")],
+            variable: REQUEST_TIMEOUT,
+            says: "from 1",
+        },
+        Refused {
+            name: "a negative request timeout",
+            vars: &[(REQUEST_TIMEOUT, "-1")],
+            variable: REQUEST_TIMEOUT,
+            says: "whole number",
+        },
+        Refused {
+            name: "a connection cap of zero",
+            vars: &[(MAX_CONNECTIONS, "0")],
+            variable: MAX_CONNECTIONS,
+            says: "from 1",
+        },
+        Refused {
+            name: "a connection cap that is no number",
+            vars: &[(MAX_CONNECTIONS, "many")],
+            variable: MAX_CONNECTIONS,
+            says: "whole number",
+        },
+        Refused {
+            name: "a connection cap above the ceiling",
+            vars: &[(MAX_CONNECTIONS, "1000001")],
+            variable: MAX_CONNECTIONS,
+            says: "1000000",
+        },
+        Refused {
+            name: "a negative shutdown delay",
+            vars: &[(SHUTDOWN_DELAY, "-5")],
+            variable: SHUTDOWN_DELAY,
+            says: "from 0 to 3600",
+        },
+        Refused {
+            name: "a shutdown delay above an hour",
+            vars: &[(SHUTDOWN_DELAY, "5000")],
+            variable: SHUTDOWN_DELAY,
+            says: "from 0",
+        },
     ] {
-        assert_fatal(&vars, variable, needle);
+        case.check();
     }
     // A cap the descriptor limit cannot hold is fatal too, naming the variable.
     let cfg = parse(&[(MAX_CONNECTIONS, "961")]).unwrap();

@@ -140,273 +140,143 @@ fn fixture(setup: Setup, stimulus: Stimulus) -> Fixture {
     f
 }
 
+/// What a round makes of a setup: the phase it ends in, the action it asks
+/// for, and an event it must emit ("" when none is required).
+type Want = (RotationPhase, Act, &'static str);
+
+/// One setup under every stimulus: a field per stimulus, so the compiler
+/// refuses a row that leaves one out.
+struct Row {
+    setup: Setup,
+    waiting: Want,
+    complete: Want,
+    timeout: Want,
+    verify_fail: Want,
+    emergency: Want,
+    request: Want,
+    paused: Want,
+}
+
+impl Row {
+    /// The row's cases, each named by its setup and stimulus.
+    fn cases(&self) -> [(Setup, Stimulus, Want); 7] {
+        [
+            (self.setup, Stimulus::Waiting, self.waiting),
+            (self.setup, Stimulus::Complete, self.complete),
+            (self.setup, Stimulus::Timeout, self.timeout),
+            (self.setup, Stimulus::VerifyFail, self.verify_fail),
+            (self.setup, Stimulus::Emergency, self.emergency),
+            (self.setup, Stimulus::Request, self.request),
+            (self.setup, Stimulus::Paused, self.paused),
+        ]
+    }
+}
+
 #[test]
 fn every_phase_under_every_stimulus() {
     use RotationPhase as P;
     use Setup as S;
-    use Stimulus as X;
     let em = (P::KeyGenerated, Act::None, "EmergencyRotation");
     // Where verification-only keys are published, the emergency withdraws them at once.
     let em_withdraw = (P::KeyGenerated, Act::Apply, "EmergencyRotation");
-    let rows: Vec<(Setup, Stimulus, (RotationPhase, Act, &str))> = vec![
-        (
-            S::KeyGenerated,
-            X::Waiting,
-            (P::KeyGenerated, Act::Generate, ""),
-        ),
-        (
-            S::KeyGenerated,
-            X::Complete,
-            (P::Publishing, Act::Apply, "KeyGenerated"),
-        ),
-        (
-            S::KeyGenerated,
-            X::Timeout,
-            (P::KeyGenerated, Act::Generate, ""),
-        ),
-        (
-            S::KeyGenerated,
-            X::VerifyFail,
-            (P::KeyGenerated, Act::Generate, ""),
-        ),
-        (S::KeyGenerated, X::Emergency, em),
-        (
-            S::KeyGenerated,
-            X::Request,
-            (P::KeyGenerated, Act::Generate, "RotationDeferred"),
-        ),
-        (
-            S::KeyGenerated,
-            X::Paused,
-            (P::Publishing, Act::Apply, "Publishing"),
-        ),
-        (S::Publishing, X::Waiting, (P::Publishing, Act::None, "")),
-        (
-            S::Publishing,
-            X::Complete,
-            (P::Propagating, Act::None, "Propagating"),
-        ),
-        (
-            S::Publishing,
-            X::Timeout,
-            (P::RollingBack, Act::Apply, "RolloutTimeout"),
-        ),
-        (
-            S::Publishing,
-            X::VerifyFail,
-            (P::RollingBack, Act::Apply, "VerificationFailed"),
-        ),
-        (S::Publishing, X::Emergency, em_withdraw),
-        (
-            S::Publishing,
-            X::Request,
-            (P::Publishing, Act::None, "RotationDeferred"),
-        ),
-        (
-            S::Publishing,
-            X::Paused,
-            (P::Propagating, Act::None, "Propagating"),
-        ),
-        (S::Propagating, X::Waiting, (P::Propagating, Act::None, "")),
-        (
-            S::Propagating,
-            X::Complete,
-            (P::Activating, Act::Apply, "Activating"),
-        ),
-        (
-            S::Propagating,
-            X::Timeout,
-            (P::Activating, Act::Apply, "Activating"),
-        ),
-        (
-            S::Propagating,
-            X::VerifyFail,
-            (P::Propagating, Act::None, ""),
-        ),
-        (S::Propagating, X::Emergency, em_withdraw),
-        (
-            S::Propagating,
-            X::Request,
-            (P::Propagating, Act::None, "RotationDeferred"),
-        ),
-        (
-            S::Propagating,
-            X::Paused,
-            (P::Activating, Act::Apply, "Activating"),
-        ),
-        (S::Activating, X::Waiting, (P::Activating, Act::None, "")),
-        (
-            S::Activating,
-            X::Complete,
-            (P::Draining, Act::None, "Draining"),
-        ),
-        (
-            S::Activating,
-            X::Timeout,
-            (P::RollingBack, Act::Apply, "RolloutTimeout"),
-        ),
-        (
-            S::Activating,
-            X::VerifyFail,
-            (P::RollingBack, Act::Apply, "VerificationFailed"),
-        ),
-        (S::Activating, X::Emergency, em_withdraw),
-        (
-            S::Activating,
-            X::Request,
-            (P::Activating, Act::None, "RotationDeferred"),
-        ),
-        (
-            S::Activating,
-            X::Paused,
-            (P::Draining, Act::None, "Draining"),
-        ),
-        (S::Draining, X::Waiting, (P::Draining, Act::None, "")),
-        (
-            S::Draining,
-            X::Complete,
-            (P::Retiring, Act::Apply, "Retiring"),
-        ),
-        (
-            S::Draining,
-            X::Timeout,
-            (P::Retiring, Act::Apply, "Retiring"),
-        ),
-        (S::Draining, X::VerifyFail, (P::Draining, Act::None, "")),
-        (S::Draining, X::Emergency, em_withdraw),
-        (
-            S::Draining,
-            X::Request,
-            (P::Draining, Act::None, "RotationDeferred"),
-        ),
-        (
-            S::Draining,
-            X::Paused,
-            (P::Retiring, Act::Apply, "Retiring"),
-        ),
-        (S::Retiring, X::Waiting, (P::Retiring, Act::None, "")),
-        (
-            S::Retiring,
-            X::Complete,
-            (P::Idle, Act::Apply, "RotationSucceeded"),
-        ),
-        (
-            S::Retiring,
-            X::Timeout,
-            (P::RollingBack, Act::Apply, "RetirementStalled"),
-        ),
-        (
-            S::Retiring,
-            X::VerifyFail,
-            (P::RollingBack, Act::Apply, "RetirementStalled"),
-        ),
-        (S::Retiring, X::Emergency, em),
-        (
-            S::Retiring,
-            X::Request,
-            (P::Retiring, Act::None, "RotationDeferred"),
-        ),
-        (
-            S::Retiring,
-            X::Paused,
-            (P::Idle, Act::Apply, "RotationSucceeded"),
-        ),
-        (
-            S::RollingBackFromPublishing,
-            X::Waiting,
-            (P::RollingBack, Act::None, ""),
-        ),
-        (
-            S::RollingBackFromPublishing,
-            X::Complete,
-            (P::Idle, Act::None, "RotationRolledBack"),
-        ),
-        (
-            S::RollingBackFromPublishing,
-            X::Timeout,
-            (P::RollingBack, Act::None, "RollbackStalled"),
-        ),
-        (
-            S::RollingBackFromPublishing,
-            X::VerifyFail,
-            (P::RollingBack, Act::None, "RollbackStalled"),
-        ),
-        (S::RollingBackFromPublishing, X::Emergency, em),
-        (
-            S::RollingBackFromPublishing,
-            X::Request,
-            (P::RollingBack, Act::None, "RotationDeferred"),
-        ),
-        (
-            S::RollingBackFromPublishing,
-            X::Paused,
-            (P::Idle, Act::None, "RotationRolledBack"),
-        ),
-        (
-            S::RollingBackFromActivating,
-            X::Waiting,
-            (P::RollingBack, Act::None, ""),
-        ),
-        (
-            S::RollingBackFromActivating,
-            X::Complete,
-            (P::Draining, Act::None, "Draining"),
-        ),
-        (
-            S::RollingBackFromActivating,
-            X::Timeout,
-            (P::RollingBack, Act::None, "RollbackStalled"),
-        ),
-        (
-            S::RollingBackFromActivating,
-            X::VerifyFail,
-            (P::RollingBack, Act::None, "RollbackStalled"),
-        ),
-        (S::RollingBackFromActivating, X::Emergency, em_withdraw),
-        (
-            S::RollingBackFromActivating,
-            X::Request,
-            (P::RollingBack, Act::None, "RotationDeferred"),
-        ),
-        (
-            S::RollingBackFromActivating,
-            X::Paused,
-            (P::Draining, Act::None, "Draining"),
-        ),
-        (
-            S::EmergencyActivating,
-            X::Waiting,
-            (P::Activating, Act::None, ""),
-        ),
-        (
-            S::EmergencyActivating,
-            X::Complete,
-            (P::Idle, Act::None, "RotationSucceeded"),
-        ),
-        (
-            S::EmergencyActivating,
-            X::Timeout,
-            (P::Activating, Act::None, "EmergencyRotationStalled"),
-        ),
-        (
-            S::EmergencyActivating,
-            X::VerifyFail,
-            (P::Activating, Act::None, "EmergencyRotationStalled"),
-        ),
-        (S::EmergencyActivating, X::Emergency, em),
-        (
-            S::EmergencyActivating,
-            X::Request,
-            (P::Activating, Act::None, "RotationDeferred"),
-        ),
-        (
-            S::EmergencyActivating,
-            X::Paused,
-            (P::Idle, Act::None, "RotationSucceeded"),
-        ),
+    let rows = [
+        Row {
+            setup: S::KeyGenerated,
+            waiting: (P::KeyGenerated, Act::Generate, ""),
+            complete: (P::Publishing, Act::Apply, "KeyGenerated"),
+            timeout: (P::KeyGenerated, Act::Generate, ""),
+            verify_fail: (P::KeyGenerated, Act::Generate, ""),
+            emergency: em,
+            request: (P::KeyGenerated, Act::Generate, "RotationDeferred"),
+            paused: (P::Publishing, Act::Apply, "Publishing"),
+        },
+        Row {
+            setup: S::Publishing,
+            waiting: (P::Publishing, Act::None, ""),
+            complete: (P::Propagating, Act::None, "Propagating"),
+            timeout: (P::RollingBack, Act::Apply, "RolloutTimeout"),
+            verify_fail: (P::RollingBack, Act::Apply, "VerificationFailed"),
+            emergency: em_withdraw,
+            request: (P::Publishing, Act::None, "RotationDeferred"),
+            paused: (P::Propagating, Act::None, "Propagating"),
+        },
+        Row {
+            setup: S::Propagating,
+            waiting: (P::Propagating, Act::None, ""),
+            complete: (P::Activating, Act::Apply, "Activating"),
+            timeout: (P::Activating, Act::Apply, "Activating"),
+            verify_fail: (P::Propagating, Act::None, ""),
+            emergency: em_withdraw,
+            request: (P::Propagating, Act::None, "RotationDeferred"),
+            paused: (P::Activating, Act::Apply, "Activating"),
+        },
+        Row {
+            setup: S::Activating,
+            waiting: (P::Activating, Act::None, ""),
+            complete: (P::Draining, Act::None, "Draining"),
+            timeout: (P::RollingBack, Act::Apply, "RolloutTimeout"),
+            verify_fail: (P::RollingBack, Act::Apply, "VerificationFailed"),
+            emergency: em_withdraw,
+            request: (P::Activating, Act::None, "RotationDeferred"),
+            paused: (P::Draining, Act::None, "Draining"),
+        },
+        Row {
+            setup: S::Draining,
+            waiting: (P::Draining, Act::None, ""),
+            complete: (P::Retiring, Act::Apply, "Retiring"),
+            timeout: (P::Retiring, Act::Apply, "Retiring"),
+            verify_fail: (P::Draining, Act::None, ""),
+            emergency: em_withdraw,
+            request: (P::Draining, Act::None, "RotationDeferred"),
+            paused: (P::Retiring, Act::Apply, "Retiring"),
+        },
+        Row {
+            setup: S::Retiring,
+            waiting: (P::Retiring, Act::None, ""),
+            complete: (P::Idle, Act::Apply, "RotationSucceeded"),
+            timeout: (P::RollingBack, Act::Apply, "RetirementStalled"),
+            verify_fail: (P::RollingBack, Act::Apply, "RetirementStalled"),
+            emergency: em,
+            request: (P::Retiring, Act::None, "RotationDeferred"),
+            paused: (P::Idle, Act::Apply, "RotationSucceeded"),
+        },
+        Row {
+            setup: S::RollingBackFromPublishing,
+            waiting: (P::RollingBack, Act::None, ""),
+            complete: (P::Idle, Act::None, "RotationRolledBack"),
+            timeout: (P::RollingBack, Act::None, "RollbackStalled"),
+            verify_fail: (P::RollingBack, Act::None, "RollbackStalled"),
+            emergency: em,
+            request: (P::RollingBack, Act::None, "RotationDeferred"),
+            paused: (P::Idle, Act::None, "RotationRolledBack"),
+        },
+        Row {
+            setup: S::RollingBackFromActivating,
+            waiting: (P::RollingBack, Act::None, ""),
+            complete: (P::Draining, Act::None, "Draining"),
+            timeout: (P::RollingBack, Act::None, "RollbackStalled"),
+            verify_fail: (P::RollingBack, Act::None, "RollbackStalled"),
+            emergency: em_withdraw,
+            request: (P::RollingBack, Act::None, "RotationDeferred"),
+            paused: (P::Draining, Act::None, "Draining"),
+        },
+        Row {
+            setup: S::EmergencyActivating,
+            waiting: (P::Activating, Act::None, ""),
+            complete: (P::Idle, Act::None, "RotationSucceeded"),
+            timeout: (P::Activating, Act::None, "EmergencyRotationStalled"),
+            verify_fail: (P::Activating, Act::None, "EmergencyRotationStalled"),
+            emergency: em,
+            request: (P::Activating, Act::None, "RotationDeferred"),
+            paused: (P::Idle, Act::None, "RotationSucceeded"),
+        },
     ];
-    assert_eq!(rows.len(), 9 * 7, "one row per phase and stimulus");
-    for (setup, stimulus, (phase, act, event)) in rows {
+    assert_eq!(rows.len(), 9, "one row per setup");
+    for (i, row) in rows.iter().enumerate() {
+        let twice = rows[..i].iter().any(|r| r.setup == row.setup);
+        assert!(!twice, "{:?} has two rows", row.setup);
+    }
+    for (setup, stimulus, (phase, act, event)) in rows.iter().flat_map(Row::cases) {
         let f = fixture(setup, stimulus);
         let d = f.decide();
         let ctx = format!("{setup:?} x {stimulus:?}: {d:#?}");

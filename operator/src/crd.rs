@@ -18,6 +18,7 @@ use kube::CustomResource;
 use macp_auth_service::config::{
     MAX_CONNECTIONS_CEILING, RATE_LIMIT_CEILING, TIMEOUT_CEILING_SECONDS,
 };
+use macp_auth_service::keys::Alg;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 /// In scope for `RotationPhase::VARIANTS` in other crates.
@@ -378,6 +379,41 @@ pub enum SigningAlg {
     ES256,
 }
 
+impl SigningAlg {
+    /// The JOSE `alg` name (`MACP_AUTH_SIGNING_ALG`, a JWK's `alg`), as the
+    /// token service spells it.
+    pub fn name(self) -> &'static str {
+        Alg::from(self).as_str()
+    }
+
+    /// A kind of signing key as events, history and request ids name it:
+    /// `RS256/2048` (with the modulus size, when known) or `ES256`.
+    pub fn kind_label(self, rsa_bits: Option<u32>) -> String {
+        match (self, rsa_bits) {
+            (SigningAlg::RS256, Some(bits)) => format!("{}/{bits}", self.name()),
+            _ => self.name().to_string(),
+        }
+    }
+}
+
+impl From<SigningAlg> for Alg {
+    fn from(alg: SigningAlg) -> Self {
+        match alg {
+            SigningAlg::RS256 => Alg::RS256,
+            SigningAlg::ES256 => Alg::ES256,
+        }
+    }
+}
+
+impl From<Alg> for SigningAlg {
+    fn from(alg: Alg) -> Self {
+        match alg {
+            Alg::RS256 => SigningAlg::RS256,
+            Alg::ES256 => SigningAlg::ES256,
+        }
+    }
+}
+
 /// Key rotation: its schedule and the waits and timeouts of each phase.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -434,6 +470,15 @@ impl MacpAuthSpec {
         match &self.autoscaling {
             Some(a) => a.max_replicas > 1,
             None => self.replicas > 1,
+        }
+    }
+
+    /// The kind of key the spec asks for: its algorithm, and for RS256 the
+    /// modulus size (see [`SigningAlg::kind_label`]).
+    pub fn key_kind(&self) -> (SigningAlg, Option<u32>) {
+        match self.signing_alg {
+            SigningAlg::RS256 => (SigningAlg::RS256, Some(self.rsa_key_bits)),
+            SigningAlg::ES256 => (SigningAlg::ES256, None),
         }
     }
 
@@ -894,5 +939,32 @@ mod history_tests {
             .collect();
         let newest: Vec<_> = (3..HISTORY_LIMIT + 3).map(|n| format!("r{n}")).collect();
         assert_eq!(ids, newest, "the oldest three dropped, newest last");
+    }
+}
+
+#[cfg(test)]
+mod key_kind_tests {
+    use super::*;
+
+    #[test]
+    fn key_kinds_are_named_as_the_service_spells_the_algorithm() {
+        for alg in [SigningAlg::RS256, SigningAlg::ES256] {
+            let parsed: Alg = alg.name().parse().unwrap();
+            assert_eq!(SigningAlg::from(parsed), alg);
+            // The CRD's enum value is the same word.
+            assert_eq!(serde_json::to_value(alg).unwrap(), alg.name());
+        }
+        // Request ids of signing-kind changes carry these (`spec:RS256/3072`).
+        assert_eq!(SigningAlg::RS256.kind_label(Some(3072)), "RS256/3072");
+        assert_eq!(SigningAlg::RS256.kind_label(None), "RS256");
+        assert_eq!(SigningAlg::ES256.kind_label(None), "ES256");
+    }
+
+    #[test]
+    fn the_spec_asks_for_a_modulus_size_only_for_rsa() {
+        let mut spec = crate::fixtures::spec(serde_json::json!({"rsaKeyBits": 3072}));
+        assert_eq!(spec.key_kind(), (SigningAlg::RS256, Some(3072)));
+        spec.signing_alg = SigningAlg::ES256;
+        assert_eq!(spec.key_kind(), (SigningAlg::ES256, None));
     }
 }

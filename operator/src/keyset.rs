@@ -102,10 +102,7 @@ impl PrivateKey {
         };
         Ok(Self {
             kid: key.kid().to_string(),
-            alg: match alg {
-                Alg::RS256 => SigningAlg::RS256,
-                Alg::ES256 => SigningAlg::ES256,
-            },
+            alg: alg.into(),
             rsa_bits,
             public: key.public_jwk().clone(),
             text: text.to_string(),
@@ -114,7 +111,7 @@ impl PrivateKey {
 
     /// Generates a fresh key. RSA generation takes up to a second: call it off the async runtime.
     pub fn generate(alg: SigningAlg, kid: &str, rsa_bits: u32) -> Result<Self, KeyError> {
-        let jwk = keys::generate_private_jwk(service_alg(alg), kid, rsa_bits)?;
+        let jwk = keys::generate_private_jwk(alg.into(), kid, rsa_bits)?;
         let text = serde_json::to_string(&jwk).map_err(|e| KeyError::Encoding(e.to_string()))?;
         Self::parse(&text)
     }
@@ -130,14 +127,6 @@ impl PrivateKey {
             alg: self.alg,
             rsa_bits: self.rsa_bits,
         }
-    }
-}
-
-/// The service key module's algorithm for a CRD algorithm.
-pub fn service_alg(alg: SigningAlg) -> Alg {
-    match alg {
-        SigningAlg::RS256 => Alg::RS256,
-        SigningAlg::ES256 => Alg::ES256,
     }
 }
 

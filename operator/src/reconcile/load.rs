@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use tracing::info;
 
 use crate::conditions::READY;
-use crate::crd::{RotationOutcome, RotationRecord, RotationTrigger, SigningAlg};
+use crate::crd::{RotationOutcome, RotationRecord, RotationTrigger};
 use crate::keyset::{self, Keyset, KeysetError};
 
 use super::error::KubeContext;
@@ -75,10 +75,8 @@ impl Round<'_> {
                 keys.keyset.active.kid
             )));
         }
-        let kind = match spec.signing_alg {
-            SigningAlg::RS256 => format!("RS256 ({} bits)", spec.rsa_key_bits),
-            SigningAlg::ES256 => "ES256".to_string(),
-        };
+        let (alg, bits) = spec.key_kind();
+        let kind = alg.kind_label(bits);
         info!(name = %self.owner.name, namespace = %self.owner.namespace, %kid, "created first signing key");
         self.note(
             false,

@@ -8,13 +8,6 @@ use crate::keyset;
 use crate::ttl_clamp::TtlLimits;
 use macp_auth_service::config as service_env;
 
-fn alg_name(alg: SigningAlg) -> &'static str {
-    match alg {
-        SigningAlg::RS256 => "RS256",
-        SigningAlg::ES256 => "ES256",
-    }
-}
-
 fn env(name: &str, value: impl ToString) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -38,7 +31,7 @@ pub(super) fn service_env(
         env(service_env::AUDIENCE, &spec.audience),
         env(service_env::MAX_TTL, ttl.max_ttl_seconds),
         env(service_env::DEFAULT_TTL, ttl.default_ttl_seconds),
-        env(service_env::SIGNING_ALG, alg_name(signing_alg)),
+        env(service_env::SIGNING_ALG, signing_alg.name()),
         env(
             service_env::SIGNING_KEY_FILE,
             signing_keys_path(keyset::ACTIVE),

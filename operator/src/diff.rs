@@ -37,6 +37,7 @@ pub fn is_subset(desired: &Value, live: &Value) -> bool {
     }
 }
 
+// Twin of the test API server's `fields::list_keys` on purpose: one shared table would hide a wrong key from the tests.
 /// The key fields of the items of keyed list `field` (the API's merge keys),
 /// `None` for lists that are replaced whole. `item` tells container ports
 /// from Service ports.
@@ -58,6 +59,7 @@ fn list_keys(field: &str, item: &Value) -> Option<&'static [&'static str]> {
     })
 }
 
+// Twin of the test API server's `fields::item_key` on purpose: one shared encoding would hide a wrong one from the tests.
 /// The `k:` key of a keyed-list item in `managedFields` (key fields in name
 /// order, compact JSON; an omitted protocol is TCP).
 fn item_key(keys: &[&str], item: &Value) -> String {

@@ -37,6 +37,7 @@ pub enum Pe {
 pub type Path = Vec<Pe>;
 pub type FieldSet = BTreeSet<Path>;
 
+// Twin of the operator's `diff::list_keys` on purpose: the stand-in for the real server must not take the operator's word for the keys.
 /// The key fields of the items of the list held in member `field`, or `None`
 /// for an atomic list. `item` tells container ports from service ports.
 pub fn list_keys(field: &str, item: &Value) -> Option<&'static [&'static str]> {
@@ -68,6 +69,7 @@ fn is_set(field: &str) -> bool {
     field == "finalizers"
 }
 
+// Twin of the operator's `diff::item_key` on purpose: the stand-in for the real server must not take the operator's word for the encoding.
 /// The key of a keyed-list item as the `k:` JSON (key fields in name order).
 pub fn item_key(keys: &[&str], item: &Value) -> String {
     let mut m = BTreeMap::new();

@@ -28,37 +28,26 @@ pub(crate) const REASON_EVIDENCE_NOT_USED: &str = "EvidenceNotUsed";
 // (`REASON_ROTATION_SUCCEEDED`, `REASON_ROLLED_BACK`).
 
 /// Normal: a routine rotation starts (its trigger in the message).
-#[expect(dead_code, reason = "the rotation machine's literal switches to it")]
 pub(crate) const EVENT_ROTATION_STARTED: &str = "RotationStarted";
 /// Normal: a due rotation waits because `rotation.paused` is set.
-#[expect(dead_code, reason = "the rotation machine's literal switches to it")]
 pub(crate) const EVENT_ROTATION_PAUSED: &str = "RotationPaused";
 /// Normal: the rotation's new key is stored in the Secret.
-#[expect(dead_code, reason = "the rotation machine's literal switches to it")]
 pub(crate) const EVENT_KEY_GENERATED: &str = "KeyGenerated";
 /// Warning: the Secret's keyset is not the one the phase expects.
-#[expect(dead_code, reason = "the rotation machine's literals switch to it")]
 pub(crate) const EVENT_KEYSET_DRIFT: &str = "KeysetDrift";
 /// Warning: the kid reserved for the new key is already taken.
-#[expect(dead_code, reason = "the rotation machine's literal switches to it")]
 pub(crate) const EVENT_KID_COLLISION: &str = "KidCollision";
 /// Warning: an emergency rotation replaced the routine one in flight.
-#[expect(dead_code, reason = "the rotation machine's literals switch to it")]
 pub(crate) const EVENT_ROTATION_SUPERSEDED: &str = "RotationSuperseded";
 /// Warning: a rotation ended `Failed` (its history entry says why).
-#[expect(dead_code, reason = "the rotation machine's literal switches to it")]
 pub(crate) const EVENT_ROTATION_FAILED: &str = "RotationFailed";
 /// Normal, once per request: a rotation request waits for the one in flight.
-#[expect(dead_code, reason = "the rotation machine's literal switches to it")]
 pub(crate) const EVENT_ROTATION_DEFERRED: &str = "RotationDeferred";
 /// Normal: Propagating waits for verifiers that have not fetched the new key.
-#[expect(dead_code, reason = "the rotation machine's literal switches to it")]
 pub(crate) const EVENT_WAITING_FOR_VERIFIERS: &str = "WaitingForVerifiers";
 /// Warning: verifier evidence was asked for but the pods do not report it.
-#[expect(dead_code, reason = "the rotation machine's literal switches to it")]
 pub(crate) const EVENT_VERIFIER_EVIDENCE_UNAVAILABLE: &str = "VerifierEvidenceUnavailable";
 /// Warning: an emergency rotation starts.
-#[expect(dead_code, reason = "the rotation machine's literal switches to it")]
 pub(crate) const EVENT_EMERGENCY_ROTATION: &str = "EmergencyRotation";
 
 /// `Degraded` reasons owned by rotation; rotation clears only these.

@@ -7,6 +7,7 @@
 use crate::conditions::{self, EMERGENCY_REQUEST};
 use crate::crd::RotationPhase::Idle;
 use crate::crd::{EMERGENCY_ROTATE_ANNOTATION, RotationOutcome, RotationTrigger};
+use crate::rotation::reasons::{EVENT_EMERGENCY_ROTATION, EVENT_ROTATION_SUPERSEDED};
 use crate::rotation::{Action, KeysetPlan, KeysetView};
 
 use super::{Machine, annotation};
@@ -129,7 +130,7 @@ impl Machine<'_> {
             let outcome = self.rot.outcome.unwrap_or(RotationOutcome::Superseded);
             let message = format!("preempted by emergency rotation {id}");
             self.record(outcome, message.clone());
-            self.event(true, "RotationSuperseded", message);
+            self.event(true, EVENT_ROTATION_SUPERSEDED, message);
         }
         self.status.handled_emergency_request = Some(id.clone());
         self.status.handled_emergency_request_time = Some(self.now());
@@ -145,7 +146,7 @@ impl Machine<'_> {
             RotationTrigger::Emergency,
             Some(id),
             old_kid,
-            (true, "EmergencyRotation", message),
+            (true, EVENT_EMERGENCY_ROTATION, message),
         );
         // Suspects that only verify (a draining or prepublished key) are
         // withdrawn now: nothing signs with them, and the pod template derived

@@ -1,21 +1,25 @@
 //! How a rotation ends (history, outcome event, schedule restart), and the
 //! once-only note about a request deferred by a rotation in flight.
 
+use crate::rotation::reasons::{
+    EVENT_ROTATION_DEFERRED, EVENT_ROTATION_FAILED, EVENT_ROTATION_SUPERSEDED, REASON_ROLLED_BACK,
+    REASON_ROTATION_SUCCEEDED,
+};
 use std::time::Duration;
 
 use crate::crd::{
     ROTATE_ANNOTATION, RotationOutcome, RotationRecord, RotationStatus, RotationTrigger,
 };
-use crate::rotation::reasons::{REASON_KEY_MISSING, REASON_ROLLED_BACK};
+use crate::rotation::RETRY_AFTER_ROLLBACK;
+use crate::rotation::reasons::REASON_KEY_MISSING;
 use crate::rotation::schedule::add;
-use crate::rotation::{HISTORY_LIMIT, RETRY_AFTER_ROLLBACK};
 
 use super::{Machine, annotation};
 
 impl Machine<'_> {
     pub(super) fn record(&mut self, outcome: RotationOutcome, message: String) {
         let now = self.now();
-        self.status.history.push(RotationRecord {
+        self.status.push_history(RotationRecord {
             trigger: self.rot.trigger.unwrap_or(RotationTrigger::Manual),
             request_id: self.rot.request_id.clone(),
             old_kid: self.rot.old_kid.clone(),
@@ -25,18 +29,16 @@ impl Machine<'_> {
             outcome,
             message: Some(message),
         });
-        let excess = self.status.history.len().saturating_sub(HISTORY_LIMIT);
-        self.status.history.drain(..excess);
     }
 
     pub(super) fn finish(&mut self, outcome: RotationOutcome, message: &str) {
         let now = self.now();
         self.record(outcome, message.to_string());
         let (warning, reason) = match outcome {
-            RotationOutcome::Succeeded => (false, "RotationSucceeded"),
-            RotationOutcome::RolledBack => (true, "RotationRolledBack"),
-            RotationOutcome::Superseded => (true, "RotationSuperseded"),
-            RotationOutcome::Failed => (true, "RotationFailed"),
+            RotationOutcome::Succeeded => (false, REASON_ROTATION_SUCCEEDED),
+            RotationOutcome::RolledBack => (true, REASON_ROLLED_BACK),
+            RotationOutcome::Superseded => (true, EVENT_ROTATION_SUPERSEDED),
+            RotationOutcome::Failed => (true, EVENT_ROTATION_FAILED),
         };
         let trigger = format!("{:?}", self.rot.trigger.unwrap_or(RotationTrigger::Manual));
         let text = format!(
@@ -86,6 +88,6 @@ impl Machine<'_> {
             self.rot.phase
         );
         self.rot.deferred_request = Some(id.to_string());
-        self.event(false, "RotationDeferred", message);
+        self.event(false, EVENT_ROTATION_DEFERRED, message);
     }
 }

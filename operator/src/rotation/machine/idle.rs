@@ -2,6 +2,7 @@
 //! change, the schedule) and reserve a kid for the rotation it starts.
 
 use crate::crd::{ROTATE_ANNOTATION, RotationStatus, RotationTrigger, SigningAlg};
+use crate::rotation::reasons::{EVENT_ROTATION_PAUSED, EVENT_ROTATION_STARTED};
 use crate::rotation::schedule::{automatic_not_before, until};
 use crate::rotation::{KeysetView, RETRY_AFTER_ROLLBACK};
 
@@ -16,14 +17,6 @@ struct Trigger {
     description: String,
     /// A `macp.io/rotate` value, recorded as handled when the rotation starts.
     annotation: Option<String>,
-}
-
-fn kind_label(alg: SigningAlg, rsa_bits: Option<u32>) -> String {
-    match (alg, rsa_bits) {
-        (SigningAlg::RS256, Some(bits)) => format!("RS256/{bits}"),
-        (SigningAlg::RS256, None) => "RS256".to_string(),
-        (SigningAlg::ES256, _) => "ES256".to_string(),
-    }
 }
 
 impl Machine<'_> {
@@ -45,19 +38,19 @@ impl Machine<'_> {
         if held {
             return None;
         }
-        let (alg, bits) = self.desired_kind();
+        let (alg, bits) = self.inp.spec.key_kind();
         let active = &keyset.active;
         let bits_differ =
             alg == SigningAlg::RS256 && active.rsa_bits.is_some_and(|b| Some(b) != bits);
         if active.alg != alg || bits_differ {
-            let to = kind_label(alg, bits);
+            let to = alg.kind_label(bits);
             return Some(Trigger {
                 trigger: RotationTrigger::Manual,
                 request_id: Some(format!("spec:{to}")),
                 tag: format!("spec:{to}"),
                 description: format!(
                     "the spec asks for {to} keys, the active key is {}",
-                    kind_label(active.alg, active.rsa_bits)
+                    active.alg.kind_label(active.rsa_bits)
                 ),
                 annotation: None,
             });
@@ -95,7 +88,7 @@ impl Machine<'_> {
             if self.rot.deferred_request.as_deref() != Some(t.tag.as_str()) {
                 self.event(
                     false,
-                    "RotationPaused",
+                    EVENT_ROTATION_PAUSED,
                     format!(
                         "rotation requested ({}) waits: spec.rotation.paused is true",
                         t.description
@@ -121,7 +114,7 @@ impl Machine<'_> {
             t.trigger,
             t.request_id,
             old_kid,
-            (false, "RotationStarted", message),
+            (false, EVENT_ROTATION_STARTED, message),
         );
     }
 }

@@ -1,6 +1,7 @@
 //! KeyGenerated: have the reserved key generated into `next.jwk.json`,
 //! then move on once the Secret holds it.
 
+use crate::rotation::reasons::EVENT_KEY_GENERATED;
 use std::time::Duration;
 
 use crate::crd::RotationPhase::KeyGenerated;
@@ -25,7 +26,7 @@ impl Machine<'_> {
         let in_next = keyset.next.as_ref().is_some_and(|k| k.kid == pending);
         let in_active = keyset.active.kid == pending;
         if !in_next && !in_active {
-            let (alg, rsa_bits) = self.desired_kind();
+            let (alg, rsa_bits) = self.inp.spec.key_kind();
             self.actions.push(Action::GenerateNextKey {
                 kid: pending.clone(),
                 alg,
@@ -38,7 +39,7 @@ impl Machine<'_> {
         self.rot.pending_kid = None;
         self.event(
             false,
-            "KeyGenerated",
+            EVENT_KEY_GENERATED,
             format!("key {pending} is stored in the Secret"),
         );
         let facts = Facts {

@@ -16,11 +16,12 @@ mod rollout;
 mod verifiers;
 mod wait;
 
+use crate::rotation::reasons::EVENT_KID_COLLISION;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::crd::{MacpAuthStatus, RotationStatus, RotationTrigger, SigningAlg};
+use crate::crd::{MacpAuthStatus, RotationStatus, RotationTrigger};
 
 use crate::conditions::{self, DEGRADED, ROTATING};
 
@@ -215,14 +216,6 @@ impl Machine<'_> {
         }
     }
 
-    fn desired_kind(&self) -> (SigningAlg, Option<u32>) {
-        let spec = self.inp.spec;
-        match spec.signing_alg {
-            SigningAlg::RS256 => (SigningAlg::RS256, Some(spec.rsa_key_bits)),
-            SigningAlg::ES256 => (SigningAlg::ES256, None),
-        }
-    }
-
     fn backoff(&self, attempt: u32) -> Duration {
         let base =
             Duration::from_secs(self.inp.spec.rotation.rollout_timeout_seconds.max(1) as u64);
@@ -248,7 +241,7 @@ impl Machine<'_> {
     fn kid_collision(&mut self) {
         self.event(
             true,
-            "KidCollision",
+            EVENT_KID_COLLISION,
             format!(
                 "proposed kid {:?} is empty or already used; waiting for another",
                 self.inp.new_kid

@@ -5,6 +5,7 @@ use crate::crd::RotationOutcome;
 use crate::crd::RotationPhase::RollingBack;
 use crate::rotation::phase::{self, Drift, Failure, Next};
 use crate::rotation::plan::final_plan;
+use crate::rotation::reasons::EVENT_KEYSET_DRIFT;
 use crate::rotation::reasons::{REASON_ROLLOUT_TIMEOUT, REASON_VERIFICATION_FAILED};
 use crate::rotation::schedule::{add, until};
 use crate::rotation::verify::{Verdict, verify};
@@ -41,7 +42,7 @@ impl Machine<'_> {
             );
             self.event(
                 true,
-                "KeysetDrift",
+                EVENT_KEYSET_DRIFT,
                 format!(
                     "the Secret does not hold the {:?} keyset; writing it again",
                     self.rot.phase

@@ -2,6 +2,7 @@
 //! TTL in effect from the pods' reports, and holding Propagating until every
 //! verifier seen fetching has the new key ([`crate::rotation::evidence`]).
 
+use crate::rotation::reasons::{EVENT_VERIFIER_EVIDENCE_UNAVAILABLE, EVENT_WAITING_FOR_VERIFIERS};
 use std::time::Duration;
 
 use crate::conditions::{self, VERIFIERS_PROPAGATED};
@@ -103,7 +104,7 @@ impl Machine<'_> {
         {
             self.event(
                 true,
-                "VerifierEvidenceUnavailable",
+                EVENT_VERIFIER_EVIDENCE_UNAVAILABLE,
                 format!(
                     "the token-service pods do not serve GET /verifiers (an older image?): {new} signs after the cache TTL + slack without evidence"
                 ),
@@ -171,7 +172,7 @@ impl Machine<'_> {
             ceiling.to_rfc3339()
         );
         if !was_waiting {
-            self.event(false, "WaitingForVerifiers", message.clone());
+            self.event(false, EVENT_WAITING_FOR_VERIFIERS, message.clone());
         }
         self.rot.message = Some(message);
         self.requeue_soon(

@@ -2,6 +2,7 @@
 //! back to a rollout phase when the Secret changed underneath.
 
 use crate::rotation::phase::{self, Drift, Gate};
+use crate::rotation::reasons::EVENT_KEYSET_DRIFT;
 use crate::rotation::schedule::until;
 use crate::rotation::{KeysetView, POLL};
 
@@ -19,7 +20,7 @@ impl Machine<'_> {
             }
             self.event(
                 true,
-                "KeysetDrift",
+                EVENT_KEYSET_DRIFT,
                 format!(
                     "the Secret changed during {:?}; re-verifying the rollout before waiting again",
                     self.rot.phase

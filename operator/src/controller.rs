@@ -45,13 +45,59 @@ pub struct State {
     pub metrics: Metrics,
 }
 
+/// Where this process stands, as `/readyz` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadyState {
+    /// Every controller's MacpAuth cache has synced.
+    Synced,
+    /// A standby waiting for the leader-election lease.
+    Standby,
+    /// Neither: the caches have not synced (yet, or any more).
+    NotSynced,
+}
+
+impl ReadyState {
+    /// Whether it counts as ready. A standby must, or a rolling update
+    /// (`maxUnavailable: 0`) would wait forever for a new pod that waits for
+    /// the old pod's lease.
+    pub fn is_ready(self) -> bool {
+        match self {
+            ReadyState::Synced | ReadyState::Standby => true,
+            ReadyState::NotSynced => false,
+        }
+    }
+
+    /// The `/readyz` answer.
+    fn answer(self) -> (StatusCode, &'static str) {
+        let status = if self.is_ready() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        let body = match self {
+            ReadyState::Synced => "ready",
+            ReadyState::Standby => "standby: waiting for the leader-election lease",
+            ReadyState::NotSynced => "caches not synced",
+        };
+        (status, body)
+    }
+}
+
 impl State {
-    /// Whether this process can do its job: every controller's MacpAuth cache
-    /// has synced, or it is a standby waiting for the leader-election lease.
-    /// A standby must count as ready, or a rolling update (`maxUnavailable: 0`)
-    /// would wait forever for a new pod that waits for the old pod's lease.
+    /// Where this process stands: see [`ReadyState`].
+    pub fn ready_state(&self) -> ReadyState {
+        if self.ready.load(Ordering::SeqCst) {
+            ReadyState::Synced
+        } else if self.standby.load(Ordering::SeqCst) {
+            ReadyState::Standby
+        } else {
+            ReadyState::NotSynced
+        }
+    }
+
+    /// Whether this process can do its job (what `/readyz` answers 200 to).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) || self.standby.load(Ordering::SeqCst)
+        self.ready_state().is_ready()
     }
 
     /// Marks this process as a standby candidate (or no longer one).
@@ -89,18 +135,7 @@ pub fn router(state: State) -> Router {
         .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
         .route(
             "/readyz",
-            get(|AxumState(s): AxumState<State>| async move {
-                if s.ready.load(Ordering::SeqCst) {
-                    (StatusCode::OK, "ready")
-                } else if s.standby.load(Ordering::SeqCst) {
-                    (
-                        StatusCode::OK,
-                        "standby: waiting for the leader-election lease",
-                    )
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
-                }
-            }),
+            get(|AxumState(s): AxumState<State>| async move { s.ready_state().answer() }),
         )
         .route(
             "/metrics",
@@ -456,5 +491,43 @@ mod tests {
         assert!(state.is_ready());
         state.set_not_ready();
         assert!(!state.is_ready());
+    }
+
+    /// `/readyz` answers 200 exactly when `is_ready` says so (the lease
+    /// elector and the tests ask `is_ready`, the kubelet asks `/readyz`).
+    #[tokio::test]
+    async fn readyz_answers_what_is_ready_says() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = free.local_addr().unwrap();
+        drop(free);
+        let state = State::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_http(addr, state.clone(), async move {
+            let _ = stopped.await;
+        }));
+        for (synced, standby) in [(false, false), (false, true), (true, false), (true, true)] {
+            state.ready.store(synced, Ordering::SeqCst);
+            state.set_standby(standby);
+            let mut stream = loop {
+                match tokio::net::TcpStream::connect(addr).await {
+                    Ok(stream) => break stream,
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                }
+            };
+            stream
+                .write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut text = String::new();
+            stream.read_to_string(&mut text).await.unwrap();
+            assert_eq!(
+                text.starts_with("HTTP/1.1 200"),
+                state.is_ready(),
+                "synced {synced}, standby {standby}: {text}"
+            );
+        }
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
     }
 }

@@ -61,7 +61,7 @@ mod tests {
         assert_ne!(a.addr(), b.addr());
         let n = a.0;
         drop(a);
-        assert!(!IN_USE.lock().unwrap().contains(&n));
-        assert!(IN_USE.lock().unwrap().contains(&b.0));
+        assert!(!IN_USE.lock().contains(&n));
+        assert!(IN_USE.lock().contains(&b.0));
     }
 }

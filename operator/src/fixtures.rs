@@ -7,10 +7,10 @@
 //! defaults; a spec a test gets wrong panics naming it.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use macp_auth_service::verifiers::VerifiersReport;
+use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 
 use crate::crd::{MacpAuth, MacpAuthSpec};
@@ -116,9 +116,9 @@ pub type Hook = Box<dyn FnMut() + Send>;
 pub struct FakeProber {
     served: Mutex<BTreeMap<String, Vec<String>>>,
     /// Runs once at the next probe.
-    pub on_probe: Mutex<Option<Hook>>,
+    on_probe: Mutex<Option<Hook>>,
     /// The ports the signing probes minted on, in order.
-    pub mint_ports: Mutex<Vec<u16>>,
+    mint_ports: Mutex<Vec<u16>>,
     /// What each pod answers to `GET /verifiers`; a pod not listed has no such endpoint.
     reports: Mutex<BTreeMap<String, VerifiersReport>>,
 }
@@ -126,29 +126,37 @@ pub struct FakeProber {
 impl FakeProber {
     /// The pod at `ip` serves `kids` from now on.
     pub fn serve(&self, ip: &str, kids: &[&str]) {
-        lock(&self.served).insert(ip.to_string(), kids.iter().map(|k| k.to_string()).collect());
+        self.served
+            .lock()
+            .insert(ip.to_string(), kids.iter().map(|k| k.to_string()).collect());
     }
 
     /// The pod at `ip` answers `GET /verifiers` with `report` from now on
     /// (its `kids` are replaced by what the pod serves when asked).
     pub fn report_verifiers(&self, ip: &str, report: VerifiersReport) {
-        lock(&self.reports).insert(ip.to_string(), report);
+        self.reports.lock().insert(ip.to_string(), report);
     }
-}
 
-/// A test that panicked while holding a lock leaves plain data behind: use it.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    /// Runs `hook` once, at the next probe.
+    pub fn on_next_probe(&self, hook: Hook) {
+        *self.on_probe.lock() = Some(hook);
+    }
+
+    /// The ports the signing probes minted on so far, in order.
+    pub fn mint_ports(&self) -> Vec<u16> {
+        self.mint_ports.lock().clone()
+    }
 }
 
 #[async_trait]
 impl PodProber for FakeProber {
     async fn served_kids(&self, ip: &str, _port: u16) -> Result<Vec<String>, ProbeError> {
-        let hook = lock(&self.on_probe).take();
+        let hook = self.on_probe.lock().take();
         if let Some(mut hook) = hook {
             hook();
         }
-        lock(&self.served)
+        self.served
+            .lock()
             .get(ip)
             .cloned()
             .ok_or_else(|| ProbeError::Request {
@@ -158,8 +166,8 @@ impl PodProber for FakeProber {
     }
 
     async fn verifiers(&self, ip: &str, _port: u16) -> Result<VerifiersReport, ProbeError> {
-        let kids = lock(&self.served).get(ip).cloned();
-        let report = lock(&self.reports).get(ip).cloned();
+        let kids = self.served.lock().get(ip).cloned();
+        let report = self.reports.lock().get(ip).cloned();
         match (kids, report) {
             (Some(kids), Some(report)) => Ok(VerifiersReport { kids, ..report }),
             (Some(_), None) => Err(ProbeError::Status {
@@ -174,7 +182,7 @@ impl PodProber for FakeProber {
     }
 
     async fn signing_kid(&self, ip: &str, port: u16, mint_port: u16) -> Result<String, ProbeError> {
-        lock(&self.mint_ports).push(mint_port);
+        self.mint_ports.lock().push(mint_port);
         let kids = self.served_kids(ip, port).await?;
         kids.first().cloned().ok_or_else(|| ProbeError::Body {
             url: ip.to_string(),

@@ -395,9 +395,9 @@ mod tests {
 
     fn rsa_key(kid: &str) -> PrivateKey {
         // RSA generation is slow; tests share generated material per kid.
-        static CACHE: OnceLock<std::sync::Mutex<BTreeMap<String, PrivateKey>>> = OnceLock::new();
+        static CACHE: OnceLock<parking_lot::Mutex<BTreeMap<String, PrivateKey>>> = OnceLock::new();
         let cache = CACHE.get_or_init(Default::default);
-        let mut cache = cache.lock().unwrap();
+        let mut cache = cache.lock();
         cache
             .entry(kid.to_string())
             .or_insert_with(|| PrivateKey::generate(SigningAlg::RS256, kid, 2048).unwrap())

@@ -268,7 +268,7 @@ pub struct Elector {
     api: Api<Lease>,
     cfg: LeaderElection,
     clock: Arc<dyn Clock>,
-    last_change: std::sync::Mutex<Option<LastChange>>,
+    last_change: parking_lot::Mutex<Option<LastChange>>,
 }
 
 impl Elector {
@@ -281,15 +281,14 @@ impl Elector {
             api: Api::namespaced(client, &cfg.namespace),
             cfg,
             clock,
-            last_change: std::sync::Mutex::new(None),
+            last_change: parking_lot::Mutex::new(None),
         }
     }
 
     /// Records the lease as seen at `now` and returns how long it has been
     /// seen unchanged (zero when it just changed, or was never seen).
     fn unchanged_for(&self, record: Option<&LeaseRecord>, now: Instant) -> Duration {
-        // A poisoned lock only holds the last observation: keep using it.
-        let mut last_change = self.last_change.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last_change = self.last_change.lock();
         match (record, last_change.as_ref()) {
             (None, _) => {
                 *last_change = None;

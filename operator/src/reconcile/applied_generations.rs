@@ -2,8 +2,8 @@
 //! this process applied or removed, so that a spec asking for neither costs
 //! no read of them while the generation stays.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
 
 /// The generation of each MacpAuth (by uid) whose optional objects (the
 /// autoscaler and the disruption budget) a round of this process applied or
@@ -18,21 +18,17 @@ pub(super) struct AppliedGenerations {
 
 impl AppliedGenerations {
     pub(super) fn is_applied(&self, owner_uid: &str, generation: Option<i64>) -> bool {
-        generation.is_some_and(|g| self.lock().get(owner_uid) == Some(&g))
+        generation.is_some_and(|g| self.applied.lock().get(owner_uid) == Some(&g))
     }
 
     pub(super) fn record(&self, owner_uid: &str, generation: Option<i64>) {
         if let Some(g) = generation {
-            self.lock().insert(owner_uid.to_string(), g);
+            self.applied.lock().insert(owner_uid.to_string(), g);
         }
     }
 
     pub(super) fn forget_owner(&self, owner_uid: &str) {
-        self.lock().remove(owner_uid);
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, i64>> {
-        super::lock(&self.applied)
+        self.applied.lock().remove(owner_uid);
     }
 }
 

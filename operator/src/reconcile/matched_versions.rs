@@ -13,8 +13,8 @@
 //! the comparison runs in full. Only matches are remembered: a version that
 //! needed a write is compared again after it.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
 
 use kube::api::ObjectMeta;
 use serde_json::Value;
@@ -44,24 +44,20 @@ impl MatchedVersions {
         let (Some(key), Some(found)) = (key(kind, live), version(live, desired)) else {
             return false;
         };
-        self.lock().get(&key) == Some(&found)
+        self.matches.lock().get(&key) == Some(&found)
     }
 
     /// Records that `live` matches `desired`.
     pub(super) fn remember(&self, kind: &'static str, live: &ObjectMeta, desired: &Value) {
         if let (Some(key), Some(found)) = (key(kind, live), version(live, desired)) {
-            self.lock().insert(key, found);
+            self.matches.lock().insert(key, found);
         }
     }
 
     /// Drops what is known of the objects of the MacpAuth with `owner_uid`
     /// (it is gone or being deleted).
     pub(super) fn forget_owner(&self, owner_uid: &str) {
-        self.lock().retain(|_, m| m.owner_uid != owner_uid);
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<(&'static str, String, String), Match>> {
-        super::lock(&self.matches)
+        self.matches.lock().retain(|_, m| m.owner_uid != owner_uid);
     }
 }
 

@@ -59,7 +59,7 @@ mod secret;
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -67,6 +67,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
+use parking_lot::{Mutex, MutexGuard};
 use tracing::{debug, warn};
 
 use crate::config::Settings;
@@ -176,15 +177,8 @@ impl Context {
     }
 
     fn failures(&self) -> MutexGuard<'_, HashMap<ObjectRef<MacpAuth>, u32>> {
-        lock(&self.failures)
+        self.failures.lock()
     }
-}
-
-/// Locks `m`, going on with the data of a poisoned lock: every map of the
-/// context holds whole entries only (backoff counters, parsed keysets,
-/// comparison results), each one a later round would find again.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Entry point for the controller.

@@ -211,15 +211,12 @@ mod tests {
                 },
             ]
         );
-        assert!(
-            prober.mint_ports.lock().unwrap().is_empty(),
-            "no mint unless asked"
-        );
+        assert!(prober.mint_ports().is_empty(), "no mint unless asked");
 
         let views = probe(&prober, &targets, &[], 3200, 3201, true).await;
         assert_eq!(views[0].signing_kid, Some(Ok("k1".into())));
         assert!(matches!(views[1].signing_kid, Some(Err(_))));
-        assert_eq!(*prober.mint_ports.lock().unwrap(), vec![3201, 3201]);
+        assert_eq!(prober.mint_ports(), vec![3201, 3201]);
     }
 
     fn view(name: &str, kids: &[&str], signing: Option<&str>) -> PodView {

@@ -7,8 +7,8 @@
 //! new version reuses the earlier version's keys whose text it still holds
 //! ([`Keyset::from_secret_data_reusing`]), so only a new key is validated.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -37,7 +37,7 @@ impl ParsedKeysets {
         };
         let place = (secret.namespace().unwrap_or_default(), secret.name_any());
         let version = (uid, rv);
-        let known = match self.lock().get(&place) {
+        let known = match self.last.lock().get(&place) {
             Some((seen, keyset)) if *seen == version => return Ok(keyset.clone()),
             Some((_, keyset)) => Some(keyset.clone()),
             None => None,
@@ -45,18 +45,15 @@ impl ParsedKeysets {
         // A new version mostly holds the same keys in a new layout: only
         // the new ones are parsed and validated.
         let keyset = Keyset::from_secret_data_reusing(data, known.as_ref())?;
-        self.lock().insert(place, (version, keyset.clone()));
+        self.last.lock().insert(place, (version, keyset.clone()));
         Ok(keyset)
     }
 
     /// Drops what is remembered of the Secret `name` in `namespace`.
     pub(super) fn forget(&self, namespace: &str, name: &str) {
-        self.lock()
+        self.last
+            .lock()
             .remove(&(namespace.to_string(), name.to_string()));
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<(String, String), (Version, Keyset)>> {
-        super::lock(&self.last)
     }
 }
 

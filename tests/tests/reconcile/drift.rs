@@ -195,7 +195,7 @@ async fn an_injected_sidecar_costs_zero_writes_per_unchanged_reconcile() {
         "the sidecar survived every apply"
     );
     // The activation's signing probes minted on the mint port, nowhere else.
-    let ports = h.prober.mint_ports.lock().unwrap().clone();
+    let ports = h.prober.mint_ports();
     assert!(
         !ports.is_empty() && ports.iter().all(|p| *p == 3201),
         "{ports:?}"

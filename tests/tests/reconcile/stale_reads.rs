@@ -26,7 +26,7 @@ async fn a_status_write_from_a_stale_read_conflicts_and_requeues() {
     let before = h.status("c4");
     let events_before = h.event_reasons().len();
     let server = h.server.handle();
-    *h.prober.on_probe.lock().unwrap() = Some(Box::new(move || {
+    h.prober.on_next_probe(Box::new(move || {
         server
             .modify_as::<MacpAuth>(Some(NS), "c4", |m| {
                 m.metadata
@@ -79,7 +79,7 @@ async fn a_secret_written_by_someone_else_between_passes_is_not_overwritten() {
     // reserves the key: the other writer comes in between.
     let server = h.server.handle();
     let secret_name = resources::secret_name("cw");
-    *h.prober.on_probe.lock().unwrap() = Some(Box::new(move || {
+    h.prober.on_next_probe(Box::new(move || {
         server
             .modify_as::<Secret>(Some(NS), &secret_name, |s| {
                 s.metadata

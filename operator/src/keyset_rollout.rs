@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use crate::conditions::{FALSE, TRUE};
 use crate::resources::KEYSET_HASH_ANNOTATION;
+use crate::rotation::Rollout;
 
 /// Rollout state of the Deployment for one keyset hash.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,6 +19,17 @@ pub enum RolloutState {
     InProgress(String),
     /// The Deployment controller gave up (`Progressing=False`, `ProgressDeadlineExceeded`).
     DeadlineExceeded(String),
+}
+
+impl RolloutState {
+    /// What the rotation machine is told: its [`Rollout::Complete`] is this
+    /// [`RolloutState::Complete`], and the machine judges no rollout itself.
+    pub fn for_rotation(&self) -> Rollout {
+        match self {
+            RolloutState::Complete => Rollout::Complete,
+            RolloutState::InProgress(_) | RolloutState::DeadlineExceeded(_) => Rollout::InProgress,
+        }
+    }
 }
 
 fn template_hash(d: &Deployment) -> Option<&str> {
@@ -231,6 +243,18 @@ mod tests {
             highest_pod_max_ttl(&[pod(Some("not a number"), false)]),
             None
         );
+    }
+
+    /// The rotation machine waits on exactly this module's judgement.
+    #[test]
+    fn the_rotation_sees_complete_only_for_a_complete_rollout() {
+        assert_eq!(RolloutState::Complete.for_rotation(), Rollout::Complete);
+        for short in [
+            RolloutState::InProgress("1/2 replicas updated".into()),
+            RolloutState::DeadlineExceeded("timed out".into()),
+        ] {
+            assert_eq!(short.for_rotation(), Rollout::InProgress, "{short:?}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::keyset::Keyset;
 use crate::keyset_rollout::{self, PodTarget, RolloutState};
 use crate::probe::PodProber;
 use crate::resources;
-use crate::rotation::{self, Observed, PodView, Rollout};
+use crate::rotation::{self, Observed, PodView};
 
 use super::Error;
 use super::error::KubeContext;
@@ -87,11 +87,7 @@ impl Round<'_> {
         };
         let observed = Observed {
             keyset: Some(keyset.view()),
-            rollout: if rollout == RolloutState::Complete {
-                Rollout::Complete
-            } else {
-                Rollout::InProgress
-            },
+            rollout: rollout.for_rotation(),
             pods: views,
             verifiers,
         };
@@ -258,7 +254,7 @@ mod tests {
             rollout: RolloutState::Complete,
             observed: Observed {
                 keyset: None,
-                rollout: Rollout::Complete,
+                rollout: rotation::Rollout::Complete,
                 pods: vec![view("p0", &["k0"], None)],
                 verifiers: Vec::new(),
             },

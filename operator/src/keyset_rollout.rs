@@ -5,6 +5,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::conditions::{FALSE, TRUE};
+use crate::readiness::REASON_PROGRESS_DEADLINE;
 use crate::resources::KEYSET_HASH_ANNOTATION;
 use crate::rotation::Rollout;
 
@@ -92,7 +93,8 @@ pub fn rollout_state(
     if let Some(c) = status.conditions.iter().flatten().find(|c| {
         c.type_ == "Progressing"
             && c.status == FALSE
-            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+            // The Deployment controller's reason, which ours repeats.
+            && c.reason.as_deref() == Some(REASON_PROGRESS_DEADLINE)
     }) {
         return RolloutState::DeadlineExceeded(
             c.message

@@ -1,4 +1,4 @@
-//! The emergency TTL clamp (issue 6): while an emergency rotation runs and for
+//! The emergency TTL clamp: while an emergency rotation runs and for
 //! `rotation.drainSeconds` after it, the token service runs with
 //! `spec.emergency.maxTtlSeconds` as its max TTL, then with the normal one
 //! again. This automates the runbook's "shorten MACP_AUTH_MAX_TTL_SECONDS

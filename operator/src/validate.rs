@@ -143,7 +143,7 @@ pub fn validate(spec: &MacpAuthSpec) -> Vec<SpecError> {
     if let Some(image) = spec.image.as_deref().filter(|i| !valid_digest(i)) {
         errors.push(SpecError::ImageDigest(image.to_string()));
     }
-    errors.extend(validate_hardening(spec));
+    errors.extend(validate_mint_controls_and_emergency(spec));
     errors.extend(validate_production(spec));
     errors.extend(validate_drain(spec));
     errors.extend(validate_interval(spec));
@@ -187,8 +187,8 @@ fn validate_drain(spec: &MacpAuthSpec) -> Option<SpecError> {
     })
 }
 
-/// The issue-6 settings: caller auth, rate limit and the emergency max TTL.
-fn validate_hardening(spec: &MacpAuthSpec) -> Vec<SpecError> {
+/// The optional mint controls (caller auth, rate limit) and the emergency max TTL.
+fn validate_mint_controls_and_emergency(spec: &MacpAuthSpec) -> Vec<SpecError> {
     let mut errors = Vec::new();
     if let Some(auth) = &spec.caller_auth {
         if auth.secret_name.trim().is_empty() {
@@ -278,7 +278,7 @@ fn has_cpu_request(spec: &MacpAuthSpec) -> bool {
         .any(|m| m.contains_key("cpu"))
 }
 
-/// The issue-13 settings: mint port, autoscaling, disruption budget, spread.
+/// The production settings: mint port, autoscaling, disruption budget, spread.
 /// Some repeat CEL rules of the schema (for API servers without CEL); the
 /// budget and spread checks are cross-field or defaulted combinations the
 /// schema cannot express, which the API server would accept and then fail on
@@ -562,7 +562,7 @@ mod tests {
     }
 
     #[test]
-    fn hardening_settings_are_off_by_default_and_valid_when_sane() {
+    fn mint_controls_and_emergency_are_off_by_default_and_valid_when_sane() {
         let s = spec(serde_json::json!({}));
         assert!(s.caller_auth.is_none() && s.rate_limit.is_none());
         assert!(s.audit.is_none() && s.emergency.is_none());

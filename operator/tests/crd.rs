@@ -70,7 +70,7 @@ fn samples_validate_and_deserialize() {
     assert!(prod.spec.caller_auth.is_some() && prod.spec.rate_limit.is_some());
     assert!(prod.spec.audit.is_some_and(|a| a.enabled));
     assert_eq!(prod.spec.emergency.map(|e| e.max_ttl_seconds), Some(300));
-    // Issue 13: production.yaml shows every new field.
+    // production.yaml shows every production setting.
     assert_eq!(prod.spec.mint_port, Some(3201));
     assert!(prod.spec.autoscaling.is_some() && prod.spec.disruption_budget.is_some());
     assert!(prod.spec.affinity.is_some());

@@ -414,7 +414,7 @@ mod tests {
     }
 
     #[test]
-    fn exposes_hardening_counters() {
+    fn exposes_mint_control_counters() {
         let metrics = Metrics::new(Alg::ES256, "kid-1", 1);
         metrics.record_auth_failure(AuthFailure::missing);
         metrics.record_auth_failure(AuthFailure::invalid);

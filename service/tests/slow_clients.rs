@@ -1,5 +1,5 @@
-//! Slow and abusive clients against the compiled binary, black-box (issue 16),
-//! and the shutdown delay with its `/readyz` (issue 10): the service as a
+//! Slow and abusive clients against the compiled binary, black-box, and the
+//! shutdown delay with its `/readyz`: the service as a
 //! process with a given descriptor limit, attacked over loopback.
 
 mod common;

@@ -615,7 +615,7 @@ async fn pause_hangs_requests_until_resume() {
     api.list(&ListParams::default()).await.unwrap();
 }
 
-// ------------------------------------------------- real-server behaviour (issue 11)
+// ------------------------------------------------------------ real-server behaviour
 
 /// Server-side apply tracks ownership per manager: a key or list item that
 /// another manager owns survives an apply that drops it; `managedFields` is

@@ -1070,7 +1070,7 @@ fn extra_args_reach_the_operator_after_the_charts_own() {
     assert!(!run.ok, "a non-flag extraArgs item renders");
 }
 
-/// Issue 13: with mint ports, the JWKS port admits verifiers (not minters)
+/// With mint ports, the JWKS port admits verifiers (not minters)
 /// and the mint port admits minters (not verifiers); the operator reaches both.
 #[test]
 fn network_policy_with_mint_ports_fences_minting_off() {

@@ -61,8 +61,7 @@ use e2e::*;
 /// The mint port of the routine scenario with `spec.mintPort`.
 const MINT_PORT: i32 = 3201;
 
-/// Samples the MacpAuth's `Ready` every 250 ms (the sandbox sampled
-/// every 500 ms) until stopped.
+/// Samples the MacpAuth's `Ready` every 250 ms until stopped.
 struct ReadySampler {
     task: tokio::task::JoinHandle<(u32, Vec<String>)>,
     stop: tokio::sync::oneshot::Sender<()>,

@@ -1,4 +1,4 @@
-//! The user journey (issue 12): the sandbox driven only through the real
+//! The user journey: the sandbox driven only through the real
 //! `helm` and `kubectl` (scripts/install-tools) and plain HTTP to the
 //! Services' local addresses, as a person would drive it:
 //!

@@ -1,4 +1,4 @@
-//! Leader election (issue 6): two operator instances against the in-process API
+//! Leader election: two operator instances against the in-process API
 //! server, each with its own `State` (so its own reconcile counter and
 //! `macp_operator_leader` gauge). Exactly one reconciles; a crashed leader is
 //! replaced within the lease duration; a gracefully stopped one hands over at once;

@@ -109,7 +109,7 @@ mod tests {
     }
 
     #[test]
-    fn hardening_settings_render_nothing_when_unset() {
+    fn mint_controls_render_nothing_when_unset() {
         let spec = mauth(serde_json::json!({"audit": {"enabled": false}})).spec;
         let env = spec_env(&spec);
         for var in [

@@ -377,7 +377,7 @@ fn ephemeral_key_when_unset() {
 }
 
 #[test]
-fn hardening_controls_default_off() {
+fn mint_controls_default_off() {
     let cfg = parse(&[]).unwrap();
     assert_eq!(cfg.mint_tokens_file, None);
     assert_eq!(cfg.rate_limit, None);
@@ -389,7 +389,7 @@ fn hardening_controls_default_off() {
 }
 
 #[test]
-fn hardening_controls_parse() {
+fn mint_controls_parse() {
     let cfg = parse(&[
         (AUDIT_LOG, "stdout"),
         (RATE_LIMIT_PER_SECOND, "2.5"),
@@ -424,7 +424,7 @@ fn hardening_controls_parse() {
 }
 
 #[test]
-fn hardening_controls_fatal() {
+fn mint_controls_fatal() {
     for case in [
         Refused {
             name: "an audit sink other than stdout",

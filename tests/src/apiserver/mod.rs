@@ -30,7 +30,7 @@
 //!   [`ApiHandle::enforce_rbac`], [`FakeApiServer::operator_client`]); a
 //!   configurable watch delay ([`ApiHandle::set_watch_delay`]).
 //!
-//! What kubectl and helm need (issue 12):
+//! What kubectl and helm need:
 //! - `/healthz`, `/readyz`, `/livez` (always `ok`).
 //! - Discovery (`discovery.rs`): `/version`, legacy `/api`, `/apis`, `/api/v1`,
 //!   `/apis/{g}/{v}`, and aggregated `apidiscovery.k8s.io/v2` lists on `/api`

@@ -191,7 +191,7 @@ async fn unchanged_services_and_config_maps_cost_no_reads_and_drift_is_repaired(
     task.abort();
 }
 
-/// Issue 14: rounds wait for a turn in the order they fell due, and no more
+/// Rounds wait for a turn in the order they fell due, and no more
 /// than `--max-concurrent-reconciles` run at once. kube's own runner, when
 /// saturated, picks the next object at random, so in a storm a rotation that
 /// fell due first waited behind the follow-ups of others for a minute.

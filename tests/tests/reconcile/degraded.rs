@@ -157,7 +157,7 @@ async fn invalid_production_settings_are_degraded_naming_the_field() {
     h.assert_rbac_covers_requests();
 }
 
-/// Issue 11, point 2: names that are valid MacpAuth names but cannot name the
+/// Names that are valid MacpAuth names but cannot name the
 /// owned objects (a Service name is a DNS-1035 label; a label value has at
 /// most 63 characters). A real server answers 422 to every round, after a key
 /// was generated; the operator reports Degraded naming the rule, generates

@@ -15,7 +15,7 @@ use macp_auth_operator::keyset::{self, Keyset, PrivateKey};
 use macp_auth_operator::resources;
 use serde_json::json;
 
-/// Issue 11, points 1 and 3: other managers add to keyed lists (an env var, a
+/// Other managers add to keyed lists (an env var, a
 /// sidecar from a webhook) and the API server normalises Quantities and fills
 /// defaults. None of that is drift: an unchanged resource still costs zero
 /// writes, and an apply after a spec change keeps what the others own.
@@ -95,7 +95,7 @@ async fn fields_of_other_managers_and_normalised_values_cost_no_writes() {
 
 /// A mesh's sidecar injector, as a mutating webhook would, writes the
 /// Deployment under its own field manager: a container, a volume, an env
-/// var and a pod annotation. With every issue-13 pod setting on, the
+/// var and a pod annotation. With every production pod setting on, the
 /// operator must then reconcile with zero writes, round after round.
 #[tokio::test]
 async fn an_injected_sidecar_costs_zero_writes_per_unchanged_reconcile() {
@@ -204,8 +204,8 @@ async fn an_injected_sidecar_costs_zero_writes_per_unchanged_reconcile() {
     h.assert_rbac_covers_requests();
 }
 
-/// Issue 14: a Deployment version found to match is not compared again in
-/// the next round (the comparison was 14% of the operator's CPU in a storm),
+/// A Deployment version found to match is not compared again in the next
+/// round (the comparison was 14% of the operator's CPU in a storm),
 /// but any write by anyone is a new version: an edit of a field the operator
 /// owns is seen and repaired in the next round.
 #[tokio::test]
@@ -243,7 +243,7 @@ fn jwk_text(key: &PrivateKey) -> String {
     .unwrap()
 }
 
-/// Issue 11, point 1: on a real API server an apply removes a Secret key that
+/// On a real API server an apply removes a Secret key that
 /// the operator stops setting only when no other field manager owns it. A
 /// Secret made with `kubectl create secret --from-file` (manager
 /// `kubectl-create`) keeps `previous.jwk.json` after retirement if the keyset

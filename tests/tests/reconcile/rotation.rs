@@ -71,7 +71,7 @@ async fn the_same_interval_schedules_each_macpauth_at_its_own_place_before_the_d
     }
 }
 
-/// Issue 14: the steps of a rotation that need no wait (start, generate and
+/// The steps of a rotation that need no wait (start, generate and
 /// store the next key, publish it) run in the one turn that started it, each
 /// persisted as before; sent to the back of the queue instead, every such
 /// step of a storm's rotation waited for a thousand other rounds. The passes

@@ -12,7 +12,7 @@ use macp_auth_operator::reconcile::{CONFLICT_REQUEUE, reconcile};
 use macp_auth_operator::resources;
 use serde_json::json;
 
-/// Issue 11, point 4: the status write is conditional on the resourceVersion
+/// The status write is conditional on the resourceVersion
 /// the round read. A write to the MacpAuth during the round (here, while the
 /// pods are probed) makes it 409; the round writes no status and emits no
 /// event, and asks to be run again soon.
@@ -59,7 +59,7 @@ async fn a_status_write_from_a_stale_read_conflicts_and_requeues() {
     h.assert_rbac_covers_requests();
 }
 
-/// Issue 14: a pass that goes on in the same turn starts from the Secret the
+/// A pass that goes on in the same turn starts from the Secret the
 /// previous pass read. Someone else writing the Secret between the two must
 /// not be overwritten from that copy: the key's write is refused (409, the
 /// replace carries the resourceVersion it was read at), the turn fails, and
@@ -126,7 +126,7 @@ async fn a_secret_written_by_someone_else_between_passes_is_not_overwritten() {
     h.assert_rbac_covers_requests();
 }
 
-/// Issue 11, point 4: an informer cache may be one or two writes behind. A
+/// An informer cache may be one or two writes behind. A
 /// round started from a stale snapshot of every rotation phase repeats no
 /// action (no third key, no second generation of the next key), duplicates no
 /// event and loses no history.

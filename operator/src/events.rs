@@ -6,7 +6,8 @@
 //! whole cache under a write lock to drop expired entries. A rotation
 //! publishes eight events, so a storm of a thousand rotations made every
 //! publish scan up to eight thousand entries while every other round waited
-//! for the lock: 6% of the operator's CPU in a perf profile of the storm.
+//! for the lock (its share of the operator's CPU in a perf profile of the
+//! storm: docs/performance.md, "What the figures asked for, and what changed").
 //! Each shard is a `Recorder` of its own, with its own cache and lock, and an
 //! object's events always go to the same shard, so repeats of one object's
 //! event are still aggregated exactly as one `Recorder` would.

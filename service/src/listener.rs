@@ -58,9 +58,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// listener, the runtime's epoll and eventfds, the key and caller-token files
 /// being re-read, the audit writer. An idle service holds 10 (measured).
 pub const RESERVED_DESCRIPTORS: u64 = 64;
-/// Upper bound of the default connection cap. Each open connection costs
-/// about 16 KiB of memory (measured with 3,000 half-sent requests), so a full
-/// default cap stays near 64 MiB however high the descriptor limit is.
+/// Upper bound of the default connection cap. At what an open connection
+/// costs in memory (docs/performance.md, "Memory per open connection"), a
+/// full default cap stays near 64 MiB however high the descriptor limit is.
 pub const DEFAULT_MAX_CONNECTIONS_CEILING: usize = 4096;
 /// How long the accept loop waits for an evicted connection to give back its
 /// slot before it sheds the new one instead: normally microseconds, generous

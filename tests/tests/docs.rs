@@ -349,8 +349,8 @@ fn security_md_rbac_table_is_the_operator_rule_list() {
 
 // ------------------------------------------------------------ the samples
 
-/// What an open connection costs the token service (SECURITY.md, "Slow and
-/// abusive clients": RSS grew from 8 MiB to 55 MiB with 3,000 connections).
+/// What an open connection costs the token service (docs/performance.md,
+/// "Memory per open connection").
 const CONNECTION_BYTES: u64 = 16 * 1024;
 /// The service's default connection cap per listener.
 const DEFAULT_MAX_CONNECTIONS: u64 = 4096;

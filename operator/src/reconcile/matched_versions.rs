@@ -3,9 +3,9 @@
 //!
 //! Step 3 reads the Deployment every round and compares it with the desired
 //! one: both serialised to JSON trees, the desired one hashed, the live one
-//! searched for every desired field. That comparison was 14% of the
-//! operator's CPU in a storm profile, spent to learn what the previous round
-//! had already learnt. A uid and resourceVersion name exactly one content of
+//! searched for every desired field. That comparison was a large share of
+//! the operator's CPU in a storm profile (docs/performance.md, "What the figures asked for, and what changed"),
+//! spent to learn what the previous round had already learnt. A uid and resourceVersion name exactly one content of
 //! an object, and the applied-hash annotation ([`diff::with_applied_hash`])
 //! exactly one desired content: when both are the ones last found to match,
 //! they still match. Any write by anyone gives the object a new

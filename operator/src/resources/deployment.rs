@@ -40,12 +40,12 @@ pub const ZONE_TOPOLOGY_KEY: &str = "topology.kubernetes.io/zone";
 /// throttling would show up as mint latency, and the request already
 /// reserves the share the scheduler counts.
 pub const DEFAULT_CPU_REQUEST: &str = "100m";
-/// Memory request: the service's peak RSS under load is 6.5 MiB
-/// (`scripts/bench-service`, 16 connections); 32 MiB leaves room for a
-/// full verifier record table and thousands of open connections.
+/// Memory request: several times the service's peak RSS under load
+/// (docs/performance.md, "The token service"), room for a full verifier
+/// record table and thousands of open connections ("Memory per open
+/// connection").
 pub const DEFAULT_MEMORY_REQUEST: &str = "32Mi";
-/// Memory limit: about 20 times the measured peak, so only a leak reaches
-/// it, while a leaking pod is killed before it starves its node.
+/// Memory limit: far above the measured peak, so only a leak reaches it, while a leaking pod is killed before it starves its node.
 pub const DEFAULT_MEMORY_LIMIT: &str = "128Mi";
 
 /// The container's resources when `spec.resources` is unset (a given

@@ -498,7 +498,8 @@ impl ApiHandle {
     /// are current to; `None` when the history no longer reaches back to
     /// `rv` (compacted), so the caller lists instead. For harness loops that
     /// follow changes without a watch: the pod stand-in looked at every
-    /// Deployment after each change, 7% of the harness's CPU in a storm.
+    /// Deployment after each change, a share of the harness's CPU in a storm
+    /// (docs/performance.md, "What the figures asked for, and what changed").
     pub fn changed_since(
         &self,
         group: &str,

@@ -32,9 +32,9 @@ use tokio::process::{Child, Command};
 
 // Built without transparent huge pages (the `no_thp` feature): mimalloc
 // advises huge pages for its memory and gives freed pages back within a
-// second, so the harness kept faulting in fresh 2 MiB pages, and zeroing them
-// was 31% of its CPU in a storm profile (CPU taken from the operator on the
-// same two cores).
+// second, so the harness kept faulting in fresh huge pages, and zeroing them
+// was a large share of its CPU in a storm profile, CPU taken from the operator
+// on the same two cores (docs/performance.md, "What the figures asked for, and what changed").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

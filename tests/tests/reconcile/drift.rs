@@ -205,7 +205,8 @@ async fn an_injected_sidecar_costs_zero_writes_per_unchanged_reconcile() {
 }
 
 /// A Deployment version found to match is not compared again in the next
-/// round (the comparison was 14% of the operator's CPU in a storm),
+/// round (the comparison's share of a storm's CPU: docs/performance.md,
+/// "What the figures asked for, and what changed"),
 /// but any write by anyone is a new version: an edit of a field the operator
 /// owns is seen and repaired in the next round.
 #[tokio::test]

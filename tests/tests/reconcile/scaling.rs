@@ -269,7 +269,8 @@ async fn the_disruption_budget_follows_the_replica_count_and_spares_a_users_own(
 /// An autoscaler and a disruption budget the spec does not ask for are
 /// looked for once per generation, not in every round while the service is
 /// not Ready: a rotation's rollouts make it not Ready, and those reads were
-/// a fifth of a storm's requests. A new generation looks again.
+/// a large part of a storm's requests (docs/performance.md, "What the
+/// figures asked for, and what changed"). A new generation looks again.
 #[tokio::test]
 async fn absent_scaling_objects_are_looked_for_once_per_generation() {
     let h = Harness::new().await;

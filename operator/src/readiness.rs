@@ -215,24 +215,36 @@ mod tests {
     /// rollout shows in Progressing.
     #[test]
     fn ready_stays_true_through_every_rollout_of_a_routine_rotation() {
+        /// A rollout phase: the active key and the pods of the old and the
+        /// new template.
+        struct Rollout {
+            phase: &'static str,
+            active: &'static str,
+            pods: Vec<PodView>,
+        }
         let phases = [
-            (
-                "Publishing",
-                "k0",
-                vec![serving("old", &["k0"]), serving("new", &["k0", "k1"])],
-            ),
-            (
-                "Activating",
-                "k1",
-                vec![serving("old", &["k0", "k1"]), serving("new", &["k1", "k0"])],
-            ),
-            (
-                "Retiring",
-                "k1",
-                vec![serving("old", &["k1", "k0"]), serving("new", &["k1"])],
-            ),
+            Rollout {
+                phase: "Publishing",
+                active: "k0",
+                pods: vec![serving("old", &["k0"]), serving("new", &["k0", "k1"])],
+            },
+            Rollout {
+                phase: "Activating",
+                active: "k1",
+                pods: vec![serving("old", &["k0", "k1"]), serving("new", &["k1", "k0"])],
+            },
+            Rollout {
+                phase: "Retiring",
+                active: "k1",
+                pods: vec![serving("old", &["k1", "k0"]), serving("new", &["k1"])],
+            },
         ];
-        for (phase, active, pods) in phases {
+        for Rollout {
+            phase,
+            active,
+            pods,
+        } in phases
+        {
             for r in [
                 assess(&in_progress(), active, &pods, &[]),
                 // The round that writes the keyset judges the pods it saw before.

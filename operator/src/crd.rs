@@ -94,6 +94,16 @@ fn drain_seconds_description() -> String {
 pub const ROTATE_ANNOTATION: &str = "macp.io/rotate";
 /// Annotation whose new value requests an emergency rotation.
 pub const EMERGENCY_ROTATE_ANNOTATION: &str = "macp.io/emergency-rotate";
+/// Annotation read with an emergency request: what may have leaked.
+/// [`EMERGENCY_SCOPE_SECRET`] discards the standby key with the rest; any
+/// other value (or none) means a pod, process or environment leaked, and a
+/// propagated standby replaces the suspect keys.
+pub const EMERGENCY_SCOPE_ANNOTATION: &str = "macp.io/emergency-scope";
+/// The Secret itself (an etcd backup, an RBAC grant) may have leaked: the
+/// standby's private half was in it, so it is suspect too.
+pub const EMERGENCY_SCOPE_SECRET: &str = "secret";
+/// A pod, process or environment leaked: the standby never reached one.
+pub const EMERGENCY_SCOPE_POD: &str = "pod";
 
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
@@ -110,6 +120,8 @@ pub const EMERGENCY_ROTATE_ANNOTATION: &str = "macp.io/emergency-rotate";
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.rotation.phase"}"#,
     printcolumn = r#"{"name":"Active Kid","type":"string","jsonPath":".status.activeKid"}"#,
+    printcolumn = r#"{"name":"Standby","type":"string","priority":1,"jsonPath":".status.standby.kid"}"#,
+    printcolumn = r#"{"name":"Standby Propagated","type":"boolean","priority":1,"jsonPath":".status.standby.propagated"}"#,
     printcolumn = r#"{"name":"Last Rotation","type":"date","jsonPath":".status.lastRotationTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     // The Service is named after the MacpAuth (a DNS-1035 label) and the name is
@@ -446,6 +458,9 @@ pub struct RotationSpec {
     #[serde(default = "default_propagation_timeout")]
     #[schemars(range(min = 1))]
     pub propagation_timeout_seconds: i64,
+    /// Keep one standby key published at all times: generated after each rotation, published in the JWKS only (its private half stays in the Secret and reaches no pod) and propagated like a new key. A routine rotation then activates it at once, and an emergency rotation replaces a leaked pod's keys with it with no failed verification.
+    #[serde(default = "default_true")]
+    pub standby: bool,
 }
 
 impl Default for RotationSpec {
@@ -458,6 +473,7 @@ impl Default for RotationSpec {
             paused: false,
             verifier_evidence: true,
             propagation_timeout_seconds: default_propagation_timeout(),
+            standby: true,
         }
     }
 }
@@ -596,6 +612,22 @@ pub struct MacpAuthStatus {
     /// The verifiers seen fetching the JWKS from the token-service pods, during the last rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verifiers: Option<VerifiersStatus>,
+    /// The standby key, once every pod serves it and the verifier caches hold it (`rotation.standby`); a routine or pod-scope emergency rotation activates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<StandbyStatus>,
+}
+
+/// The standby key: published, propagated, never signing.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StandbyStatus {
+    /// Its kid (`next.jwk.json`, published in the JWKS).
+    pub kid: String,
+    /// Whether every pod served it and the verifier caches were waited out.
+    pub propagated: bool,
+    /// When it was propagated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagated_at: Option<DateTime<Utc>>,
 }
 
 /// The schema's description of `status.history`, with the number kept.
@@ -769,7 +801,9 @@ pub enum RotationPhase {
     RollingBack,
 }
 
-/// What started a rotation: the first key, the schedule, `macp.io/rotate` or `macp.io/emergency-rotate`.
+/// What started a rotation: the first key, the schedule, `macp.io/rotate` or
+/// `macp.io/emergency-rotate`; or `standby`, the preparation of the standby
+/// key (it publishes and propagates a key and ends there: no key changes role).
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RotationTrigger {
@@ -777,6 +811,7 @@ pub enum RotationTrigger {
     Scheduled,
     Manual,
     Emergency,
+    Standby,
 }
 
 /// The rotation under way.
@@ -824,6 +859,10 @@ pub struct RotationStatus {
     /// A routine request already reported as deferred (during a rotation or while paused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deferred_request: Option<String>,
+    /// The new key is the propagated standby: it was published and waited
+    /// out before this rotation began, so it activates without publishing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_standby: bool,
 }
 
 /// How a rotation ended.

@@ -9,7 +9,7 @@
 //!
 //! # Invariants
 //!
-//! Every history of decisions keeps these six, with operator restarts at any
+//! Every history of decisions keeps these eight, with operator restarts at any
 //! point. The names are shared with docs/architecture.md ("Rotation
 //! invariants") and with the property test `tests/sim.rs`, whose failures
 //! start with the name of the invariant they broke.
@@ -20,6 +20,8 @@
 //! - `I4 restart-safe`: a restart at any point completes the rotation, with no step skipped and no effect repeated.
 //! - `I5 suspect-never-returns`: after an emergency request, a withdrawn suspect key is never published again.
 //! - `I6 one-rotation-at-a-time`: at most one rotation is in flight; it ends only through a history entry.
+//! - `I7 standby-never-signs`: the standby key signs only once a rotation activated it; no pod holds its private half before.
+//! - `I8 one-standby`: at most one standby, the Secret's `next` key.
 //!
 //! # Driving it from the reconciler
 //!
@@ -121,6 +123,21 @@
 //! not tell them apart. This is the one write that removes the active key, and
 //! it installs its replacement in the same write, so the Secret never lacks a
 //! signing key.
+//!
+//! # The standby key
+//!
+//! With `spec.rotation.standby` (the default), an Idle MacpAuth with no
+//! standby prepares one: a "rotation" with trigger `standby` that reserves,
+//! generates, publishes and propagates a key exactly as KeyGenerated,
+//! Publishing and Propagating do, and then parks (back to Idle with
+//! `status.standby`, no history entry, `Rotating` false). The standby sits in
+//! `next.jwk.json` and in the JWKS; its private half reaches no pod. A
+//! routine trigger, or an emergency whose `macp.io/emergency-scope` is not
+//! `secret`, reserves it as the new key (`fromStandby`), and the next round
+//! activates it without publishing. A routine trigger during the preparation
+//! takes the preparation over. A Secret-scope (or unknown-scope) emergency
+//! makes the standby a suspect like every other key. A standby that no longer
+//! fits (the Secret changed, the spec asks for another kind) is discarded.
 //!
 //! # Triggers
 //!

@@ -63,12 +63,18 @@ pub(crate) struct Facts {
     pub key_active: bool,
     /// The generated key is already published in the Secret (a write whose status was lost).
     pub key_published: bool,
+    /// Preparing the standby key: publish and propagate it, then stop.
+    pub standby: bool,
+    /// The new key is the propagated standby: it activates without publishing.
+    pub from_standby: bool,
 }
 
 impl Facts {
     pub(crate) fn of(rot: &RotationStatus) -> Self {
         Self {
             emergency: rot.trigger == Some(RotationTrigger::Emergency),
+            standby: rot.trigger == Some(RotationTrigger::Standby),
+            from_standby: rot.from_standby,
             reversed: reversed(rot),
             rollback_from: rot.rollback_from,
             ..Self::default()
@@ -90,6 +96,9 @@ pub(crate) enum Next {
         message: &'static str,
         final_keyset: bool,
     },
+    /// The standby key is propagated: record it and return to Idle. No key
+    /// changed role, so nothing enters the history.
+    ParkStandby,
 }
 
 /// What a failed rollout phase does.
@@ -205,10 +214,17 @@ pub(crate) fn on_success(phase: RotationPhase, facts: Facts) -> Option<Next> {
         Idle => return None,
         // A write whose status was lost already published or activated the
         // key: resume that step whatever `prepublish` says now.
-        KeyGenerated if facts.emergency || facts.key_active => Next::Enter(Activating),
-        KeyGenerated if facts.key_published || facts.prepublish => Next::Enter(Publishing),
+        // A propagated standby was published long before: it activates at once.
+        KeyGenerated if facts.emergency || facts.key_active || facts.from_standby => {
+            Next::Enter(Activating)
+        }
+        // A standby is always published first: that is what it is for.
+        KeyGenerated if facts.key_published || facts.prepublish || facts.standby => {
+            Next::Enter(Publishing)
+        }
         KeyGenerated => Next::Enter(Activating),
         Publishing => Next::Enter(Propagating),
+        Propagating if facts.standby => Next::ParkStandby,
         Propagating => Next::Enter(Activating),
         Activating if facts.emergency => Next::Finish {
             outcome: RotationOutcome::Succeeded,
@@ -309,6 +325,8 @@ pub(crate) fn successor(phase: RotationPhase, facts: Facts) -> Option<Successor>
     }
     match phase {
         Idle | KeyGenerated | RollingBack => None,
+        // A standby's propagation ends without a write.
+        Propagating if facts.standby => None,
         Propagating => Some((Activating, None)),
         Draining => Some((Retiring, None)),
         Publishing | Activating | Retiring => Some((RollingBack, Some(phase))),
@@ -321,6 +339,15 @@ pub(crate) fn entry_is_warning(phase: RotationPhase, facts: Facts) -> bool {
         Activating => facts.emergency,
         RollingBack => true,
         Idle | KeyGenerated | Publishing | Propagating | Draining | Retiring => false,
+    }
+}
+
+/// Whether `phase` is one a standby's preparation passes through before it
+/// parks (a routine request may take such a preparation over).
+pub(crate) fn standby_preparation(phase: RotationPhase) -> bool {
+    match phase {
+        KeyGenerated | Publishing | Propagating => true,
+        Idle | Activating | Draining | Retiring | RollingBack => false,
     }
 }
 
@@ -352,9 +379,18 @@ pub(crate) fn rollout_announcement(rot: &RotationStatus, facts: Facts) -> String
     let new = rot.new_kid.as_deref().unwrap_or_default();
     let retiring = if facts.reversed { new } else { old };
     match rot.phase {
+        Publishing if facts.standby => {
+            format!("publishing standby key {new} next to the active key {old}")
+        }
         Publishing => format!("publishing {new} next to the active key {old}"),
+        Activating if facts.emergency && facts.from_standby => {
+            format!("activating the propagated standby {new}; nothing else is published")
+        }
         Activating if facts.emergency => {
             format!("activating fresh key {new}; nothing else is published")
+        }
+        Activating if facts.from_standby => {
+            format!("activating the propagated standby {new}; {old} stays published")
         }
         Activating => format!("activating {new}; {old} stays published"),
         Retiring => format!("retiring {retiring}"),
@@ -403,8 +439,14 @@ pub fn edges() -> Vec<(RotationPhase, RotationPhase)> {
         }
     };
     let emergency_route = route(true, true);
+    let standby_route = [KeyGenerated, Publishing, Propagating, RollingBack];
     for &phase in RotationPhase::VARIANTS {
         let emergencies: &[bool] = if emergency_route.contains(&phase) {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        let standbys: &[bool] = if standby_route.contains(&phase) {
             &[false, true]
         } else {
             &[false]
@@ -417,17 +459,21 @@ pub fn edges() -> Vec<(RotationPhase, RotationPhase)> {
         for &emergency in emergencies {
             for &reversed in &[false, true] {
                 for &rollback_from in rollback_froms {
-                    for &prepublish in &[false, true] {
+                    for (&prepublish, &standby) in [false, true]
+                        .iter()
+                        .flat_map(|p| standbys.iter().map(move |s| (p, s)))
+                    {
                         let facts = Facts {
                             emergency,
                             reversed: reversed && !emergency,
                             rollback_from,
                             prepublish,
+                            standby: standby && !emergency,
                             ..Facts::default()
                         };
                         match on_success(phase, facts) {
                             Some(Next::Enter(to) | Next::EnterAfterBackoff(to)) => add((phase, to)),
-                            Some(Next::Finish { .. }) => add((phase, Idle)),
+                            Some(Next::Finish { .. } | Next::ParkStandby) => add((phase, Idle)),
                             None => {}
                         }
                         match on_failure(phase, facts) {

@@ -47,6 +47,14 @@ pub(crate) const EVENT_ROTATION_DEFERRED: &str = "RotationDeferred";
 pub(crate) const EVENT_WAITING_FOR_VERIFIERS: &str = "WaitingForVerifiers";
 /// Warning: verifier evidence was asked for but the pods do not report it.
 pub(crate) const EVENT_VERIFIER_EVIDENCE_UNAVAILABLE: &str = "VerifierEvidenceUnavailable";
+/// Normal: the standby key's preparation starts (after a rotation, or for a
+/// MacpAuth that has none).
+pub(crate) const EVENT_STANDBY_STARTED: &str = "StandbyStarted";
+/// Normal: the standby key is published everywhere and the caches waited out.
+pub(crate) const EVENT_STANDBY_READY: &str = "StandbyReady";
+/// Normal: the standby key no longer fits (the Secret changed, or the spec
+/// asks for another kind of key); another is prepared.
+pub(crate) const EVENT_STANDBY_DISCARDED: &str = "StandbyDiscarded";
 /// Warning: an emergency rotation starts.
 pub(crate) const EVENT_EMERGENCY_ROTATION: &str = "EmergencyRotation";
 

@@ -6,7 +6,10 @@
 
 use crate::conditions::{self, EMERGENCY_REQUEST};
 use crate::crd::RotationPhase::Idle;
-use crate::crd::{EMERGENCY_ROTATE_ANNOTATION, RotationOutcome, RotationTrigger};
+use crate::crd::{
+    EMERGENCY_ROTATE_ANNOTATION, EMERGENCY_SCOPE_ANNOTATION, EMERGENCY_SCOPE_POD,
+    EMERGENCY_SCOPE_SECRET, RotationOutcome, RotationTrigger,
+};
 use crate::rotation::reasons::{EVENT_EMERGENCY_ROTATION, EVENT_ROTATION_SUPERSEDED};
 use crate::rotation::{Action, KeysetPlan, KeysetView};
 
@@ -115,18 +118,50 @@ impl Machine<'_> {
         );
     }
 
+    /// Which standby replaces the suspects: the propagated one, unless the
+    /// request's scope says the Secret itself leaked (its private half was
+    /// in it), or the scope is unknown (read as the Secret, the safe side).
+    fn emergency_standby(&mut self, keyset: &KeysetView) -> (Option<String>, String) {
+        let scope = annotation(self.inp, EMERGENCY_SCOPE_ANNOTATION);
+        let pod_scope = scope.is_none_or(|s| s == EMERGENCY_SCOPE_POD);
+        if !pod_scope {
+            let shown = scope.unwrap_or_default();
+            let why = if shown == EMERGENCY_SCOPE_SECRET {
+                format!("{EMERGENCY_SCOPE_ANNOTATION}={shown}: the standby was in the Secret")
+            } else {
+                format!(
+                    "{EMERGENCY_SCOPE_ANNOTATION}={shown} is neither {EMERGENCY_SCOPE_POD} nor {EMERGENCY_SCOPE_SECRET}; read as {EMERGENCY_SCOPE_SECRET}"
+                )
+            };
+            if let Some(standby) = self.status.standby.clone() {
+                self.discard_standby(&standby.kid, &why);
+            }
+            return (None, why);
+        }
+        match self.usable_standby(keyset) {
+            Some(kid) => (Some(kid), String::new()),
+            None => (None, "no propagated standby".to_string()),
+        }
+    }
+
     pub(super) fn start_emergency(&mut self, id: String, keyset: &KeysetView) {
-        if !self.fresh_kid_ok(keyset) {
+        let (standby, without) = self.emergency_standby(keyset);
+        if standby.is_none() && !self.fresh_kid_ok(keyset) {
             self.kid_collision();
             return;
         }
-        let suspects = keyset.kids();
+        let suspects: Vec<String> = keyset
+            .kids()
+            .into_iter()
+            .filter(|k| standby.as_ref() != Some(k))
+            .collect();
         for kid in &suspects {
             if !self.status.suspect_kids.contains(kid) {
                 self.status.suspect_kids.push(kid.clone());
             }
         }
-        if self.rot.phase != Idle {
+        // A standby's preparation is not a rotation: it leaves no history.
+        if self.rot.phase != Idle && self.rot.trigger != Some(RotationTrigger::Standby) {
             let outcome = self.rot.outcome.unwrap_or(RotationOutcome::Superseded);
             let message = format!("preempted by emergency rotation {id}");
             self.record(outcome, message.clone());
@@ -136,11 +171,17 @@ impl Machine<'_> {
         self.status.handled_emergency_request_time = Some(self.now());
         let handled = self.handled_message();
         self.set_request_condition(true, REASON_HANDLED, &handled);
-        let message = format!(
-            "emergency rotation {id}: generating fresh key {}; suspect kids {} are withdrawn when it activates",
-            self.inp.new_kid,
-            suspects.join(", ")
-        );
+        let message = match &standby {
+            Some(kid) => format!(
+                "emergency rotation {id}: activating the propagated standby {kid}, which every verifier already holds; suspect kids {} are withdrawn when it activates",
+                suspects.join(", ")
+            ),
+            None => format!(
+                "emergency rotation {id}: generating fresh key {} ({without}); suspect kids {} are withdrawn when it activates",
+                self.inp.new_kid,
+                suspects.join(", ")
+            ),
+        };
         let old_kid = keyset.active.kid.clone();
         self.begin(
             RotationTrigger::Emergency,
@@ -148,15 +189,25 @@ impl Machine<'_> {
             old_kid,
             (true, EVENT_EMERGENCY_ROTATION, message),
         );
+        if let Some(kid) = standby {
+            self.take_standby(kid);
+        }
         // Suspects that only verify (a draining or prepublished key) are
         // withdrawn now: nothing signs with them, and the pod template derived
         // from the Secret must not roll them back onto pods while the fresh key
         // is generated. Not through `apply`: the active key is a suspect too,
-        // and it keeps signing until the fresh key replaces it.
-        if !keyset.published.is_empty() {
+        // and it keeps signing until the fresh key replaces it. A standby
+        // taken as the new key stays published.
+        let published: Vec<String> = keyset
+            .published
+            .iter()
+            .filter(|k| !suspects.contains(k))
+            .cloned()
+            .collect();
+        if published != keyset.published {
             self.actions.push(Action::ApplyKeyset(KeysetPlan {
                 active: keyset.active.kid.clone(),
-                published: Vec::new(),
+                published,
                 next: keyset.next.as_ref().map(|k| k.kid.clone()),
                 previous: keyset.previous.as_ref().map(|k| k.kid.clone()),
             }));

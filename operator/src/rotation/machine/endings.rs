@@ -2,13 +2,14 @@
 //! once-only note about a request deferred by a rotation in flight.
 
 use crate::rotation::reasons::{
-    EVENT_ROTATION_DEFERRED, EVENT_ROTATION_FAILED, EVENT_ROTATION_SUPERSEDED, REASON_ROLLED_BACK,
-    REASON_ROTATION_SUCCEEDED,
+    EVENT_ROTATION_DEFERRED, EVENT_ROTATION_FAILED, EVENT_ROTATION_SUPERSEDED, EVENT_STANDBY_READY,
+    REASON_ROLLED_BACK, REASON_ROTATION_SUCCEEDED,
 };
 use std::time::Duration;
 
 use crate::crd::{
     ROTATE_ANNOTATION, RotationOutcome, RotationRecord, RotationStatus, RotationTrigger,
+    StandbyStatus,
 };
 use crate::rotation::RETRY_AFTER_ROLLBACK;
 use crate::rotation::reasons::REASON_KEY_MISSING;
@@ -64,6 +65,30 @@ impl Machine<'_> {
             }
         };
         self.update_next_rotation();
+        self.requeue_soon(Duration::ZERO);
+    }
+
+    /// The standby key is propagated: Idle again, with the standby recorded.
+    /// Nothing changed role, so the history and the schedule are untouched.
+    pub(super) fn park_standby(&mut self) {
+        let Some(kid) = self.rot.new_kid.clone() else {
+            self.abort("the standby's status names no key".to_string());
+            return;
+        };
+        let now = self.now();
+        self.status.standby = Some(StandbyStatus {
+            kid: kid.clone(),
+            propagated: true,
+            propagated_at: Some(now),
+        });
+        self.event(
+            false,
+            EVENT_STANDBY_READY,
+            format!(
+                "standby key {kid} is propagated: the next rotation activates it at once, and a pod-scope emergency replaces the suspect keys with it"
+            ),
+        );
+        self.rot = RotationStatus::default();
         self.requeue_soon(Duration::ZERO);
     }
 

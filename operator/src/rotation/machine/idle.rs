@@ -1,5 +1,6 @@
 //! Idle: find a routine trigger (a `macp.io/rotate` value, a signing-kind
-//! change, the schedule) and reserve a kid for the rotation it starts.
+//! change, the schedule) and reserve a kid for the rotation it starts (or
+//! take the propagated standby); with none, prepare a standby.
 
 use crate::crd::{ROTATE_ANNOTATION, RotationStatus, RotationTrigger, SigningAlg};
 use crate::rotation::reasons::{EVENT_ROTATION_PAUSED, EVENT_ROTATION_STARTED};
@@ -9,18 +10,20 @@ use crate::rotation::{KeysetView, RETRY_AFTER_ROLLBACK};
 use super::{Machine, annotation};
 
 /// A routine trigger found while Idle.
-struct Trigger {
-    trigger: RotationTrigger,
-    request_id: Option<String>,
+pub(super) struct Trigger {
+    pub(super) trigger: RotationTrigger,
+    pub(super) request_id: Option<String>,
     /// Identifies the request for the once-only "deferred" event.
     tag: String,
-    description: String,
+    pub(super) description: String,
     /// A `macp.io/rotate` value, recorded as handled when the rotation starts.
-    annotation: Option<String>,
+    pub(super) annotation: Option<String>,
+    /// The spec asks for another kind of key than the active one.
+    pub(super) kind_change: bool,
 }
 
 impl Machine<'_> {
-    fn routine_trigger(&self, keyset: &KeysetView) -> Option<Trigger> {
+    pub(super) fn routine_trigger(&self, keyset: &KeysetView) -> Option<Trigger> {
         if let Some(id) = annotation(self.inp, ROTATE_ANNOTATION)
             .filter(|id| self.status.handled_rotate_request.as_deref() != Some(*id))
         {
@@ -30,6 +33,7 @@ impl Machine<'_> {
                 tag: id.to_string(),
                 description: format!("{ROTATE_ANNOTATION}={id}"),
                 annotation: Some(id.to_string()),
+                kind_change: false,
             });
         }
         let now = self.now();
@@ -53,6 +57,7 @@ impl Machine<'_> {
                     active.alg.kind_label(active.rsa_bits)
                 ),
                 annotation: None,
+                kind_change: true,
             });
         }
         if self.status.next_rotation_time.is_some_and(|t| t <= now) {
@@ -62,6 +67,7 @@ impl Machine<'_> {
                 tag: "scheduled".to_string(),
                 description: "the rotation interval elapsed".to_string(),
                 annotation: None,
+                kind_change: false,
             });
         }
         None
@@ -69,8 +75,12 @@ impl Machine<'_> {
 
     pub(super) fn idle(&mut self, keyset: &KeysetView) {
         let now = self.now();
+        let standby = self.usable_standby(keyset);
         let Some(t) = self.routine_trigger(keyset) else {
             self.rot = RotationStatus::default();
+            if standby.is_none() && self.prepare_standby(keyset) {
+                return;
+            }
             let wake = [
                 self.status.next_rotation_time,
                 automatic_not_before(&self.status, RETRY_AFTER_ROLLBACK),
@@ -96,6 +106,10 @@ impl Machine<'_> {
                 );
                 self.rot.deferred_request = Some(t.tag);
             }
+            return;
+        }
+        if let Some(kid) = standby {
+            self.begin_from_standby(t, kid, keyset);
             return;
         }
         if !self.fresh_kid_ok(keyset) {

@@ -13,6 +13,7 @@ mod idle;
 mod key_generated;
 mod next_rotation;
 mod rollout;
+mod standby;
 mod verifiers;
 mod wait;
 
@@ -86,6 +87,18 @@ impl Machine<'_> {
                 now,
                 generation,
             );
+        } else if self.rot.trigger == Some(RotationTrigger::Standby) {
+            // No key changes role while a standby is prepared.
+            let message = self.rot.message.clone().unwrap_or_default();
+            conditions::set(
+                &mut self.status.conditions,
+                ROTATING,
+                false,
+                "PreparingStandby",
+                &message,
+                now,
+                generation,
+            );
         } else {
             let message = self.rot.message.clone().unwrap_or_default();
             conditions::set(
@@ -128,6 +141,7 @@ impl Machine<'_> {
         if self.emergency_request(keyset) {
             return;
         }
+        self.adopt_preparation(keyset);
         match phase::driver(self.rot.phase) {
             Driver::Idle => self.idle(keyset),
             Driver::KeyGeneration => self.key_generated(keyset),

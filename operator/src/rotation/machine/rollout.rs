@@ -104,6 +104,7 @@ impl Machine<'_> {
                 }
                 self.finish(outcome, message);
             }
+            Next::ParkStandby => self.park_standby(),
         }
     }
 

@@ -10,9 +10,8 @@ use macp_auth_service::verifiers::{ClientRecord, VerifiersReport};
 use crate::conditions::{self, VERIFIERS_PROPAGATED};
 use crate::crd::{KeyRole, ROTATE_ANNOTATION, RotationPhase};
 use crate::rotation::evidence::PodReport;
-use crate::rotation::{Action, Decision, KeyView};
 
-use super::{Fixture, at, keyset, view_of};
+use super::{Fixture, at, keyset, phase, step, until_phase};
 
 /// A verifier at 127.1.0.`n`: last fetch `ago` s before the round, and with
 /// an `interval`, two more fetches that far apart before it.
@@ -45,49 +44,6 @@ fn report_all(f: &mut Fixture, clients: &[ClientRecord]) {
         })
         .collect();
     f.observed.verifiers = reports;
-}
-
-/// One round: decide, then carry out its action as the reconciler would
-/// (the Secret written, the rollout completed at once) and persist the status.
-fn step(f: &mut Fixture) -> Decision {
-    let d = f.decide();
-    match d.actions.first() {
-        Some(Action::ApplyKeyset(plan)) => f.settle_on(view_of(plan)),
-        Some(Action::GenerateNextKey { kid, alg, rsa_bits }) => {
-            let mut ks = f.observed.keyset.clone().expect("a keyset");
-            ks.next = Some(KeyView {
-                kid: kid.clone(),
-                alg: *alg,
-                rsa_bits: *rsa_bits,
-            });
-            f.observed.keyset = Some(ks);
-        }
-        None => {}
-    }
-    f.status = d.status.clone();
-    d
-}
-
-fn phase(f: &Fixture) -> RotationPhase {
-    f.status
-        .rotation
-        .as_ref()
-        .map_or(RotationPhase::Idle, |r| r.phase)
-}
-
-/// Rounds at `now` until the phase is `want` (at most 10).
-fn until_phase(f: &mut Fixture, want: RotationPhase) {
-    for _ in 0..10 {
-        if phase(f) == want {
-            return;
-        }
-        step(f);
-    }
-    panic!(
-        "never reached {want:?}; at {:?}: {:?}",
-        phase(f),
-        f.status.rotation
-    );
 }
 
 fn wait_until(f: &Fixture) -> DateTime<Utc> {

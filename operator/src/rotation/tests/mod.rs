@@ -3,13 +3,15 @@
 
 mod evidence;
 mod sim;
+mod standby;
 mod table;
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration as Secs, TimeZone, Utc};
 
-use crate::crd::{MacpAuthSpec, MacpAuthStatus, SigningAlg};
+use crate::crd::{MacpAuthSpec, MacpAuthStatus, RotationPhase, SigningAlg};
+use crate::rotation::Action;
 use crate::fixtures;
 
 use super::{
@@ -37,7 +39,10 @@ pub fn spec() -> MacpAuthSpec {
             "rolloutTimeoutSeconds": TIMEOUT,
             // The evidence ceiling no longer than the cache TTL + slack: the
             // schedule's lead stays the TTL + slack and three rollouts.
-            "propagationTimeoutSeconds": TTL
+            "propagationTimeoutSeconds": TTL,
+            // The tables drive the rotation itself; the standby's tables and
+            // properties switch it on.
+            "standby": false
         }))
         .build_spec()
 }
@@ -144,4 +149,47 @@ impl Fixture {
     pub fn annotate(&mut self, name: &str, value: &str) {
         self.annotations.insert(name.to_string(), value.to_string());
     }
+}
+
+/// One round: decide, then carry out its action as the reconciler would
+/// (the Secret written, the rollout completed at once) and persist the status.
+pub fn step(f: &mut Fixture) -> Decision {
+    let d = f.decide();
+    match d.actions.first() {
+        Some(Action::ApplyKeyset(plan)) => f.settle_on(view_of(plan)),
+        Some(Action::GenerateNextKey { kid, alg, rsa_bits }) => {
+            let mut ks = f.observed.keyset.clone().expect("a keyset");
+            ks.next = Some(KeyView {
+                kid: kid.clone(),
+                alg: *alg,
+                rsa_bits: *rsa_bits,
+            });
+            f.observed.keyset = Some(ks);
+        }
+        None => {}
+    }
+    f.status = d.status.clone();
+    d
+}
+
+pub fn phase(f: &Fixture) -> RotationPhase {
+    f.status
+        .rotation
+        .as_ref()
+        .map_or(RotationPhase::Idle, |r| r.phase)
+}
+
+/// Rounds at `now` until the phase is `want` (at most 10).
+pub fn until_phase(f: &mut Fixture, want: RotationPhase) {
+    for _ in 0..10 {
+        if phase(f) == want {
+            return;
+        }
+        step(f);
+    }
+    panic!(
+        "never reached {want:?}; at {:?}: {:?}",
+        phase(f),
+        f.status.rotation
+    );
 }

@@ -18,7 +18,10 @@ use chrono::{DateTime, Duration as Secs, Utc};
 use proptest::prelude::*;
 
 use super::*;
-use crate::crd::{EMERGENCY_ROTATE_ANNOTATION, ROTATE_ANNOTATION, RotationPhase, RotationTrigger};
+use crate::crd::{
+    EMERGENCY_ROTATE_ANNOTATION, EMERGENCY_SCOPE_ANNOTATION, EMERGENCY_SCOPE_SECRET,
+    ROTATE_ANNOTATION, RotationPhase, RotationTrigger,
+};
 use crate::rotation::{Action, Decision, PROPAGATION_SLACK_SECONDS, probe_plan};
 
 const REPLICAS: usize = 2;
@@ -42,6 +45,12 @@ const I6: &str = "I6 one-rotation-at-a-time";
 /// drain covers the highest max TTL any pod signed with it under, whatever
 /// the spec says now (the drain ledger, part of I2).
 const I2_LEDGER: &str = "I2 drain-before-unpublish (ledger)";
+/// The standby key signs only once a rotation activated it: while it is the
+/// standby, no pod holds its private half.
+const I7: &str = "I7 standby-never-signs";
+/// At most one standby: the Secret's `next` key, the only key published
+/// without ever having signed.
+const I8: &str = "I8 one-standby";
 
 type RotationId = (Option<DateTime<Utc>>, Option<String>);
 
@@ -138,7 +147,11 @@ enum Ev {
     Kubelet,
     Advance(i64),
     Rotate,
+    /// An emergency for a leaked pod: a propagated standby replaces the suspects.
     Emergency,
+    /// An emergency for a leaked Secret: the standby is suspect too.
+    EmergencySecret,
+    ToggleStandby,
     TogglePrepublish,
     TogglePaused,
     ToggleAlg,
@@ -165,6 +178,8 @@ fn event() -> impl Strategy<Value = Ev> {
         5 => (1i64..=150).prop_map(Ev::Advance),
         2 => Just(Ev::Rotate),
         1 => Just(Ev::Emergency),
+        1 => Just(Ev::EmergencySecret),
+        1 => Just(Ev::ToggleStandby),
         1 => Just(Ev::TogglePrepublish),
         1 => Just(Ev::TogglePaused),
         1 => Just(Ev::ToggleAlg),
@@ -268,6 +283,33 @@ impl World {
             log: Vec::new(),
         };
         w.t.ever_active.insert("k0".into());
+        w.observe_pods();
+        w
+    }
+
+    /// A world whose MacpAuth already has a propagated standby `ks` (every
+    /// pod has served it for longer than the cache wait), so that histories
+    /// act on it from their first event.
+    fn with_standby() -> Self {
+        let mut w = World::new();
+        let ks = "ks".to_string();
+        w.spec.rotation.standby = true;
+        w.secret.published = vec![ks.clone()];
+        w.secret.next = Some(ks.clone());
+        w.kinds.insert(ks.clone(), SigningAlg::ES256);
+        w.template = w.secret.config();
+        for p in &mut w.pods {
+            p.config = w.template.clone();
+        }
+        w.status.standby = Some(crate::crd::StandbyStatus {
+            kid: ks.clone(),
+            propagated: true,
+            propagated_at: Some(w.now),
+        });
+        w.t.generated.insert(ks.clone());
+        w.t.prepublished.insert(ks.clone());
+        w.t.all_serve_since
+            .insert(ks, w.now - Secs::seconds(TTL + PROPAGATION_SLACK_SECONDS));
         w.observe_pods();
         w
     }
@@ -473,7 +515,11 @@ impl World {
         }
         // I6 one-rotation-at-a-time: a rotation leaves only through history
         // (finished or superseded).
-        if before.phase != RotationPhase::Idle && before.started_at != after.started_at {
+        // A standby's preparation is no rotation: it parks without one.
+        if before.phase != RotationPhase::Idle
+            && before.started_at != after.started_at
+            && before.trigger != Some(RotationTrigger::Standby)
+        {
             let recorded = status
                 .history
                 .iter()
@@ -491,6 +537,15 @@ impl World {
             self.t.phases.push(entry);
         }
         self.check_phase_path();
+        // I8 one-standby: the standby is the Secret's next key.
+        if let Some(standby) = &status.standby
+            && self.secret.next.as_ref() != Some(&standby.kid)
+        {
+            self.fail(
+                I8,
+                &format!("standby {} is not the Secret's next key", standby.kid),
+            );
+        }
         self.status = status;
     }
 
@@ -552,6 +607,12 @@ impl World {
                     }
                 }
             }
+        }
+        // I7 standby-never-signs: no ready pod holds the standby's private half.
+        if let Some(standby) = &self.status.standby
+            && signing.contains(&standby.kid)
+        {
+            self.fail(I7, &format!("standby {} signs on a pod", standby.kid));
         }
         for kid in self.t.signing.difference(&signing) {
             self.t.stopped_signing.insert(kid.clone(), self.now);
@@ -633,12 +694,25 @@ impl World {
                 self.fail(I5, &format!("suspect {kid} published again"));
             }
         }
+        // I8 one-standby: one key at most is published without ever having signed.
+        let unsigned = after
+            .published
+            .iter()
+            .filter(|k| !self.t.ever_active.contains(*k) && !self.suspect_now(k))
+            .count();
+        if unsigned > 1 {
+            self.fail(I8, "two keys published that never signed: two standbys");
+        }
         // I6 one-rotation-at-a-time: one rotation in flight, so at most two keys
         // that are not suspect.
+        // A discarded standby (published only, its private half replaced,
+        // never signed) is on its way out, not a rotation.
+        let view = after.view(&self.kinds);
         let live = after
             .kids()
             .into_iter()
             .filter(|k| !self.suspect_now(k))
+            .filter(|k| view.holds_private(k) || self.t.first_signed.contains_key(k))
             .count();
         if live > 2 {
             self.fail(I6, "more than two live keys: two rotations in flight");
@@ -657,9 +731,13 @@ impl World {
             return;
         }
         let (s0, from, trig) = &self.t.phases[n - 2];
-        let (s1, to, _) = &self.t.phases[n - 1];
+        let (s1, to, trig1) = &self.t.phases[n - 1];
         let (from, to) = (*from, *to);
-        if s0 != s1 && to != Idle {
+        let standby = *trig == Some(RotationTrigger::Standby);
+        // A routine request takes a standby's preparation over: the same
+        // rotation (same start) with a request id. An emergency is a new one.
+        let adopted = standby && s0.0 == s1.0 && *trig1 != Some(RotationTrigger::Emergency);
+        if s0 != s1 && !adopted && to != Idle {
             // A new rotation always starts by reserving a key.
             if to != KeyGenerated {
                 self.fail(I4, &format!("rotation started in {to:?}"));
@@ -674,6 +752,8 @@ impl World {
             (KeyGenerated, Activating) => true,
             (KeyGenerated, Publishing) => !emergency,
             (Activating, Idle) => emergency,
+            // A standby parks once propagated.
+            (Propagating, Idle) => standby,
             (_, _) if emergency => false,
             (Publishing, Propagating | RollingBack) => true,
             (Propagating, Activating | Publishing) => true,
@@ -711,9 +791,29 @@ impl World {
                 self.annotations
                     .insert(ROTATE_ANNOTATION.into(), format!("r{}", self.requests));
             }
-            Ev::Emergency => {
+            Ev::Emergency | Ev::EmergencySecret => {
                 self.requests += 1;
-                self.t.suspects.extend(self.secret.kids());
+                // A propagated standby never reached a pod: a leaked pod
+                // does not make it suspect; a leaked Secret does.
+                let standby = self
+                    .status
+                    .standby
+                    .as_ref()
+                    .filter(|s| s.propagated && self.secret.next.as_ref() == Some(&s.kid))
+                    .map(|s| s.kid.clone());
+                if matches!(ev, Ev::EmergencySecret) {
+                    self.annotations.insert(
+                        EMERGENCY_SCOPE_ANNOTATION.into(),
+                        EMERGENCY_SCOPE_SECRET.into(),
+                    );
+                    self.t.suspects.extend(self.secret.kids());
+                } else {
+                    self.annotations.remove(EMERGENCY_SCOPE_ANNOTATION);
+                    let kids = self.secret.kids();
+                    self.t
+                        .suspects
+                        .extend(kids.into_iter().filter(|k| Some(k) != standby.as_ref()));
+                }
                 self.annotations.insert(
                     EMERGENCY_ROTATE_ANNOTATION.into(),
                     format!("inc{}", self.requests),
@@ -734,6 +834,7 @@ impl World {
                 }
             }
             Ev::TogglePaused => self.spec.rotation.paused ^= true,
+            Ev::ToggleStandby => self.spec.rotation.standby ^= true,
             Ev::ToggleAlg => {
                 self.spec.signing_alg = match self.spec.signing_alg {
                     SigningAlg::ES256 => SigningAlg::RS256,
@@ -787,16 +888,22 @@ impl World {
                 "the rotation did not complete once the cluster was healthy",
             );
         }
-        // The end state: one key, no leftovers, every pod serving exactly it, not a suspect.
+        // The end state: one key (and the standby), no leftovers, every pod
+        // serving exactly them, not a suspect.
         let s = &self.secret;
-        if !s.published.is_empty() || s.next.is_some() || s.previous.is_some() {
+        let standby = self.status.standby.as_ref().map(|s| s.kid.clone());
+        if s.published != Vec::from_iter(standby.clone())
+            || s.next != standby
+            || s.previous.is_some()
+        {
             self.fail(I4, "leftover keys after the rotation completed");
         }
         if self.suspect_now(&s.active) {
             self.fail(I5, "a suspect key is active after the emergency completed");
         }
+        let served: BTreeSet<String> = std::iter::once(s.active.clone()).chain(standby).collect();
         for p in &self.pods {
-            if p.config.served() != BTreeSet::from([s.active.clone()]) {
+            if p.config.served() != served {
                 self.fail(I4, "a pod serves other keys after completion");
             }
         }
@@ -808,6 +915,22 @@ impl World {
                 && !seen.insert(id.clone())
             {
                 self.fail(I4, &format!("request {id} acted on twice"));
+            }
+        }
+    }
+
+    /// No standby and none wanted, or the standby propagated and laid out.
+    fn standby_settled(&self) -> bool {
+        match &self.status.standby {
+            None => {
+                !self.spec.rotation.standby
+                    && self.secret.next.is_none()
+                    && self.secret.published.is_empty()
+            }
+            Some(s) => {
+                s.propagated
+                    && self.secret.next.as_ref() == Some(&s.kid)
+                    && self.secret.published == [s.kid.clone()]
             }
         }
     }
@@ -825,8 +948,7 @@ impl World {
                 EMERGENCY_ROTATE_ANNOTATION,
                 &self.status.handled_emergency_request,
             )
-            && self.secret.next.is_none()
-            && self.secret.published.is_empty()
+            && self.standby_settled()
             && self.rollout_complete()
             && self.secret.view(&self.kinds).active.alg == self.spec.signing_alg
     }
@@ -840,8 +962,11 @@ proptest! {
     })]
 
     #[test]
-    fn invariants_hold_on_random_histories(events in proptest::collection::vec(event(), 1..120)) {
-        let mut w = World::new();
+    fn invariants_hold_on_random_histories(
+        standby in any::<bool>(),
+        events in proptest::collection::vec(event(), 1..120),
+    ) {
+        let mut w = if standby { World::with_standby() } else { World::new() };
         for ev in &events {
             w.step(ev);
         }

@@ -50,7 +50,8 @@ fn spec(evidence: bool, ceiling: i64) -> Value {
         "rotation": {
             "rolloutTimeoutSeconds": 120,
             "verifierEvidence": evidence,
-            "propagationTimeoutSeconds": ceiling
+            "propagationTimeoutSeconds": ceiling,
+            "standby": false
         }
     })
 }
@@ -455,7 +456,7 @@ async fn e2e_lowering_max_ttl_with_the_rotation_request_drains_for_the_old_token
                 "jwksCacheTtlSeconds": TTL,
                 "maxTtlSeconds": HIGH_TTL,
                 "defaultTtlSeconds": LOW_TTL,
-                "rotation": {"rolloutTimeoutSeconds": 120}
+                "rotation": {"rolloutTimeoutSeconds": 120, "standby": false}
             }),
         )
         .await;

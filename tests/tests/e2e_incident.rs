@@ -64,7 +64,7 @@ async fn an_emergency_past_an_invalid_spec_withdraws_the_suspect_key_within_the_
         "jwksCacheTtlSeconds": CACHE_TTL,
         "maxTtlSeconds": MAX_TTL,
         "defaultTtlSeconds": MAX_TTL,
-        "rotation": {"prepublish": true, "drainSeconds": DRAIN, "rolloutTimeoutSeconds": 120}
+        "rotation": {"prepublish": true, "drainSeconds": DRAIN, "rolloutTimeoutSeconds": 120, "standby": false}
     });
     let name = env.create("incident", spec).await;
     let name = name.as_str();

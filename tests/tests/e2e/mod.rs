@@ -549,7 +549,10 @@ pub fn spec(alg: &str, prepublish: bool) -> Value {
         "rotation": {
             "prepublish": prepublish,
             "drainSeconds": DRAIN,
-            "rolloutTimeoutSeconds": 120
+            "rolloutTimeoutSeconds": 120,
+            // These scenarios measure rotations without a standby; the
+            // standby's own scenarios switch it on.
+            "standby": false
         }
     })
 }

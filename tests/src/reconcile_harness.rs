@@ -131,9 +131,15 @@ impl Harness {
         Api::namespaced(self.server.client(), NS)
     }
 
-    /// Creates MacpAuth `name` with `spec` (JSON form, CRD defaults elsewhere).
+    /// Creates MacpAuth `name` with `spec` (JSON form, CRD defaults
+    /// elsewhere, except the standby: off unless `spec` sets
+    /// `rotation.standby`, since these tests count the reconciler's own
+    /// writes and rollouts, and a standby's preparation adds some).
     pub async fn create(&self, name: &str, spec: Value) -> MacpAuth {
-        let m = fixtures::macpauth(name).spec(spec).build();
+        let m = fixtures::macpauth(name)
+            .rotation(json!({"standby": false}))
+            .spec(spec)
+            .build();
         self.api().create(&PostParams::default(), &m).await.unwrap()
     }
 
@@ -370,12 +376,16 @@ impl Harness {
         let kid = self.keyset(name).active.kid;
         // The pods come up: the controller sees the Deployment and Pod changes by itself.
         self.roll_out(name, &[&kid]);
+        // Settled: Ready, and the rollout seen complete (`Progressing` False
+        // comes in the same or a later round than Ready).
         wait_until("Ready", SETTLE_TIMEOUT, SETTLE_POLL, async || {
             let conditions = self.status(name).conditions;
-            if conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-            {
+            let is = |type_: &str, status: &str| {
+                conditions
+                    .iter()
+                    .any(|c| c.type_ == type_ && c.status == status)
+            };
+            if is("Ready", "True") && is("Progressing", "False") {
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(conditions)

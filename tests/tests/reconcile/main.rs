@@ -14,3 +14,4 @@ mod objects;
 mod rotation;
 mod scaling;
 mod stale_reads;
+mod standby;

@@ -14,27 +14,27 @@ use crate::crd::Condition;
 
 /// The available pods, of whatever template, serve the active key
 /// ([`crate::readiness`]): `True` through the rollouts of a routine rotation.
-pub const READY: &str = "Ready";
+pub(crate) const READY: &str = "Ready";
 /// The Deployment is rolling the pods onto a new template (`True`), is done
 /// (`False`, `RolloutComplete`) or gave up (`False`, `ProgressDeadlineExceeded`).
-pub const PROGRESSING: &str = "Progressing";
+pub(crate) const PROGRESSING: &str = "Progressing";
 /// Something needs attention; the reason says whose it is to clear.
-pub const DEGRADED: &str = "Degraded";
+pub(crate) const DEGRADED: &str = "Degraded";
 /// A rotation is in flight (maintained by [`crate::rotation`] alone).
-pub const ROTATING: &str = "Rotating";
+pub(crate) const ROTATING: &str = "Rotating";
 /// The last `macp.io/emergency-rotate` value: `True` once acted on, `False`
 /// (reason `EmergencyRequestAlreadyHandled`) while a value already handled is
 /// set again (maintained by [`crate::rotation`] alone).
-pub const EMERGENCY_REQUEST: &str = "EmergencyRequest";
+pub(crate) const EMERGENCY_REQUEST: &str = "EmergencyRequest";
 /// Whether the last rotation's new key reached every verifier seen fetching
 /// the JWKS before it signed (maintained by [`crate::rotation`] alone).
-pub const VERIFIERS_PROPAGATED: &str = "VerifiersPropagated";
+pub(crate) const VERIFIERS_PROPAGATED: &str = "VerifiersPropagated";
 
-pub const TRUE: &str = "True";
-pub const FALSE: &str = "False";
+pub(crate) const TRUE: &str = "True";
+pub(crate) const FALSE: &str = "False";
 
 /// Sets condition `type_`; `lastTransitionTime` moves only when the status flips.
-pub fn set(
+pub(crate) fn set(
     conditions: &mut Vec<Condition>,
     type_: &str,
     status: bool,
@@ -63,18 +63,18 @@ pub fn set(
 }
 
 /// The current condition of a type, if any.
-pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+pub(crate) fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
 }
 
 /// Whether condition `type_` is `True` (with `reason`, when given).
-pub fn is_true(conditions: &[Condition], type_: &str, reason: Option<&str>) -> bool {
+pub(crate) fn is_true(conditions: &[Condition], type_: &str, reason: Option<&str>) -> bool {
     get(conditions, type_).is_some_and(|c| c.status == TRUE && reason.is_none_or(|r| c.reason == r))
 }
 
 /// Whether `Degraded` is `True` with one of `reasons`: held by whoever owns
 /// those reasons, and theirs alone to clear.
-pub fn degraded_by(conditions: &[Condition], reasons: &[&str]) -> bool {
+pub(crate) fn degraded_by(conditions: &[Condition], reasons: &[&str]) -> bool {
     get(conditions, DEGRADED)
         .is_some_and(|c| c.status == TRUE && reasons.contains(&c.reason.as_str()))
 }

@@ -108,12 +108,12 @@ pub struct Settings {
 }
 
 /// Default of `--max-concurrent-reconciles`.
-pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 16;
+const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 16;
 /// Default of `--max-concurrent-keygens`: the chart requests one CPU at most.
-pub const DEFAULT_MAX_CONCURRENT_KEYGENS: u16 = 2;
+const DEFAULT_MAX_CONCURRENT_KEYGENS: u16 = 2;
 
 /// Default name of the leader-election Lease (the chart passes its release name).
-pub const DEFAULT_LEASE_NAME: &str = "macp-auth-operator";
+const DEFAULT_LEASE_NAME: &str = "macp-auth-operator";
 
 /// Settings that cannot work together, reported at startup before anything runs.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -193,7 +193,7 @@ impl Settings {
 
 /// The pod name when known (unique among running pods), else hostname and pid so that
 /// two processes on one host (a developer's laptop) never share an identity.
-pub fn identity(pod_name: Option<&str>, hostname: &str, pid: u32) -> String {
+pub(crate) fn identity(pod_name: Option<&str>, hostname: &str, pid: u32) -> String {
     match non_blank(pod_name) {
         Some(pod) => pod,
         None => {

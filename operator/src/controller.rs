@@ -47,7 +47,7 @@ pub struct State {
 
 /// Where this process stands, as `/readyz` reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadyState {
+enum ReadyState {
     /// Every controller's MacpAuth cache has synced.
     Synced,
     /// A standby waiting for the leader-election lease.
@@ -60,7 +60,7 @@ impl ReadyState {
     /// Whether it counts as ready. A standby must, or a rolling update
     /// (`maxUnavailable: 0`) would wait forever for a new pod that waits for
     /// the old pod's lease.
-    pub fn is_ready(self) -> bool {
+    pub(crate) fn is_ready(self) -> bool {
         match self {
             ReadyState::Synced | ReadyState::Standby => true,
             ReadyState::NotSynced => false,
@@ -85,7 +85,7 @@ impl ReadyState {
 
 impl State {
     /// Where this process stands: see [`ReadyState`].
-    pub fn ready_state(&self) -> ReadyState {
+    fn ready_state(&self) -> ReadyState {
         if self.ready.load(Ordering::SeqCst) {
             ReadyState::Synced
         } else if self.standby.load(Ordering::SeqCst) {
@@ -101,12 +101,12 @@ impl State {
     }
 
     /// Marks this process as a standby candidate (or no longer one).
-    pub fn set_standby(&self, standby: bool) {
+    pub(crate) fn set_standby(&self, standby: bool) {
         self.standby.store(standby, Ordering::SeqCst);
     }
 
     /// Marks the controllers as stopped, e.g. after they were dropped on a lost lease.
-    pub fn set_not_ready(&self) {
+    pub(crate) fn set_not_ready(&self) {
         self.ready.store(false, Ordering::SeqCst);
     }
 
@@ -119,18 +119,18 @@ impl State {
 /// Connections the endpoint serves at once: probes and a scraper need a
 /// handful, and the operator's own API-server connections share its
 /// descriptors.
-pub const HTTP_MAX_CONNECTIONS: usize = 256;
+const HTTP_MAX_CONNECTIONS: usize = 256;
 
 /// The service's listener limits for the endpoint: its default timeouts and
 /// a cap of [`HTTP_MAX_CONNECTIONS`] (less under a tiny descriptor limit).
-pub fn http_limits(nofile: u64) -> Limits {
+fn http_limits(nofile: u64) -> Limits {
     let mut limits = Limits::defaults(nofile);
     limits.max_connections = limits.max_connections.min(HTTP_MAX_CONNECTIONS);
     limits
 }
 
 /// The `/healthz`, `/readyz` and `/metrics` router.
-pub fn router(state: State) -> Router {
+fn router(state: State) -> Router {
     Router::new()
         .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
         .route(

@@ -26,15 +26,15 @@ pub use strum::VariantArray;
 
 /// CEL rule on the root of the CRD schema: the name must be a DNS-1035 label
 /// (at most 63 characters), what the owned Service and labels need.
-pub const NAME_RULE: &str =
+const NAME_RULE: &str =
     "size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
 /// The message of [`NAME_RULE`].
-pub const NAME_RULE_MESSAGE: &str = "metadata.name must be a DNS-1035 label (at most 63 lower-case letters, digits and '-', starting with a letter and ending with a letter or digit): the Service and the app.kubernetes.io/instance label carry it";
+const NAME_RULE_MESSAGE: &str = "metadata.name must be a DNS-1035 label (at most 63 lower-case letters, digits and '-', starting with a letter and ending with a letter or digit): the Service and the app.kubernetes.io/instance label carry it";
 
 /// CEL rule on the spec: the mint port is a second listener, not the first one again.
-pub const MINT_PORT_RULE: &str = "!has(self.mintPort) || self.mintPort != self.port";
+const MINT_PORT_RULE: &str = "!has(self.mintPort) || self.mintPort != self.port";
 /// The message of [`MINT_PORT_RULE`].
-pub const MINT_PORT_RULE_MESSAGE: &str = "mintPort must differ from port";
+const MINT_PORT_RULE_MESSAGE: &str = "mintPort must differ from port";
 
 /// How long past `exp` the MACP runtime's verifier (`macp-auth`, through
 /// `jsonwebtoken`'s default validation) still accepts a token (its clock-skew
@@ -49,7 +49,7 @@ pub const VERIFIER_LEEWAY_SECONDS: i64 = 60;
 /// object stored before a default existed may lack the field. Rule, message.
 /// Built when the schema is, so the drain rule's leeway is
 /// [`VERIFIER_LEEWAY_SECONDS`] itself.
-pub fn spec_rules() -> [(String, String); 3] {
+fn spec_rules() -> [(String, String); 3] {
     let leeway = VERIFIER_LEEWAY_SECONDS;
     [
         (
@@ -98,12 +98,12 @@ pub const EMERGENCY_ROTATE_ANNOTATION: &str = "macp.io/emergency-rotate";
 /// [`EMERGENCY_SCOPE_SECRET`] discards the standby key with the rest; any
 /// other value (or none) means a pod, process or environment leaked, and a
 /// propagated standby replaces the suspect keys.
-pub const EMERGENCY_SCOPE_ANNOTATION: &str = "macp.io/emergency-scope";
+pub(crate) const EMERGENCY_SCOPE_ANNOTATION: &str = "macp.io/emergency-scope";
 /// The Secret itself (an etcd backup, an RBAC grant) may have leaked: the
 /// standby's private half was in it, so it is suspect too.
-pub const EMERGENCY_SCOPE_SECRET: &str = "secret";
+pub(crate) const EMERGENCY_SCOPE_SECRET: &str = "secret";
 /// A pod, process or environment leaked: the standby never reached one.
-pub const EMERGENCY_SCOPE_POD: &str = "pod";
+pub(crate) const EMERGENCY_SCOPE_POD: &str = "pod";
 
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
@@ -381,7 +381,7 @@ pub struct EmergencySpec {
 
 /// Shortest emergency max TTL: below a minute, clock skew between minter and
 /// verifiers rejects tokens that are still meant to be valid.
-pub const MIN_EMERGENCY_MAX_TTL_SECONDS: i64 = 60;
+pub(crate) const MIN_EMERGENCY_MAX_TTL_SECONDS: i64 = 60;
 
 /// A JWS signing algorithm: RS256 (RSA PKCS#1 v1.5 with SHA-256) or ES256 (ECDSA P-256 with SHA-256).
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
@@ -394,13 +394,13 @@ pub enum SigningAlg {
 impl SigningAlg {
     /// The JOSE `alg` name (`MACP_AUTH_SIGNING_ALG`, a JWK's `alg`), as the
     /// token service spells it.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         Alg::from(self).as_str()
     }
 
     /// A kind of signing key as events, history and request ids name it:
     /// `RS256/2048` (with the modulus size, when known) or `ES256`.
-    pub fn kind_label(self, rsa_bits: Option<u32>) -> String {
+    pub(crate) fn kind_label(self, rsa_bits: Option<u32>) -> String {
         match (self, rsa_bits) {
             (SigningAlg::RS256, Some(bits)) => format!("{}/{bits}", self.name()),
             _ => self.name().to_string(),
@@ -482,7 +482,7 @@ impl MacpAuthSpec {
     /// Whether the pods may number more than one: fixed replicas above one, or
     /// autoscaling allowed to go there. Decides the default spread and the
     /// disruption budget.
-    pub fn may_run_several(&self) -> bool {
+    pub(crate) fn may_run_several(&self) -> bool {
         match &self.autoscaling {
             Some(a) => a.max_replicas > 1,
             None => self.replicas > 1,
@@ -491,7 +491,7 @@ impl MacpAuthSpec {
 
     /// The kind of key the spec asks for: its algorithm, and for RS256 the
     /// modulus size (see [`SigningAlg::kind_label`]).
-    pub fn key_kind(&self) -> (SigningAlg, Option<u32>) {
+    pub(crate) fn key_kind(&self) -> (SigningAlg, Option<u32>) {
         match self.signing_alg {
             SigningAlg::RS256 => (SigningAlg::RS256, Some(self.rsa_key_bits)),
             SigningAlg::ES256 => (SigningAlg::ES256, None),
@@ -499,12 +499,12 @@ impl MacpAuthSpec {
     }
 
     /// The port `POST /tokens` is served on.
-    pub fn effective_mint_port(&self) -> i32 {
+    pub(crate) fn effective_mint_port(&self) -> i32 {
         self.mint_port.unwrap_or(self.port)
     }
 
     /// The drain wait in effect: the explicit value, or every token's lifetime plus a minute.
-    pub fn effective_drain_seconds(&self) -> i64 {
+    pub(crate) fn effective_drain_seconds(&self) -> i64 {
         self.rotation
             .drain_seconds
             .unwrap_or(self.max_ttl_seconds + VERIFIER_LEEWAY_SECONDS)
@@ -639,7 +639,7 @@ fn history_description() -> String {
 impl MacpAuthStatus {
     /// Appends a finished rotation to `history`, dropping the oldest entries
     /// beyond [`crate::rotation::HISTORY_LIMIT`].
-    pub fn push_history(&mut self, record: RotationRecord) {
+    pub(crate) fn push_history(&mut self, record: RotationRecord) {
         self.history.push(record);
         let excess = self
             .history

@@ -20,7 +20,7 @@ use kube::runtime::events::{Event, Recorder, Reporter};
 
 /// Shards of the recorder: with a thousand objects, a few dozen entries each
 /// to scan per publish in a storm's six minutes.
-pub const SHARDS: usize = 64;
+const SHARDS: usize = 64;
 
 /// kube's [`Recorder`], one per shard of the objects.
 #[derive(Clone)]
@@ -37,7 +37,7 @@ impl EventRecorders {
     }
 
     /// Publishes `event` about `regarding` through the object's own shard.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         event: &Event,
         regarding: &ObjectReference,

@@ -25,7 +25,7 @@ use crate::rotation::{KeyView, KeysetPlan, KeysetView};
 
 pub const ACTIVE: &str = "active.jwk.json";
 pub const PUBLISHED: &str = "published.jwks.json";
-pub const NEXT: &str = "next.jwk.json";
+const NEXT: &str = "next.jwk.json";
 pub const PREVIOUS: &str = "previous.jwk.json";
 
 /// Why the Secret does not hold a usable keyset. Messages go verbatim into
@@ -57,7 +57,7 @@ pub const REASON_INVALID_SIGNING_KEY: &str = "InvalidSigningKey";
 
 impl KeysetError {
     /// `Degraded` reason for this error.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             KeysetError::MissingActive => REASON_MISSING_SIGNING_KEY,
             _ => REASON_INVALID_SIGNING_KEY,
@@ -87,7 +87,7 @@ pub struct PrivateKey {
 
 impl PrivateKey {
     /// Parses and validates a private JWK (its type decides the algorithm).
-    pub fn parse(text: &str) -> Result<Self, KeyError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, KeyError> {
         let jwk: Value =
             serde_json::from_str(text).map_err(|e| KeyError::NotJson(e.to_string()))?;
         let alg = match jwk.get("kty").and_then(Value::as_str) {
@@ -197,7 +197,7 @@ impl Keyset {
     /// that of a key in `known` (an earlier version of the same Secret) from
     /// there: validating a key is an EC point multiplication or an RSA key
     /// check, and a rotation writes the same keys in a new layout five times.
-    pub fn from_secret_data_reusing(
+    pub(crate) fn from_secret_data_reusing(
         data: &BTreeMap<String, ByteString>,
         known: Option<&Keyset>,
     ) -> Result<Self, KeysetError> {
@@ -274,7 +274,7 @@ impl Keyset {
     }
 
     /// The pod-template annotation value for this keyset.
-    pub fn hash(&self) -> String {
+    pub(crate) fn hash(&self) -> String {
         keyset_hash(&self.active.kid, &self.published_kids())
     }
 
@@ -289,7 +289,7 @@ impl Keyset {
     }
 
     /// This keyset with `key` in `next.jwk.json` and nothing else changed.
-    pub fn with_next(&self, key: PrivateKey) -> Self {
+    pub(crate) fn with_next(&self, key: PrivateKey) -> Self {
         Self {
             next: Some(key),
             ..self.clone()
@@ -330,7 +330,7 @@ impl Keyset {
     }
 
     /// Lays out `plan` from the material this keyset holds; never invents a key.
-    pub fn apply_plan(&self, plan: &KeysetPlan) -> Result<Self, LayoutError> {
+    pub(crate) fn apply_plan(&self, plan: &KeysetPlan) -> Result<Self, LayoutError> {
         Ok(Self {
             active: self.private(&plan.active, ACTIVE)?,
             published: plan
@@ -378,12 +378,12 @@ pub fn keyset_hash(active_kid: &str, published_kids: &[String]) -> String {
 }
 
 /// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A new kid: `<name>-<UTC yyyymmddHHMMSS>-<4 hex>`; `random` supplies the suffix.
-pub fn new_kid(name: &str, now: chrono::DateTime<chrono::Utc>, random: u16) -> String {
+pub(crate) fn new_kid(name: &str, now: chrono::DateTime<chrono::Utc>, random: u16) -> String {
     format!("{name}-{}-{random:04x}", now.format("%Y%m%d%H%M%S"))
 }
 

@@ -11,7 +11,7 @@ use crate::rotation::Rollout;
 
 /// Rollout state of the Deployment for one keyset hash.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RolloutState {
+pub(crate) enum RolloutState {
     /// Template carries the hash, the Deployment controller observed this
     /// generation, every replica is updated, ready and available, and no pod
     /// of another keyset is left, not even a terminating one.
@@ -25,7 +25,7 @@ pub enum RolloutState {
 impl RolloutState {
     /// What the rotation machine is told: its [`Rollout::Complete`] is this
     /// [`RolloutState::Complete`], and the machine judges no rollout itself.
-    pub fn for_rotation(&self) -> Rollout {
+    pub(crate) fn for_rotation(&self) -> Rollout {
         match self {
             RolloutState::Complete => Rollout::Complete,
             RolloutState::InProgress(_) | RolloutState::DeadlineExceeded(_) => Rollout::InProgress,
@@ -64,7 +64,7 @@ fn pod_hash(p: &Pod) -> Option<&str> {
 /// so a wait that must start after every pod serves the new keyset (the
 /// cache propagation, the drain) and the checks of the activation and the
 /// retirement count it as not rolled out.
-pub fn stale_pods(pods: &[Pod], keyset_hash: &str) -> Vec<String> {
+fn stale_pods(pods: &[Pod], keyset_hash: &str) -> Vec<String> {
     let mut out: Vec<String> = pods
         .iter()
         .filter(|p| pod_hash(p) != Some(keyset_hash))
@@ -76,7 +76,7 @@ pub fn stale_pods(pods: &[Pod], keyset_hash: &str) -> Vec<String> {
 
 /// The rollout state of `deployment` towards `keyset_hash`; `pods` are all
 /// of its pods (terminating ones included), see [`stale_pods`].
-pub fn rollout_state(
+pub(crate) fn rollout_state(
     deployment: Option<&Deployment>,
     pods: &[Pod],
     keyset_hash: &str,
@@ -132,7 +132,7 @@ pub fn rollout_state(
 
 /// A ready pod of the current template, to probe at `ip`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodTarget {
+pub(crate) struct PodTarget {
     pub name: String,
     pub ip: String,
 }
@@ -152,7 +152,7 @@ fn is_ready(p: &Pod) -> bool {
 /// The highest max token TTL in the environment of any listed pod, running
 /// or terminating, whatever its template: what a pod of an older template
 /// may still mint with. `None` when no pod carries one.
-pub fn highest_pod_max_ttl(pods: &[Pod]) -> Option<i64> {
+pub(crate) fn highest_pod_max_ttl(pods: &[Pod]) -> Option<i64> {
     pods.iter()
         .filter_map(|p| p.spec.as_ref())
         .flat_map(|s| s.containers.iter())
@@ -164,13 +164,13 @@ pub fn highest_pod_max_ttl(pods: &[Pod]) -> Option<i64> {
 
 /// Ready, running, not terminating pods whose template carries `keyset_hash`,
 /// sorted by name so probe order (and messages) are stable.
-pub fn current_pods(pods: &[Pod], keyset_hash: &str) -> Vec<PodTarget> {
+pub(crate) fn current_pods(pods: &[Pod], keyset_hash: &str) -> Vec<PodTarget> {
     ready_pods(pods, |hash| hash == Some(keyset_hash))
 }
 
 /// The ready, running, not terminating pods of every other keyset: during a
 /// rollout they serve alongside the current ones (`Ready` counts them).
-pub fn other_keyset_pods(pods: &[Pod], keyset_hash: &str) -> Vec<PodTarget> {
+pub(crate) fn other_keyset_pods(pods: &[Pod], keyset_hash: &str) -> Vec<PodTarget> {
     ready_pods(pods, |hash| hash != Some(keyset_hash))
 }
 

@@ -46,7 +46,7 @@ use crate::resources::MANAGER;
 
 /// What [`next_step`] reads from a Lease's spec.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LeaseRecord {
+struct LeaseRecord {
     /// `None` when blank: a released lease.
     pub holder: Option<String>,
     /// `renewTime`, else `acquireTime`: when the holder last claimed it.
@@ -56,7 +56,7 @@ pub struct LeaseRecord {
 }
 
 impl LeaseRecord {
-    pub fn from_spec(spec: Option<&LeaseSpec>) -> Self {
+    fn from_spec(spec: Option<&LeaseSpec>) -> Self {
         let Some(spec) = spec else {
             return Self::default();
         };
@@ -79,7 +79,7 @@ impl LeaseRecord {
 
     /// How long the holder's claim lasts after this instance saw it change. A
     /// missing or non-positive duration falls back to ours: waiting is the safe side.
-    pub fn duration(&self, default_duration: Duration) -> Duration {
+    pub(crate) fn duration(&self, default_duration: Duration) -> Duration {
         match self.duration_seconds {
             Some(s) if s > 0 => Duration::from_secs(u64::from(s.unsigned_abs())),
             _ => default_duration,
@@ -89,7 +89,7 @@ impl LeaseRecord {
 
 /// What to do with the lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LeaseStep {
+enum LeaseStep {
     /// No Lease object exists: create it, held by me.
     Create,
     /// Free, released or expired: take it over.
@@ -106,7 +106,7 @@ pub enum LeaseStep {
 /// What to do next with the lease. `None` means no Lease object exists;
 /// `unchanged_for` is how long, on this instance's monotonic clock, it has seen
 /// the lease exactly as it is now.
-pub fn next_step(
+fn next_step(
     lease: Option<&LeaseRecord>,
     me: &str,
     unchanged_for: Duration,
@@ -134,7 +134,7 @@ struct LastChange {
 }
 
 /// The lease spec to write for `step` (`None` for [`LeaseStep::Wait`]).
-pub fn next_spec(
+fn next_spec(
     step: &LeaseStep,
     current: &LeaseSpec,
     me: &str,
@@ -167,7 +167,7 @@ pub fn next_spec(
 /// The spec of a lease its holder gives up on shutdown: no holder, so a standby
 /// takes it on its next try instead of waiting out the duration. The 1 s duration
 /// covers candidates that only look at the time (client-go does the same).
-pub fn released_spec(current: &LeaseSpec, now: Timestamp) -> LeaseSpec {
+fn released_spec(current: &LeaseSpec, now: Timestamp) -> LeaseSpec {
     LeaseSpec {
         holder_identity: None,
         renew_time: Some(MicroTime(now)),
@@ -179,13 +179,13 @@ pub fn released_spec(current: &LeaseSpec, now: Timestamp) -> LeaseSpec {
 /// How long the leader may go without a successful renewal before it stops: one
 /// renew interval short of the lease duration, the margin to stop its controllers
 /// before a standby may act.
-pub fn renew_deadline(cfg: &LeaderElection) -> Duration {
+fn renew_deadline(cfg: &LeaderElection) -> Duration {
     cfg.lease_duration.saturating_sub(cfg.renew_interval)
 }
 
 /// Delay before the next lease attempt: a renew interval normally, a quarter of
 /// one after a failure so several retries fit before [`renew_deadline`].
-pub fn next_delay(cfg: &LeaderElection, failed: bool) -> Duration {
+fn next_delay(cfg: &LeaderElection, failed: bool) -> Duration {
     if failed {
         (cfg.renew_interval / 4).max(Duration::from_millis(50))
     } else {
@@ -195,7 +195,7 @@ pub fn next_delay(cfg: &LeaderElection, failed: bool) -> Duration {
 
 /// A failed lease request.
 #[derive(Debug, thiserror::Error)]
-pub enum LeaseError {
+pub(crate) enum LeaseError {
     #[error("lease {lease}: {source}")]
     Kube {
         lease: String,
@@ -234,7 +234,7 @@ pub enum ElectionError {
 
 /// The outcome of one lease attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Attempt {
+pub(crate) enum Attempt {
     /// I hold the lease (acquired or renewed).
     Leading,
     /// Someone else holds a live lease.
@@ -264,7 +264,7 @@ impl Clock for SystemClock {
 }
 
 /// Reads and writes one Lease.
-pub struct Elector {
+pub(crate) struct Elector {
     api: Api<Lease>,
     cfg: LeaderElection,
     clock: Arc<dyn Clock>,
@@ -272,11 +272,7 @@ pub struct Elector {
 }
 
 impl Elector {
-    pub fn new(client: Client, cfg: LeaderElection) -> Self {
-        Self::with_clock(client, cfg, Arc::new(SystemClock))
-    }
-
-    pub fn with_clock(client: Client, cfg: LeaderElection, clock: Arc<dyn Clock>) -> Self {
+    fn with_clock(client: Client, cfg: LeaderElection, clock: Arc<dyn Clock>) -> Self {
         Self {
             api: Api::namespaced(client, &cfg.namespace),
             cfg,
@@ -328,7 +324,7 @@ impl Elector {
 
     /// One round: read the lease, choose the next step, write it. A lost race is
     /// [`LeaseError::Conflict`]; the next round reads the winner.
-    pub async fn attempt(&self) -> Result<Attempt, LeaseError> {
+    pub(crate) async fn attempt(&self) -> Result<Attempt, LeaseError> {
         let lease = self
             .api
             .get_opt(&self.cfg.lease_name)
@@ -387,7 +383,7 @@ impl Elector {
     }
 
     /// Gives the lease up if I hold it; `Ok(false)` when someone else holds it.
-    pub async fn release(&self) -> Result<bool, LeaseError> {
+    pub(crate) async fn release(&self) -> Result<bool, LeaseError> {
         let Some(mut lease) = self
             .api
             .get_opt(&self.cfg.lease_name)

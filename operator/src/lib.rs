@@ -5,31 +5,31 @@
 //! [`PodProber`] of the caller's choice, until a shutdown future resolves.
 //! [`leader::run`] does the same only while holding a leader-election Lease.
 
-pub mod watch_caches;
 pub mod cli;
-pub mod conditions;
+pub(crate) mod conditions;
 pub mod config;
 pub mod controller;
 pub mod crd;
-pub mod diff;
+pub(crate) mod diff;
 pub mod events;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod keyset;
+pub(crate) mod keyset_rollout;
 pub mod leader;
 pub mod metrics;
-pub mod keyset_rollout;
-pub mod probe;
+pub(crate) mod probe;
 pub mod rbac;
-pub mod readiness;
+pub(crate) mod readiness;
 pub mod reconcile;
 pub mod resources;
 pub mod rotation;
 pub mod spread;
-pub mod status;
+pub(crate) mod status;
 pub mod telemetry;
-pub mod ttl_clamp;
+pub(crate) mod ttl_clamp;
 pub mod validate;
+pub(crate) mod watch_caches;
 
 pub use config::Settings;
 pub use controller::{State, run, run_with_state};

@@ -272,7 +272,7 @@ impl Metrics {
     }
 
     /// Drops every series of a deleted `MacpAuth`.
-    pub fn forget(&self, namespace: &str, name: &str) {
+    pub(crate) fn forget(&self, namespace: &str, name: &str) {
         for &phase in RotationPhase::VARIANTS {
             self.rotation_phase
                 .remove(&phase_labels(namespace, name, phase));
@@ -397,7 +397,7 @@ fn last_rotation(status: &MacpAuthStatus) -> Option<DateTime<Utc>> {
 /// rollout phases, while the rollout is still running (old pods are expected
 /// then), when the Secret does not hold the plan yet, and for pods that
 /// merely could not be probed (inconclusive is not a failure).
-pub fn failed_verifications(status: &MacpAuthStatus, observed: &Observed) -> u64 {
+pub(crate) fn failed_verifications(status: &MacpAuthStatus, observed: &Observed) -> u64 {
     let Some(rot) = status.rotation.as_ref() else {
         return 0;
     };

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::rotation::evidence::PROBE_USER_AGENT;
 
 /// Sender name of probe tokens, recognisable in the service's logs and metrics.
-pub const PROBE_SENDER: &str = "macp-operator-probe";
+const PROBE_SENDER: &str = "macp-operator-probe";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeError {
@@ -37,7 +37,7 @@ pub trait PodProber: Send + Sync {
 }
 
 /// Kids of a JWKS document, in order.
-pub fn jwks_kids(jwks: &Value) -> Result<Vec<String>, String> {
+fn jwks_kids(jwks: &Value) -> Result<Vec<String>, String> {
     let keys = jwks
         .get("keys")
         .and_then(Value::as_array)
@@ -54,7 +54,7 @@ pub fn jwks_kids(jwks: &Value) -> Result<Vec<String>, String> {
 
 /// The `kid` in a compact JWT's header (no signature check: the pod is only
 /// asked which key it signs with).
-pub fn jwt_kid(token: &str) -> Result<String, String> {
+fn jwt_kid(token: &str) -> Result<String, String> {
     let header = token.split('.').next().ok_or("not a JWT")?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header.trim_end_matches('='))
@@ -137,7 +137,7 @@ impl HttpProber {
 
 /// The `kid` label of `macp_auth_signing_key_info{...} 1` in the service's
 /// metrics: the key the process signs with.
-pub fn metrics_kid(text: &str) -> Result<String, String> {
+fn metrics_kid(text: &str) -> Result<String, String> {
     const INFO: &str = "macp_auth_signing_key_info{";
     let line = text
         .lines()

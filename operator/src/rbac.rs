@@ -139,16 +139,16 @@ pub fn grants(mode: &Mode, lease_namespace: Option<&str>) -> Vec<Grant> {
     out
 }
 
-/// Whether `verb` on `group`/`resource` is granted by `rules`.
-pub fn allows(rules: &[Rule], group: &str, resource: &str, verb: &str) -> bool {
-    rules
-        .iter()
-        .any(|r| r.group == group && r.resource == resource && r.verbs.contains(&verb))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether `verb` on `group`/`resource` is granted by `rules`.
+    fn allows(rules: &[Rule], group: &str, resource: &str, verb: &str) -> bool {
+        rules
+            .iter()
+            .any(|r| r.group == group && r.resource == resource && r.verbs.contains(&verb))
+    }
 
     #[test]
     fn pods_are_read_only() {

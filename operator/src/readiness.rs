@@ -26,20 +26,20 @@ use crate::rotation::{self, PodView};
 /// `Progressing` and `Degraded` reason: the Deployment exceeded its progress deadline.
 pub const REASON_PROGRESS_DEADLINE: &str = "ProgressDeadlineExceeded";
 /// `Ready` reason: the available pods serve the active key.
-pub const REASON_VERIFIED: &str = "Verified";
+const REASON_VERIFIED: &str = "Verified";
 /// `Ready` reason: an available pod serves a JWKS without the active key, or
 /// none answered.
-pub const REASON_NOT_SERVED: &str = "ActiveKeyNotServed";
+const REASON_NOT_SERVED: &str = "ActiveKeyNotServed";
 /// `Ready` reason: no pod is available to serve.
-pub const REASON_NO_PODS: &str = "NoAvailablePods";
+const REASON_NO_PODS: &str = "NoAvailablePods";
 /// `Progressing` reason while the pods roll.
-pub const REASON_ROLLING_OUT: &str = "RollingOut";
+const REASON_ROLLING_OUT: &str = "RollingOut";
 /// `Progressing` reason once every pod runs the current template.
-pub const REASON_ROLLOUT_COMPLETE: &str = "RolloutComplete";
+const REASON_ROLLOUT_COMPLETE: &str = "RolloutComplete";
 
 /// What the round must do to the rollout's `Degraded`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RolloutDegraded {
+pub(crate) enum RolloutDegraded {
     /// Set it with this reason and message.
     Set {
         reason: &'static str,
@@ -53,7 +53,7 @@ pub enum RolloutDegraded {
 
 /// The `Progressing` condition to write.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Progress {
+pub(crate) struct Progress {
     pub progressing: bool,
     pub reason: &'static str,
     pub message: String,
@@ -61,7 +61,7 @@ pub struct Progress {
 
 /// The `Ready` condition to write, the rollout's `Progressing` and its `Degraded`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     pub ready: bool,
     pub reason: &'static str,
     pub message: String,
@@ -72,7 +72,7 @@ pub struct Readiness {
 /// Readiness from the rollout of the keyset whose active key is `active_kid`
 /// and the probes of the available pods (`available`: the ready pods of
 /// every template).
-pub fn assess(
+pub(crate) fn assess(
     rollout: &RolloutState,
     active_kid: &str,
     available: &[PodView],
@@ -111,7 +111,11 @@ pub fn assess(
 /// (`keyset_changed`: a new keyset, else new token TTLs): `available` are the
 /// pods seen before the write, which keep serving until they are replaced
 /// (the rollout never takes a pod away before its successor is ready).
-pub fn rolling_out(keyset_changed: bool, active_kid: &str, available: &[PodView]) -> Readiness {
+pub(crate) fn rolling_out(
+    keyset_changed: bool,
+    active_kid: &str,
+    available: &[PodView],
+) -> Readiness {
     let what = if keyset_changed {
         "a new keyset"
     } else {

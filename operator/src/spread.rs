@@ -7,10 +7,10 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
 /// The share of a period over which requeues are spread.
-pub const SPREAD_FRACTION: f64 = 0.1;
+const SPREAD_FRACTION: f64 = 0.1;
 
 /// `period` plus a per-object offset in `[0, period * SPREAD_FRACTION)`.
-pub fn spread(period: Duration, key: &str) -> Duration {
+pub(crate) fn spread(period: Duration, key: &str) -> Duration {
     period + period.mul_f64(SPREAD_FRACTION * place(key))
 }
 

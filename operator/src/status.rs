@@ -7,7 +7,7 @@ use crate::crd::MacpAuthStatus;
 
 /// RFC 7386 merge patch turning `old` into `new`, or `None` when they are equal.
 /// Removed members become `null`; arrays and scalars are replaced whole.
-pub fn merge_diff(old: &Value, new: &Value) -> Option<Value> {
+fn merge_diff(old: &Value, new: &Value) -> Option<Value> {
     if old == new {
         return None;
     }
@@ -41,7 +41,7 @@ pub fn merge_diff(old: &Value, new: &Value) -> Option<Value> {
 /// changed. With `resource_version` (the one `old` was read at) the API
 /// server applies it only if the object is still at that version, else 409:
 /// a status decided from a stale read never overwrites a newer one.
-pub fn status_patch(
+pub(crate) fn status_patch(
     old: &MacpAuthStatus,
     new: &MacpAuthStatus,
     resource_version: Option<&str>,

@@ -15,14 +15,14 @@ use crate::crd::{MacpAuthSpec, MacpAuthStatus, RotationPhase, RotationTrigger, T
 
 /// The TTLs the service runs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TtlLimits {
+pub(crate) struct TtlLimits {
     pub max_ttl_seconds: i64,
     pub default_ttl_seconds: i64,
 }
 
 /// An active clamp.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Clamp {
+pub(crate) struct Clamp {
     /// The lowered max TTL.
     pub max_ttl_seconds: i64,
     /// End of the window; `None` while the emergency rotation is in flight
@@ -31,7 +31,7 @@ pub struct Clamp {
 }
 
 impl Clamp {
-    pub fn to_status(self) -> TtlClampStatus {
+    pub(crate) fn to_status(self) -> TtlClampStatus {
         TtlClampStatus {
             max_ttl_seconds: self.max_ttl_seconds,
             until: self.until,
@@ -43,7 +43,10 @@ impl Clamp {
 /// in-flight clamp: the rotation machine requeues while its rotation runs).
 /// One second late on purpose: at exactly `until` the clamp is already off,
 /// and a timer a hair early would find it still on.
-pub fn requeue_after(clamp: Option<&Clamp>, now: DateTime<Utc>) -> Option<std::time::Duration> {
+pub(crate) fn requeue_after(
+    clamp: Option<&Clamp>,
+    now: DateTime<Utc>,
+) -> Option<std::time::Duration> {
     let until = clamp?.until?;
     let left = (until - now).to_std().unwrap_or(std::time::Duration::ZERO);
     Some(left + std::time::Duration::from_secs(1))
@@ -56,7 +59,11 @@ pub fn requeue_after(clamp: Option<&Clamp>, now: DateTime<Utc>) -> Option<std::t
 /// window is: an emergency rotation in flight (`trigger: emergency`, phase not
 /// `Idle`), or less than `drainSeconds` since the newest emergency in the
 /// history finished, whatever its outcome (the incident happened either way).
-pub fn clamp_at(spec: &MacpAuthSpec, status: &MacpAuthStatus, now: DateTime<Utc>) -> Option<Clamp> {
+pub(crate) fn clamp_at(
+    spec: &MacpAuthSpec,
+    status: &MacpAuthStatus,
+    now: DateTime<Utc>,
+) -> Option<Clamp> {
     let cap = spec.emergency.as_ref()?.max_ttl_seconds;
     if cap >= spec.max_ttl_seconds {
         return None;
@@ -89,7 +96,7 @@ pub fn clamp_at(spec: &MacpAuthSpec, status: &MacpAuthStatus, now: DateTime<Utc>
 }
 
 /// The TTLs to render: the spec's, or clamped (the default never exceeds the max).
-pub fn limits(spec: &MacpAuthSpec, clamp: Option<&Clamp>) -> TtlLimits {
+pub(crate) fn limits(spec: &MacpAuthSpec, clamp: Option<&Clamp>) -> TtlLimits {
     let max_ttl_seconds = clamp.map_or(spec.max_ttl_seconds, |c| {
         c.max_ttl_seconds.min(spec.max_ttl_seconds)
     });

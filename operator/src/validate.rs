@@ -375,7 +375,7 @@ const MAX_LABEL: usize = 63;
 /// server refuses them with 422 Invalid; the operator refuses first, before
 /// any key is generated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
+pub(crate) enum NameError {
     #[error(
         "metadata.name {0:?} cannot name the Service: a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character"
     )]
@@ -395,7 +395,7 @@ pub enum NameError {
 /// value (at most 63 characters), and `<name>-signing-keys` and
 /// `<name>-verifier-config` must be object names. The CRD schema repeats the
 /// first two as a CEL rule; this check covers API servers that skipped it.
-pub fn validate_name(name: &str) -> Vec<NameError> {
+pub(crate) fn validate_name(name: &str) -> Vec<NameError> {
     let mut errors = Vec::new();
     let lower_alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     let dns1035 = name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -425,7 +425,7 @@ pub fn validate_name(name: &str) -> Vec<NameError> {
 }
 
 /// One message for all problems, for the `Degraded` condition.
-pub fn message(errors: &[SpecError]) -> String {
+pub(crate) fn message(errors: &[SpecError]) -> String {
     errors
         .iter()
         .map(ToString::to_string)

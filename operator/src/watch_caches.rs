@@ -31,18 +31,18 @@ pub struct WatchCaches {
 
 impl WatchCaches {
     /// Adds the caches of one scope's controller.
-    pub fn add_scope(&mut self, services: Store<Service>, config_maps: Store<ConfigMap>) {
+    pub(crate) fn add_scope(&mut self, services: Store<Service>, config_maps: Store<ConfigMap>) {
         self.services.push(services);
         self.config_maps.push(config_maps);
     }
 
     /// The cached Service `name` of `namespace`, if any scope holds it.
-    pub fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
+    pub(crate) fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
         find(&self.services, namespace, name)
     }
 
     /// The cached ConfigMap `name` of `namespace`, if any scope holds it.
-    pub fn config_map(&self, namespace: &str, name: &str) -> Option<Arc<ConfigMap>> {
+    pub(crate) fn config_map(&self, namespace: &str, name: &str) -> Option<Arc<ConfigMap>> {
         find(&self.config_maps, namespace, name)
     }
 }

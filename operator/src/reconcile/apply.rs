@@ -334,4 +334,4 @@ async fn hand_over_replicas(
 
 /// The field manager that holds `spec.replicas` between the operator's last
 /// write of it and the autoscaler's first (see `hand_over_replicas`).
-pub const REPLICAS_HANDOVER_MANAGER: &str = "macp-auth-operator-replicas-handover";
+const REPLICAS_HANDOVER_MANAGER: &str = "macp-auth-operator-replicas-handover";

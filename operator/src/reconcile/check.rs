@@ -22,10 +22,10 @@ use crate::validate;
 use super::round::Round;
 
 /// Reason of the Warning event of an emergency that runs with the last valid spec.
-pub const REASON_EMERGENCY_WITH_LAST_VALID_SPEC: &str = "EmergencyWithLastValidSpec";
+const REASON_EMERGENCY_WITH_LAST_VALID_SPEC: &str = "EmergencyWithLastValidSpec";
 /// Reason of the Warning event of an emergency that cannot run: the spec is
 /// invalid and no valid one was ever recorded.
-pub const REASON_EMERGENCY_BLOCKED: &str = "EmergencyBlockedByInvalidSpec";
+const REASON_EMERGENCY_BLOCKED: &str = "EmergencyBlockedByInvalidSpec";
 
 /// What an invalid spec means for an emergency rotation.
 enum Emergency {

@@ -46,7 +46,7 @@ pub enum Error {
 
 impl Error {
     /// Label for the errors metric.
-    pub fn metric_reason(&self) -> &'static str {
+    pub(crate) fn metric_reason(&self) -> &'static str {
         match self {
             Error::Kube { .. } => "Kube",
             Error::Build(_) => "Build",

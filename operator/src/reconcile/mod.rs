@@ -81,8 +81,7 @@ use crate::watch_caches::WatchCaches;
 
 pub use crate::keyset::{REASON_INVALID_SIGNING_KEY, REASON_MISSING_SIGNING_KEY};
 pub use crate::readiness::REASON_PROGRESS_DEADLINE;
-pub use apply::REPLICAS_HANDOVER_MANAGER;
-pub use error::Error;
+pub(crate) use error::Error;
 
 use error::KubeContext;
 use round::Round;
@@ -163,7 +162,7 @@ impl Context {
     }
 
     /// The context reading the Services and ConfigMaps from `watch_caches`.
-    pub fn with_watch_caches(self, watch_caches: WatchCaches) -> Self {
+    pub(crate) fn with_watch_caches(self, watch_caches: WatchCaches) -> Self {
         Self {
             watch_caches,
             ..self
@@ -172,7 +171,7 @@ impl Context {
 
     /// Lets the rounds still queued for a turn end at once (on shutdown), so
     /// that stopping does not wait for a storm's backlog to run.
-    pub fn stop_rounds(&self) {
+    pub(crate) fn stop_rounds(&self) {
         self.rounds.close();
     }
 
@@ -244,7 +243,7 @@ fn timer_request(after: Duration, debounce: Duration) -> Duration {
 const MAX_PASSES_PER_TURN: u32 = 4;
 
 /// Retry with exponential backoff per object: 1 s, 2 s, 4 s ... at most 5 minutes.
-pub fn error_policy(mauth: Arc<MacpAuth>, error: &Error, ctx: Arc<Context>) -> Requeue {
+pub(crate) fn error_policy(mauth: Arc<MacpAuth>, error: &Error, ctx: Arc<Context>) -> Requeue {
     let key = ObjectRef::from_obj(mauth.as_ref());
     let attempt = {
         let mut failures = ctx.failures();

@@ -8,7 +8,7 @@ use super::Owner;
 use crate::crd::MacpAuthSpec;
 
 /// The in-cluster JWKS URL verifiers fetch.
-pub fn jwks_url(owner: &Owner, spec: &MacpAuthSpec) -> String {
+fn jwks_url(owner: &Owner, spec: &MacpAuthSpec) -> String {
     format!(
         "http://{}.{}.svc:{}/.well-known/jwks.json",
         owner.name, owner.namespace, spec.port
@@ -19,7 +19,7 @@ pub fn jwks_url(owner: &Owner, spec: &MacpAuthSpec) -> String {
 ///
 /// It carries the verifiers' JWKS cache TTL, not token lifetimes, so the
 /// emergency TTL clamp (which changes only the minting side) does not touch it.
-pub fn verifier_config_map(owner: &Owner, spec: &MacpAuthSpec) -> ConfigMap {
+pub(crate) fn verifier_config_map(owner: &Owner, spec: &MacpAuthSpec) -> ConfigMap {
     ConfigMap {
         metadata: owner.meta(owner.config_map_name()),
         data: Some(BTreeMap::from([

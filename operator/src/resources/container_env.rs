@@ -2,7 +2,8 @@
 
 use k8s_openapi::api::core::v1::EnvVar;
 
-use super::{SHUTDOWN_DELAY_SECONDS, caller_tokens_path, signing_keys_path};
+use super::deployment::SHUTDOWN_DELAY_SECONDS;
+use super::volumes::{caller_tokens_path, signing_keys_path};
 use crate::crd::{MacpAuthSpec, SigningAlg};
 use crate::keyset;
 use crate::ttl_clamp::TtlLimits;

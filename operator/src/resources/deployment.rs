@@ -27,10 +27,10 @@ use crate::ttl_clamp::TtlLimits;
 
 pub const CONTAINER_NAME: &str = "auth-service";
 /// UID/GID of the `nonroot` user of distroless images (and of our Dockerfile).
-pub const RUN_AS_USER: i64 = 65532;
+pub(crate) const RUN_AS_USER: i64 = 65532;
 /// Topology keys of the default spread: first nodes, then zones.
-pub const HOSTNAME_TOPOLOGY_KEY: &str = "kubernetes.io/hostname";
-pub const ZONE_TOPOLOGY_KEY: &str = "topology.kubernetes.io/zone";
+const HOSTNAME_TOPOLOGY_KEY: &str = "kubernetes.io/hostname";
+const ZONE_TOPOLOGY_KEY: &str = "topology.kubernetes.io/zone";
 
 /// The token service's CPU request when `spec.resources` is unset. One core
 /// signs about 1,100 RS256 (2048-bit) tokens a second (2,196/s on two cores,
@@ -39,18 +39,18 @@ pub const ZONE_TOPOLOGY_KEY: &str = "topology.kubernetes.io/zone";
 /// autoscaler's CPU target something to measure against. No CPU limit:
 /// throttling would show up as mint latency, and the request already
 /// reserves the share the scheduler counts.
-pub const DEFAULT_CPU_REQUEST: &str = "100m";
+const DEFAULT_CPU_REQUEST: &str = "100m";
 /// Memory request: several times the service's peak RSS under load
 /// (docs/performance.md, "The token service"), room for a full verifier
 /// record table and thousands of open connections ("Memory per open
 /// connection").
-pub const DEFAULT_MEMORY_REQUEST: &str = "32Mi";
+const DEFAULT_MEMORY_REQUEST: &str = "32Mi";
 /// Memory limit: far above the measured peak, so only a leak reaches it, while a leaking pod is killed before it starves its node.
-pub const DEFAULT_MEMORY_LIMIT: &str = "128Mi";
+const DEFAULT_MEMORY_LIMIT: &str = "128Mi";
 
 /// The container's resources when `spec.resources` is unset (a given
 /// `spec.resources` replaces them whole).
-pub fn default_resources() -> ResourceRequirements {
+fn default_resources() -> ResourceRequirements {
     ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_string(), Quantity(DEFAULT_CPU_REQUEST.into())),
@@ -71,14 +71,14 @@ pub fn default_resources() -> ResourceRequirements {
 /// already 503: kube-proxy on every node learns about the termination a while
 /// after it started and keeps sending new connections meanwhile. distroless
 /// has no shell for a `preStop` sleep, so the service waits by itself.
-pub const SHUTDOWN_DELAY_SECONDS: i64 = 5;
+pub(crate) const SHUTDOWN_DELAY_SECONDS: i64 = 5;
 
 /// The service's own bound on finishing in-flight requests after the delay.
-pub const SERVICE_DRAIN_SECONDS: i64 = 10;
+const SERVICE_DRAIN_SECONDS: i64 = 10;
 
 /// `terminationGracePeriodSeconds`: the shutdown delay, the drain and a
 /// margin for the process to exit before the kubelet's SIGKILL.
-pub const TERMINATION_GRACE_SECONDS: i64 = SHUTDOWN_DELAY_SECONDS + SERVICE_DRAIN_SECONDS + 5;
+const TERMINATION_GRACE_SECONDS: i64 = SHUTDOWN_DELAY_SECONDS + SERVICE_DRAIN_SECONDS + 5;
 
 /// Readiness turns 503 at once on SIGTERM; liveness stays 200 until exit.
 const READINESS_PATH: &str = "/readyz";
@@ -119,7 +119,7 @@ where
 /// `spec.signingAlg` while a rotation to a key of another kind is under way
 /// (the service refuses to start when they disagree); `ttl` the TTLs to run
 /// with (see [`crate::ttl_clamp`]).
-pub fn deployment(
+pub(crate) fn deployment(
     owner: &Owner,
     spec: &MacpAuthSpec,
     image: &str,
@@ -291,8 +291,8 @@ fn topology_spread(name: &str, spec: &MacpAuthSpec) -> Option<Vec<TopologySpread
 mod tests {
     use k8s_openapi::api::core::v1::Toleration;
 
+    use super::super::INSTANCE_LABEL;
     use super::super::testing::{mauth, owner, plain, spec_deployment, spec_pod};
-    use super::super::{INSTANCE_LABEL, SERVICE_DRAIN_SECONDS};
     use super::*;
 
     /// Three ES256 replicas on port 8080, rendered with the keyset hash "abc".

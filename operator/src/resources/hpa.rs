@@ -10,7 +10,7 @@ use crate::crd::MacpAuthSpec;
 
 /// The HorizontalPodAutoscaler `<name>` for `spec.autoscaling`, `None`
 /// without it (the reconciler then deletes one it made before).
-pub fn horizontal_pod_autoscaler(
+pub(crate) fn horizontal_pod_autoscaler(
     owner: &Owner,
     spec: &MacpAuthSpec,
 ) -> Option<HorizontalPodAutoscaler> {

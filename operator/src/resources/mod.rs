@@ -19,21 +19,15 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::MacpAuth;
 
-pub use config_map::{jwks_url, verifier_config_map};
-pub use deployment::{
-    CONTAINER_NAME, DEFAULT_CPU_REQUEST, DEFAULT_MEMORY_LIMIT, DEFAULT_MEMORY_REQUEST,
-    HOSTNAME_TOPOLOGY_KEY, RUN_AS_USER, SERVICE_DRAIN_SECONDS, SHUTDOWN_DELAY_SECONDS,
-    TERMINATION_GRACE_SECONDS, ZONE_TOPOLOGY_KEY, default_resources, deployment,
-};
-pub use hpa::horizontal_pod_autoscaler;
-pub use pdb::{DEFAULT_MAX_UNAVAILABLE, pod_disruption_budget};
-pub use secret::secret;
-pub use service::service;
-pub use volumes::{
-    CALLER_TOKENS_DIR, CALLER_TOKENS_FILE, CALLER_TOKENS_MODE, CALLER_TOKENS_VOLUME,
-    SIGNING_KEYS_DIR, SIGNING_KEYS_MODE, SIGNING_KEYS_VOLUME, caller_tokens_path,
-    signing_keys_path,
-};
+pub use deployment::CONTAINER_NAME;
+pub use volumes::SIGNING_KEYS_VOLUME;
+
+pub(crate) use config_map::verifier_config_map;
+pub(crate) use deployment::deployment;
+pub(crate) use hpa::horizontal_pod_autoscaler;
+pub(crate) use pdb::pod_disruption_budget;
+pub(crate) use secret::secret;
+pub(crate) use service::service;
 
 pub const NAME_LABEL: &str = "app.kubernetes.io/name";
 pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
@@ -60,14 +54,14 @@ pub enum BuildError {
 
 /// Identity of the owning `MacpAuth`: names and the owner reference every object carries.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Owner {
+pub(crate) struct Owner {
     pub name: String,
     pub namespace: String,
     pub owner_ref: OwnerReference,
 }
 
 impl Owner {
-    pub fn of(mauth: &MacpAuth) -> Result<Self, BuildError> {
+    pub(crate) fn of(mauth: &MacpAuth) -> Result<Self, BuildError> {
         let namespace = mauth.namespace().ok_or(BuildError::NoNamespace)?;
         let owner_ref = mauth.controller_owner_ref(&()).ok_or(BuildError::NoUid)?;
         Ok(Self {
@@ -112,7 +106,7 @@ pub fn common_labels(name: &str) -> BTreeMap<String, String> {
 }
 
 /// The Deployment's (immutable) pod selector and the Service's selector.
-pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
+fn selector_labels(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (NAME_LABEL.to_string(), APP_NAME.to_string()),
         (INSTANCE_LABEL.to_string(), name.to_string()),

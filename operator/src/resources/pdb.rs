@@ -8,13 +8,16 @@ use super::{Owner, selector_labels};
 use crate::crd::MacpAuthSpec;
 
 /// The disruption budget's limit when the spec sets none.
-pub const DEFAULT_MAX_UNAVAILABLE: i32 = 1;
+const DEFAULT_MAX_UNAVAILABLE: i32 = 1;
 
 /// The PodDisruptionBudget `<name>`: when more than one pod may run (and
 /// `disruptionBudget.enabled` is not false), so that a node drain evicts one
 /// signer at a time instead of all of them. `None` otherwise: a budget over a
 /// single replica would block every drain.
-pub fn pod_disruption_budget(owner: &Owner, spec: &MacpAuthSpec) -> Option<PodDisruptionBudget> {
+pub(crate) fn pod_disruption_budget(
+    owner: &Owner,
+    spec: &MacpAuthSpec,
+) -> Option<PodDisruptionBudget> {
     let budget = spec.disruption_budget.clone().unwrap_or_default();
     if !budget.enabled || !spec.may_run_several() {
         return None;

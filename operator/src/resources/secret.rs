@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Secret;
 use super::Owner;
 use crate::keyset::Keyset;
 
-pub fn secret(owner: &Owner, keys: &Keyset) -> Secret {
+pub(crate) fn secret(owner: &Owner, keys: &Keyset) -> Secret {
     Secret {
         metadata: owner.meta(owner.secret_name()),
         type_: Some("Opaque".into()),

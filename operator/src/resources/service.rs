@@ -16,7 +16,7 @@ fn service_port(name: &str, port: i32) -> ServicePort {
     }
 }
 
-pub fn service(owner: &Owner, spec: &MacpAuthSpec) -> Service {
+pub(crate) fn service(owner: &Owner, spec: &MacpAuthSpec) -> Service {
     let mut ports = vec![service_port(HTTP_PORT_NAME, spec.port)];
     if let Some(mint_port) = spec.mint_port {
         ports.push(service_port(MINT_PORT_NAME, mint_port));

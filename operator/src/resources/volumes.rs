@@ -8,26 +8,26 @@ use crate::crd::CallerAuthSpec;
 use crate::keyset;
 
 /// Volume holding the caller tokens from `spec.callerAuth`.
-pub const CALLER_TOKENS_VOLUME: &str = "caller-tokens";
+const CALLER_TOKENS_VOLUME: &str = "caller-tokens";
 /// Where that volume is mounted (a directory of its own, read-only).
-pub const CALLER_TOKENS_DIR: &str = "/etc/macp-auth/callers";
+const CALLER_TOKENS_DIR: &str = "/etc/macp-auth/callers";
 /// File name of the tokens inside [`CALLER_TOKENS_DIR`], whatever the Secret's key is called.
-pub const CALLER_TOKENS_FILE: &str = "tokens";
+const CALLER_TOKENS_FILE: &str = "tokens";
 /// Mode of the tokens file: owner and group read only (0440); the group is
 /// the pod's `fsGroup`, so the non-root service can read it and nobody else.
-pub const CALLER_TOKENS_MODE: i32 = 0o440;
+const CALLER_TOKENS_MODE: i32 = 0o440;
 /// Volume holding the active private key and the published keys, from the
 /// `<name>-signing-keys` Secret.
 pub const SIGNING_KEYS_VOLUME: &str = "signing-keys";
 /// Where that volume is mounted (read-only).
-pub const SIGNING_KEYS_DIR: &str = "/etc/macp-auth/keys";
+const SIGNING_KEYS_DIR: &str = "/etc/macp-auth/keys";
 /// Mode of the key files: owner read only. The owner is root; the kubelet
 /// adds group read for the pod's `fsGroup` (the service's group), so the
 /// effective mode is 0440 root:65532 and no other user reads the key.
-pub const SIGNING_KEYS_MODE: i32 = 0o400;
+const SIGNING_KEYS_MODE: i32 = 0o400;
 
 /// Path of the caller tokens file inside the pod.
-pub fn caller_tokens_path() -> String {
+pub(crate) fn caller_tokens_path() -> String {
     format!("{CALLER_TOKENS_DIR}/{CALLER_TOKENS_FILE}")
 }
 
@@ -93,7 +93,7 @@ pub(super) fn signing_keys_mount() -> VolumeMount {
 }
 
 /// Path of a file of the signing-keys volume inside the pod.
-pub fn signing_keys_path(key: &str) -> String {
+pub(crate) fn signing_keys_path(key: &str) -> String {
     format!("{SIGNING_KEYS_DIR}/{key}")
 }
 
@@ -108,7 +108,7 @@ pub(super) fn caller_tokens_mount() -> VolumeMount {
 
 #[cfg(test)]
 mod tests {
-    use super::super::RUN_AS_USER;
+    use super::super::deployment::RUN_AS_USER;
     use super::super::testing::{mauth, spec_env, spec_pod};
     use super::*;
     use macp_auth_service::config as service_env;

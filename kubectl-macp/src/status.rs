@@ -86,6 +86,8 @@ pub struct StatusView {
     /// `status.verifiers` as the operator reports it, when it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verifiers: Option<Value>,
+    /// The standby key, or how its preparation goes.
+    pub standby: String,
 }
 
 /// The creation time the operator writes into a kid: `<name>-<yyyymmddHHMMSS>-<hex>`.
@@ -118,12 +120,24 @@ pub fn key_rows(status: &MacpAuthStatus, raw: &Value) -> Vec<KeyRow> {
         role: role.to_string(),
         created: kid_time(kid),
     };
+    let standby = status
+        .standby
+        .as_ref()
+        .map(|s| s.kid.clone())
+        .or_else(|| raw_kid(raw, "/standbyKid"));
     if let Some(keys) = raw.pointer("/keys").and_then(Value::as_array) {
         let rows: Vec<KeyRow> = keys
             .iter()
             .filter_map(|k| {
+                let kid = k.get("kid")?.as_str()?;
                 let role = k.get("role").and_then(Value::as_str).unwrap_or("published");
-                Some(row(k.get("kid")?.as_str()?, &role.to_lowercase()))
+                // The ledger lists the standby in the `next` slot it sits in.
+                let role = if standby.as_deref() == Some(kid) {
+                    "standby".to_string()
+                } else {
+                    role.to_lowercase()
+                };
+                Some(row(kid, &role))
             })
             .collect();
         if !rows.is_empty() {
@@ -135,7 +149,6 @@ pub fn key_rows(status: &MacpAuthStatus, raw: &Value) -> Vec<KeyRow> {
         .as_ref()
         .filter(|r| r.phase != RotationPhase::Idle)
         .and_then(desired_plan);
-    let standby = raw_kid(raw, "/standbyKid").or_else(|| raw_kid(raw, "/standby"));
     let mut rows = Vec::new();
     if let Some(active) = &status.active_kid {
         rows.push(row(active, "active"));
@@ -259,6 +272,26 @@ pub fn build(m: &MacpAuth, raw_status: &Value, pods: &[PodInfo], now: DateTime<U
         schedule_note,
         remaining,
         verifiers: raw_status.get("verifiers").cloned(),
+        standby: standby_text(&m.spec, &status),
+    }
+}
+
+/// `ks (propagated 2026-…)`, `being prepared (Publishing)`, or why there is none.
+fn standby_text(spec: &macp_auth_operator::crd::MacpAuthSpec, status: &MacpAuthStatus) -> String {
+    let preparing = status
+        .rotation
+        .as_ref()
+        .filter(|r| r.trigger == Some(macp_auth_operator::crd::RotationTrigger::Standby));
+    match (&status.standby, preparing) {
+        (Some(s), _) => match s.propagated_at {
+            Some(t) => format!("{} (propagated at {})", s.kid, fmt::instant(t)),
+            None => format!("{} (propagated)", s.kid),
+        },
+        (None, Some(r)) => format!("being prepared ({:?})", r.phase),
+        (None, None) if spec.rotation.standby => {
+            "none yet (one is prepared once no rotation is in flight)".to_string()
+        }
+        (None, None) => "off (spec.rotation.standby: false)".to_string(),
     }
 }
 
@@ -382,6 +415,7 @@ pub fn render(v: &StatusView, now: DateTime<Utc>, wide: bool) -> String {
         (None, None) => "-".to_string(),
     };
     out.push_str(&format!("  Next rotation:  {next}\n"));
+    out.push_str(&format!("  Standby:        {}\n", v.standby));
     if !v.remaining.is_empty() {
         out.push_str("  Remaining steps (rollouts: earliest counts them instant, latest at their full timeout):\n");
         out.push_str(&steps_table(&v.remaining, now, "    "));
@@ -606,6 +640,7 @@ mod tests {
     auth-0   false   Running   auth-20261206110000-aaaa,auth-20261206120000-bbbb   auth-20261206110000-aaaa
     auth-x   false   Pending   unknown keyset 0123456789ab                         -
   Next rotation:  none scheduled: spec.rotation.interval is unset (rotates on request only)
+  Standby:        none yet (one is prepared once no rotation is in flight)
   Remaining steps (rollouts: earliest counts them instant, latest at their full timeout):
           PHASE      WAIT   ENDS (EARLIEST)                ENDS (LATEST)                   WAIT FROM
     now   Draining   6m     2026-12-06T12:07:00Z (in 5m)   2026-12-06T12:07:00Z (in 5m)    drain: tokens it signed live up to 300s + 60s verifier leeway
@@ -635,6 +670,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("  Phase:          Idle\n"), "{text}");
+        assert!(
+            text.contains(
+                "  Standby:        none yet (one is prepared once no rotation is in flight)\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("  Pods:\n    (none)\n"), "{text}");
         assert!(
             text.contains("  Next rotation:  not computed yet\n"),

@@ -188,8 +188,25 @@ fn crd_shape() {
         .collect();
     assert_eq!(
         columns,
-        ["Ready", "Phase", "Active Kid", "Last Rotation", "Age"]
+        [
+            "Ready",
+            "Phase",
+            "Active Kid",
+            "Standby",
+            "Standby Propagated",
+            "Last Rotation",
+            "Age"
+        ]
     );
+    // The standby's columns only with `-o wide`.
+    let wide: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["priority"] == 1)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(wide, ["Standby", "Standby Propagated"]);
     // Defaults are in the schema, so the API server fills them in.
     let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
     assert_eq!(spec["replicas"]["default"], 2);

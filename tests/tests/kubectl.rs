@@ -338,6 +338,30 @@ async fn get_prints_printer_columns_and_the_built_in_tables() {
     );
     let row = cells(lines.next().unwrap_or_default());
     assert_eq!(&row[..4], ["auth", "True", "Idle", "kid-1"], "{out}");
+    // `-o wide` adds the standby and whether it is propagated.
+    k.server
+        .modify("macp.io", "macpauths", Some("macp"), "auth", |o| {
+            o["status"]["standby"] = json!({"kid": "kid-2", "propagated": true});
+        })
+        .expect("set the standby");
+    let wide = k.ok(&["get", "macpauth", "-n", "macp", "-o", "wide"]).await;
+    let mut wide_lines = wide.lines();
+    let header = cells(wide_lines.next().unwrap_or_default());
+    let row = cells(wide_lines.next().unwrap_or_default());
+    let at = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("no column {name}: {wide}"))
+    };
+    assert_eq!(
+        (
+            row[at("STANDBY")].as_str(),
+            row[at("STANDBY PROPAGATED")].as_str()
+        ),
+        ("kid-2", "true"),
+        "{wide}"
+    );
     // The CRD's short name and category: `kubectl get macp` lists them too.
     let short = k.ok(&["get", "macp", "-n", "macp", "--no-headers"]).await;
     assert_eq!(

@@ -5,6 +5,12 @@
 //! [`PodProber`] of the caller's choice, until a shutdown future resolves.
 //! [`leader::run`] does the same only while holding a leader-election Lease.
 
+// The crate's docs are for its maintainers: the public items' docs name the
+// internal modules and functions they are built on (the machine's `decide`,
+// the readiness rules), which are `pub(crate)` so that no other crate leans on
+// them.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod cli;
 pub(crate) mod conditions;
 pub mod config;

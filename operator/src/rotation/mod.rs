@@ -29,10 +29,9 @@
 //!    this round needs (JWKS fetches during rollout phases, a probe mint on
 //!    each pod while a key is being activated).
 //! 2. Build [`Observed`]: the Secret's keyset (`None` when the Secret does not
-//!    exist yet), [`Rollout::Complete`] only when the Deployment's template
-//!    carries the hash of *this* keyset and every replica of it is updated,
-//!    ready and available with no old pod left, and one [`PodView`] per ready
-//!    pod of that template.
+//!    exist yet), the rollout as `keyset_rollout::RolloutState::for_rotation`
+//!    judges it (the one definition of a complete rollout), and one
+//!    [`PodView`] per ready pod of that template.
 //! 3. Call [`decide`] with a fresh kid the reconciler proposes in case a key
 //!    must be generated (it is used only when the machine reserves one).
 //! 4. Execute [`Decision::actions`] in order, then write
@@ -260,12 +259,11 @@ impl KeysetView {
     }
 }
 
-/// Rollout state of the Deployment relative to the observed keyset.
+/// Rollout state of the Deployment relative to the observed keyset, as
+/// `keyset_rollout::RolloutState::for_rotation` judges it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rollout {
-    /// The pod template carries the hash of the observed keyset, the
-    /// Deployment controller observed that generation, and every replica is
-    /// updated, ready and available with no pod of an older template left.
+    /// Every pod runs the observed keyset's template (`keyset_rollout`).
     Complete,
     /// Anything else, including a template not yet updated to this keyset.
     InProgress,

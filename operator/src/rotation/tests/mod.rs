@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration as Secs, TimeZone, Utc};
 
 use crate::crd::{MacpAuthSpec, MacpAuthStatus, RotationPhase, SigningAlg};
-use crate::rotation::Action;
 use crate::fixtures;
+use crate::rotation::Action;
 
 use super::{
     Decision, Inputs, KeyView, KeysetPlan, KeysetView, Observed, PodView, Rollout, decide,

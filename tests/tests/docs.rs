@@ -22,6 +22,15 @@
 //! - docs/architecture.md's Mermaid phase diagram has exactly the phases of
 //!   `RotationPhase`, each entered and left, and every `Degraded` reason
 //!   rotation owns on an edge.
+//! - docs/troubleshooting.md has a `###` section for every condition reason
+//!   the operator defines (`const REASON_...` anywhere under operator/src)
+//!   and every alert of the chart's PrometheusRule.
+//! - docs/install.md's block marked `<!-- runnable: rollback -->` runs after
+//!   `helm install` and a `helm upgrade` of the chart on the sandbox; the
+//!   operator's Deployment is then the first revision's and still rotates.
+//! - The `kubectl macp` plugin is on the blocks' PATH (docs/kubectl-macp.md).
+//! - Every recording of docs/timelines/ drawn by `scripts/timeline`'s program
+//!   is the chart committed next to it.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -790,7 +799,9 @@ async fn the_rotation_block_waits_for_the_new_key_then_for_succeeded() {
         .unwrap_or_else(|| {
             panic!("docs/operations.md has no block marked <!-- runnable: rotation -->")
         });
-    let check = "\nkubectl get macpauth -n macp auth -o jsonpath='{.status.rotation.phase} {.status.history[-1:].outcome}{\"\\n\"}' | grep -x 'Idle Succeeded'\n";
+    // Done: the entry reads Succeeded and no key changes role any more (a
+    // standby being prepared right after is no rotation: Rotating is False).
+    let check = "\nkubectl get macpauth -n macp auth -o jsonpath='{.status.conditions[?(@.type==\"Rotating\")].status} {.status.history[-1:].outcome}{\"\\n\"}' | grep -x 'False Succeeded'\n";
     let script = format!("{SHORT_ROTATION_SETUP}{}{check}", block.script);
     let sandbox = sandbox(true).await;
     let home = scratch_dir(&format!("docs-rotation-{}", std::process::id()));

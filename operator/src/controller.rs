@@ -394,29 +394,37 @@ mod tests {
         assert_eq!(http_limits(300).max_connections, 236);
     }
 
-    #[tokio::test]
-    async fn the_endpoint_is_served_by_the_hardened_listener() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// A free local address for [`serve_http`].
+    fn free_addr() -> std::net::SocketAddr {
         let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = free.local_addr().unwrap();
-        drop(free);
-        let state = State::default();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_http(addr, state.clone(), async move {
-            let _ = stopped.await;
-        }));
+        free.local_addr().unwrap()
+    }
+
+    /// One `GET path` to the endpoint at `addr` (retried until it listens): the raw answer.
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = loop {
             match tokio::net::TcpStream::connect(addr).await {
                 Ok(stream) => break stream,
                 Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
             }
         };
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
         let mut text = String::new();
         stream.read_to_string(&mut text).await.unwrap();
+        text
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_is_served_by_the_hardened_listener() {
+        let addr = free_addr();
+        let state = State::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_http(addr, state.clone(), async move {
+            let _ = stopped.await;
+        }));
+        let text = get(addr, "/metrics").await;
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         // The listener counts the very connection that asked.
         assert!(
@@ -497,10 +505,7 @@ mod tests {
     /// elector and the tests ask `is_ready`, the kubelet asks `/readyz`).
     #[tokio::test]
     async fn readyz_answers_what_is_ready_says() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = free.local_addr().unwrap();
-        drop(free);
+        let addr = free_addr();
         let state = State::default();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve_http(addr, state.clone(), async move {
@@ -509,18 +514,7 @@ mod tests {
         for (synced, standby) in [(false, false), (false, true), (true, false), (true, true)] {
             state.ready.store(synced, Ordering::SeqCst);
             state.set_standby(standby);
-            let mut stream = loop {
-                match tokio::net::TcpStream::connect(addr).await {
-                    Ok(stream) => break stream,
-                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-                }
-            };
-            stream
-                .write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-                .await
-                .unwrap();
-            let mut text = String::new();
-            stream.read_to_string(&mut text).await.unwrap();
+            let text = get(addr, "/readyz").await;
             assert_eq!(
                 text.starts_with("HTTP/1.1 200"),
                 state.is_ready(),

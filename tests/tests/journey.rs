@@ -384,7 +384,20 @@ async fn the_user_journey_through_helm_and_kubectl() {
         "--timeout=180s",
     ])
     .await;
-    j.kubectl(&["get", "macpauths", "-n", NS]).await;
+    // With the defaults each prepares its standby key next: published in
+    // one more rollout, then the (scaled) cache wait.
+    j.kubectl(&[
+        "wait",
+        "-n",
+        NS,
+        "macpauth/auth",
+        "macpauth/auth-es256",
+        "--for=jsonpath={.status.standby.propagated}=true",
+        "--timeout=180s",
+    ])
+    .await;
+    j.kubectl(&["get", "macpauths", "-n", NS, "-o", "wide"])
+        .await;
     j.kubectl(&["get", "deploy,svc,pods", "-n", NS, "-o", "wide"])
         .await;
     let status = j.kubectl(&["macp", "status", "-n", NS]).await;
@@ -393,6 +406,8 @@ async fn the_user_journey_through_helm_and_kubectl() {
         "MacpAuth macp/auth-es256\n",
         "  Phase:          Idle",
         "   active ",
+        "   standby ",
+        "  Standby:        auth-",
     ] {
         if !status.contains(part) {
             j.fail(&format!("`kubectl macp status` lacks {part:?}"));
@@ -561,14 +576,17 @@ async fn the_user_journey_through_helm_and_kubectl() {
     if !request.starts_with("rotate-") {
         j.fail(&format!("request id {request:?} is not a fresh rotate- id"));
     }
-    // Not a terminal: one plain line per phase, then the outcome.
-    for phase in [
-        "Publishing",
-        "Propagating",
-        "Activating",
-        "Draining",
-        "Retiring",
-    ] {
+    // Not a terminal: one plain line per phase, then the outcome. The
+    // propagated standby activates at once: no Publishing, no Propagating.
+    for phase in ["Publishing", "Propagating"] {
+        if rotated.stdout.contains(&format!(" {phase} (step ")) {
+            j.fail(&format!(
+                "`kubectl macp rotate --wait` went through {phase}, though a propagated standby was ready:\n{}",
+                rotated.stdout
+            ));
+        }
+    }
+    for phase in ["Activating", "Draining", "Retiring"] {
         if !rotated.stdout.contains(&format!(" {phase} (step ")) {
             j.fail(&format!(
                 "`kubectl macp rotate --wait` printed no {phase} line:\n{}",

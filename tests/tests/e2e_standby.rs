@@ -29,11 +29,6 @@ use serde_json::{Value, json};
 
 use e2e::*;
 
-/// What a verifier adds to its cache TTL before it refuses a withdrawn key:
-/// the cutoff loop's round over every verifier and stolen token, and one JWKS
-/// fetch. The same figure as the emergency scenario of `e2e_rotation.rs`.
-const CUTOFF_SLACK: Duration = Duration::from_secs(3);
-
 /// The annotations a user sets, as docs/operations.md spells them.
 const ROTATE: &str = "macp.io/rotate";
 const EMERGENCY_ROTATE: &str = "macp.io/emergency-rotate";
@@ -252,46 +247,8 @@ async fn emergency(
         |_| false,
         |s| s.history.len() > history_before,
     );
-    let watch = async {
-        let n = load.verifiers();
-        let mut cutoff: Vec<Option<Duration>> = vec![None; n];
-        let mut came_back = Vec::new();
-        let mut reasons = BTreeSet::new();
-        let mut all_cut_at = None;
-        wait_until(
-            "every verifier to refuse the stolen tokens, then 5 s more",
-            PATIENCE,
-            Duration::from_millis(100),
-            async || {
-                for (i, c) in cutoff.iter_mut().enumerate() {
-                    for t in &stolen {
-                        match (load.verify_with(i, t).await, &c) {
-                            (Err(e), None) => {
-                                *c = Some(t0.elapsed());
-                                reasons.insert(e);
-                            }
-                            (Err(e), Some(_)) => {
-                                reasons.insert(e);
-                            }
-                            (Ok(()), Some(at)) => came_back.push((i, *at, t0.elapsed())),
-                            (Ok(()), None) => {}
-                        }
-                    }
-                }
-                if all_cut_at.is_none() && cutoff.iter().all(Option::is_some) {
-                    all_cut_at = Some(Instant::now());
-                }
-                if all_cut_at.is_some_and(|a| a.elapsed() > Duration::from_secs(5)) {
-                    Break(())
-                } else {
-                    Continue(cutoff.clone())
-                }
-            },
-        )
-        .await;
-        (cutoff, came_back, reasons)
-    };
-    let (after, (cutoffs, came_back, reasons)) = tokio::join!(follow, watch);
+    let watch = watch_stolen_cutoff(&load, &stolen, t0);
+    let (after, cut) = tokio::join!(follow, watch);
     let emergency_s = t0.elapsed().as_secs_f64();
     settle().await;
     // The next standby's preparation starts once the emergency is over.
@@ -324,43 +281,8 @@ async fn emergency(
         "{scenario}: next standby {next_standby} (active {new_kid}, suspects {:?})",
         after.suspect_kids
     );
-    assert!(
-        came_back.is_empty(),
-        "{scenario}: a stolen token verified again after its cutoff (verifier, cutoff, at): {came_back:?}"
-    );
-    assert!(
-        !reasons.iter().any(|r| r.to_lowercase().contains("expired")),
-        "{scenario}: stolen tokens failed by age, not by the cutoff: {reasons:?}"
-    );
-    let last_served = served
-        .iter()
-        .filter(|(_, kids)| kids.contains(&suspect))
-        .map(|(at, _)| at.saturating_duration_since(t0))
-        .max()
-        .expect("the suspect key was served after the annotation");
-    assert!(
-        last_served <= WITHDRAW_BOUND,
-        "{scenario}: a pod still served the suspect key {last_served:?} after the annotation (bound {WITHDRAW_BOUND:?})"
-    );
-    let bound = last_served + JwksWatch::PERIOD + Duration::from_secs(CACHE_TTL) + CUTOFF_SLACK;
-    let cutoffs: Vec<Duration> = cutoffs.into_iter().flatten().collect();
-    for (i, c) in cutoffs.iter().enumerate() {
-        assert!(
-            *c <= bound,
-            "{scenario}: verifier {i}: cutoff {c:?} exceeds last-served {last_served:?} + TTL {CACHE_TTL}s + slack {CUTOFF_SLACK:?}"
-        );
-    }
-    let gone = served
-        .iter()
-        .position(|(_, kids)| !kids.is_empty() && !kids.contains(&suspect))
-        .expect("the suspect key was withdrawn");
-    let back = served[gone..]
-        .iter()
-        .find(|(_, kids)| kids.contains(&suspect));
-    assert!(
-        back.is_none(),
-        "{scenario}: suspect key served again: {back:?}"
-    );
+    let (cutoffs, bound, last_served) =
+        assert_suspect_cut_off(scenario, &suspect, &served, t0, cut);
     assert_eq!(
         report.mint_errors, 0,
         "{scenario}: mints failed: {:?}",

@@ -911,3 +911,128 @@ impl JwksWatch {
         std::mem::take(&mut *self.samples.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
+
+// ------------------------------------------------------------ the stolen tokens' cutoff
+
+/// What a verifier adds to its cache TTL before it refuses a withdrawn key:
+/// the cutoff loop's round over every verifier and stolen token, and one JWKS
+/// fetch. The test's own figure, not the operator's propagation slack.
+pub const CUTOFF_SLACK: Duration = Duration::from_secs(3);
+
+/// Per verifier, when the stolen tokens were first refused (`None`: never),
+/// any that verified again after that (verifier, cutoff, at), and why they
+/// were refused.
+pub struct StolenCutoff {
+    pub cutoffs: Vec<Option<Duration>>,
+    pub came_back: Vec<(usize, Duration, Duration)>,
+    pub reasons: BTreeSet<String>,
+}
+
+/// Checks the stolen tokens on every verifier of `load` until each refused
+/// them, then 5 s more (to see any come back), timing from `t0`.
+pub async fn watch_stolen_cutoff(
+    load: &LoadGenerator,
+    stolen: &[String],
+    t0: Instant,
+) -> StolenCutoff {
+    let n = load.verifiers();
+    let mut cutoffs: Vec<Option<Duration>> = vec![None; n];
+    let mut came_back = Vec::new();
+    let mut reasons = BTreeSet::new();
+    let mut all_cut_at = None;
+    wait_until(
+        "every verifier to refuse the stolen tokens, then 5 s more",
+        PATIENCE,
+        Duration::from_millis(100),
+        async || {
+            for (i, c) in cutoffs.iter_mut().enumerate() {
+                for t in stolen {
+                    match (load.verify_with(i, t).await, &c) {
+                        (Err(e), None) => {
+                            *c = Some(t0.elapsed());
+                            reasons.insert(e);
+                        }
+                        (Err(e), Some(_)) => {
+                            reasons.insert(e);
+                        }
+                        (Ok(()), Some(at)) => came_back.push((i, *at, t0.elapsed())),
+                        (Ok(()), None) => {}
+                    }
+                }
+            }
+            if all_cut_at.is_none() && cutoffs.iter().all(Option::is_some) {
+                all_cut_at = Some(Instant::now());
+            }
+            if all_cut_at.is_some_and(|a| a.elapsed() > Duration::from_secs(5)) {
+                Break(())
+            } else {
+                // When each verifier first refused them (None: not yet).
+                Continue(cutoffs.clone())
+            }
+        },
+    )
+    .await;
+    StolenCutoff {
+        cutoffs,
+        came_back,
+        reasons,
+    }
+}
+
+/// The suspect key's cutoff, judged against a bound from pod polling alone
+/// (`served`, never the cutoff loop): the last moment a pod served the
+/// suspect key, within [`WITHDRAW_BOUND`] of the annotation at `t0`, plus one
+/// poll, one cache TTL and [`CUTOFF_SLACK`]. No stolen token verifies again
+/// after its cutoff, none fails by age instead, and once no pod serves the
+/// suspect key none ever does again. Returns (each verifier's cutoff, the
+/// bound, the last moment served).
+pub fn assert_suspect_cut_off(
+    scenario: &str,
+    suspect: &str,
+    served: &JwksSamples,
+    t0: Instant,
+    cut: StolenCutoff,
+) -> (Vec<Duration>, Duration, Duration) {
+    assert!(
+        cut.came_back.is_empty(),
+        "{scenario}: a stolen token verified again after its cutoff (verifier, cutoff, at): {:?}",
+        cut.came_back
+    );
+    assert!(
+        !cut.reasons
+            .iter()
+            .any(|r| r.to_lowercase().contains("expired")),
+        "{scenario}: stolen tokens failed by age, not by the cutoff: {:?}",
+        cut.reasons
+    );
+    let last_served = served
+        .iter()
+        .filter(|(_, kids)| kids.contains(suspect))
+        .map(|(at, _)| at.saturating_duration_since(t0))
+        .max()
+        .expect("the suspect key was served after the annotation");
+    assert!(
+        last_served <= WITHDRAW_BOUND,
+        "{scenario}: a pod still served the suspect key {last_served:?} after the annotation (bound {WITHDRAW_BOUND:?})"
+    );
+    let bound = last_served + JwksWatch::PERIOD + Duration::from_secs(CACHE_TTL) + CUTOFF_SLACK;
+    let cutoffs: Vec<Duration> = cut.cutoffs.into_iter().flatten().collect();
+    for (i, c) in cutoffs.iter().enumerate() {
+        assert!(
+            *c <= bound,
+            "{scenario}: verifier {i}: cutoff {c:?} exceeds last-served {last_served:?} + TTL {CACHE_TTL}s + slack {CUTOFF_SLACK:?}"
+        );
+    }
+    let gone = served
+        .iter()
+        .position(|(_, kids)| !kids.is_empty() && !kids.contains(suspect))
+        .expect("the suspect key was withdrawn");
+    let back = served[gone..]
+        .iter()
+        .find(|(_, kids)| kids.contains(suspect));
+    assert!(
+        back.is_none(),
+        "{scenario}: suspect key served again: {back:?}"
+    );
+    (cutoffs, bound, last_served)
+}

@@ -43,7 +43,7 @@ use chrono::Utc;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use macp_auth_e2e::endpoints::EndpointSource;
-use macp_auth_e2e::load::{LoadConfig, LoadGenerator, LoadReport, token_kid};
+use macp_auth_e2e::load::{LoadConfig, LoadGenerator, LoadReport};
 use macp_auth_e2e::proxy::ServiceProxy;
 use macp_auth_e2e::wait::wait_until;
 use macp_auth_operator::crd::{
@@ -262,21 +262,7 @@ async fn e2e_3_emergency_rotation_cuts_off_the_suspect_key() {
     // Tokens minted with the suspect key, as a thief would hold them (the
     // longest lifetime; the verifier's leeway keeps them acceptable by time
     // alone for a minute past it, far beyond the cutoff).
-    let mut stolen = Vec::new();
-    for _ in 0..3 {
-        let t = mint(&proxy.url()).await;
-        assert_eq!(token_kid(&t).as_deref(), Some(suspect.as_str()));
-        stolen.push(t);
-    }
-    for i in 0..load.verifiers() {
-        for t in &stolen {
-            let r = load.verify_with(i, t).await;
-            assert!(
-                r.is_ok(),
-                "stolen token verifies before the emergency: {r:?}"
-            );
-        }
-    }
+    let stolen = steal_tokens("emergency", &proxy.url(), &load, &suspect).await;
 
     let (all_pods, _) = env.endpoints(&name).await;
     let seen = JwksWatch::start(all_pods);
@@ -1053,16 +1039,3 @@ async fn e2e_real_cluster_backend_through_a_kubeconfig() {
 }
 
 // ------------------------------------------------------------------ helpers
-
-async fn mint(base: &str) -> String {
-    let body: Value = reqwest::Client::new()
-        .post(format!("{base}/tokens"))
-        .json(&json!({"sender": "thief", "scopes": {}, "ttl_seconds": MAX_TTL}))
-        .send()
-        .await
-        .expect("mint")
-        .json()
-        .await
-        .expect("mint body");
-    body["token"].as_str().expect("token").to_string()
-}

@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow::{Break, Continue};
 use std::time::{Duration, Instant};
 
-use macp_auth_e2e::load::{LoadReport, token_kid};
+use macp_auth_e2e::load::LoadReport;
 use macp_auth_e2e::wait::wait_until;
 use macp_auth_operator::crd::{MacpAuthStatus, RotationOutcome, RotationPhase, RotationTrigger};
 use serde_json::{Value, json};
@@ -211,21 +211,7 @@ async fn emergency(
     // the standby up as real runtimes' would.
     let (suspect, standby, before) = wait_standby(&env, &name).await;
 
-    let mut stolen = Vec::new();
-    for _ in 0..3 {
-        let t = mint(&proxy.url()).await;
-        assert_eq!(token_kid(&t).as_deref(), Some(suspect.as_str()));
-        stolen.push(t);
-    }
-    for i in 0..load.verifiers() {
-        for t in &stolen {
-            let r = load.verify_with(i, t).await;
-            assert!(
-                r.is_ok(),
-                "{scenario}: stolen token verifies before the emergency: {r:?}"
-            );
-        }
-    }
+    let stolen = steal_tokens(scenario, &proxy.url(), &load, &suspect).await;
 
     let (all_pods, _) = env.endpoints(&name).await;
     let seen = JwksWatch::start(all_pods);
@@ -617,17 +603,3 @@ async fn e2e_standby_4_operator_killed_in_every_standby_step() {
 }
 
 // ------------------------------------------------------------------ helpers
-
-/// A max-TTL token minted through the Service, as a thief would hold it.
-async fn mint(base: &str) -> String {
-    let body: Value = reqwest::Client::new()
-        .post(format!("{base}/tokens"))
-        .json(&json!({"sender": "thief", "scopes": {}, "ttl_seconds": MAX_TTL}))
-        .send()
-        .await
-        .expect("mint")
-        .json()
-        .await
-        .expect("mint body");
-    body["token"].as_str().expect("token").to_string()
-}

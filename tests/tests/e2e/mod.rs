@@ -22,7 +22,7 @@ use macp_auth_e2e::binary::service_binary_async;
 use macp_auth_e2e::cluster::{Cluster, ClusterConfig};
 use macp_auth_e2e::endpoints::{ApiEndpoints, DEFAULT_ENDPOINT_LAG, LaggedEndpoints};
 use macp_auth_e2e::load::{
-    LATE_CHECKS_MISSED_PER_MILLE, LoadConfig, LoadGenerator, LoadReport, VERIFIER_LEEWAY,
+    LATE_CHECKS_MISSED_PER_MILLE, LoadConfig, LoadGenerator, LoadReport, VERIFIER_LEEWAY, token_kid,
 };
 use macp_auth_e2e::proxy::ServiceProxy;
 use macp_auth_e2e::wait::wait_until;
@@ -926,6 +926,43 @@ pub struct StolenCutoff {
     pub cutoffs: Vec<Option<Duration>>,
     pub came_back: Vec<(usize, Duration, Duration)>,
     pub reasons: BTreeSet<String>,
+}
+
+/// Three tokens of the longest lifetime minted through the Service at
+/// `base`, as a thief would hold them, each signed by `suspect` and accepted
+/// by every verifier of `load` before the emergency (the verifier's leeway
+/// keeps them acceptable by time alone far beyond the cutoff).
+pub async fn steal_tokens(
+    scenario: &str,
+    base: &str,
+    load: &LoadGenerator,
+    suspect: &str,
+) -> Vec<String> {
+    let mut stolen = Vec::new();
+    for _ in 0..3 {
+        let body: Value = reqwest::Client::new()
+            .post(format!("{base}/tokens"))
+            .json(&json!({"sender": "thief", "scopes": {}, "ttl_seconds": MAX_TTL}))
+            .send()
+            .await
+            .expect("mint")
+            .json()
+            .await
+            .expect("mint body");
+        let t = body["token"].as_str().expect("token").to_string();
+        assert_eq!(token_kid(&t).as_deref(), Some(suspect), "{scenario}");
+        stolen.push(t);
+    }
+    for i in 0..load.verifiers() {
+        for t in &stolen {
+            let r = load.verify_with(i, t).await;
+            assert!(
+                r.is_ok(),
+                "{scenario}: stolen token verifies before the emergency: {r:?}"
+            );
+        }
+    }
+    stolen
 }
 
 /// Checks the stolen tokens on every verifier of `load` until each refused

@@ -100,31 +100,19 @@ pub fn kid_time(kid: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
-/// A kid the status names at `pointer` (a string, or an object with `kid`).
-fn raw_kid(raw: &Value, pointer: &str) -> Option<String> {
-    let v = raw.pointer(pointer)?;
-    v.as_str()
-        .or_else(|| v.get("kid").and_then(Value::as_str))
-        .map(str::to_string)
-}
-
 /// Every key the status names, with its role.
 ///
 /// An operator that reports roles itself (`status.keys[]` with `kid` and
 /// `role`) is believed; otherwise the roles follow from the active kid, the
-/// published kids and the keyset the rotation's phase wants. A standby key
-/// (`status.standbyKid`, or `status.standby.kid`) shows once reported.
+/// published kids and the keyset the rotation's phase wants. The standby key
+/// (`status.standby`) shows as `standby`.
 pub fn key_rows(status: &MacpAuthStatus, raw: &Value) -> Vec<KeyRow> {
     let row = |kid: &str, role: &str| KeyRow {
         kid: kid.to_string(),
         role: role.to_string(),
         created: kid_time(kid),
     };
-    let standby = status
-        .standby
-        .as_ref()
-        .map(|s| s.kid.clone())
-        .or_else(|| raw_kid(raw, "/standbyKid"));
+    let standby = status.standby.as_ref().map(|s| s.kid.clone());
     if let Some(keys) = raw.pointer("/keys").and_then(Value::as_array) {
         let rows: Vec<KeyRow> = keys
             .iter()
@@ -165,9 +153,6 @@ pub fn key_rows(status: &MacpAuthStatus, raw: &Value) -> Vec<KeyRow> {
             _ => "published",
         };
         rows.push(row(kid, role));
-    }
-    if let Some(s) = standby.filter(|s| !rows.iter().any(|r| &r.kid == s)) {
-        rows.push(row(&s, "standby (not published)"));
     }
     // A key being made is not published yet, but it is the one to watch.
     if let Some(r) = &status.rotation {
@@ -607,8 +592,16 @@ mod tests {
         // Once the operator reports a standby, it shows.
         let mut st = m.status.clone().unwrap();
         st.rotation = None;
-        let rows = key_rows(&st, &json!({"standbyKid": OLD}));
+        st.standby = Some(macp_auth_operator::crd::StandbyStatus {
+            kid: OLD.into(),
+            propagated: true,
+            propagated_at: None,
+        });
+        let rows = key_rows(&st, &json!({}));
         assert_eq!(rows[1].role, "standby");
+        // The ledger lists it in its `next` slot; it still reads as the standby.
+        let rows = key_rows(&st, &json!({"keys": [{"kid": OLD, "role": "Next"}]}));
+        assert_eq!(rows[0].role, "standby");
         let rows = key_rows(&st, &json!({"keys": [{"kid": "k9", "role": "verifying"}]}));
         assert_eq!(
             (rows[0].kid.as_str(), rows[0].role.as_str()),

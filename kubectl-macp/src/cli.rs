@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use macp_auth_operator::crd::{
-    EMERGENCY_ROTATE_ANNOTATION, MacpAuth, ROTATE_ANNOTATION, RotationPhase,
+    EMERGENCY_ROTATE_ANNOTATION, EMERGENCY_SCOPE_ANNOTATION, EMERGENCY_SCOPE_POD,
+    EMERGENCY_SCOPE_SECRET, MacpAuth, ROTATE_ANNOTATION, RotationPhase,
 };
 use serde::Serialize;
 
@@ -48,6 +49,22 @@ pub struct Global {
     pub namespace: Option<String>,
 }
 
+/// `--scope` of an emergency: what may have leaked.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Pod,
+    Secret,
+}
+
+impl Scope {
+    fn annotation_value(self) -> &'static str {
+        match self {
+            Scope::Pod => EMERGENCY_SCOPE_POD,
+            Scope::Secret => EMERGENCY_SCOPE_SECRET,
+        }
+    }
+}
+
 /// `-o`: the default is text for people.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Output {
@@ -75,6 +92,9 @@ pub enum Command {
         /// An emergency rotation for this incident: every current key becomes suspect and is withdrawn.
         #[arg(long, value_name = "INCIDENT")]
         emergency: Option<String>,
+        /// What may have leaked (`macp.io/emergency-scope`, set in the same write): `pod` (a pod, process, environment or log: the propagated standby replaces the suspects, no verification fails) or `secret` (the Secret, an etcd backup or an RBAC grant: the standby is a suspect too and a fresh key is generated). Unset: the annotation stays as it is (none means `pod`).
+        #[arg(long, value_enum, requires = "emergency")]
+        scope: Option<Scope>,
         /// Follows the rotation until it ends; exits 0 only on Succeeded.
         #[arg(long)]
         wait: bool,
@@ -168,9 +188,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Rotate {
             name,
             emergency,
+            scope,
             wait,
             timeout,
-        } => rotate_cmd(&kube, &ns, &name, emergency.as_deref(), wait, timeout).await,
+        } => {
+            let request = emergency.as_deref().map(|id| (id, scope));
+            rotate_cmd(&kube, &ns, &name, request, wait, timeout).await
+        }
         Command::History { name, output } => {
             let f = kube.get(&ns, &name).await?;
             let st = f.macpauth.status.clone().unwrap_or_default();
@@ -338,10 +362,11 @@ async fn rotate_cmd(
     kube: &Kube,
     ns: &str,
     name: &str,
-    emergency: Option<&str>,
+    request: Option<(&str, Option<Scope>)>,
     wait: bool,
     timeout: Option<Duration>,
 ) -> Result<()> {
+    let emergency = request.map(|(id, _)| id);
     if let Some(i) = emergency {
         rotate::check_incident(i).map_err(Error::Usage)?;
     }
@@ -354,9 +379,18 @@ async fn rotate_cmd(
     } else {
         ROTATE_ANNOTATION
     };
-    kube.annotate(ns, name, annotation, &id).await?;
+    let mut annotations = vec![(annotation, id.as_str())];
+    if let Some((_, Some(scope))) = request {
+        annotations.insert(0, (EMERGENCY_SCOPE_ANNOTATION, scope.annotation_value()));
+    }
+    kube.annotate(ns, name, &annotations).await?;
+    let written: Vec<String> = annotations
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     print(&format!(
-        "macpauth.macp.io/{name} annotated: {annotation}={id}\nrequest id: {id}\n"
+        "macpauth.macp.io/{name} annotated: {}\nrequest id: {id}\n",
+        written.join(" ")
     ))?;
     if !wait {
         return Ok(());

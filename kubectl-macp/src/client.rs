@@ -130,15 +130,19 @@ impl Kube {
         Ok(out)
     }
 
-    /// Sets annotation `key` to `value` by a merge patch.
+    /// Sets `annotations` (key, value) by one merge patch, so the operator
+    /// never sees some of them without the others.
     pub async fn annotate(
         &self,
         namespace: &str,
         name: &str,
-        key: &str,
-        value: &str,
+        annotations: &[(&str, &str)],
     ) -> Result<()> {
-        let patch = json!({"metadata": {"annotations": {key: value}}});
+        let map: serde_json::Map<String, serde_json::Value> = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        let patch = json!({"metadata": {"annotations": map}});
         match self
             .macpauths(Some(namespace))
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -150,7 +154,12 @@ impl Kube {
                 name: name.into(),
             }),
             Err(e) => Err(api_error(format!(
-                "annotating MacpAuth {namespace}/{name} with {key}"
+                "annotating MacpAuth {namespace}/{name} with {}",
+                annotations
+                    .iter()
+                    .map(|(k, _)| *k)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))(e)),
         }
     }

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use macp_auth_e2e::apiserver::{ApiHandle, FakeApiServer, LogOptions, PodLogs};
 use macp_auth_e2e::sandbox::{kubeconfig, objects};
-use macp_auth_operator::crd::{EMERGENCY_ROTATE_ANNOTATION, ROTATE_ANNOTATION};
+use macp_auth_operator::crd::{
+    EMERGENCY_ROTATE_ANNOTATION, EMERGENCY_SCOPE_ANNOTATION, EMERGENCY_SCOPE_SECRET,
+    ROTATE_ANNOTATION,
+};
 use macp_auth_operator::resources::{APP_NAME, INSTANCE_LABEL, NAME_LABEL};
 use serde_json::{Value, json};
 
@@ -160,6 +163,39 @@ async fn status_and_history_read_the_macpauth_and_name_a_missing_one() {
         "a blank in the incident id is a usage error"
     );
     assert_eq!(annotation(&env.api(), EMERGENCY_ROTATE_ANNOTATION), None);
+    // A scope without an emergency is a usage error, and writes nothing.
+    let out = env
+        .run(&["rotate", "auth", "-n", NS, "--scope", "secret"])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(annotation(&env.api(), EMERGENCY_SCOPE_ANNOTATION), None);
+    // With an emergency, the scope goes in the same write as the request.
+    let out = env
+        .run(&[
+            "rotate",
+            "auth",
+            "-n",
+            NS,
+            "--emergency",
+            "INC-2",
+            "--scope",
+            "secret",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        annotation(&env.api(), EMERGENCY_SCOPE_ANNOTATION).as_deref(),
+        Some(EMERGENCY_SCOPE_SECRET)
+    );
+    let incident = annotation(&env.api(), EMERGENCY_ROTATE_ANNOTATION).expect("annotated");
+    assert!(incident.starts_with("INC-2-"), "{incident}");
+    assert!(
+        stdout(&out).contains(&format!(
+            "annotated: {EMERGENCY_SCOPE_ANNOTATION}={EMERGENCY_SCOPE_SECRET} {EMERGENCY_ROTATE_ANNOTATION}={incident}"
+        )),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[tokio::test]

@@ -98,12 +98,12 @@ pub const EMERGENCY_ROTATE_ANNOTATION: &str = "macp.io/emergency-rotate";
 /// [`EMERGENCY_SCOPE_SECRET`] discards the standby key with the rest; any
 /// other value (or none) means a pod, process or environment leaked, and a
 /// propagated standby replaces the suspect keys.
-pub(crate) const EMERGENCY_SCOPE_ANNOTATION: &str = "macp.io/emergency-scope";
+pub const EMERGENCY_SCOPE_ANNOTATION: &str = "macp.io/emergency-scope";
 /// The Secret itself (an etcd backup, an RBAC grant) may have leaked: the
 /// standby's private half was in it, so it is suspect too.
-pub(crate) const EMERGENCY_SCOPE_SECRET: &str = "secret";
+pub const EMERGENCY_SCOPE_SECRET: &str = "secret";
 /// A pod, process or environment leaked: the standby never reached one.
-pub(crate) const EMERGENCY_SCOPE_POD: &str = "pod";
+pub const EMERGENCY_SCOPE_POD: &str = "pod";
 
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(

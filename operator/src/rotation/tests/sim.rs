@@ -220,6 +220,10 @@ struct Tracker {
     /// Persisted phases, each with its rotation's identity (start, request id) and trigger.
     phases: Vec<(RotationId, RotationPhase, Option<RotationTrigger>)>,
     named: BTreeSet<String>,
+    /// Suspects named only by the emergency request the operator has not
+    /// taken yet: a newer request that replaces it before the operator read
+    /// it retracts them (the operator acts on the annotations it sees).
+    unseen_suspects: BTreeSet<String>,
 }
 
 struct World {
@@ -801,18 +805,36 @@ impl World {
                     .as_ref()
                     .filter(|s| s.propagated && self.secret.next.as_ref() == Some(&s.kid))
                     .map(|s| s.kid.clone());
-                if matches!(ev, Ev::EmergencySecret) {
+                let replaced_unseen = self
+                    .annotations
+                    .get(EMERGENCY_ROTATE_ANNOTATION)
+                    .is_some_and(|v| Some(v) != self.status.handled_emergency_request.as_ref());
+                // The operator took the previous request: its suspects stand.
+                let unseen = std::mem::take(&mut self.t.unseen_suspects);
+                if replaced_unseen {
+                    for kid in unseen {
+                        self.t.suspects.remove(&kid);
+                        self.t.withdrawn.remove(&kid);
+                        self.t.gone_from_pods.remove(&kid);
+                    }
+                }
+                let suspects: Vec<String> = if matches!(ev, Ev::EmergencySecret) {
                     self.annotations.insert(
                         EMERGENCY_SCOPE_ANNOTATION.into(),
                         EMERGENCY_SCOPE_SECRET.into(),
                     );
-                    self.t.suspects.extend(self.secret.kids());
+                    self.secret.kids().into_iter().collect()
                 } else {
                     self.annotations.remove(EMERGENCY_SCOPE_ANNOTATION);
                     let kids = self.secret.kids();
-                    self.t
-                        .suspects
-                        .extend(kids.into_iter().filter(|k| Some(k) != standby.as_ref()));
+                    kids.into_iter()
+                        .filter(|k| Some(k) != standby.as_ref())
+                        .collect()
+                };
+                for kid in suspects {
+                    if self.t.suspects.insert(kid.clone()) {
+                        self.t.unseen_suspects.insert(kid);
+                    }
                 }
                 self.annotations.insert(
                     EMERGENCY_ROTATE_ANNOTATION.into(),

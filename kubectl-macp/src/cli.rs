@@ -276,31 +276,39 @@ async fn plan_cmd(
     let spec = &f.macpauth.spec;
     let st = f.macpauth.status.clone().unwrap_or_default();
     let now = Utc::now();
-    let plan = steps::plan(spec, &st, emergency, now);
+    let kind = steps::Kind::requested(&st, emergency);
+    let plan = steps::plan(spec, &st, kind, now);
     if let Some(o) = structured(output) {
         return print_structured(
             &serde_json::json!({
                 "namespace": ns, "name": name, "emergency": emergency,
+                "fromStandby": steps::propagated_standby(&st),
                 "start": now, "steps": plan,
                 "nextRotationTime": st.next_rotation_time,
             }),
             o,
         );
     }
-    let kind = if emergency {
-        "an emergency rotation".to_string()
-    } else {
-        format!(
+    let standby = steps::propagated_standby(&st);
+    let what = match (emergency, standby) {
+        (true, Some(kid)) => format!(
+            "an emergency rotation (activating the propagated standby {kid}; with {EMERGENCY_SCOPE_ANNOTATION}=secret a fresh key instead)"
+        ),
+        (true, None) => "an emergency rotation (a fresh key)".to_string(),
+        (false, Some(kid)) => format!(
+            "a routine rotation (activating the propagated standby {kid}: no publishing, no cache wait)"
+        ),
+        (false, None) => format!(
             "a routine rotation (prepublish {})",
             if spec.rotation.prepublish {
                 "on"
             } else {
                 "off"
             }
-        )
+        ),
     };
     let mut out = format!(
-        "Plan of {kind} of MacpAuth {ns}/{name}, if requested now ({}):\n",
+        "Plan of {what} of MacpAuth {ns}/{name}, if requested now ({}):\n",
         fmt::instant(now)
     );
     out.push_str(&status::steps_table(&plan, now, "  "));
@@ -345,7 +353,7 @@ async fn plan_cmd(
         );
     }
     if !emergency && let Some(next) = st.next_rotation_time {
-        let sched = steps::plan(spec, &st, false, next);
+        let sched = steps::plan(spec, &st, steps::Kind::requested(&st, false), next);
         if let (Some(a), Some(r)) = (steps::new_key_signs(&sched), steps::old_key_retires(&sched)) {
             out.push_str(&format!(
                 "The next scheduled rotation starts {}: its new key signs from {}, {active} retires from {}.\n",
@@ -398,7 +406,14 @@ async fn rotate_cmd(
     let spec = f.macpauth.spec.clone();
     let current = f.macpauth.status.clone().unwrap_or_default();
     let timeout = timeout.unwrap_or_else(|| {
-        let plan = steps::plan(&spec, &current, emergency.is_some(), now);
+        // The longest route: a standby discarded before the operator takes
+        // the request (the Secret changed, a Secret-scope emergency) means
+        // publishing and a cache wait after all.
+        let kind = steps::Kind {
+            emergency: emergency.is_some(),
+            from_standby: false,
+        };
+        let plan = steps::plan(&spec, &current, kind, now);
         let latest = plan
             .last()
             .map_or(0, |s| fmt::secs_between(now, s.latest_end));

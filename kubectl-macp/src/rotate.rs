@@ -98,9 +98,8 @@ pub fn step_number(
     status: &MacpAuthStatus,
     rot: &RotationStatus,
 ) -> Option<(usize, usize)> {
-    let emergency = rot.trigger == Some(macp_auth_operator::crd::RotationTrigger::Emergency);
     let retiring = rot.old_kid.as_deref().unwrap_or_default();
-    let all = steps::sequence(spec, status, emergency, retiring);
+    let all = steps::sequence(spec, status, steps::Kind::of(rot), retiring);
     let i = all.iter().position(|s| s.phase == rot.phase)?;
     Some((i + 1, all.len()))
 }
@@ -262,6 +261,16 @@ mod tests {
         assert_eq!(
             progress_line(&spec, &status, now),
             "[#########.....................] Draining 5/6  done 2026-12-06T12:01:25Z (in 60s) at the earliest, 2026-12-06T12:11:25Z at the latest"
+        );
+        // The propagated standby's rotation has no publishing step to count.
+        let mut from_standby = status.clone();
+        if let Some(r) = from_standby.rotation.as_mut() {
+            r.from_standby = true;
+        }
+        assert!(
+            phase_line(&spec, &from_standby, now).contains("Draining (step 3/4)"),
+            "{}",
+            phase_line(&spec, &from_standby, now)
         );
         assert_eq!(bar(2.0, 4), "[####]");
         assert_eq!(bar(-1.0, 4), "[....]");

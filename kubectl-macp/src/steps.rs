@@ -205,18 +205,55 @@ fn step(
     }
 }
 
+/// What decides a rotation's route besides the spec.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Kind {
+    pub emergency: bool,
+    /// Its new key is the propagated standby: no publishing, no cache wait.
+    pub from_standby: bool,
+}
+
+impl Kind {
+    /// The rotation in flight in `rot`.
+    pub fn of(rot: &RotationStatus) -> Self {
+        Self {
+            emergency: rot.trigger == Some(RotationTrigger::Emergency),
+            from_standby: rot.from_standby,
+        }
+    }
+
+    /// A rotation requested now: it takes the standby if one is propagated.
+    /// (An emergency whose scope is `secret` generates a fresh key instead;
+    /// its route is the same.)
+    pub fn requested(status: &MacpAuthStatus, emergency: bool) -> Self {
+        Self {
+            emergency,
+            from_standby: propagated_standby(status).is_some(),
+        }
+    }
+}
+
+/// The kid of the propagated standby, if there is one.
+pub fn propagated_standby(status: &MacpAuthStatus) -> Option<&str> {
+    status
+        .standby
+        .as_ref()
+        .filter(|s| s.propagated)
+        .map(|s| s.kid.as_str())
+}
+
 /// Every step of a rotation started from Idle, in order (the operator's
 /// route, `rotation::phase::route`); `retiring` is the key that stops
 /// signing (the active one).
 pub fn sequence(
     spec: &MacpAuthSpec,
     status: &MacpAuthStatus,
-    emergency: bool,
+    kind: Kind,
     retiring: &str,
 ) -> Vec<Step> {
-    phase::route(emergency, spec.rotation.prepublish)
+    phase::route(kind.emergency, spec.rotation.prepublish, kind.from_standby)
         .into_iter()
-        .map(|p| step(spec, status, p, emergency, retiring))
+        .map(|p| step(spec, status, p, kind.emergency, retiring))
         .collect()
 }
 
@@ -251,7 +288,11 @@ pub fn remaining_steps(
         phase => {
             // A rolled-back rotation drains and retires its new key: the same
             // steps as a routine rotation from Draining on.
-            let all = sequence(spec, status, emergency && !rolled_back, retiring);
+            let kind = Kind {
+                emergency: emergency && !rolled_back,
+                from_standby: rot.from_standby,
+            };
+            let all = sequence(spec, status, kind, retiring);
             match all.iter().position(|s| s.phase == phase) {
                 Some(i) => all[i..].to_vec(),
                 None => Vec::new(),
@@ -318,15 +359,15 @@ pub fn eta(spec: &MacpAuthSpec, status: &MacpAuthStatus, now: DateTime<Utc>) -> 
     timeline(&remaining_steps(spec, status, &rot), Some(&rot), now)
 }
 
-/// A dry run of a rotation requested at `start`.
+/// A dry run of a rotation of `kind` requested at `start`.
 pub fn plan(
     spec: &MacpAuthSpec,
     status: &MacpAuthStatus,
-    emergency: bool,
+    kind: Kind,
     start: DateTime<Utc>,
 ) -> Vec<Timed> {
     let active = status.active_kid.as_deref().unwrap_or_default();
-    timeline(&sequence(spec, status, emergency, active), None, start)
+    timeline(&sequence(spec, status, kind, active), None, start)
 }
 
 /// When the new key starts signing (the end of Activating), if still ahead.
@@ -393,7 +434,7 @@ mod tests {
 
     #[test]
     fn waits_come_from_the_spec_and_the_operators_constants() {
-        let steps = sequence(&spec(), &st(), false, "k1");
+        let steps = sequence(&spec(), &st(), Kind::default(), "k1");
         assert_eq!(
             phases(&steps),
             [
@@ -427,7 +468,7 @@ mod tests {
         let mut s = spec();
         s.rotation.drain_seconds = Some(900);
         s.rotation.prepublish = false;
-        let steps = sequence(&s, &st(), false, "k1");
+        let steps = sequence(&s, &st(), Kind::default(), "k1");
         assert_eq!(
             phases(&steps),
             [KeyGenerated, Activating, Draining, Retiring]
@@ -435,7 +476,15 @@ mod tests {
         assert_eq!(steps[2].wait, Wait::Fixed { seconds: 900 });
         assert_eq!(steps[2].source, "drain: rotation.drainSeconds is 900s");
         assert_eq!(
-            phases(&sequence(&s, &st(), true, "k1")),
+            phases(&sequence(
+                &s,
+                &st(),
+                Kind {
+                    emergency: true,
+                    from_standby: false
+                },
+                "k1"
+            )),
             [KeyGenerated, Activating]
         );
     }
@@ -443,7 +492,7 @@ mod tests {
     #[test]
     fn a_plan_adds_fixed_waits_and_bounds_rollouts_by_their_timeout() {
         let start = t("2026-12-06T12:00:00Z");
-        let p = plan(&spec(), &st(), false, start);
+        let p = plan(&spec(), &st(), Kind::default(), start);
         let ends: Vec<(i64, i64)> = p
             .iter()
             .map(|s| {
@@ -560,6 +609,58 @@ mod tests {
     }
 
     #[test]
+    fn a_propagated_standby_takes_publishing_and_the_cache_wait_off_the_plan() {
+        use macp_auth_operator::crd::StandbyStatus;
+        let start = t("2026-12-06T12:00:00Z");
+        let mut status = st();
+        let standby = |propagated| StandbyStatus {
+            kid: "ks".into(),
+            propagated,
+            propagated_at: None,
+        };
+        // Still being prepared: a request now generates a fresh key after all.
+        status.standby = Some(standby(false));
+        let routine = Kind::requested(&status, false);
+        assert_eq!(
+            phases(&sequence(&spec(), &status, routine, "k1")),
+            [
+                KeyGenerated,
+                Publishing,
+                Propagating,
+                Activating,
+                Draining,
+                Retiring
+            ]
+        );
+        status.standby = Some(standby(true));
+        let routine = Kind::requested(&status, false);
+        assert!(routine.from_standby);
+        assert_eq!(
+            phases(&sequence(&spec(), &status, routine, "k1")),
+            [KeyGenerated, Activating, Draining, Retiring]
+        );
+        // The new key signs after one rollout: instant at the earliest.
+        let p = plan(&spec(), &status, routine, start);
+        assert_eq!(
+            new_key_signs(&p).map(|a| a.earliest_end),
+            Some(start),
+            "{p:?}"
+        );
+        // The rotation in flight counts its steps on the same route.
+        let mut r = rot(Activating, "2026-12-06T12:00:00Z", None);
+        r.from_standby = true;
+        assert_eq!(
+            phases(&remaining_steps(&spec(), &status, &r)),
+            [Activating, Draining, Retiring]
+        );
+        r.phase = KeyGenerated;
+        assert_eq!(
+            phases(&remaining_steps(&spec(), &status, &r)),
+            [KeyGenerated, Activating, Draining, Retiring]
+        );
+    }
+
+    #[test]
     fn the_drain_counts_the_retiring_keys_ledger_and_the_cache_wait_the_ttl_in_effect() {
         use macp_auth_operator::crd::{KeyRole, KeyStatus};
         // k1 signed while maxTtlSeconds was 900: its tokens outlive the spec's 300.
@@ -574,7 +675,7 @@ mod tests {
         }];
         // jwksCacheTtlSeconds was lowered from 120 to 50, not yet shown by the verifiers.
         status.jwks_cache_ttl_in_effect_seconds = Some(120);
-        let steps = sequence(&spec(), &status, false, "k1");
+        let steps = sequence(&spec(), &status, Kind::default(), "k1");
         assert_eq!(steps[4].wait, Wait::Fixed { seconds: 960 });
         assert!(
             steps[4].source.contains("live up to 900s"),
@@ -595,7 +696,7 @@ mod tests {
         s.rotation.verifier_evidence = true;
         s.rotation.propagation_timeout_seconds = 3600;
         let start = t("2026-12-06T12:00:00Z");
-        let p = plan(&s, &st(), false, start);
+        let p = plan(&s, &st(), Kind::default(), start);
         assert_eq!(
             p[2].step.wait,
             Wait::Evidence {

@@ -413,15 +413,24 @@ async fn the_user_journey_through_helm_and_kubectl() {
             j.fail(&format!("`kubectl macp status` lacks {part:?}"));
         }
     }
-    // The waits of the scaled sample, and where each comes from.
+    // The waits of the scaled sample, and where each comes from. The
+    // propagated standby takes publishing and the cache wait off the route,
+    // as step 5's rotation shows.
     let plan = j.kubectl(&["macp", "plan", "auth", "-n", NS]).await;
     for part in [
-        format!("verifier cache: jwksCacheTtlSeconds {CACHE_TTL} + slack 10"),
+        "activating the propagated standby auth-".to_string(),
         format!("drain: tokens it signed live up to {MAX_TTL}s + 60s verifier leeway"),
         "The new key signs from ".to_string(),
     ] {
         if !plan.contains(&part) {
             j.fail(&format!("`kubectl macp plan` lacks {part:?}"));
+        }
+    }
+    for phase in ["Publishing", "Propagating"] {
+        if plan.contains(&format!("    {phase} ")) {
+            j.fail(&format!(
+                "`kubectl macp plan` lists {phase}, though a propagated standby is ready"
+            ));
         }
     }
     let missing = j

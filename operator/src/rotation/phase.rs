@@ -407,10 +407,13 @@ pub(crate) fn rollout_announcement(rot: &RotationStatus, facts: Facts) -> String
 
 /// The phases a rotation started from Idle goes through when every step
 /// succeeds, in order: `on_success` followed from KeyGenerated.
-pub fn route(emergency: bool, prepublish: bool) -> Vec<RotationPhase> {
+/// `from_standby`: its new key is the propagated standby, which activates
+/// without publishing.
+pub fn route(emergency: bool, prepublish: bool, from_standby: bool) -> Vec<RotationPhase> {
     let facts = Facts {
         emergency,
         prepublish,
+        from_standby,
         ..Facts::default()
     };
     let mut route = vec![KeyGenerated];
@@ -438,7 +441,7 @@ pub fn edges() -> Vec<(RotationPhase, RotationPhase)> {
             edges.push(edge);
         }
     };
-    let emergency_route = route(true, true);
+    let emergency_route = route(true, true, false);
     let standby_route = [KeyGenerated, Publishing, Propagating, RollingBack];
     for &phase in RotationPhase::VARIANTS {
         let emergencies: &[bool] = if emergency_route.contains(&phase) {
@@ -504,7 +507,7 @@ mod tests {
     #[test]
     fn routes_follow_the_success_edges() {
         assert_eq!(
-            route(false, true),
+            route(false, true, false),
             [
                 KeyGenerated,
                 Publishing,
@@ -515,10 +518,16 @@ mod tests {
             ]
         );
         assert_eq!(
-            route(false, false),
+            route(false, false, false),
             [KeyGenerated, Activating, Draining, Retiring]
         );
-        assert_eq!(route(true, true), [KeyGenerated, Activating]);
+        // A propagated standby skips what prepublishing would add.
+        assert_eq!(
+            route(false, true, true),
+            [KeyGenerated, Activating, Draining, Retiring]
+        );
+        assert_eq!(route(true, true, false), [KeyGenerated, Activating]);
+        assert_eq!(route(true, true, true), [KeyGenerated, Activating]);
     }
 
     #[test]

@@ -455,7 +455,9 @@ impl Store {
         };
         Self::render_managed(rt, &mut obj, &managed);
         self.managed.insert(key.clone(), managed);
-        Ok(self.commit(key, None, obj))
+        let stored = self.commit(key.clone(), None, obj);
+        self.collect_if_orphaned(&key, &stored);
+        Ok(stored)
     }
 
     fn render_managed(rt: &ResourceType, obj: &mut Value, managed: &Managed) {
@@ -520,6 +522,8 @@ impl Store {
         let stored = self.commit(key.clone(), Some(old), new);
         if terminating && !has_finalizers(&stored) {
             self.remove_now(&key, Propagation::Background);
+        } else {
+            self.collect_if_orphaned(&key, &stored);
         }
         Ok(stored)
     }
@@ -823,6 +827,20 @@ impl Store {
         }
     }
 
+    /// Real garbage collection also deletes a dependent none of whose owners
+    /// exists: one a controller created from a stale read, after its owner
+    /// was deleted (a ReplicaSet's pod for a Deployment just collected, an
+    /// operator's Deployment for a MacpAuth just deleted). Left alone, such an
+    /// object would outlive its owner for good, which no real cluster does;
+    /// here it goes at once, through its finalizers like any deletion.
+    fn collect_if_orphaned(&mut self, key: &ObjKey, obj: &Value) {
+        let owners = owner_uids(obj);
+        let orphaned = !owners.is_empty() && !owners.iter().any(|u| self.uid_exists(u));
+        if orphaned && obj.pointer("/metadata/deletionTimestamp").is_none() {
+            self.delete_key(key, Propagation::Background);
+        }
+    }
+
     fn uid_exists(&self, uid: &str) -> bool {
         self.owners.uid_exists(uid)
     }
@@ -1094,6 +1112,56 @@ mod tests {
         let kept = s.get(&cm, "ns", "kept").unwrap();
         assert_eq!(kept["metadata"]["ownerReferences"], json!([]));
         assert_eq!(s.delete(&cm, "ns", "o2", &opts).unwrap_err().code, 404);
+    }
+
+    #[test]
+    fn a_dependent_created_after_its_owner_is_gone_is_collected() {
+        let mut s = Store::default();
+        let d = rt(&s, "apps", "deployments");
+        let p = rt(&s, "", "pods");
+        let dep = s
+            .create(&d, "ns", json!({"metadata": {"name": "d"}}), true)
+            .unwrap();
+        let dep_uid = meta_str(&dep, "uid").unwrap().to_string();
+        let refs =
+            json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "d", "uid": dep_uid}]);
+        s.delete(&d, "ns", "d", &DeleteOpts::default()).unwrap();
+        // A controller that read the Deployment before its deletion creates
+        // a pod for it: the API server accepts it, the collector removes it.
+        let created = s.create(
+            &p,
+            "ns",
+            json!({"metadata": {"name": "late", "ownerReferences": refs}}),
+            true,
+        );
+        assert!(created.is_ok(), "the create itself succeeds");
+        assert!(s.get(&p, "ns", "late").is_none(), "collected");
+        // With a finalizer it is marked for deletion, as any deletion would.
+        s.create(
+            &p,
+            "ns",
+            json!({"metadata": {"name": "fin", "finalizers": ["x"], "ownerReferences": refs}}),
+            true,
+        )
+        .unwrap();
+        let fin = s.get(&p, "ns", "fin").unwrap();
+        assert!(fin.pointer("/metadata/deletionTimestamp").is_some());
+        // An owner that exists keeps its dependent; so does one of two owners.
+        let live = s
+            .create(&d, "ns", json!({"metadata": {"name": "live"}}), true)
+            .unwrap();
+        let live_uid = meta_str(&live, "uid").unwrap().to_string();
+        s.create(
+            &p,
+            "ns",
+            json!({"metadata": {"name": "two", "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "Deployment", "name": "d", "uid": dep_uid},
+                {"apiVersion": "apps/v1", "kind": "Deployment", "name": "live", "uid": live_uid},
+            ]}}),
+            true,
+        )
+        .unwrap();
+        assert!(s.get(&p, "ns", "two").is_some());
     }
 
     #[test]

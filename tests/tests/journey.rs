@@ -130,10 +130,33 @@ impl Journey {
         out
     }
 
+    /// Prints where the MacpAuths and their pods stood, for a failure about
+    /// to be reported: the panic message then ends the test's output, where
+    /// a CI log's tail shows it, with this just above.
+    async fn show_state(&self) {
+        println!("\n--- state at the failure ---");
+        for args in [
+            &["macp", "status", "-n", NS][..],
+            &["get", "pods", "-n", NS, "-o", "wide"][..],
+        ] {
+            let out = self.command("kubectl", args).output().await;
+            match out {
+                Ok(o) => print!(
+                    "$ kubectl {}\n{}{}",
+                    shell_words(args),
+                    indent(&String::from_utf8_lossy(&o.stdout)),
+                    indent(&String::from_utf8_lossy(&o.stderr))
+                ),
+                Err(e) => println!("cannot run kubectl: {e}"),
+            }
+        }
+    }
+
     /// [`run`](Self::run) that must succeed; returns stdout.
     async fn ok(&self, tool: &str, args: &[&str]) -> String {
         let out = self.run(tool, args).await;
         if !out.ok {
+            self.show_state().await;
             self.fail(&format!(
                 "`{tool} {}` failed:\n{}{}",
                 shell_words(args),
@@ -558,7 +581,13 @@ async fn the_user_journey_through_helm_and_kubectl() {
         .await
     };
     let (rotated, in_flight) = tokio::join!(rotate, in_flight);
-    let in_flight = in_flight.unwrap_or_else(|e| j.fail(&e.to_string()));
+    let in_flight = match in_flight {
+        Ok(status) => status,
+        Err(e) => {
+            j.show_state().await;
+            j.fail(&e.to_string())
+        }
+    };
     for part in [
         "Rotation:       manual, request rotate-",
         "  ETA:  ",
@@ -571,6 +600,7 @@ async fn the_user_journey_through_helm_and_kubectl() {
         }
     }
     if rotated.code != Some(0) {
+        j.show_state().await;
         j.fail(&format!(
             "`kubectl macp rotate --wait` exited {:?}, not 0:\n{}{}",
             rotated.code, rotated.stdout, rotated.stderr
@@ -805,6 +835,7 @@ async fn the_user_journey_through_helm_and_kubectl() {
         )
         .await;
     if emergency.code != Some(0) || !emergency.stdout.contains(" Succeeded: ") {
+        j.show_state().await;
         j.fail(&format!(
             "`kubectl macp rotate --emergency --wait` exited {:?}:\n{}{}",
             emergency.code, emergency.stdout, emergency.stderr
@@ -1049,20 +1080,53 @@ async fn the_user_journey_through_helm_and_kubectl() {
         .await;
     j.kubectl(&["delete", "-n", NS, "macpauth/auth", "macpauth/auth-es256"])
         .await;
-    j.kubectl(&[
-        "wait",
-        "--for=delete",
-        "pod",
-        "-n",
-        NS,
-        "-l",
-        "app.kubernetes.io/managed-by=macp-auth-operator",
-        // Garbage collection, then each pod's shutdown (20 s at most): the
-        // bound only keeps a broken collector from hanging the test, and a
-        // loaded machine (a full suite beside other builds) took over 60 s.
-        "--timeout=180s",
-    ])
-    .await;
+    let deleted = j
+        .run(
+            "kubectl",
+            &[
+                "wait",
+                "--for=delete",
+                "pod",
+                "-n",
+                NS,
+                "-l",
+                "app.kubernetes.io/managed-by=macp-auth-operator",
+                // Garbage collection, then each pod's shutdown (20 s at most): the
+                // bound only keeps a broken collector from hanging the test, and a
+                // loaded machine (a full suite beside other builds) took over 60 s.
+                "--timeout=180s",
+            ],
+        )
+        .await;
+    if !deleted.ok {
+        j.show_state().await;
+        // Which pods stayed, and what holds each: its owners, a deletion
+        // timestamp without the kubelet's release, or none at all.
+        let pods = j.get_json(&["pods", "-n", NS]).await;
+        let left: Vec<String> = pods
+            .get("items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let m = &p["metadata"];
+                format!(
+                    "{} owners={} deletionTimestamp={} finalizers={} phase={}",
+                    m["name"],
+                    m["ownerReferences"],
+                    m["deletionTimestamp"],
+                    m["finalizers"],
+                    p["status"]["phase"]
+                )
+            })
+            .collect();
+        j.fail(&format!(
+            "pods outlived their MacpAuths: {}{}\n{}",
+            deleted.stdout,
+            deleted.stderr,
+            left.join("\n")
+        ));
+    }
     let left = j
         .kubectl(&[
             "get",

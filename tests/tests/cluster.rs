@@ -105,6 +105,67 @@ async fn start() -> (FakeApiServer, Cluster) {
     (server, cluster)
 }
 
+/// A pod the controller starts from a read of a Deployment that is deleted
+/// meanwhile names an owner that no longer exists. A real garbage collector
+/// deletes it; so must the fake API server, or the pod outlives its
+/// Deployment for good and `kubectl wait --for=delete` times out (as a user
+/// deleting a MacpAuth mid-rollout would see it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pod_started_from_a_stale_read_of_a_deleted_deployment_is_collected() {
+    let bin = service_binary_async().await.expect("service binary");
+    let server = FakeApiServer::start().await.unwrap();
+    let mut config = ClusterConfig::new(bin);
+    config.stale_read_delay = Duration::from_secs(2);
+    let cluster = Cluster::start(server.handle(), config);
+    setup_objects(&server, "late");
+    let client = server.client();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let safe =
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}});
+    deployments
+        .create(
+            &PostParams::default(),
+            &deployment_with("late", "a", 600, 1, safe),
+        )
+        .await
+        .unwrap();
+    // Inside the controller's 2 s between its read and its pod's create.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    deployments
+        .delete("late", &DeleteParams::default())
+        .await
+        .unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, NS);
+    // The pod is created about 1.5 s from now, then stopped (SIGTERM, a
+    // grace of 10 s at most) and released.
+    let left = macp_auth_e2e::wait::try_wait_until(
+        "no pod left of the deleted Deployment",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        async || {
+            let names: Vec<String> = pods
+                .list(&Default::default())
+                .await
+                .map(|l| {
+                    l.items
+                        .into_iter()
+                        .filter_map(|p| p.metadata.name)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let started = cluster.pods().iter().any(|p| p.deployment == "late");
+            if names.is_empty() && !started {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(format!("pods {names:?}, kubelet runs one: {started}"))
+            }
+        },
+    )
+    .await;
+    cluster.shutdown().await;
+    left.expect("the late pod is collected");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_runs_rolls_and_serves_verifiable_tokens() {
     let safe =

@@ -103,6 +103,10 @@ pub struct ClusterConfig {
     pub max_restart_backoff: Duration,
     /// Controller resync period, on top of waking on every store change.
     pub resync: Duration,
+    /// How long the controller takes from its read of the Deployments to
+    /// creating a pod from that read: zero, unless a test widens the window
+    /// in which a controller acts on a read a deletion has made stale.
+    pub stale_read_delay: Duration,
 }
 
 impl ClusterConfig {
@@ -115,6 +119,7 @@ impl ClusterConfig {
             default_termination_grace: Duration::from_secs(30),
             max_restart_backoff: Duration::from_secs(5),
             resync: Duration::from_millis(200),
+            stale_read_delay: Duration::ZERO,
         }
     }
 }
@@ -565,6 +570,11 @@ fn start_pod(inner: &Arc<Inner>, st: &mut State, d: &Value, template: &Value, ha
     };
     let name = format!("{deployment}-{hash}-{}", random_suffix());
     let obj = podspec::pod_object(d, template, &name, hash, &ip.addr().to_string(), &now());
+    if !inner.config.stale_read_delay.is_zero() {
+        // Blocks the controller (and the kubelet's state) like a slow
+        // controller would; only tests that ask for it pay.
+        std::thread::sleep(inner.config.stale_read_delay);
+    }
     if let Err(e) = inner.api.create("", "pods", obj) {
         tracing::warn!(pod = %name, error = %e, "pod object not created");
         return;

@@ -276,23 +276,34 @@ async fn plan_cmd(
     let spec = &f.macpauth.spec;
     let st = f.macpauth.status.clone().unwrap_or_default();
     let now = Utc::now();
-    let kind = steps::Kind::requested(&st, emergency);
+    let scope = f
+        .macpauth
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(EMERGENCY_SCOPE_ANNOTATION))
+        .map(String::as_str);
+    let kind = steps::Kind::requested(&st, emergency, scope);
     let plan = steps::plan(spec, &st, kind, now);
+    let standby = steps::standby_taken(&st, emergency, scope);
     if let Some(o) = structured(output) {
         return print_structured(
             &serde_json::json!({
                 "namespace": ns, "name": name, "emergency": emergency,
-                "fromStandby": steps::propagated_standby(&st),
+                "fromStandby": standby,
                 "start": now, "steps": plan,
                 "nextRotationTime": st.next_rotation_time,
             }),
             o,
         );
     }
-    let standby = steps::propagated_standby(&st);
     let what = match (emergency, standby) {
         (true, Some(kid)) => format!(
             "an emergency rotation (activating the propagated standby {kid}; with {EMERGENCY_SCOPE_ANNOTATION}=secret a fresh key instead)"
+        ),
+        (true, None) if steps::propagated_standby(&st).is_some() => format!(
+            "an emergency rotation (a fresh key: {EMERGENCY_SCOPE_ANNOTATION}={} is set, so the standby is a suspect too)",
+            scope.unwrap_or_default()
         ),
         (true, None) => "an emergency rotation (a fresh key)".to_string(),
         (false, Some(kid)) => format!(
@@ -353,7 +364,7 @@ async fn plan_cmd(
         );
     }
     if !emergency && let Some(next) = st.next_rotation_time {
-        let sched = steps::plan(spec, &st, steps::Kind::requested(&st, false), next);
+        let sched = steps::plan(spec, &st, steps::Kind::requested(&st, false, None), next);
         if let (Some(a), Some(r)) = (steps::new_key_signs(&sched), steps::old_key_retires(&sched)) {
             out.push_str(&format!(
                 "The next scheduled rotation starts {}: its new key signs from {}, {active} retires from {}.\n",

@@ -14,6 +14,7 @@
 use chrono::{DateTime, Duration, Utc};
 use macp_auth_operator::crd::{
     MacpAuthSpec, MacpAuthStatus, RotationOutcome, RotationPhase, RotationStatus, RotationTrigger,
+    emergency_scope_spares_standby,
 };
 use macp_auth_operator::rotation::PROPAGATION_SLACK_SECONDS;
 use macp_auth_operator::rotation::evidence::cache_ttl_in_effect;
@@ -222,13 +223,13 @@ impl Kind {
         }
     }
 
-    /// A rotation requested now: it takes the standby if one is propagated.
-    /// (An emergency whose scope is `secret` generates a fresh key instead;
-    /// its route is the same.)
-    pub fn requested(status: &MacpAuthStatus, emergency: bool) -> Self {
+    /// A rotation requested now, `scope` being the MacpAuth's
+    /// `macp.io/emergency-scope`: it takes the standby if one is propagated,
+    /// unless an emergency's scope rules it out.
+    pub fn requested(status: &MacpAuthStatus, emergency: bool, scope: Option<&str>) -> Self {
         Self {
             emergency,
-            from_standby: propagated_standby(status).is_some(),
+            from_standby: standby_taken(status, emergency, scope).is_some(),
         }
     }
 }
@@ -240,6 +241,16 @@ pub fn propagated_standby(status: &MacpAuthStatus) -> Option<&str> {
         .as_ref()
         .filter(|s| s.propagated)
         .map(|s| s.kid.as_str())
+}
+
+/// The standby a rotation requested now would activate: the propagated one,
+/// unless it is an emergency whose `scope` says the Secret may have leaked.
+pub fn standby_taken<'a>(
+    status: &'a MacpAuthStatus,
+    emergency: bool,
+    scope: Option<&str>,
+) -> Option<&'a str> {
+    propagated_standby(status).filter(|_| !emergency || emergency_scope_spares_standby(scope))
 }
 
 /// Every step of a rotation started from Idle, in order (the operator's
@@ -620,7 +631,7 @@ mod tests {
         };
         // Still being prepared: a request now generates a fresh key after all.
         status.standby = Some(standby(false));
-        let routine = Kind::requested(&status, false);
+        let routine = Kind::requested(&status, false, None);
         assert_eq!(
             phases(&sequence(&spec(), &status, routine, "k1")),
             [
@@ -633,8 +644,16 @@ mod tests {
             ]
         );
         status.standby = Some(standby(true));
-        let routine = Kind::requested(&status, false);
+        let routine = Kind::requested(&status, false, None);
         assert!(routine.from_standby);
+        // An emergency takes it unless the scope says the Secret leaked;
+        // a scope not understood is read as the Secret.
+        assert_eq!(standby_taken(&status, true, None), Some("ks"));
+        assert_eq!(standby_taken(&status, true, Some("pod")), Some("ks"));
+        assert_eq!(standby_taken(&status, true, Some("secret")), None);
+        assert_eq!(standby_taken(&status, true, Some("node")), None);
+        // A routine rotation ignores the scope annotation.
+        assert_eq!(standby_taken(&status, false, Some("secret")), Some("ks"));
         assert_eq!(
             phases(&sequence(&spec(), &status, routine, "k1")),
             [KeyGenerated, Activating, Draining, Retiring]

@@ -95,15 +95,24 @@ pub const ROTATE_ANNOTATION: &str = "macp.io/rotate";
 /// Annotation whose new value requests an emergency rotation.
 pub const EMERGENCY_ROTATE_ANNOTATION: &str = "macp.io/emergency-rotate";
 /// Annotation read with an emergency request: what may have leaked.
-/// [`EMERGENCY_SCOPE_SECRET`] discards the standby key with the rest; any
-/// other value (or none) means a pod, process or environment leaked, and a
-/// propagated standby replaces the suspect keys.
+/// None or [`EMERGENCY_SCOPE_POD`]: a pod, process or environment leaked, and
+/// a propagated standby replaces the suspect keys. [`EMERGENCY_SCOPE_SECRET`],
+/// and any value not understood, discards the standby key with the rest
+/// ([`emergency_scope_spares_standby`]).
 pub const EMERGENCY_SCOPE_ANNOTATION: &str = "macp.io/emergency-scope";
 /// The Secret itself (an etcd backup, an RBAC grant) may have leaked: the
 /// standby's private half was in it, so it is suspect too.
 pub const EMERGENCY_SCOPE_SECRET: &str = "secret";
 /// A pod, process or environment leaked: the standby never reached one.
 pub const EMERGENCY_SCOPE_POD: &str = "pod";
+
+/// Whether an emergency whose [`EMERGENCY_SCOPE_ANNOTATION`] is `scope` may
+/// activate the propagated standby: only with no scope or
+/// [`EMERGENCY_SCOPE_POD`]. A value not understood is read as the Secret,
+/// the safe side.
+pub fn emergency_scope_spares_standby(scope: Option<&str>) -> bool {
+    scope.is_none_or(|s| s == EMERGENCY_SCOPE_POD)
+}
 
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(

@@ -8,7 +8,7 @@ use crate::conditions::{self, EMERGENCY_REQUEST};
 use crate::crd::RotationPhase::Idle;
 use crate::crd::{
     EMERGENCY_ROTATE_ANNOTATION, EMERGENCY_SCOPE_ANNOTATION, EMERGENCY_SCOPE_POD,
-    EMERGENCY_SCOPE_SECRET, RotationOutcome, RotationTrigger,
+    EMERGENCY_SCOPE_SECRET, RotationOutcome, RotationTrigger, emergency_scope_spares_standby,
 };
 use crate::rotation::reasons::{EVENT_EMERGENCY_ROTATION, EVENT_ROTATION_SUPERSEDED};
 use crate::rotation::{Action, KeysetPlan, KeysetView};
@@ -123,8 +123,7 @@ impl Machine<'_> {
     /// in it), or the scope is unknown (read as the Secret, the safe side).
     fn emergency_standby(&mut self, keyset: &KeysetView) -> (Option<String>, String) {
         let scope = annotation(self.inp, EMERGENCY_SCOPE_ANNOTATION);
-        let pod_scope = scope.is_none_or(|s| s == EMERGENCY_SCOPE_POD);
-        if !pod_scope {
+        if !emergency_scope_spares_standby(scope) {
             let shown = scope.unwrap_or_default();
             let why = if shown == EMERGENCY_SCOPE_SECRET {
                 format!("{EMERGENCY_SCOPE_ANNOTATION}={shown}: the standby was in the Secret")

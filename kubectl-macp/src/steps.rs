@@ -277,7 +277,6 @@ pub fn remaining_steps(
 ) -> Vec<Step> {
     use RotationPhase::*;
     let rolled_back = rot.outcome == Some(RotationOutcome::RolledBack);
-    let emergency = rot.trigger == Some(RotationTrigger::Emergency);
     // A rollback retires the new key; otherwise the old one retires.
     let retiring = if rolled_back || rot.phase == RollingBack {
         rot.new_kid.as_deref()
@@ -299,9 +298,10 @@ pub fn remaining_steps(
         phase => {
             // A rolled-back rotation drains and retires its new key: the same
             // steps as a routine rotation from Draining on.
+            let of = Kind::of(rot);
             let kind = Kind {
-                emergency: emergency && !rolled_back,
-                from_standby: rot.from_standby,
+                emergency: of.emergency && !rolled_back,
+                ..of
             };
             let all = sequence(spec, status, kind, retiring);
             match all.iter().position(|s| s.phase == phase) {

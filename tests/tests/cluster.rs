@@ -15,7 +15,7 @@ use macp_auth_e2e::cluster::{Cluster, ClusterConfig};
 use macp_auth_e2e::endpoints::{DEFAULT_ENDPOINT_LAG, LaggedEndpoints, StoreEndpoints};
 use macp_auth_e2e::load::{LoadConfig, LoadGenerator};
 use macp_auth_e2e::proxy::ServiceProxy;
-use macp_auth_e2e::wait::wait_until;
+use macp_auth_e2e::wait::{try_wait_until, wait_until};
 use macp_auth_service::keys::{Alg, generate_private_jwk};
 use serde_json::json;
 
@@ -138,7 +138,7 @@ async fn a_pod_started_from_a_stale_read_of_a_deleted_deployment_is_collected() 
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, NS);
     // The pod is created about 1.5 s from now, then stopped (SIGTERM, a
     // grace of 10 s at most) and released.
-    let left = macp_auth_e2e::wait::try_wait_until(
+    let left = try_wait_until(
         "no pod left of the deleted Deployment",
         Duration::from_secs(30),
         Duration::from_millis(200),

@@ -135,21 +135,9 @@ impl Journey {
     /// a CI log's tail shows it, with this just above.
     async fn show_state(&self) {
         println!("\n--- state at the failure ---");
-        for args in [
-            &["macp", "status", "-n", NS][..],
-            &["get", "pods", "-n", NS, "-o", "wide"][..],
-        ] {
-            let out = self.command("kubectl", args).output().await;
-            match out {
-                Ok(o) => print!(
-                    "$ kubectl {}\n{}{}",
-                    shell_words(args),
-                    indent(&String::from_utf8_lossy(&o.stdout)),
-                    indent(&String::from_utf8_lossy(&o.stderr))
-                ),
-                Err(e) => println!("cannot run kubectl: {e}"),
-            }
-        }
+        self.run("kubectl", &["macp", "status", "-n", NS]).await;
+        self.run("kubectl", &["get", "pods", "-n", NS, "-o", "wide"])
+            .await;
     }
 
     /// [`run`](Self::run) that must succeed; returns stdout.
